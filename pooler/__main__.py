@@ -1,0 +1,3 @@
+from pooler.cli import main
+
+main()
