@@ -54,3 +54,23 @@ def serve(config_path: str, test_only: bool, strict: bool) -> None:
     from pooler.server.main import run
 
     sys.exit(run(Path(config_path), strict=strict))
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="The config to serve (default: sample.conf of this checkout).",
+)
+def demo(config_path: str | None) -> None:
+    """Start a throwaway PostgreSQL and serve sample.conf in front of it (Ctrl-C stops)."""
+    from pooler.demo import run_demo
+
+    path = (
+        Path(config_path) if config_path else Path(__file__).resolve().parent.parent / "sample.conf"
+    )
+    if not path.exists():
+        path = Path("sample.conf")
+    sys.exit(run_demo(path))

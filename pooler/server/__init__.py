@@ -1,0 +1,1 @@
+"""A pooler worker: listeners, client and server connections, routing and pools (uvloop)."""

@@ -1,0 +1,342 @@
+"""A server connection: one PostgreSQL backend, logged in, pooled and relayed to clients.
+
+Two modes share one byte scanner:
+- internal: the pooler itself talks to the server (login, reset, parameter sync); wanted
+  messages are queued and awaited with `read()`;
+- relay: a client is linked; every chunk is written to the client as it is and only
+  ReadyForQuery, ParameterStatus, ErrorResponse and CopyInResponse are looked at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from pooler.config import Endpoint
+from pooler.logs import LogContext, log
+from pooler.protocol import auth, build, messages
+from pooler.protocol.scanner import MessageScanner, StreamError
+
+if TYPE_CHECKING:
+    from pooler.server.client import ClientConnection
+    from pooler.server.pool import Route
+
+Z, S, E, G, N, R, K, C = (ord(c) for c in "ZSEGNRKC")
+RELAY_WANTED = frozenset((Z, S, E, G))
+INTERNAL_WANTED = frozenset(ord(c) for c in "RSKZENCTDGHIAn123st")
+
+SMART_DISCARD = (
+    "SET SESSION AUTHORIZATION DEFAULT;RESET ALL;CLOSE ALL;UNLISTEN *;"
+    "SELECT pg_advisory_unlock_all();DISCARD PLANS;DISCARD SEQUENCES;DISCARD TEMP;"
+)
+
+_server_ids = itertools.count(1)
+
+
+class BackendError(Exception):
+    """The server refused us (an ErrorResponse during login or a reset query)."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self.fields = fields
+        super().__init__(fields.get("M", "server error"))
+
+    @property
+    def sqlstate(self) -> str:
+        return self.fields.get("C", "XX000")
+
+
+class ServerGone(Exception):
+    """The server connection closed or timed out."""
+
+
+def _quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class ServerConnection(asyncio.Protocol):
+    __slots__ = (
+        "_inbox",
+        "_waiter",
+        "backend_key",
+        "client",
+        "closed",
+        "copy_in",
+        "created",
+        "endpoint",
+        "id",
+        "login_params",
+        "params",
+        "pending",
+        "query_started",
+        "released_at",
+        "route",
+        "scanner",
+        "status",
+        "transport",
+        "unsynced",
+        "xact_started",
+    )
+
+    def __init__(self, route: Route, endpoint: Endpoint) -> None:
+        self.route = route
+        self.endpoint = endpoint
+        self.id = f"s{os.getpid() & 0xFFFF:04x}{next(_server_ids):08x}"
+        self.transport: asyncio.Transport | None = None
+        self.scanner = MessageScanner(INTERNAL_WANTED)
+        self._inbox: deque[tuple[int, bytes | None]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.client: ClientConnection | None = None
+        self.params: dict[str, str] = {}
+        self.login_params: dict[str, str] = {}
+        self.backend_key = (0, 0)
+        self.status = ord("I")  # transaction status of the last ReadyForQuery
+        self.pending = 0  # ReadyForQuery messages still owed to the linked client
+        self.unsynced = False  # extended-protocol messages sent since the last Sync
+        self.copy_in = False
+        self.closed = False
+        self.created = time.monotonic()
+        self.released_at = self.created
+        self.query_started = 0.0
+        self.xact_started = 0.0
+
+    # --- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._wake()
+        client = self.client
+        if client is not None:
+            self.client = None
+            client.server_lost(self)
+        self.route.forget(self)
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            self.client.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.scanner.feed(data)
+        except StreamError as exc:
+            log.error("server", f"malformed data from server: {exc}", self.log_context())
+            self.close()
+            return
+        client = self.client
+        if client is None:
+            if events:
+                self._inbox.extend((t, b) for t, b, _ in events)
+                self._wake()
+            return
+        client.transport.write(data)
+        stats = self.route.stats
+        stats.bytes_sent += len(data)
+        ready = False
+        for msg_type, body, _end in events:
+            if msg_type == Z:
+                self.status = body[0] if body else ord("I")
+                self.pending -= 1
+                self.copy_in = False
+                now = time.monotonic()
+                stats.query_count += 1
+                stats.query_time_us += int((now - self.query_started) * 1e6)
+                self.query_started = now
+                if self.pending <= 0:
+                    self.pending = 0
+                    if self.status == ord("I"):
+                        stats.xact_count += 1
+                        stats.xact_time_us += int((now - self.xact_started) * 1e6)
+                    ready = True
+            elif msg_type == S and body is not None:
+                name, value = messages.decode_parameter_status(body)
+                self.params[name] = value
+                client.params[name] = value
+            elif msg_type == G:
+                self.copy_in = True
+            elif msg_type == E and body is not None:
+                client.server_error(self, body)
+        if ready and not self.unsynced:
+            client.server_ready(self)
+
+    # --- internal mode ----------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def read(self) -> tuple[int, bytes | None]:
+        """The next wanted message from the server (internal mode)."""
+        while not self._inbox:
+            if self.closed:
+                raise ServerGone("server closed the connection")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._inbox.popleft()
+
+    def send(self, data: bytes) -> None:
+        if self.transport is None or self.closed:
+            raise ServerGone("server connection is closed")
+        self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+            self._wake()
+
+    def log_context(self) -> LogContext:
+        return LogContext(server_id=self.id, server_host=self.endpoint.host)
+
+    async def login(self, user: str, database: str, password: str | None) -> None:
+        """Run the startup exchange up to the first ReadyForQuery."""
+        rule = self.route.rule
+        params = {"user": user, "database": database}
+        params.update(dict(rule.backend_startup_options))
+        self.send(build.startup_message(params))
+        scram: auth.ScramClient | None = None
+        while True:
+            msg_type, body = await self.read()
+            if body is None:
+                raise ServerGone("oversized message during login")
+            if msg_type == R:
+                request = messages.decode_authentication(body)
+                code, payload = request.code, request.data
+                if code == messages.AUTH_OK:
+                    continue
+                if password is None:
+                    raise BackendError(
+                        {"C": "28P01", "M": f"password required for route '{rule.name}'"}
+                    )
+                if code == messages.AUTH_CLEARTEXT_PASSWORD:
+                    self.send(build.password_message(password))
+                elif code == messages.AUTH_MD5_PASSWORD:
+                    self.send(build.password_message(auth.md5_response(user, password, payload)))
+                elif code == messages.AUTH_SASL:
+                    scram = auth.ScramClient(user, password)
+                    mechanism = scram.choose_mechanism(request.mechanisms)
+                    self.send(build.sasl_initial_response(mechanism, scram.client_first()))
+                elif code == messages.AUTH_SASL_CONTINUE and scram is not None:
+                    self.send(build.sasl_response(scram.handle_server_first(payload)))
+                elif code == messages.AUTH_SASL_FINAL and scram is not None:
+                    scram.handle_server_final(payload)
+                else:
+                    raise BackendError(
+                        {"C": "28000", "M": f"unsupported authentication request {code}"}
+                    )
+            elif msg_type == S:
+                name, value = messages.decode_parameter_status(body)
+                self.params[name] = value
+            elif msg_type == K:
+                self.backend_key = messages.decode_backend_key_data(body)
+            elif msg_type == E:
+                raise BackendError(messages.decode_error_fields(body))
+            elif msg_type == Z:
+                self.status = body[0]
+                self.login_params = dict(self.params)
+                self.scanner.wanted = RELAY_WANTED
+                return
+
+    async def query(self, sql: str) -> None:
+        """Run a simple query of our own and wait for its ReadyForQuery."""
+        self.scanner.wanted = INTERNAL_WANTED
+        self._inbox.clear()
+        self.send(build.query(sql))
+        error: BackendError | None = None
+        while True:
+            msg_type, body = await self.read()
+            if msg_type == E and body is not None:
+                error = BackendError(messages.decode_error_fields(body))
+            elif msg_type == S and body is not None:
+                name, value = messages.decode_parameter_status(body)
+                self.params[name] = value
+            elif msg_type == Z:
+                self.status = body[0] if body else ord("I")
+                break
+        self.scanner.wanted = RELAY_WANTED
+        if error is not None:
+            raise error
+
+    async def drain(self) -> None:
+        """Read and drop server output until every owed ReadyForQuery has arrived."""
+        self.scanner.wanted = INTERNAL_WANTED
+        while self.pending > 0:
+            msg_type, body = await self.read()
+            if msg_type == Z:
+                self.pending -= 1
+                self.status = body[0] if body else ord("I")
+            elif msg_type == G:
+                self.copy_in = True
+        self.scanner.wanted = RELAY_WANTED
+
+    async def sync_params(self, wanted: dict[str, str]) -> None:
+        """Make the server's session parameters those the client expects (maintain_params)."""
+        sets = [
+            f"SET {_quote_ident(name)} TO {_quote_literal(value)}"
+            for name, value in wanted.items()
+            if self.params.get(name) != value
+        ]
+        if sets:
+            await self.query(";".join(sets))
+            self.params.update(wanted)
+
+    async def reset(self, *, client_gone: bool) -> bool:
+        """Make the server fit for the next client (odyssey's detach sequence).
+
+        Returns False when the server must be closed instead of reused.
+        """
+        rule = self.route.rule
+        if not self.scanner.at_boundary:
+            return False  # a half-sent message: we cannot know the server's state
+        if self.copy_in:
+            self.send(build.copy_fail("client disconnected during COPY"))
+            self.copy_in = False
+        if self.unsynced:
+            self.send(build.sync())
+            self.pending += 1
+            self.unsynced = False
+        if self.pending > 0:
+            if not client_gone:
+                return False
+            if not rule.pool_cancel:
+                return False
+            await self.route.worker.cancel_backend(self)
+            await self.drain()
+        if self.status != ord("I"):
+            if not rule.pool_rollback:
+                return False
+            await self.query("ROLLBACK")
+        reset_sql = self.route.reset_query
+        if reset_sql:
+            self.params = dict(self.login_params)
+            await self.query(reset_sql)
+        return self.status == ord("I")
+
+    def link(self, client: ClientConnection) -> None:
+        now = time.monotonic()
+        self.client = client
+        self.pending = 0
+        self.query_started = now
+        self.xact_started = now
+        self.scanner.wanted = RELAY_WANTED
+
+    def unlink(self) -> None:
+        self.client = None
+        self.released_at = time.monotonic()

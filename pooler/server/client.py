@@ -1,0 +1,553 @@
+"""A client connection: startup, routing, authentication, then relaying through a pool.
+
+The login runs as a coroutine reading from the connection's buffer. Once the client is
+ready, `data_received` relays bytes straight to the linked server (or queues them while a
+server is being acquired), looking only at message headers to know when the server can be
+given back: after a ReadyForQuery that leaves no answer owed, no extended-protocol batch
+open, no COPY running and, in transaction mode, no transaction open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import os
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+from pooler.config import Listen, Rule
+from pooler.logs import LogContext, log
+from pooler.protocol import AuthFailed, ProtocolError, auth, build, messages
+from pooler.protocol.framing import (
+    CancelRequest,
+    GSSENCRequest,
+    SSLRequest,
+    StartupPacket,
+    read_startup,
+)
+from pooler.protocol.scanner import MessageScanner, StreamError
+from pooler.server.backend import BackendError, ServerConnection, ServerGone
+from pooler.server.pool import ConnectFailed, PoolTimeout, Route
+from pooler.server.router import ClientKey
+
+if TYPE_CHECKING:
+    from pooler.server.worker import Worker
+
+Q, S, F, X, P, B, E, D, C, H = (ord(c) for c in "QSFXPBEDCH")
+COPY_DATA, COPY_DONE, COPY_FAIL = ord("d"), ord("c"), ord("f")
+PASSWORD = ord("p")
+EXTENDED = frozenset((P, B, E, D, C))
+CLIENT_WANTED = frozenset((Q, S, F, X, P, B, E, D, C, COPY_DONE, COPY_FAIL))
+IDLE = ord("I")
+
+# Session parameters re-applied when a client moves to another server connection.
+TRACKED_PARAMS = (
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "standard_conforming_strings",
+    "application_name",
+    "search_path",
+)
+_NOT_SESSION_PARAMS = frozenset(
+    ("user", "database", "replication", "options", "fallback_application_name")
+)
+MAX_STARTUP_WAIT_BUFFER = 1 << 16
+MAX_LOGIN_MESSAGE = 1 << 16
+MAX_QUEUED = 1 << 20
+TERMINATE = b"X\x00\x00\x00\x04"
+
+_client_ids = itertools.count(1)
+
+
+class ClientGone(Exception):
+    """The client closed the connection or broke the protocol during login."""
+
+
+class LoginRefused(Exception):
+    """The client may not log in; the error goes to the client as FATAL."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, worker: Worker, listen: Listen, unix: bool) -> None:
+        self.worker = worker
+        self.listen = listen
+        self.unix = unix
+        self.id = f"c{os.getpid() & 0xFFFF:04x}{next(_client_ids):08x}"
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.peer: tuple[str, int] | None = None
+        self.state = "startup"
+        self.buf = bytearray()
+        self._waiter: asyncio.Future[None] | None = None
+        self._login_task: asyncio.Task[None] | None = None
+        self._attach_task: asyncio.Task[None] | None = None
+        self._login_timer: asyncio.TimerHandle | None = None
+        self.queued: list[bytes] = []
+        self.queued_bytes = 0
+        self.scanner = MessageScanner(CLIENT_WANTED)
+        self.route: Route | None = None
+        self.rule: Rule | None = None
+        self.server: ServerConnection | None = None
+        self.user = ""
+        self.database = ""
+        self.password: str | None = None  # the client's cleartext password, when it sent one
+        self.params: dict[str, str] = {}
+        self.key = (0, 0)
+        self.mode = "session"
+        self.paused = False
+        self.closing = False
+        self.connected_at = time.monotonic()
+        self.last_activity = self.connected_at
+        self.log_ctx = LogContext(client_id=self.id)
+
+    # --- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if not self.unix and isinstance(peer, tuple):
+            self.peer = (peer[0], peer[1])
+            self.log_ctx.peer_host, self.log_ctx.peer_port = self.peer
+        self.worker.client_connected(self)
+        timeout = self.listen.client_login_timeout
+        if timeout:
+            self._login_timer = asyncio.get_running_loop().call_later(
+                timeout / 1000, self._login_timed_out
+            )
+        self._login_task = self.worker.spawn(self._login(), f"login {self.id}")
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == "ready":
+            self.last_activity = time.monotonic()
+            server = self.server
+            if server is not None:
+                self._forward(server, data)
+            else:
+                self._queue(data)
+            return
+        self.buf += data
+        if len(self.buf) > MAX_LOGIN_MESSAGE + MAX_STARTUP_WAIT_BUFFER:
+            self.fatal("08P01", "login message too large")
+            return
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self._wake()
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+        for task in (self._login_task, self._attach_task):
+            if task is not None and not task.done():
+                task.cancel()
+        server = self.server
+        if server is not None:
+            self.server = None
+            self.worker.spawn(
+                self.worker.give_back(server, client_gone=True), f"release {server.id}"
+            )
+        if self.route is not None:
+            self.route.clients -= 1
+        self.worker.client_disconnected(self)
+        if self.state == "ready" and self.worker.config.log_session:
+            log.info(
+                "main",
+                f"client disconnected, route {self.rule.name if self.rule else '-'}, "
+                f"working time: {int((time.monotonic() - self.connected_at) * 1e6)}us",
+                self.log_ctx,
+            )
+
+    def pause_writing(self) -> None:
+        if self.server is not None and self.server.transport is not None:
+            self.server.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.server is not None and self.server.transport is not None:
+            self.server.transport.resume_reading()
+
+    def pause_reading(self) -> None:
+        if not self.paused and not self.closing:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.paused and not self.closing:
+            self.paused = False
+            self.transport.resume_reading()
+
+    # --- errors -----------------------------------------------------------------------
+
+    def _prefix(self) -> str:
+        if self.rule is not None and not self.rule.client_show_id:
+            return "pooler: "
+        return f"pooler: {self.id}: "
+
+    def fatal(self, sqlstate: str, message: str, *, prefix: bool = True) -> None:
+        """Send a FATAL ErrorResponse and close the connection."""
+        if self.closing:
+            return
+        self.closing = True
+        text = self._prefix() + message if prefix else message
+        log.error("client", message, self.log_ctx)
+        self.transport.write(build.error_response("FATAL", sqlstate, text))
+        self.transport.close()
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.transport.close()
+
+    def _login_timed_out(self) -> None:
+        if self.state != "ready":
+            self.fatal("08006", "client login timed out")
+
+    # --- login ------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _more(self) -> None:
+        if self.closing:
+            raise ClientGone
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+        if self.closing:
+            raise ClientGone
+
+    async def _read_startup(self) -> object:
+        while True:
+            parsed = read_startup(self.buf)
+            if parsed is not None:
+                message, used = parsed
+                del self.buf[:used]
+                return message
+            await self._more()
+
+    async def _read_message(self) -> tuple[int, bytes]:
+        while True:
+            if len(self.buf) >= 5:
+                length = int.from_bytes(self.buf[1:5], "big")
+                if length < 4 or length > MAX_LOGIN_MESSAGE:
+                    raise ProtocolError("invalid message length during login", "08P01")
+                if len(self.buf) >= length + 1:
+                    msg_type = self.buf[0]
+                    body = bytes(self.buf[5 : length + 1])
+                    del self.buf[: length + 1]
+                    return msg_type, body
+            await self._more()
+
+    async def _read_password(self) -> bytes:
+        msg_type, body = await self._read_message()
+        if msg_type != PASSWORD:
+            raise ProtocolError(
+                f"expected password response, got message type {chr(msg_type)!r}", "08P01"
+            )
+        return body
+
+    async def _login(self) -> None:
+        try:
+            await self._login_steps()
+        except ClientGone:
+            self.close()
+        except ProtocolError as exc:
+            self.fatal(exc.sqlstate, str(exc))
+        except LoginRefused as exc:
+            self.fatal(exc.sqlstate, str(exc))
+        except PoolTimeout:
+            self._pool_timeout()
+        except ConnectFailed as exc:
+            self._connect_failed(exc)
+        except (ServerGone, BackendError) as exc:
+            self.fatal("08006", f"server login failed: {exc}")
+
+    async def _login_steps(self) -> None:
+        tls = False
+        while True:
+            message = await self._read_startup()
+            if isinstance(message, SSLRequest):
+                self.transport.write(b"N")  # TLS arrives with the protocol-depth issue
+                continue
+            if isinstance(message, GSSENCRequest):
+                self.transport.write(b"N")
+                continue
+            if isinstance(message, CancelRequest):
+                self.state = "cancel"
+                await self.worker.cancel(message.pid, message.secret)
+                self.close()
+                return
+            assert isinstance(message, StartupPacket)
+            break
+        params = message.params
+        self.user = params.get("user", "")
+        if not self.user:
+            raise LoginRefused("28000", "no PostgreSQL user name specified in startup packet")
+        self.database = params.get("database") or self.user
+        self.log_ctx.user, self.log_ctx.database = self.user, self.database
+        if self.worker.config.log_session:
+            where = f"{self.peer[0]}:{self.peer[1]}" if self.peer else "unix socket"
+            log.info("startup", f"new client connection {where}", self.log_ctx)
+        key = ClientKey(self.database, self.user, self.peer[0] if self.peer else None, tls)
+        rule = self.worker.router.match(key)
+        if rule is None:
+            raise LoginRefused("3D000", f"route for '{self.database}.{self.user}' is not found")
+        self.rule = rule
+        self.mode = rule.pool
+        if self.worker.config.log_session:
+            log.info(
+                "startup", f"route '{self.database}.{self.user}' to '{rule.name}'", self.log_ctx
+            )
+        await self._authenticate(rule)
+        storage = self.worker.storage_of(rule)
+        if storage.type == "local":
+            await self.worker.console_login(self, rule)
+            return
+        route = self.worker.route_for(rule, self.database, self.user)
+        if rule.client_max is not None and route.clients >= rule.client_max:
+            raise LoginRefused(
+                "53300",
+                f"too many client tcp connections (client_max for user "
+                f"{self.database}.{self.user} {rule.client_max})",
+            )
+        route.clients += 1
+        self.route = route
+        self._init_params(params, rule)
+        if self.mode == "session":
+            server = await route.acquire(self.backend_password())
+            try:
+                await self._sync(server)
+            except BaseException:
+                route.discard(server)
+                raise
+            server.link(self)
+            self.server = server
+            reported = dict(server.params)
+        else:
+            if route.server_params is None:
+                server = await route.acquire(self.backend_password())
+                route.release(server)
+            reported = dict(route.server_params or {})
+            reported.update(self.params)
+        for name in TRACKED_PARAMS:
+            if name in reported:
+                self.params.setdefault(name, reported[name])
+        self._finish_login(reported)
+
+    def _init_params(self, startup: dict[str, str], rule: Rule) -> None:
+        if not rule.maintain_params:
+            self.params = {}
+            return
+        wanted = {k: v for k, v in startup.items() if k not in _NOT_SESSION_PARAMS}
+        if "application_name" not in wanted and "fallback_application_name" in startup:
+            wanted["application_name"] = startup["fallback_application_name"]
+        for name, value in rule.options:
+            wanted[name] = value
+        self.params = wanted
+
+    def _finish_login(self, reported: dict[str, str]) -> None:
+        out = [build.auth_ok()]
+        out.extend(build.parameter_status(k, v) for k, v in reported.items())
+        self.key = self.worker.register_cancel_key(self)
+        out.append(build.backend_key_data(*self.key))
+        out.append(build.ready_for_query("I"))
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        self.transport.write(b"".join(out))
+        self.state = "ready"
+        if self.buf:  # the client pipelined past the login
+            data, self.buf = bytes(self.buf), bytearray()
+            self.data_received(data)
+
+    async def _authenticate(self, rule: Rule) -> None:
+        method = rule.authentication
+        if method == "none":
+            return
+        if method == "block":
+            raise LoginRefused("28000", f"user blocked: {self.database} {self.user}")
+        configured = rule.password
+        if method == "clear_text":
+            self.transport.write(build.auth_cleartext_password())
+            given = (await self._read_password()).rstrip(b"\0").decode("utf-8", "replace")
+            ok = configured is not None and auth.verify_cleartext(given, configured, self.user)
+            if ok:
+                self.password = given
+        elif method == "md5":
+            salt = secrets.token_bytes(4)
+            self.transport.write(build.auth_md5_password(salt))
+            response = (await self._read_password()).rstrip(b"\0").decode("ascii", "replace")
+            ok = configured is not None and auth.verify_md5(response, self.user, configured, salt)
+        elif method == "scram-sha-256":
+            ok = configured is not None and await self._scram(configured)
+        else:
+            raise LoginRefused("28000", f"authentication method '{method}' is not supported yet")
+        if not ok:
+            raise LoginRefused("28P01", f'password authentication failed for user "{self.user}"')
+
+    async def _scram(self, configured: str) -> bool:
+        try:
+            server = auth.ScramServer(configured, user=self.user)
+        except ValueError:  # an md5 hash cannot answer SCRAM
+            return False
+        self.transport.write(build.auth_sasl(server.mechanisms))
+        mechanism, first = messages.decode_sasl_initial_response(await self._read_password())
+        self.transport.write(build.auth_sasl_continue(server.handle_client_first(first, mechanism)))
+        final = messages.decode_sasl_response(await self._read_password())
+        try:
+            self.transport.write(build.auth_sasl_final(server.handle_client_final(final)))
+        except AuthFailed:
+            return False
+        return True
+
+    def backend_password(self) -> str | None:
+        rule = self.rule
+        assert rule is not None
+        if rule.storage_password:
+            return rule.storage_password
+        if rule.password_passthrough and self.password is not None:
+            return self.password
+        if rule.password and auth.password_kind(rule.password) == "plain":
+            return rule.password
+        return self.password
+
+    # --- relay ------------------------------------------------------------------------
+
+    def _queue(self, data: bytes) -> None:
+        """Hold bytes while a server is acquired (transaction and statement pools)."""
+        if self.closing:
+            return
+        self.queued.append(data)
+        self.queued_bytes += len(data)
+        if self.queued_bytes > MAX_QUEUED:
+            self.pause_reading()
+        if self._attach_task is None:
+            self._attach_task = self.worker.spawn(self._attach(), f"attach {self.id}")
+
+    async def _attach(self) -> None:
+        try:
+            await self._attach_steps()
+        finally:
+            self._attach_task = None
+
+    async def _attach_steps(self) -> None:
+        route = self.route
+        assert route is not None
+        if self.queued == [TERMINATE]:
+            self.close()
+            return
+        try:
+            server = await route.acquire(self.backend_password())
+        except PoolTimeout:
+            self._pool_timeout()
+            return
+        except ConnectFailed as exc:
+            self._connect_failed(exc)
+            return
+        try:
+            await self._sync(server)
+        except (BackendError, ServerGone) as exc:
+            route.discard(server)
+            self.fatal("08006", f"could not restore session parameters: {exc}")
+            return
+        if self.closing:
+            route.release(server)
+            return
+        server.link(self)
+        self.server = server
+        data = b"".join(self.queued)
+        self.queued.clear()
+        self.queued_bytes = 0
+        self.resume_reading()
+        self._forward(server, data)
+
+    async def _sync(self, server: ServerConnection) -> None:
+        """Re-apply the client's session parameters on a server (before linking it)."""
+        if self.params:
+            await server.sync_params(self.params)
+
+    def _forward(self, server: ServerConnection, data: bytes) -> None:
+        try:
+            events = self.scanner.feed(data)
+        except StreamError as exc:
+            self.fatal("08P01", f"invalid client message: {exc}")
+            return
+        cut = -1
+        for msg_type, body, end in events:
+            if msg_type in (Q, F):
+                if server.pending == 0:
+                    server.query_started = time.monotonic()
+                server.pending += 1
+                if msg_type == Q and body is not None and self.worker.config.log_query:
+                    log.info("query", body[:-1].decode("utf-8", "replace"), self.log_ctx)
+            elif msg_type == S:
+                if not server.copy_in:
+                    if server.pending == 0:
+                        server.query_started = time.monotonic()
+                    server.pending += 1
+                server.unsynced = False
+            elif msg_type in EXTENDED:
+                server.unsynced = True
+            elif msg_type in (COPY_DONE, COPY_FAIL):
+                server.copy_in = False
+            elif msg_type == X:
+                cut = end - 5
+                break
+        route = self.route
+        if route is not None:
+            route.stats.bytes_received += len(data)
+        if cut < 0:
+            server.transport.write(data)
+            return
+        if cut > 0:
+            server.transport.write(data[:cut])
+        self.close()
+
+    def server_ready(self, server: ServerConnection) -> None:
+        """The server owes nothing more: give it back unless the pool mode keeps it."""
+        if self.mode == "session" or self.route is None:
+            return
+        if self.mode == "transaction" and server.status != IDLE:
+            return
+        self.server = None
+        self.worker.give_back_now(server)
+
+    def server_error(self, server: ServerConnection, body: bytes) -> None:
+        """An ErrorResponse went by (hook for cached-plan recovery and error counters)."""
+        if self.route is not None:
+            self.route.stats.error("server")
+
+    def server_lost(self, server: ServerConnection) -> None:
+        """The linked server connection died under us."""
+        if self.server is server:
+            self.server = None
+        self.fatal("08006", "server connection was closed unexpectedly")
+
+    def _pool_timeout(self) -> None:
+        rule = self.rule
+        assert rule is not None
+        log.error("client", "server pool wait timed out, closing", self.log_ctx)
+        self.fatal(
+            "53300",
+            f"too many active clients for user (pool_size for user "
+            f"{self.database}.{self.user} reached {rule.pool_size})",
+        )
+
+    def _connect_failed(self, exc: ConnectFailed) -> None:
+        rule = self.rule
+        if rule is not None and rule.client_fwd_error and exc.fields:
+            self.fatal(exc.fields.get("C", "08006"), exc.fields.get("M", str(exc)))
+        else:
+            self.fatal("08006", str(exc))
+
+    def check_cancel_key(self, secret: int) -> bool:
+        return hmac.compare_digest(self.key[1].to_bytes(4, "big"), secret.to_bytes(4, "big"))

@@ -1,0 +1,241 @@
+"""Routes and their pools of server connections.
+
+A route is one rule of one config generation seen from one backend identity (storage_db /
+storage_user or the client's own). It owns the idle servers, counts the busy ones and queues
+clients waiting for a server, first come first served. `pool_size` 0 means unlimited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from pooler.config import Rule, Storage
+from pooler.logs import log
+from pooler.server.backend import SMART_DISCARD, BackendError, ServerConnection, ServerGone
+from pooler.server.stats import RouteStats
+
+if TYPE_CHECKING:
+    from pooler.server.worker import Worker
+
+
+class PoolTimeout(Exception):
+    """No server became free within pool_timeout."""
+
+
+class ConnectFailed(Exception):
+    """A new server connection could not be made or logged in."""
+
+    def __init__(self, message: str, fields: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.fields = fields or {}
+
+
+class Route:
+    """Servers of one (rule, backend database, backend user)."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        rule: Rule,
+        storage: Storage,
+        backend_db: str,
+        backend_user: str,
+        generation: int,
+    ) -> None:
+        self.worker = worker
+        self.rule = rule
+        self.storage = storage
+        self.backend_db = backend_db
+        self.backend_user = backend_user
+        self.generation = generation
+        self.obsolete = False
+        self.idle: deque[ServerConnection] = deque()
+        self.busy: set[ServerConnection] = set()
+        self.connecting = 0
+        self.waiters: deque[asyncio.Future[ServerConnection | None]] = deque()
+        self.clients = 0
+        self.stats = RouteStats()
+        self.server_params: dict[str, str] | None = None  # a login's ParameterStatus set
+        self._endpoints = itertools.cycle(storage.endpoints)
+        self.mode = rule.pool
+        self.reset_query = self._reset_query()
+
+    def _reset_query(self) -> str:
+        rule = self.rule
+        parts: list[str] = []
+        if self.mode != "session":
+            if rule.pool_discard and not rule.pool_reserve_prepared_statement:
+                parts.append("DISCARD ALL;")
+            elif rule.pool_discard or rule.pool_smart_discard:
+                parts.append(SMART_DISCARD)
+        if rule.pool_discard_query:
+            parts.append(rule.pool_discard_query)
+        return "".join(parts)
+
+    @property
+    def name(self) -> str:
+        return self.rule.name
+
+    @property
+    def size(self) -> int:
+        return len(self.idle) + len(self.busy) + self.connecting
+
+    def _has_room(self) -> bool:
+        return self.rule.pool_size == 0 or self.size < self.rule.pool_size
+
+    async def acquire(self, password: str | None) -> ServerConnection:
+        """A logged-in server for a client: idle, new, or the next one released."""
+        started = time.monotonic()
+        timeout_ms = self.rule.pool_timeout
+        deadline = started + timeout_ms / 1000 if timeout_ms else None
+        try:
+            while True:
+                while self.idle:
+                    server = self.idle.pop()
+                    if not server.closed:
+                        self.busy.add(server)
+                        return server
+                if self._has_room():
+                    return await self._connect(password)
+                waiter: asyncio.Future[ServerConnection | None] = (
+                    asyncio.get_running_loop().create_future()
+                )
+                self.waiters.append(waiter)
+                try:
+                    if deadline is None:
+                        server = await waiter
+                    else:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise PoolTimeout
+                        server = await asyncio.wait_for(waiter, remaining)
+                except (TimeoutError, asyncio.CancelledError) as exc:
+                    if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                        self.release(waiter.result())  # handed to us as we gave up
+                    elif waiter in self.waiters:
+                        self.waiters.remove(waiter)
+                    if isinstance(exc, TimeoutError):
+                        raise PoolTimeout from None
+                    raise
+                if server is not None:
+                    return server  # handed over by release(), already counted busy
+        finally:
+            waited = int((time.monotonic() - started) * 1e6)
+            self.stats.wait_time_us += waited
+            if waited > self.stats.max_wait_us:
+                self.stats.max_wait_us = waited
+
+    async def _connect(self, password: str | None) -> ServerConnection:
+        self.connecting += 1
+        endpoint = next(self._endpoints)
+        loop = asyncio.get_running_loop()
+        config = self.worker.config
+        timeout = config.backend_connect_timeout_ms / 1000 or None
+        server: ServerConnection | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                if endpoint.unix_socket_path:
+                    _, server = await loop.create_unix_connection(
+                        lambda: ServerConnection(self, endpoint), endpoint.unix_socket_path
+                    )
+                else:
+                    _, server = await loop.create_connection(
+                        lambda: ServerConnection(self, endpoint), endpoint.host, endpoint.port
+                    )
+                await server.login(self.backend_user, self.backend_db, password)
+        except BackendError as exc:
+            if server is not None:
+                server.close()
+            raise ConnectFailed(str(exc), exc.fields) from None
+        except (OSError, TimeoutError, ServerGone) as exc:
+            if server is not None:
+                server.close()
+            where = endpoint.unix_socket_path or f"{endpoint.host}:{endpoint.port}"
+            log.error("server", f"failed to connect to {where}: {exc or 'timeout'}")
+            raise ConnectFailed(f"failed to connect to remote server {where}") from None
+        finally:
+            self.connecting -= 1
+            if server is None or server.closed:
+                self._wake_one()
+        self.stats.server_connects += 1
+        if self.server_params is None:
+            self.server_params = dict(server.params)
+        self.busy.add(server)
+        return server
+
+    def release(self, server: ServerConnection) -> None:
+        """Give a clean server back: to the first waiter (it stays busy), else to idle."""
+        server.unlink()
+        if server.closed or self._expired(server):
+            self.discard(server)
+            return
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(server)
+                return
+        self.busy.discard(server)
+        self.idle.append(server)
+
+    def discard(self, server: ServerConnection) -> None:
+        """Close a server that cannot be reused; its slot goes to a waiter."""
+        self.busy.discard(server)
+        server.unlink()
+        server.close()
+        self._wake_one()
+
+    def forget(self, server: ServerConnection) -> None:
+        """A server's connection is gone (called from connection_lost)."""
+        if server in self.busy:
+            self.busy.discard(server)
+            self._wake_one()
+        else:
+            with contextlib.suppress(ValueError):
+                self.idle.remove(server)
+
+    def _wake_one(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # a slot is free: connect yourself
+                return
+
+    def _expired(self, server: ServerConnection) -> bool:
+        if self.obsolete and self.clients == 0:
+            return True
+        lifetime = self.rule.server_lifetime
+        return bool(lifetime) and time.monotonic() - server.created > lifetime
+
+    def expire_idle(self) -> None:
+        """Close idle servers past pool_ttl or server_lifetime (called once a second)."""
+        now = time.monotonic()
+        ttl = self.rule.pool_ttl
+        keep: deque[ServerConnection] = deque()
+        for server in self.idle:
+            if server.closed:
+                continue
+            if (ttl and now - server.released_at > ttl) or self._expired(server):
+                server.close()
+            else:
+                keep.append(server)
+        self.idle = keep
+
+    async def fill_min_pool(self) -> None:
+        """Open idle servers up to min_pool_size."""
+        want = self.rule.min_pool_size
+        while self.size < want and self._has_room():
+            try:
+                server = await self._connect(self.worker.storage_password(self.rule))
+            except ConnectFailed:
+                return
+            self.release(server)
+
+    def close_all(self) -> None:
+        for server in list(self.idle):
+            server.close()
+        self.idle.clear()

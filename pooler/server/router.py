@@ -1,0 +1,109 @@
+"""Which rule serves a client: odyssey's routing order and matching (reference §2.2)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pooler.config import Rule
+
+
+@dataclass(frozen=True, slots=True)
+class ClientKey:
+    """What routing looks at: the startup's database and user, and how the client came in."""
+
+    database: str
+    user: str
+    address: str | None  # peer IP; None for a unix-socket client
+    tls: bool = False
+    internal: bool = False
+
+    @property
+    def unix(self) -> bool:
+        return self.address is None
+
+
+def specificity(rule: Rule) -> int:
+    return (
+        1000 * (rule.database is not None)
+        + 100 * (rule.user is not None)
+        + 10 * (rule.address is not None)
+        + (rule.conn_type != "default")
+    )
+
+
+def routing_order(rules: Sequence[Rule], sequential: bool) -> tuple[Rule, ...]:
+    """Rules in the order they are tried: file order, or most specific first (odyssey)."""
+    if sequential:
+        return tuple(sorted(rules, key=lambda r: r.order))
+    return tuple(
+        sorted(
+            rules,
+            key=lambda r: (
+                -specificity(r),
+                r.database or "",
+                r.user or "",
+                r.address is None,
+                r.address or "",
+                r.conn_type,
+                r.order,
+            ),
+        )
+    )
+
+
+def _address_matches(rule_address: str, peer: str | None) -> bool:
+    if peer is None:
+        return False
+    try:
+        network = ipaddress.ip_network(rule_address, strict=False)
+        return ipaddress.ip_address(peer) in network
+    except ValueError:
+        pass
+    # A hostname selector: only the loopback name is resolved without DNS.
+    if rule_address == "localhost":
+        try:
+            return ipaddress.ip_address(peer).is_loopback
+        except ValueError:
+            return False
+    return False
+
+
+def _conn_type_matches(conn_type: str, key: ClientKey) -> bool:
+    if conn_type == "default":
+        return True
+    if conn_type == "local":
+        return key.unix
+    if key.unix:
+        return False
+    if conn_type == "hostssl":
+        return key.tls
+    if conn_type == "hostnossl":
+        return not key.tls
+    return True  # "host"
+
+
+def rule_matches(rule: Rule, key: ClientKey) -> bool:
+    if (rule.pool_routing == "internal") != key.internal:
+        return False
+    if rule.database is not None and rule.database != key.database:
+        return False
+    if rule.user is not None and (rule.group or rule.user != key.user):
+        return False  # group membership needs the group checker (not implemented yet)
+    if rule.address is not None and not _address_matches(rule.address, key.address):
+        return False
+    return _conn_type_matches(rule.conn_type, key)
+
+
+class Router:
+    """Matches clients against the rules of one config generation."""
+
+    def __init__(self, rules: Sequence[Rule], sequential: bool) -> None:
+        self.rules = routing_order(rules, sequential)
+
+    def match(self, key: ClientKey) -> Rule | None:
+        for rule in self.rules:
+            if rule_matches(rule, key):
+                return rule
+        return None

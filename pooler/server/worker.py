@@ -1,0 +1,268 @@
+"""One worker: its listeners, its clients, its routes and servers, and a 1-second cron."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from pooler.config import Config, Listen, Rule, Storage
+from pooler.logs import log
+from pooler.protocol import build
+from pooler.server.backend import BackendError, ServerConnection, ServerGone
+from pooler.server.client import ClientConnection
+from pooler.server.pool import Route
+from pooler.server.router import Router
+
+
+class Worker:
+    """Owns the clients and server connections of one process."""
+
+    def __init__(self, config: Config, index: int = 0) -> None:
+        self.index = index
+        self.config = config
+        self.router = Router(config.rules, config.sequential_routing)
+        self.routes: dict[tuple[int, int, str, str], Route] = {}
+        self.clients: set[ClientConnection] = set()
+        self.cancel_keys: dict[int, ClientConnection] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._cron: asyncio.Task[None] | None = None
+        self._key_counter = 0
+        self.stopping = False
+
+    # --- tasks ------------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Start a named task and keep a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("worker", f"task {task.get_name()} failed: {exc!r}")
+
+    # --- listening --------------------------------------------------------------------
+
+    async def start(self, sockets: list[tuple[Listen, socket.socket]] | None = None) -> None:
+        """Accept clients on the config's listen sections (or on inherited sockets)."""
+        loop = asyncio.get_running_loop()
+        if sockets is None:
+            sockets = bind_listeners(self.config)
+        for listen, sock in sockets:
+            unix = sock.family == socket.AF_UNIX
+            server = await loop.create_server(
+                lambda listen=listen, unix=unix: ClientConnection(self, listen, unix),
+                sock=sock,
+                backlog=listen.backlog,
+            )
+            self._servers.append(server)
+        self._cron = self.spawn(self._cron_loop(), "cron")
+
+    async def stop_accepting(self) -> None:
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+
+    async def shutdown(self, timeout_ms: int) -> None:
+        """Graceful: stop accepting, drop idle clients, let transactions finish."""
+        self.stopping = True
+        await self.stop_accepting()
+        deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
+        while self.clients:
+            for client in list(self.clients):
+                server = client.server
+                if server is None or (server.status == ord("I") and server.pending == 0):
+                    client.fatal("08006", "pooler is shutting down")
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        self.close_everything()
+
+    def close_everything(self) -> None:
+        for client in list(self.clients):
+            client.close()
+        for route in self.routes.values():
+            route.close_all()
+            for server in list(route.busy):
+                server.close()
+        if self._cron is not None:
+            self._cron.cancel()
+
+    # --- clients ----------------------------------------------------------------------
+
+    def client_connected(self, client: ClientConnection) -> None:
+        limit = self.config.client_max
+        self.clients.add(client)
+        if limit is not None and len(self.clients) > limit:
+            client.fatal("53300", f"too many tcp connections (global client_max {limit})")
+
+    def client_disconnected(self, client: ClientConnection) -> None:
+        self.clients.discard(client)
+        pid = client.key[0]
+        if self.cancel_keys.get(pid) is client:
+            del self.cancel_keys[pid]
+
+    def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
+        """A BackendKeyData for the client; the process id encodes this worker."""
+        while True:
+            self._key_counter = (self._key_counter + 1) & 0xFFFFFF
+            pid = ((self.index + 1) << 24) | self._key_counter
+            if pid not in self.cancel_keys:
+                break
+        self.cancel_keys[pid] = client
+        return pid, secrets.randbits(31)
+
+    async def cancel(self, pid: int, secret: int) -> None:
+        """A CancelRequest from a client: cancel the query of the server it is linked to."""
+        client = self.cancel_keys.get(pid)
+        if client is None or not client.check_cancel_key(secret):
+            return
+        server = client.server
+        if server is not None:
+            await self.cancel_backend(server)
+
+    async def cancel_backend(self, server: ServerConnection) -> None:
+        endpoint = server.endpoint
+        pid, secret = server.backend_key
+        loop = asyncio.get_running_loop()
+        try:
+            timeout = self.config.cancel_timeout_ms / 1000 or None
+            async with asyncio.timeout(timeout):
+                if endpoint.unix_socket_path:
+                    reader, writer = await asyncio.open_unix_connection(endpoint.unix_socket_path)
+                else:
+                    reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+                writer.write(build.cancel_request(pid, secret))
+                await writer.drain()
+                await reader.read()  # the server closes when done
+                writer.close()
+        except (OSError, TimeoutError) as exc:
+            log.error("cancel", f"cancel request to server failed: {exc!r}")
+        del loop
+
+    async def console_login(self, client: ClientConnection, rule: Rule) -> None:
+        client.fatal("0A000", "the admin console is not available in this version")
+
+    # --- routes -----------------------------------------------------------------------
+
+    def storage_of(self, rule: Rule) -> Storage:
+        storage = self.config.storage(rule.storage)
+        assert storage is not None, "validated config: every rule names a storage"
+        return storage
+
+    def storage_password(self, rule: Rule) -> str | None:
+        return rule.storage_password or rule.password
+
+    def route_for(self, rule: Rule, database: str, user: str) -> Route:
+        backend_db = rule.storage_db or database
+        backend_user = rule.storage_user or user
+        key = (self.config.generation, rule.order, backend_db, backend_user)
+        route = self.routes.get(key)
+        if route is None:
+            route = Route(
+                self, rule, self.storage_of(rule), backend_db, backend_user, self.config.generation
+            )
+            self.routes[key] = route
+        return route
+
+    def give_back_now(self, server: ServerConnection) -> None:
+        """Release a server the client no longer needs; reset it first if required."""
+        route = server.route
+        if (
+            not route.reset_query
+            and server.status == ord("I")
+            and server.pending == 0
+            and not server.unsynced
+            and not server.copy_in
+        ):
+            route.release(server)
+        else:
+            server.unlink()
+            self.spawn(self.give_back(server, client_gone=False), f"reset {server.id}")
+
+    async def give_back(self, server: ServerConnection, *, client_gone: bool) -> None:
+        """Reset a server (bounded by pool_reset_timeout_ms) and return it, or close it."""
+        route = server.route
+        server.unlink()
+        timeout = route.rule.pool_reset_timeout_ms / 1000 or None
+        try:
+            async with asyncio.timeout(timeout):
+                ok = await server.reset(client_gone=client_gone)
+        except (TimeoutError, BackendError, ServerGone) as exc:
+            log.error("server", f"reset failed, closing server: {exc!r}", server.log_context())
+            ok = False
+        if ok:
+            route.release(server)
+        else:
+            route.discard(server)
+
+    # --- cron -------------------------------------------------------------------------
+
+    async def _cron_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            now = time.monotonic()
+            for route in list(self.routes.values()):
+                route.expire_idle()
+                if route.rule.min_pool_size and route.size < route.rule.min_pool_size:
+                    self.spawn(route.fill_min_pool(), f"min_pool {route.name}")
+            for client in list(self.clients):
+                self._check_client_timeouts(client, now)
+
+    def _check_client_timeouts(self, client: ClientConnection, now: float) -> None:
+        rule = client.rule
+        if rule is None or client.state != "ready":
+            return
+        idle_for = now - client.last_activity
+        server = client.server
+        in_transaction = server is not None and server.status != ord("I")
+        if server is not None and server.pending:
+            return
+        if in_transaction:
+            limit = rule.pool_idle_in_transaction_timeout
+            if limit and idle_for > limit:
+                client.fatal("25P03", "idle transaction timeout")
+        else:
+            limit = rule.pool_client_idle_timeout
+            if limit and idle_for > limit:
+                client.fatal("08006", "Connection was dropped by pooler due to idle timeout")
+
+
+def bind_listeners(config: Config) -> list[tuple[Listen, socket.socket]]:
+    """Bind every listen section: TCP on its host (all addresses for "*"), or a unix socket."""
+    bound: list[tuple[Listen, socket.socket]] = []
+    for listen in config.listens:
+        if listen.host is None:
+            path = os.path.join(config.unix_socket_dir or ".", f".s.PGSQL.{listen.port}")
+            if os.path.exists(path):
+                os.unlink(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(path)
+            if config.unix_socket_mode:
+                os.chmod(path, int(config.unix_socket_mode, 8))
+            sock.listen(listen.backlog)
+            bound.append((listen, sock))
+            continue
+        host = None if listen.host == "*" else listen.host
+        infos = socket.getaddrinfo(
+            host, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        for family, socktype, proto, _name, addr in infos:
+            sock = socket.socket(family, socktype, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(listen.backlog)
+            sock.setblocking(False)
+            bound.append((listen, sock))
+    return bound

@@ -1,0 +1,216 @@
+"""Pool modes through a real `pooler serve` in front of a real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+from harness import make_config, route, wait_until
+
+
+@pytest.fixture(autouse=True)
+def _no_auto_prepare(monkeypatch):
+    """Named prepared statements in transaction pools belong to the protocol-depth issue:
+    keep psycopg from preparing repeated queries on its own here."""
+    real_connect = psycopg.connect
+
+    def connect(*args, **kwargs):
+        kwargs.setdefault("prepare_threshold", None)
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(psycopg, "connect", connect)
+
+
+def backend_pid(conn: psycopg.Connection) -> int:
+    return conn.execute("select pg_backend_pid()").fetchone()[0]
+
+
+def test_session_pool_keeps_one_server_per_client(pooler):
+    p = pooler(make_config(route(pool="session")))
+    with p.connect("p0") as a, p.connect("p0") as b:
+        assert backend_pid(a) == backend_pid(a)
+        assert backend_pid(a) != backend_pid(b)
+        a.execute("set application_name = 'kept'")
+        assert a.execute("show application_name").fetchone()[0] == "kept"
+        assert a.execute("select 1 + 1").fetchone()[0] == 2
+
+
+def test_transaction_pool_shares_servers_between_transactions(pooler):
+    p = pooler(make_config(route(pool="transaction", pool_size=1, pool_discard=False)))
+    with p.connect("p0") as a, p.connect("p0") as b:
+        assert backend_pid(a) == backend_pid(b)  # one server for both
+        with a.transaction():
+            pid = backend_pid(a)
+            assert a.execute("select 1").fetchone()[0] == 1
+            assert backend_pid(a) == pid  # held for the whole transaction
+
+
+def test_transaction_pool_holds_server_until_commit(pooler):
+    p = pooler(make_config(route(pool="transaction", pool_size=1, pool_timeout=500)))
+    with p.connect("p0") as a, p.connect("p0") as b:
+        a.execute("begin")
+        a.execute("select 1")
+        with pytest.raises(psycopg.OperationalError, match=r"pool_size"):
+            b.execute("select 1")
+        a.execute("commit")
+    with p.connect("p0") as c:
+        assert c.execute("select 7").fetchone()[0] == 7
+
+
+def test_statement_pool_releases_after_each_statement(pooler):
+    p = pooler(make_config(route(pool="statement", pool_size=1)))
+    with p.connect("p0") as a, p.connect("p0") as b:
+        assert backend_pid(a) == backend_pid(b)
+        assert a.execute("select 2").fetchone()[0] == 2
+
+
+def test_parameters_follow_the_client_across_servers(pooler):
+    p = pooler(make_config(route(pool="transaction", pool_size=2, pool_discard=False)))
+    with p.connect("p0") as a, p.connect("p0") as b:
+        a.execute("set TimeZone = 'Asia/Tokyo'")
+        # B must not inherit A's setting, whichever server it lands on.
+        for _ in range(5):
+            assert b.execute("show TimeZone").fetchone()[0] != "Asia/Tokyo"
+            with b.transaction():
+                b.execute("set local TimeZone = 'UTC'")
+        # A keeps its own setting, whichever server it lands on.
+        for _ in range(5):
+            assert a.execute("show TimeZone").fetchone()[0] == "Asia/Tokyo"
+            with b.transaction():  # keep B on a server so A moves around
+                b.execute("select 1")
+                assert a.execute("show TimeZone").fetchone()[0] == "Asia/Tokyo"
+
+
+def test_reset_discards_session_state_in_transaction_mode(pooler):
+    p = pooler(make_config(route(pool="transaction", pool_size=1)))
+    with p.connect("p0") as a, p.connect("p0") as b:
+        a.execute("create temp table t (x int)")
+        rows = b.execute("select count(*) from pg_tables where tablename = 't'").fetchone()
+        assert rows[0] == 0
+
+
+def test_copy_in_and_out(pooler, pg):
+    p = pooler(make_config(route(pool="transaction", pool_size=2)))
+    pg.psql("create table if not exists copy_t (a int, b text)", db="p1")
+    try:
+        with p.connect("p1") as conn:
+            conn.execute("truncate copy_t")
+            with conn.cursor() as cur, cur.copy("copy copy_t from stdin") as copy:
+                for i in range(1000):
+                    copy.write_row((i, f"row {i}"))
+            out = bytearray()
+            with conn.cursor() as cur, cur.copy("copy copy_t to stdout") as copy:
+                for chunk in copy:
+                    out += chunk
+            assert out.count(b"\n") == 1000
+            assert conn.execute("select sum(a) from copy_t").fetchone()[0] == sum(range(1000))
+    finally:
+        pg.psql("drop table copy_t", db="p1")
+
+
+def test_pipeline_mode_through_transaction_pool(pooler):
+    p = pooler(make_config(route(pool="transaction", pool_size=1)))
+    with p.connect("p0") as conn, conn.pipeline():
+        cursors = [conn.execute("select %s::int", (i,)) for i in range(50)]
+        conn.execute("select 1")
+    assert [c.fetchone()[0] for c in cursors] == list(range(50))
+
+
+async def test_asyncpg_with_statement_cache_in_session_pool(pooler):
+    asyncpg = pytest.importorskip("asyncpg")
+    p = pooler(make_config(route(pool="session")))
+    conn = await asyncpg.connect(host="127.0.0.1", port=p.port, user="postgres", database="p0")
+    try:
+        for i in range(20):
+            assert await conn.fetchval("select $1::int + 1", i) == i + 1
+        rows = await conn.fetch("select aid from pgbench_accounts where aid <= $1", 5)
+        assert [r["aid"] for r in rows] == [1, 2, 3, 4, 5]
+    finally:
+        await conn.close()
+
+
+def test_cancel_request_cancels_the_running_query(pooler):
+    p = pooler(make_config(route(pool="transaction", pool_size=2)))
+    with p.connect("p0") as conn:
+        timer = threading.Timer(0.3, conn.cancel)
+        timer.start()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("select pg_sleep(20)")
+        timer.join()
+        assert conn.execute("select 3").fetchone()[0] == 3
+
+
+def test_client_killed_mid_transaction_leaves_no_dirty_server(pooler, pg):
+    p = pooler(make_config(route(pool="transaction", pool_size=1, pool_timeout=5000)))
+    pg.psql("create table if not exists lock_t (id int primary key)", db="p2")
+    pg.psql("insert into lock_t values (1) on conflict do nothing", db="p2")
+    try:
+        a = p.connect("p2")
+        a.execute("begin")
+        a.execute("select * from lock_t where id = 1 for update")
+        a.pgconn.finish()  # vanishes without COMMIT/ROLLBACK
+        with p.connect("p2") as b:
+            # the same (only) server: it must not still hold A's transaction and lock
+            assert b.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            b.execute("set lock_timeout = '2s'")
+            b.execute("select * from lock_t where id = 1 for update nowait")
+            assert b.execute("select 1").fetchone()[0] == 1
+    finally:
+        pg.psql("drop table lock_t", db="p2")
+
+
+def test_client_killed_mid_query_is_cancelled_and_server_reused(pooler, pg):
+    p = pooler(make_config(route(pool="transaction", pool_size=1, pool_timeout=10000)))
+    a = p.connect("p0")
+    pid = backend_pid(a)
+    a.pgconn.send_query(b"select pg_sleep(30)")
+    wait_until(
+        lambda: "pg_sleep" in pg.psql(f"select query from pg_stat_activity where pid = {pid}")
+    )
+    a.pgconn.finish()
+    with p.connect("p0") as b:
+        assert backend_pid(b) == pid  # reused after cancel, not replaced
+        assert b.execute("select 5").fetchone()[0] == 5
+
+
+def test_postgres_restart_underneath(pooler, pg):
+    p = pooler(make_config(route(pool="transaction", pool_size=2)))
+    with p.connect("p0") as conn:
+        assert conn.execute("select 1").fetchone()[0] == 1
+        pg.restart()
+        # the idle server died with PostgreSQL; a new one serves the next query
+        wait_until(lambda: _query_ok(conn), timeout=15)
+    with p.connect("p0") as fresh:
+        assert fresh.execute("select 2").fetchone()[0] == 2
+
+
+def _query_ok(conn: psycopg.Connection) -> bool:
+    try:
+        return conn.execute("select 1").fetchone()[0] == 1
+    except psycopg.Error:
+        return False
+
+
+def test_malformed_client_message_closes_only_that_client(pooler):
+    import socket
+
+    p = pooler(make_config(route(pool="transaction", pool_size=2)))
+    with p.connect("p0") as good:
+        bad = psycopg.connect(p.dsn("p0"), autocommit=True)
+        sock = socket.socket(fileno=bad.pgconn.socket)
+        try:
+            sock.sendall(b"Q\xff\xff\xff\xff")  # negative length
+            wait_until(lambda: bad.pgconn.status != psycopg.pq.ConnStatus.OK or _broken(bad))
+        finally:
+            sock.detach()
+            bad.close()
+        assert good.execute("select 9").fetchone()[0] == 9
+
+
+def _broken(conn: psycopg.Connection) -> bool:
+    try:
+        conn.execute("select 1")
+    except psycopg.Error:
+        return True
+    return False
