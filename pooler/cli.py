@@ -51,26 +51,15 @@ def serve(config_path: str, test_only: bool, strict: bool) -> None:
     """Run the pooler with CONFIG in the foreground."""
     if test_only:
         sys.exit(_check(config_path, strict))
-    from pooler.server.main import run
+    from pooler.supervisor.main import run
 
     sys.exit(run(Path(config_path), strict=strict))
 
 
 @main.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="The config to serve (default: sample.conf of this checkout).",
-)
+@click.argument("config_path", metavar="CONFIG", required=False, type=click.Path(dir_okay=False))
 def demo(config_path: str | None) -> None:
     """Start a throwaway PostgreSQL and serve sample.conf in front of it (Ctrl-C stops)."""
-    from pooler.demo import run_demo
+    from pooler.demo import default_sample_conf, run_demo
 
-    path = (
-        Path(config_path) if config_path else Path(__file__).resolve().parent.parent / "sample.conf"
-    )
-    if not path.exists():
-        path = Path("sample.conf")
-    sys.exit(run_demo(path))
+    sys.exit(run_demo(Path(config_path) if config_path else default_sample_conf()))

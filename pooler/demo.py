@@ -68,6 +68,16 @@ def _listening(port: int) -> bool:
     return not port_is_free(port)
 
 
+def default_sample_conf() -> Path:
+    """sample.conf: shipped in the package (pooler/sample.conf), else the source tree's root
+    (editable install), else the current directory."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "sample.conf", here.parent / "sample.conf", Path("sample.conf")):
+        if candidate.is_file():
+            return candidate
+    return here.parent / "sample.conf"  # run_demo reports it as unreadable
+
+
 def rewrite_ports(text: str, pg_port: int, listen_port: int) -> str:
     """sample.conf text with the port of storage "order" and of the listen block replaced."""
     text = re.sub(_STORAGE_PORT.format(name=re.escape(STORAGE)), rf"\g<1>{pg_port}", text, count=1)

@@ -127,7 +127,7 @@ def conninfo(**params: Any) -> str:
     return " ".join(f"{k}={_conninfo_value(v)}" for k, v in params.items() if v is not None)
 
 
-_live_clusters: set[PgCluster] = set()  # started-or-created, not yet removed
+_live_clusters: set[PgCluster] = set()  # throwaway clusters not yet removed
 
 
 @atexit.register
@@ -141,7 +141,10 @@ def _remove_leftovers() -> None:
 class PgCluster:
     """One PostgreSQL instance listening on 127.0.0.1:``port`` and a private Unix socket dir.
 
-    ``datadir=None`` puts the data directory in a fresh temp dir that :meth:`remove` deletes.
+    ``datadir=None`` puts the data directory in a fresh temp dir that :meth:`remove` deletes
+    (and that is removed at interpreter exit if nobody did). A given ``datadir`` is kept: it is
+    initialized by :meth:`start` only if empty, and left running at exit unless stopped.
+    Logs and the Unix socket always live in a temp dir (:attr:`basedir`).
     ``settings`` are extra postgresql.conf lines (name -> value, strings are quoted).
 
     Typical use::
@@ -179,7 +182,8 @@ class PgCluster:
         self.role_rules: list[str] = []
         self._initialized = False
         self._running = False
-        _live_clusters.add(self)
+        if self._owns_datadir:
+            _live_clusters.add(self)  # a throwaway cluster does not outlive the interpreter
 
     # -- binaries -----------------------------------------------------------------------
 
@@ -359,6 +363,12 @@ class PgCluster:
         if not self.logfile.exists():
             self.logfile.touch()
             self._give_to_postgres(self.logfile)
+        if not self.socket_dir.exists():  # a datadir initialized by an earlier PgCluster
+            self.socket_dir.mkdir()
+            self.basedir.chmod(0o755)
+            self._give_to_postgres(self.basedir, self.socket_dir)
+        # Port and socket dir on the command line win over an older postgresql.conf.
+        opts = f"-p {self.port} -k {shlex.quote(str(self.socket_dir))}"
         log_offset = self.logfile.stat().st_size if self.logfile.exists() else 0
         try:
             self._run(
@@ -369,6 +379,8 @@ class PgCluster:
                     str(self.datadir),
                     "-l",
                     str(self.logfile),
+                    "-o",
+                    opts,
                     "-w",
                     "-t",
                     str(int(self.start_timeout)),

@@ -94,9 +94,7 @@ def parse_text(text: str, path: str = "<text>", *, strict: bool = False) -> Conf
         else:
             rules, hba_errors = parse_hba(hba_text, hba_path)
             errors.extend(hba_errors)
-            config = replace(
-                config, hba_rules=tuple(rules), includes=(*config.includes, hba_path)
-            )
+            config = replace(config, hba_rules=tuple(rules), includes=(*config.includes, hba_path))
 
     more_errors, more_warnings = validate(config, strict)
     errors.extend(more_errors)

@@ -14,11 +14,29 @@ from pooler.config.model import Config, Rule
 
 #: Global keys odyssey applies on reload (HEAD, odyssey.md §2.10) plus hba_file.
 LIVE_GLOBAL_KEYS = frozenset(
-    "log_debug log_config log_session log_query log_stats stats_interval client_max "
-    "max_sigterms_to_die client_max_routing server_login_retry backend_connect_timeout_ms "
-    "cancel_timeout_ms smart_search_path_enquoting disable_nolinger keepalive "
-    "keepalive_keep_interval keepalive_probes keepalive_usr_timeout "
-    "graceful_shutdown_timeout_ms hba_file hba_rules".split()
+    [
+        "log_debug",
+        "log_config",
+        "log_session",
+        "log_query",
+        "log_stats",
+        "stats_interval",
+        "client_max",
+        "max_sigterms_to_die",
+        "client_max_routing",
+        "server_login_retry",
+        "backend_connect_timeout_ms",
+        "cancel_timeout_ms",
+        "smart_search_path_enquoting",
+        "disable_nolinger",
+        "keepalive",
+        "keepalive_keep_interval",
+        "keepalive_probes",
+        "keepalive_usr_timeout",
+        "graceful_shutdown_timeout_ms",
+        "hba_file",
+        "hba_rules",
+    ]
 )
 SECRET_KEYS = frozenset(
     {"password", "storage_password", "ldapbindpasswd", "ldap_storage_credentials"}
@@ -113,7 +131,9 @@ def diff(old: Config, new: Config) -> list[Change]:
     new_listens = {(x.host, x.port): x for x in new.listens}
     for key, listen in new_listens.items():
         if key not in old_listens:
-            changes.append(Change(f"listen {listen.name} added (listen changes need a restart)", True))
+            changes.append(
+                Change(f"listen {listen.name} added (listen changes need a restart)", True)
+            )
         else:
             for text in _field_changes(old_listens[key], listen):
                 changes.append(
@@ -132,7 +152,9 @@ def diff(old: Config, new: Config) -> list[Change]:
         if name not in old_storages:
             changes.append(Change(f'storage "{name}" added', False))
             continue
-        for text in _field_changes(old_storages[name], storage, frozenset({"endpoints", "port_set"})):
+        for text in _field_changes(
+            old_storages[name], storage, frozenset({"endpoints", "port_set"})
+        ):
             if text.startswith("watchdog "):
                 text = "watchdog changed"
             changes.append(Change(f'storage "{name}": {text}', False))

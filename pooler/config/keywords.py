@@ -8,72 +8,205 @@ used in diagnostics.
 
 from __future__ import annotations
 
-GLOBAL_BOOL = (
-    "daemonize sequential_routing enable_online_restart virtual_processing virtual_transaction "
-    "graceful_die_on_errors bindwith_reuseport enable_host_watcher log_debug log_to_stdout "
-    "log_config log_session log_query log_stats log_async log_syslog smart_search_path_enquoting "
-    "nodelay disable_nolinger log_general_stats_prom log_route_stats_prom"
-).split()
-GLOBAL_STR = (
-    "pid_file unix_socket_dir unix_socket_mode locks_dir external_auth_socket_path "
-    "availability_zone log_file log_format log_syslog_ident log_syslog_facility cpu_affinity "
-    "hba_file"
-).split()
-GLOBAL_INT = (
-    "priority graceful_shutdown_timeout_ms log_queue_depth stats_interval client_max "
-    "client_max_routing server_login_retry readahead keepalive keepalive_keep_interval "
-    "keepalive_probes keepalive_usr_timeout max_sigterms_to_die backend_connect_timeout_ms "
-    "cancel_timeout_ms cancel_queue_timeout_ms cancel_max_inflight resolvers dns_cache_ttl "
-    "cache_msg_gc_size cache_coroutine coroutine_stack_size system_coroutine_stack_size "
-    "promhttp_server_port group_checker_interval pipeline cache cache_chunk packet_read_size "
-    "packet_write_queue"
-).split()
-GLOBAL_SPECIAL = (
-    "workers include listen storage database ldap_endpoint shared_pool conn_drop_options "
-    "online_restart_drop_options soft_oom query_parsing load_module"
-).split()
+GLOBAL_BOOL = [
+    "daemonize",
+    "sequential_routing",
+    "enable_online_restart",
+    "virtual_processing",
+    "virtual_transaction",
+    "graceful_die_on_errors",
+    "bindwith_reuseport",
+    "enable_host_watcher",
+    "log_debug",
+    "log_to_stdout",
+    "log_config",
+    "log_session",
+    "log_query",
+    "log_stats",
+    "log_async",
+    "log_syslog",
+    "smart_search_path_enquoting",
+    "nodelay",
+    "disable_nolinger",
+    "log_general_stats_prom",
+    "log_route_stats_prom",
+]
+GLOBAL_STR = [
+    "pid_file",
+    "unix_socket_dir",
+    "unix_socket_mode",
+    "locks_dir",
+    "external_auth_socket_path",
+    "availability_zone",
+    "log_file",
+    "log_format",
+    "log_syslog_ident",
+    "log_syslog_facility",
+    "cpu_affinity",
+    "hba_file",
+]
+GLOBAL_INT = [
+    "priority",
+    "graceful_shutdown_timeout_ms",
+    "log_queue_depth",
+    "stats_interval",
+    "client_max",
+    "client_max_routing",
+    "server_login_retry",
+    "readahead",
+    "keepalive",
+    "keepalive_keep_interval",
+    "keepalive_probes",
+    "keepalive_usr_timeout",
+    "max_sigterms_to_die",
+    "backend_connect_timeout_ms",
+    "cancel_timeout_ms",
+    "cancel_queue_timeout_ms",
+    "cancel_max_inflight",
+    "resolvers",
+    "dns_cache_ttl",
+    "cache_msg_gc_size",
+    "cache_coroutine",
+    "coroutine_stack_size",
+    "system_coroutine_stack_size",
+    "promhttp_server_port",
+    "group_checker_interval",
+    "pipeline",
+    "cache",
+    "cache_chunk",
+    "packet_read_size",
+    "packet_write_queue",
+]
+GLOBAL_SPECIAL = [
+    "workers",
+    "include",
+    "listen",
+    "storage",
+    "database",
+    "ldap_endpoint",
+    "shared_pool",
+    "conn_drop_options",
+    "online_restart_drop_options",
+    "soft_oom",
+    "query_parsing",
+    "load_module",
+]
 
-LISTEN_STR = (
-    "host target_session_attrs balancing_method tls tls_ca_file tls_key_file tls_cert_file "
-    "tls_protocols storage"
-).split()
-LISTEN_INT = "port client_login_timeout backlog catchup_timeout".split()
+LISTEN_STR = [
+    "host",
+    "target_session_attrs",
+    "balancing_method",
+    "tls",
+    "tls_ca_file",
+    "tls_key_file",
+    "tls_cert_file",
+    "tls_protocols",
+    "storage",
+]
+LISTEN_INT = ["port", "client_login_timeout", "backlog", "catchup_timeout"]
 LISTEN_BOOL = ["compression"]
 
-STORAGE_STR = "type host tls tls_ca_file tls_key_file tls_cert_file tls_protocols".split()
-STORAGE_INT = "port server_max_routing endpoints_status_poll_interval".split()
+STORAGE_STR = [
+    "type",
+    "host",
+    "tls",
+    "tls_ca_file",
+    "tls_key_file",
+    "tls_cert_file",
+    "tls_protocols",
+]
+STORAGE_INT = ["port", "server_max_routing", "endpoints_status_poll_interval"]
 STORAGE_SPECIAL = ["watchdog", "balancing"]
 
-ROUTE_STR = (
-    "authentication auth_module mdb_iamproxy_socket_path auth_pam_service target_session_attrs "
-    "auth_query auth_query_db auth_query_user password role quantiles pool pool_routing "
-    "pool_discard_query shared_pool storage storage_db storage_user storage_password "
-    "ldap_endpoint_name ldap_storage_credentials_attr watchdog_lag_query group_query "
-    "group_query_user group_query_db"
-).split()
-ROUTE_BOOL = (
-    "enable_mdb_iamproxy_auth password_passthrough client_fwd_error client_show_id "
-    "reserve_session_server_connection application_name_add_host "
-    "server_drop_on_cached_plan_error maintain_params pool_discard pool_smart_discard "
-    "pool_cancel pool_rollback pool_reserve_prepared_statement pool_pin_on_listen "
-    "pool_attach_check pool_acquire_fail_fast log_debug log_query"
-).split()
-ROUTE_INT = (
-    "client_max server_lifetime ldap_pool_size ldap_pool_timeout ldap_pool_ttl min_pool_size "
-    "pool_size pool_timeout pool_ttl pool_reset_timeout_ms pool_notice_after_waiting_ms "
-    "pool_client_idle_timeout pool_idle_in_transaction_timeout watchdog_lag_interval "
-    "catchup_timeout catchup_checks keepalive keepalive_keep_interval keepalive_probes "
-    "keepalive_usr_timeout"
-).split()
-ROUTE_SPECIAL = (
-    "auth_common_name ldap_storage_credentials options backend_startup_options"
-).split()
+ROUTE_STR = [
+    "authentication",
+    "auth_module",
+    "mdb_iamproxy_socket_path",
+    "auth_pam_service",
+    "target_session_attrs",
+    "auth_query",
+    "auth_query_db",
+    "auth_query_user",
+    "password",
+    "role",
+    "quantiles",
+    "pool",
+    "pool_routing",
+    "pool_discard_query",
+    "shared_pool",
+    "storage",
+    "storage_db",
+    "storage_user",
+    "storage_password",
+    "ldap_endpoint_name",
+    "ldap_storage_credentials_attr",
+    "watchdog_lag_query",
+    "group_query",
+    "group_query_user",
+    "group_query_db",
+]
+ROUTE_BOOL = [
+    "enable_mdb_iamproxy_auth",
+    "password_passthrough",
+    "client_fwd_error",
+    "client_show_id",
+    "reserve_session_server_connection",
+    "application_name_add_host",
+    "server_drop_on_cached_plan_error",
+    "maintain_params",
+    "pool_discard",
+    "pool_smart_discard",
+    "pool_cancel",
+    "pool_rollback",
+    "pool_reserve_prepared_statement",
+    "pool_pin_on_listen",
+    "pool_attach_check",
+    "pool_acquire_fail_fast",
+    "log_debug",
+    "log_query",
+]
+ROUTE_INT = [
+    "client_max",
+    "server_lifetime",
+    "ldap_pool_size",
+    "ldap_pool_timeout",
+    "ldap_pool_ttl",
+    "min_pool_size",
+    "pool_size",
+    "pool_timeout",
+    "pool_ttl",
+    "pool_reset_timeout_ms",
+    "pool_notice_after_waiting_ms",
+    "pool_client_idle_timeout",
+    "pool_idle_in_transaction_timeout",
+    "watchdog_lag_interval",
+    "catchup_timeout",
+    "catchup_checks",
+    "keepalive",
+    "keepalive_keep_interval",
+    "keepalive_probes",
+    "keepalive_usr_timeout",
+]
+ROUTE_SPECIAL = [
+    "auth_common_name",
+    "ldap_storage_credentials",
+    "options",
+    "backend_startup_options",
+]
 CREDS_STR = ["ldap_storage_username", "ldap_storage_password"]
 
-LDAP_STR = (
-    "ldapserver ldapprefix ldapsuffix ldapsearchattribute ldapscope ldapscheme ldapbasedn "
-    "ldapbinddn ldapbindpasswd ldapsearchfilter"
-).split()
+LDAP_STR = [
+    "ldapserver",
+    "ldapprefix",
+    "ldapsuffix",
+    "ldapsearchattribute",
+    "ldapscope",
+    "ldapscheme",
+    "ldapbasedn",
+    "ldapbinddn",
+    "ldapbindpasswd",
+    "ldapsearchfilter",
+]
 LDAP_INT = ["ldapport"]
 
 SHARED_POOL_INT = ["pool_size"]
@@ -86,7 +219,18 @@ BALANCING_KEYS = ["method", "show_notice_messages"]
 METHOD_KEYS = ["az_aware"]
 DB_KEYS = ["user", "group"]
 
-VALUE_WORDS = "yes no default local host hostssl hostnossl disabled minimal full".split()
+VALUE_WORDS = [
+    "yes",
+    "no",
+    "default",
+    "local",
+    "host",
+    "hostssl",
+    "hostnossl",
+    "disabled",
+    "minimal",
+    "full",
+]
 
 CONNECTION_TYPES = ("local", "host", "hostssl", "hostnossl")
 
@@ -125,8 +269,19 @@ KEYWORD_SET = frozenset(KEYWORDS)
 
 #: Keys accepted and ignored, with a warning (odyssey HEAD: "deprecated and ignored").
 DEPRECATED = frozenset(
-    "pipeline cache cache_chunk packet_read_size packet_write_queue graceful_die_on_errors "
-    "compression ldap_pool_size ldap_pool_timeout ldap_pool_ttl catchup_checks".split()
+    [
+        "pipeline",
+        "cache",
+        "cache_chunk",
+        "packet_read_size",
+        "packet_write_queue",
+        "graceful_die_on_errors",
+        "compression",
+        "ldap_pool_size",
+        "ldap_pool_timeout",
+        "ldap_pool_ttl",
+        "catchup_checks",
+    ]
 )
 
 

@@ -278,7 +278,11 @@ def read_text_file(path: str, what: str = "config file") -> str:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ConfigError(
-            [Diagnostic(None, f"failed to open {what} '{path}': No such file or directory", file=path)]
+            [
+                Diagnostic(
+                    None, f"failed to open {what} '{path}': No such file or directory", file=path
+                )
+            ]
         ) from None
     except IsADirectoryError:
         raise ConfigError(
@@ -330,10 +334,23 @@ SIZE_KEYS = frozenset({"limit", "mem_limit"})
 LEGACY_SUFFIXES = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
 HEAD_SUFFIXES = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 NON_NEGATIVE = frozenset(
-    "backlog client_login_timeout catchup_timeout pool_size min_pool_size pool_timeout pool_ttl "
-    "pool_reset_timeout_ms pool_notice_after_waiting_ms pool_client_idle_timeout "
-    "pool_idle_in_transaction_timeout server_lifetime watchdog_lag_interval server_max_routing "
-    "stats_interval".split()
+    [
+        "backlog",
+        "client_login_timeout",
+        "catchup_timeout",
+        "pool_size",
+        "min_pool_size",
+        "pool_timeout",
+        "pool_ttl",
+        "pool_reset_timeout_ms",
+        "pool_notice_after_waiting_ms",
+        "pool_client_idle_timeout",
+        "pool_idle_in_transaction_timeout",
+        "server_lifetime",
+        "watchdog_lag_interval",
+        "server_max_routing",
+        "stats_interval",
+    ]
 )
 RANGES: dict[str, tuple[int, int]] = {
     "port": (1, 65535),
@@ -344,9 +361,7 @@ RANGES: dict[str, tuple[int, int]] = {
     "interval_ms": (1, INT_MAX),
 }
 REPEATABLE = frozenset({"storage@listen", "auth_common_name@route"})
-SECRET_KEYS = frozenset(
-    {"password", "storage_password", "ldapbindpasswd", "ldap_storage_password"}
-)
+SECRET_KEYS = frozenset({"password", "storage_password", "ldapbindpasswd", "ldap_storage_password"})
 
 
 class Builder:
@@ -425,9 +440,7 @@ class Builder:
             if key in RANGES:
                 low, high = RANGES[key]
                 if not low <= number <= high:
-                    self.error(
-                        token, f"value for option '{key}' must be between {low} and {high}"
-                    )
+                    self.error(token, f"value for option '{key}' must be between {low} and {high}")
             elif key in NON_NEGATIVE and number < 0:
                 if self.strict:
                     self.error(token, f"{key} must be non-negative")
@@ -487,10 +500,7 @@ class Builder:
         if key in kw.DEPRECATED:
             self.warn(pos, f"option '{key}' is deprecated and ignored")
             return
-        if key == "workers":
-            value = self.workers(item)
-        else:
-            value = self.value(item)
+        value = self.workers(item) if key == "workers" else self.value(item)
         if key in self.globals:
             self.duplicate(key, pos, self.global_pos[key])
         self.globals[key] = value
@@ -695,7 +705,9 @@ class Builder:
         conn_type: str = "default",
     ) -> Rule:
         values, positions = self.collect(block.items, "route")
-        name = f"{database or 'default_db'}.{('group_' + user) if group else (user or 'default_user')}"
+        name = (
+            f"{database or 'default_db'}.{('group_' + user) if group else (user or 'default_user')}"
+        )
         if "auth_common_name" in values:
             names = values.pop("auth_common_name")
             values["auth_common_name"] = tuple(n for n in names if n != "default")
@@ -855,7 +867,9 @@ class Builder:
             workers = os.cpu_count() or 1
         if "client_max" in values and values["client_max"] <= 0:
             values["client_max"] = None
-        storages = tuple(self.finish_storage(s, values.get("unix_socket_dir")) for s in self.storages)
+        storages = tuple(
+            self.finish_storage(s, values.get("unix_socket_dir")) for s in self.storages
+        )
         return Config(
             path=path,
             warnings=tuple(self.warnings),
@@ -975,10 +989,7 @@ def parse_hba(text: str, file: str) -> tuple[list[HbaRule], list[Diagnostic]]:
             continue
         address = None
         if conn_type != "local":
-            if len(fields) == 5:
-                address = fields[3]
-            else:
-                address = f"{fields[3]}/{fields[4]}"
+            address = fields[3] if len(fields) == 5 else f"{fields[3]}/{fields[4]}"
             try:
                 address = str(ipaddress.ip_network(address, strict=False))
             except ValueError:

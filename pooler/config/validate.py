@@ -100,10 +100,8 @@ class _Validator:
             if self.strict and "port" not in listen.key_pos:
                 self.error(listen.pos, "listen section is missing 'port'")
             if listen.host is None and c.unix_socket_dir is None:
-                self.error(
-                    listen.pos, "listen host is not set and no unix_socket_dir is specified"
-                )
-            if listen.tls not in TLS_MODES or (self.strict and False):
+                self.error(listen.pos, "listen host is not set and no unix_socket_dir is specified")
+            if listen.tls not in TLS_MODES:
                 self.error(
                     listen.key_pos.get("tls", listen.pos), f"unknown tls mode '{listen.tls}'"
                 )
@@ -123,7 +121,9 @@ class _Validator:
                 )
             for name in listen.storage:
                 if c.storage(name) is None:
-                    self.error(listen.key_pos.get("storage", listen.pos), f"unknown storage '{name}'")
+                    self.error(
+                        listen.key_pos.get("storage", listen.pos), f"unknown storage '{name}'"
+                    )
 
     # -------------------------------------------------------------------- storages
 
@@ -195,9 +195,13 @@ class _Validator:
         elif r.pool not in POOL_MODES:
             self.error(at("pool"), f"{prefix}: unknown pooling mode '{r.pool}'")
         if r.pool_routing not in POOL_ROUTINGS:
-            self.error(at("pool_routing"), f"{prefix}: unknown pool routing mode '{r.pool_routing}'")
+            self.error(
+                at("pool_routing"), f"{prefix}: unknown pool routing mode '{r.pool_routing}'"
+            )
         elif r.pool_routing == "internal" and r.address is not None:
-            self.error(at("pool_routing"), f"{prefix}: internal rules must have default address_range")
+            self.error(
+                at("pool_routing"), f"{prefix}: internal rules must have default address_range"
+            )
         # passwords and auth_query
         other_sources = (
             r.auth_query or r.auth_pam_service or r.ldap_endpoint_name or r.auth_module
@@ -213,7 +217,8 @@ class _Validator:
                 self.error(at("auth_query"), f"{prefix}: auth_query_db is not set")
             if r.auth_pam_service is not None:
                 self.error(
-                    at("auth_pam_service"), f"{prefix}: auth_query and auth_pam_service are incompatible"
+                    at("auth_pam_service"),
+                    f"{prefix}: auth_query and auth_pam_service are incompatible",
                 )
         if r.group:
             for key in ("group_query", "group_query_user", "group_query_db"):
@@ -237,7 +242,9 @@ class _Validator:
             if c.shared_pool(r.shared_pool) is None:
                 self.error(at("shared_pool"), f"{prefix}: unknown shared_pool '{r.shared_pool}'")
             if "pool_size" in r.key_pos:
-                self.error(at("pool_size"), f"{prefix}: pool_size and shared_pool are mutually exclusive")
+                self.error(
+                    at("pool_size"), f"{prefix}: pool_size and shared_pool are mutually exclusive"
+                )
         reserve = r.pool_reserve_prepared_statement and r.pool not in ("session",)
         if r.pool_smart_discard and not r.pool_reserve_prepared_statement:
             self.error(
@@ -261,12 +268,11 @@ class _Validator:
             )
         if r.quantiles is not None and not _quantiles_ok(r.quantiles):
             self.error(at("quantiles"), f"{prefix}: can't parse quantiles from '{r.quantiles}'")
-        if r.client_max is not None and r.client_max <= 0:
-            if self.strict:
-                self.error(
-                    at("client_max"),
-                    "value for option 'client_max' must be between 1 and 2147483647",
-                )
+        if r.client_max is not None and r.client_max <= 0 and self.strict:
+            self.error(
+                at("client_max"),
+                "value for option 'client_max' must be between 1 and 2147483647",
+            )
 
 
 def _quantiles_ok(text: str) -> bool:

@@ -36,7 +36,7 @@ class ProtocolError(PgError):
     """The peer broke the wire protocol (bad length, bad layout, unsupported version...)."""
 
 
-class AuthFailed(PgError):  # noqa: N818 (public name fixed by the spec)
+class AuthFailed(PgError):
     """Authentication failed: wrong password, or an exchange that cannot succeed."""
 
     default_sqlstate = INVALID_PASSWORD

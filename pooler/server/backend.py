@@ -71,6 +71,7 @@ class ServerConnection(asyncio.Protocol):
         "copy_in",
         "created",
         "endpoint",
+        "holds_slot",
         "id",
         "login_params",
         "params",
@@ -102,6 +103,7 @@ class ServerConnection(asyncio.Protocol):
         self.unsynced = False  # extended-protocol messages sent since the last Sync
         self.copy_in = False
         self.closed = False
+        self.holds_slot = False  # counts against the route's global pool_size
         self.created = time.monotonic()
         self.released_at = self.created
         self.query_started = 0.0

@@ -19,6 +19,8 @@ from pooler.logs import log
 from pooler.server.backend import SMART_DISCARD, BackendError, ServerConnection, ServerGone
 from pooler.server.stats import RouteStats
 
+RouteKey = tuple[int, int, str, str]  # (generation, rule order, backend db, backend user)
+
 if TYPE_CHECKING:
     from pooler.server.worker import Worker
 
@@ -41,23 +43,25 @@ class Route:
     def __init__(
         self,
         worker: Worker,
+        key: RouteKey,
         rule: Rule,
         storage: Storage,
         backend_db: str,
         backend_user: str,
-        generation: int,
     ) -> None:
         self.worker = worker
+        self.key = key
         self.rule = rule
         self.storage = storage
         self.backend_db = backend_db
         self.backend_user = backend_user
-        self.generation = generation
         self.obsolete = False
         self.idle: deque[ServerConnection] = deque()
         self.busy: set[ServerConnection] = set()
         self.connecting = 0
         self.waiters: deque[asyncio.Future[ServerConnection | None]] = deque()
+        self.slot_requested = False  # one slot request at a time goes to the supervisor
+        self.shed_pending = 0  # slots the supervisor asked us to give back
         self.clients = 0
         self.stats = RouteStats()
         self.server_params: dict[str, str] | None = None  # a login's ParameterStatus set
@@ -82,14 +86,19 @@ class Route:
         return self.rule.name
 
     @property
+    def limited(self) -> bool:
+        return self.rule.pool_size > 0
+
+    @property
     def size(self) -> int:
         return len(self.idle) + len(self.busy) + self.connecting
 
-    def _has_room(self) -> bool:
-        return self.rule.pool_size == 0 or self.size < self.rule.pool_size
-
     async def acquire(self, password: str | None) -> ServerConnection:
-        """A logged-in server for a client: idle, new, or the next one released."""
+        """A logged-in server for a client: idle, new, or the next one released.
+
+        With a pool_size, a new server needs a slot from the supervisor (global limit over
+        all workers); meanwhile a server released in this worker serves the waiter too.
+        """
         started = time.monotonic()
         timeout_ms = self.rule.pool_timeout
         deadline = started + timeout_ms / 1000 if timeout_ms else None
@@ -100,35 +109,69 @@ class Route:
                     if not server.closed:
                         self.busy.add(server)
                         return server
-                if self._has_room():
+                if not self.limited:
                     return await self._connect(password)
                 waiter: asyncio.Future[ServerConnection | None] = (
                     asyncio.get_running_loop().create_future()
                 )
                 self.waiters.append(waiter)
+                self._want_slot()
                 try:
                     if deadline is None:
                         server = await waiter
                     else:
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
-                            raise PoolTimeout
+                            raise TimeoutError
                         server = await asyncio.wait_for(waiter, remaining)
                 except (TimeoutError, asyncio.CancelledError) as exc:
-                    if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                        self.release(waiter.result())  # handed to us as we gave up
-                    elif waiter in self.waiters:
+                    if waiter in self.waiters:
                         self.waiters.remove(waiter)
+                    elif waiter.done() and not waiter.cancelled():
+                        self._unused(waiter.result())  # handed to us as we gave up
                     if isinstance(exc, TimeoutError):
                         raise PoolTimeout from None
                     raise
-                if server is not None:
-                    return server  # handed over by release(), already counted busy
+                if server is None:  # a slot was granted to us
+                    return await self._connect(password)
+                return server  # handed over by release(), already counted busy
         finally:
             waited = int((time.monotonic() - started) * 1e6)
             self.stats.wait_time_us += waited
             if waited > self.stats.max_wait_us:
                 self.stats.max_wait_us = waited
+
+    def _unused(self, server: ServerConnection | None) -> None:
+        if server is None:
+            self.worker.slots.release(self.key)
+        else:
+            self.release(server)
+
+    def _want_slot(self) -> None:
+        if not self.slot_requested:
+            self.slot_requested = True
+            self.worker.slots.request(self.key, self.rule.pool_size)
+
+    def on_grant(self) -> None:
+        """The supervisor granted the slot we asked for: the first waiter connects."""
+        self.slot_requested = False
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                if self.waiters:
+                    self._want_slot()
+                return
+        self.worker.slots.release(self.key)
+
+    def on_shed(self) -> None:
+        """The supervisor wants a slot back: close an idle server now or the next released."""
+        while self.idle:
+            server = self.idle.popleft()
+            if not server.closed:
+                server.close()  # connection_lost returns the slot
+                return
+        self.shed_pending += 1
 
     async def _connect(self, password: str | None) -> ServerConnection:
         self.connecting += 1
@@ -147,21 +190,20 @@ class Route:
                     _, server = await loop.create_connection(
                         lambda: ServerConnection(self, endpoint), endpoint.host, endpoint.port
                     )
+                server.holds_slot = self.limited  # from now on, closing returns the slot
                 await server.login(self.backend_user, self.backend_db, password)
-        except BackendError as exc:
+        except (BackendError, OSError, TimeoutError, ServerGone) as exc:
             if server is not None:
                 server.close()
-            raise ConnectFailed(str(exc), exc.fields) from None
-        except (OSError, TimeoutError, ServerGone) as exc:
-            if server is not None:
-                server.close()
+            elif self.limited:
+                self.worker.slots.release(self.key)
+            if isinstance(exc, BackendError):
+                raise ConnectFailed(str(exc), exc.fields) from None
             where = endpoint.unix_socket_path or f"{endpoint.host}:{endpoint.port}"
             log.error("server", f"failed to connect to {where}: {exc or 'timeout'}")
             raise ConnectFailed(f"failed to connect to remote server {where}") from None
         finally:
             self.connecting -= 1
-            if server is None or server.closed:
-                self._wake_one()
         self.stats.server_connects += 1
         if self.server_params is None:
             self.server_params = dict(server.params)
@@ -171,7 +213,9 @@ class Route:
     def release(self, server: ServerConnection) -> None:
         """Give a clean server back: to the first waiter (it stays busy), else to idle."""
         server.unlink()
-        if server.closed or self._expired(server):
+        if server.closed or self._expired(server) or self.shed_pending:
+            if self.shed_pending and not server.closed:
+                self.shed_pending -= 1
             self.discard(server)
             return
         while self.waiters:
@@ -183,27 +227,19 @@ class Route:
         self.idle.append(server)
 
     def discard(self, server: ServerConnection) -> None:
-        """Close a server that cannot be reused; its slot goes to a waiter."""
+        """Close a server that cannot be reused (its slot is returned when it is gone)."""
         self.busy.discard(server)
         server.unlink()
         server.close()
-        self._wake_one()
 
     def forget(self, server: ServerConnection) -> None:
         """A server's connection is gone (called from connection_lost)."""
-        if server in self.busy:
-            self.busy.discard(server)
-            self._wake_one()
-        else:
-            with contextlib.suppress(ValueError):
-                self.idle.remove(server)
-
-    def _wake_one(self) -> None:
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # a slot is free: connect yourself
-                return
+        self.busy.discard(server)
+        with contextlib.suppress(ValueError):
+            self.idle.remove(server)
+        if server.holds_slot:
+            server.holds_slot = False
+            self.worker.slots.release(self.key)
 
     def _expired(self, server: ServerConnection) -> bool:
         if self.obsolete and self.clients == 0:
@@ -215,27 +251,28 @@ class Route:
         """Close idle servers past pool_ttl or server_lifetime (called once a second)."""
         now = time.monotonic()
         ttl = self.rule.pool_ttl
-        keep: deque[ServerConnection] = deque()
-        for server in self.idle:
+        for server in list(self.idle):
             if server.closed:
                 continue
             if (ttl and now - server.released_at > ttl) or self._expired(server):
                 server.close()
-            else:
-                keep.append(server)
-        self.idle = keep
 
     async def fill_min_pool(self) -> None:
-        """Open idle servers up to min_pool_size."""
+        """Open servers until the route has min_pool_size of them, then leave them idle."""
         want = self.rule.min_pool_size
-        while self.size < want and self._has_room():
-            try:
-                server = await self._connect(self.worker.storage_password(self.rule))
-            except ConnectFailed:
-                return
-            self.release(server)
+        held: list[ServerConnection] = []
+        try:
+            async with asyncio.timeout(5):
+                while self.size < want or len(held) < min(want, self.size):
+                    if self.waiters or len(held) >= want:
+                        break
+                    held.append(await self.acquire(self.worker.storage_password(self.rule)))
+        except (ConnectFailed, PoolTimeout, TimeoutError):
+            pass
+        finally:
+            for server in held:
+                self.release(server)
 
     def close_all(self) -> None:
         for server in list(self.idle):
             server.close()
-        self.idle.clear()

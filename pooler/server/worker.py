@@ -8,25 +8,30 @@ import secrets
 import socket
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pooler.config import Config, Listen, Rule, Storage
 from pooler.logs import log
 from pooler.protocol import build
 from pooler.server.backend import BackendError, ServerConnection, ServerGone
 from pooler.server.client import ClientConnection
-from pooler.server.pool import Route
+from pooler.server.pool import Route, RouteKey
 from pooler.server.router import Router
+
+if TYPE_CHECKING:
+    from pooler.server.worker_main import SupervisorLink
 
 
 class Worker:
     """Owns the clients and server connections of one process."""
 
-    def __init__(self, config: Config, index: int = 0) -> None:
+    def __init__(self, config: Config, index: int, link: SupervisorLink) -> None:
         self.index = index
         self.config = config
+        self.link = link
+        self.slots = link.slots
         self.router = Router(config.rules, config.sequential_routing)
-        self.routes: dict[tuple[int, int, str, str], Route] = {}
+        self.routes: dict[RouteKey, Route] = {}
         self.clients: set[ClientConnection] = set()
         self.cancel_keys: dict[int, ClientConnection] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -97,6 +102,14 @@ class Worker:
         if self._cron is not None:
             self._cron.cancel()
 
+    def apply_config(self, config: Config) -> None:
+        """A new config generation: new clients route by it; old routes become obsolete."""
+        self.config = config
+        self.router = Router(config.rules, config.sequential_routing)
+        for key, route in self.routes.items():
+            if key[0] != config.generation:
+                route.obsolete = True
+
     # --- clients ----------------------------------------------------------------------
 
     def client_connected(self, client: ClientConnection) -> None:
@@ -122,7 +135,11 @@ class Worker:
         return pid, secrets.randbits(31)
 
     async def cancel(self, pid: int, secret: int) -> None:
-        """A CancelRequest from a client: cancel the query of the server it is linked to."""
+        """A CancelRequest: cancel the query of the client's server, wherever it lives."""
+        owner = (pid >> 24) - 1
+        if owner != self.index:
+            self.link.forward_cancel(pid, secret)  # the supervisor hands it to the owner
+            return
         client = self.cancel_keys.get(pid)
         if client is None or not client.check_cancel_key(secret):
             return
@@ -133,7 +150,6 @@ class Worker:
     async def cancel_backend(self, server: ServerConnection) -> None:
         endpoint = server.endpoint
         pid, secret = server.backend_key
-        loop = asyncio.get_running_loop()
         try:
             timeout = self.config.cancel_timeout_ms / 1000 or None
             async with asyncio.timeout(timeout):
@@ -147,7 +163,6 @@ class Worker:
                 writer.close()
         except (OSError, TimeoutError) as exc:
             log.error("cancel", f"cancel request to server failed: {exc!r}")
-        del loop
 
     async def console_login(self, client: ClientConnection, rule: Rule) -> None:
         client.fatal("0A000", "the admin console is not available in this version")
@@ -168,11 +183,21 @@ class Worker:
         key = (self.config.generation, rule.order, backend_db, backend_user)
         route = self.routes.get(key)
         if route is None:
-            route = Route(
-                self, rule, self.storage_of(rule), backend_db, backend_user, self.config.generation
-            )
+            route = Route(self, key, rule, self.storage_of(rule), backend_db, backend_user)
             self.routes[key] = route
         return route
+
+    def on_grant(self, key: RouteKey) -> None:
+        route = self.routes.get(key)
+        if route is None:
+            self.slots.release(key)
+        else:
+            route.on_grant()
+
+    def on_shed(self, key: RouteKey) -> None:
+        route = self.routes.get(key)
+        if route is not None:
+            route.on_shed()
 
     def give_back_now(self, server: ServerConnection) -> None:
         """Release a server the client no longer needs; reset it first if required."""
@@ -205,14 +230,70 @@ class Worker:
         else:
             route.discard(server)
 
+    # --- stats ------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Gauges and counters of this worker, per route (sent to the supervisor)."""
+        now = time.monotonic()
+        per_route: dict[RouteKey, dict[str, int]] = {}
+        for client in self.clients:
+            route = client.route
+            if route is None:
+                continue
+            gauges = per_route.setdefault(route.key, {"cl_active": 0, "cl_waiting": 0})
+            if client.server is not None:
+                gauges["cl_active"] += 1
+            elif client.queued:
+                gauges["cl_waiting"] += 1
+        routes = []
+        for key, route in self.routes.items():
+            oldest = min(
+                (
+                    c.last_activity
+                    for c in self.clients
+                    if c.route is route and c.queued and c.server is None
+                ),
+                default=now,
+            )
+            routes.append(
+                {
+                    "key": key,
+                    "database": route.rule.db_name,
+                    "user": route.rule.user_name,
+                    "backend_db": route.backend_db,
+                    "backend_user": route.backend_user,
+                    "mode": route.mode,
+                    "pool_size": route.rule.pool_size,
+                    "obsolete": route.obsolete,
+                    "clients": route.clients,
+                    "sv_active": len(route.busy),
+                    "sv_idle": len(route.idle),
+                    "sv_login": route.connecting,
+                    "maxwait_us": int((now - oldest) * 1e6),
+                    **per_route.get(key, {"cl_active": 0, "cl_waiting": 0}),
+                    **route.stats.as_dict(),
+                }
+            )
+        return {
+            "index": self.index,
+            "pid": os.getpid(),
+            "generation": self.config.generation,
+            "clients": len(self.clients),
+            "servers": sum(r.size for r in self.routes.values()),
+            "routes": routes,
+        }
+
     # --- cron -------------------------------------------------------------------------
 
     async def _cron_loop(self) -> None:
         while True:
             await asyncio.sleep(1)
             now = time.monotonic()
-            for route in list(self.routes.values()):
+            for key, route in list(self.routes.items()):
                 route.expire_idle()
+                if route.obsolete and route.clients == 0 and route.size == 0:
+                    del self.routes[key]
+                    continue
                 if route.rule.min_pool_size and route.size < route.rule.min_pool_size:
                     self.spawn(route.fill_min_pool(), f"min_pool {route.name}")
             for client in list(self.clients):

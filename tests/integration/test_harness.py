@@ -291,11 +291,7 @@ def test_pooler_fixture_renders_pg_port(pooler, pg: PgCluster, fake_command: lis
     assert p.is_running()
 
 
-SERVE_WRITTEN = _importable("pooler.server.main", "run")
-
-
 @pytest.mark.pg
-@pytest.mark.xfail(not SERVE_WRITTEN, reason="`pooler serve` (pooler.server.main) not written yet")
 def test_serve_exit_at_start_is_reported(pooler) -> None:
     """A config error makes `pooler serve` exit 1 before listening; the fixture says so with
     the exit code and the log, which names the problem."""

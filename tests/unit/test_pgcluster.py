@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -192,3 +194,22 @@ def test_start_failure_shows_server_log() -> None:
                 pg.start()
         finally:
             pg.remove()
+
+
+@pytest.mark.pg
+@needs_pg
+def test_given_datadir_is_kept_and_reusable() -> None:
+    parent = Path(tempfile.mkdtemp(prefix="pooler-pgtest-"))
+    parent.chmod(0o755)  # as root, the postgres OS user must reach it
+    port = free_port()
+    try:
+        datadir = parent / "data"
+        with PgCluster(port, datadir=datadir) as pg:
+            pg.psql("create table kept(x int); insert into kept values (7);")
+        assert (datadir / "PG_VERSION").exists()
+        with PgCluster(port, datadir=datadir) as pg:  # a new object: no initdb, new socket dir
+            assert pg.psql("select x from kept") == "7"
+            assert (pg.socket_dir / f".s.PGSQL.{port}").exists()
+    finally:
+        release_port(port)
+        shutil.rmtree(parent, ignore_errors=True)

@@ -20,9 +20,7 @@ def conf(
 ) -> str:
     """A valid config with the given extra text in each place."""
     listen_block = f'listen {{\n    host "*"\n    port 6432\n    {listen}\n}}\n'
-    storage_block = (
-        f'storage "pg" {{\n    type "remote"\n    host "127.0.0.1"\n    port 5432\n    {storage}\n}}\n'
-    )
+    storage_block = f'storage "pg" {{\n    type "remote"\n    host "127.0.0.1"\n    port 5432\n    {storage}\n}}\n'
     if rules is None:
         rules = (
             f'database "db" {{\n    user "u" {selector} {{\n        {BASE_ROUTE}        {route}\n'

@@ -110,7 +110,9 @@ def test_number_followed_by_letters() -> None:
     assert "unknown parameter 's'" in one_error(conf(top="readahead 10ms"))
 
 
-@pytest.mark.parametrize(("text", "value"), [("8KB", 8192), ("8kb", 8192), ("1Mb", 1024**2), ("2b", 2)])
+@pytest.mark.parametrize(
+    ("text", "value"), [("8KB", 8192), ("8kb", 8192), ("1Mb", 1024**2), ("2b", 2)]
+)
 def test_legacy_size_suffix_on_any_number(text: str, value: int) -> None:
     assert top(f"readahead {text}").readahead == value
 
@@ -182,17 +184,23 @@ def test_leading_underscore_word() -> None:
 def test_duplicate_scalar_last_wins_with_warning() -> None:
     config = top("log_debug no\nlog_debug yes")
     assert config.log_debug is True
-    assert any("duplicate option 'log_debug'" in str(w) and "warning" in str(w) for w in config.warnings)
+    assert any(
+        "duplicate option 'log_debug'" in str(w) and "warning" in str(w) for w in config.warnings
+    )
 
 
 def test_duplicate_scalar_is_error_in_strict() -> None:
-    assert "duplicate option 'log_debug'" in one_error(conf(top="log_debug no\nlog_debug yes"), strict=True)
+    assert "duplicate option 'log_debug'" in one_error(
+        conf(top="log_debug no\nlog_debug yes"), strict=True
+    )
 
 
 # ---------------------------------------------------------------- workers
 
 
-@pytest.mark.parametrize(("value", "strict"), [('"auto"', False), ('"auto"', True), ('"au"', False), ('""', False)])
+@pytest.mark.parametrize(
+    ("value", "strict"), [('"auto"', False), ('"auto"', True), ('"au"', False), ('""', False)]
+)
 def test_workers_auto(value: str, strict: bool) -> None:
     config = top(f"workers {value}", strict=strict)
     assert config.workers_auto and config.workers >= 1
@@ -276,7 +284,7 @@ def test_options_odd_count() -> None:
 
 
 def test_unquoted_signal() -> None:
-    text = conf(top='soft_oom { limit 1GB drop { signal SIGTERM } }')
+    text = conf(top="soft_oom { limit 1GB drop { signal SIGTERM } }")
     assert "expected 'string'" in one_error(text)
 
 

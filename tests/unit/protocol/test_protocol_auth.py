@@ -97,7 +97,9 @@ def _exchange(server: ScramServer, client: ScramClient) -> bool:
     return client.done and server.done
 
 
-@pytest.mark.parametrize("configured", ["s3cret", auth.make_scram_secret("s3cret")])
+@pytest.mark.parametrize(
+    "configured", ["s3cret", auth.make_scram_secret("s3cret")], ids=["plain", "scram-secret"]
+)
 def test_scram_full_exchange(configured):
     assert _exchange(ScramServer(configured), ScramClient("alice", "s3cret"))
 
@@ -107,7 +109,9 @@ def test_scram_stored_secret_low_iterations():
     assert _exchange(ScramServer(secret), ScramClient("bob", "pw"))
 
 
-@pytest.mark.parametrize("configured", ["s3cret", auth.make_scram_secret("s3cret")])
+@pytest.mark.parametrize(
+    "configured", ["s3cret", auth.make_scram_secret("s3cret")], ids=["plain", "scram-secret"]
+)
 def test_scram_wrong_password(configured):
     server, client = ScramServer(configured), ScramClient("alice", "wrong")
     client_final = client.handle_server_first(server.handle_client_first(client.client_first()))

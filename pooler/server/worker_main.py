@@ -1,0 +1,117 @@
+"""A worker process: config and listen sockets come from the supervisor; serves on uvloop.
+
+Started by the supervisor as `python -m pooler.server.worker_main INDEX IPC_FD LISTEN_FDS`.
+Everything else arrives over the IPC channel: the config (first message), slot grants and
+shed requests for the global pool_size, cancel requests for clients of this worker, reloads
+and the shutdown order. Every second the worker reports its counters back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+from typing import Any
+
+import uvloop
+
+from pooler import logs
+from pooler.config import Config
+from pooler.ipc import Channel, Message
+from pooler.logs import log
+from pooler.server.slots import SupervisorSlots
+from pooler.server.worker import Worker
+
+STATS_INTERVAL = 1.0
+
+
+class SupervisorLink:
+    """The worker's end of the IPC channel."""
+
+    def __init__(self) -> None:
+        self.channel = Channel(self._on_message, self._on_close)
+        self.slots = SupervisorSlots(self.channel)
+        self.worker: Worker | None = None
+        loop = asyncio.get_running_loop()
+        self.first_config: asyncio.Future[tuple[Config, list[int]]] = loop.create_future()
+        self.stop: asyncio.Future[bool] = loop.create_future()  # result: graceful?
+
+    def forward_cancel(self, pid: int, secret: int) -> None:
+        self.channel.send("cancel", pid, secret)
+
+    def _on_message(self, message: Message) -> None:
+        kind, *args = message
+        worker = self.worker
+        if kind == "config":
+            if not self.first_config.done():
+                self.first_config.set_result((args[0], args[1]))
+            elif worker is not None:
+                worker.apply_config(args[0])
+        elif worker is None:
+            return
+        elif kind == "grant":
+            worker.on_grant(args[0])
+        elif kind == "shed":
+            worker.on_shed(args[0])
+        elif kind == "cancel":
+            worker.spawn(worker.cancel(args[0], args[1]), "forwarded cancel")
+        elif kind == "shutdown":
+            if not self.stop.done():
+                self.stop.set_result(bool(args[0]))
+        elif kind == "reopen_log":
+            log.reopen()
+
+    def _on_close(self) -> None:
+        if not self.first_config.done():
+            self.first_config.set_exception(ConnectionError("supervisor went away"))
+        if not self.stop.done():
+            self.stop.set_result(True)  # the supervisor is gone: drain and leave
+
+
+async def serve(index: int, ipc_fd: int, listen_fds: list[int]) -> int:
+    loop = asyncio.get_running_loop()
+    link = SupervisorLink()
+    await loop.create_unix_connection(lambda: link.channel, sock=socket.socket(fileno=ipc_fd))
+    config, listen_indexes = await link.first_config
+    logs.configure_from(config)
+    worker = Worker(config, index, link)
+    link.worker = worker
+    sockets = [
+        (config.listens[i], socket.socket(fileno=fd))
+        for i, fd in zip(listen_indexes, listen_fds, strict=True)
+    ]
+    await worker.start(sockets)
+    loop.add_signal_handler(signal.SIGTERM, lambda: link.stop.done() or link.stop.set_result(True))
+    reporter = worker.spawn(_report(worker, link.channel), "stats reporter")
+    graceful = await link.stop
+    reporter.cancel()
+    if graceful:
+        await worker.shutdown(worker.config.graceful_shutdown_timeout_ms)
+    else:
+        worker.close_everything()
+    return 0
+
+
+async def _report(worker: Worker, channel: Channel) -> None:
+    while True:
+        channel.send("stats", worker.snapshot())
+        await asyncio.sleep(STATS_INTERVAL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args: Any = argv if argv is not None else sys.argv[1:]
+    index, ipc_fd = int(args[0]), int(args[1])
+    listen_fds = [int(fd) for fd in args[2].split(",")] if len(args) > 2 and args[2] else []
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    try:
+        from setproctitle import setproctitle
+
+        setproctitle(f"pooler: worker {index}")
+    except ImportError:
+        pass
+    return uvloop.run(serve(index, ipc_fd, listen_fds))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
