@@ -207,6 +207,19 @@ class Supervisor:
         self.broadcast("reopen_log")
 
 
+def _daemonize() -> None:
+    """Detach from the terminal (double fork); logs go to log_file only from here on."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def run(config_path: Path, *, strict: bool = False) -> int:
     try:
         config = load(config_path, strict=strict)
@@ -228,6 +241,8 @@ def run(config_path: Path, *, strict: bool = False) -> int:
         setproctitle("pooler: supervisor")
     except ImportError:
         pass
+    if config.daemonize:
+        _daemonize()
     if config.pid_file:
         Path(config.pid_file).write_text(f"{os.getpid()}\n")
     try:
