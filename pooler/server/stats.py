@@ -1,24 +1,136 @@
-"""Counters a worker keeps per route: plain attributes, bumped on the hot path."""
+"""Counters a worker keeps per route: plain attributes, bumped on the hot path.
+
+The three time totals (`xact_time_us`, `query_time_us`, `wait_time_us`) are properties: the
+code that measures a duration does `stats.query_time_us += d` as before, and the setter also
+drops `d` into a log-linear histogram (8 buckets per power of two, ~6% relative error), which
+is how p50/p95/p99 are known without keeping samples. Each `wait_time_us` update is one server
+assignment (a client got a server), so assignments are counted there too.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 
 
-@dataclass(slots=True)
+def bucket_of(us: int) -> int:
+    """Histogram bucket of a duration in µs: exact below 16, else (bit length, next 3 bits)."""
+    if us < 16:
+        return us if us > 0 else 0
+    b = us.bit_length()
+    return (b << 3) | ((us >> (b - 4)) & 7)
+
+
+def bucket_bounds(index: int) -> tuple[int, int]:
+    """[low, high) of a bucket in µs."""
+    if index < 16:
+        return index, index + 1
+    b, m = index >> 3, index & 7
+    return (8 + m) << (b - 4), (9 + m) << (b - 4)
+
+
+def quantile(counts: Mapping[int, int], q: float) -> float:
+    """The q-quantile (0..1) in µs of a bucket histogram (midpoint of the bucket); 0 if empty."""
+    total = sum(counts.values())
+    if total == 0:
+        return 0.0
+    rank = q * total
+    seen = 0
+    for index in sorted(counts):
+        seen += counts[index]
+        if seen >= rank:
+            low, high = bucket_bounds(index)
+            return (low + high - 1) / 2 if index >= 16 else float(low)
+    low, high = bucket_bounds(max(counts))
+    return float(low)
+
+
+def merge_histograms(histograms: Iterable[Mapping[int, int]]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for histogram in histograms:
+        for index, count in histogram.items():
+            out[index] = out.get(index, 0) + count
+    return out
+
+
+def subtract_histogram(new: Mapping[int, int], old: Mapping[int, int]) -> dict[int, int]:
+    """new - old, dropping empty buckets (a window's histogram from two cumulative ones)."""
+    out = {}
+    for index, count in new.items():
+        left = count - old.get(index, 0)
+        if left > 0:
+            out[index] = left
+    return out
+
+
 class RouteStats:
     """Cumulative counters of one route (pgbouncer's SHOW STATS names)."""
 
-    xact_count: int = 0
-    query_count: int = 0
-    bytes_received: int = 0  # from clients
-    bytes_sent: int = 0  # to clients (received from servers)
-    xact_time_us: int = 0
-    query_time_us: int = 0
-    wait_time_us: int = 0
-    max_wait_us: int = 0
-    server_connects: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
+    __slots__ = (
+        "_query_time_us",
+        "_wait_time_us",
+        "_xact_time_us",
+        "assignments",
+        "bytes_received",
+        "bytes_sent",
+        "errors",
+        "max_wait_us",
+        "query_count",
+        "query_hist",
+        "server_connects",
+        "wait_hist",
+        "xact_count",
+        "xact_hist",
+    )
+
+    def __init__(self) -> None:
+        self.xact_count = 0
+        self.query_count = 0
+        self.bytes_received = 0  # from clients
+        self.bytes_sent = 0  # to clients (received from servers)
+        self._xact_time_us = 0
+        self._query_time_us = 0
+        self._wait_time_us = 0
+        self.max_wait_us = 0
+        self.server_connects = 0
+        self.assignments = 0
+        self.errors: dict[str, int] = {}
+        self.xact_hist: dict[int, int] = {}
+        self.query_hist: dict[int, int] = {}
+        self.wait_hist: dict[int, int] = {}
+
+    @property
+    def xact_time_us(self) -> int:
+        return self._xact_time_us
+
+    @xact_time_us.setter
+    def xact_time_us(self, value: int) -> None:
+        index = bucket_of(value - self._xact_time_us)
+        self._xact_time_us = value
+        hist = self.xact_hist
+        hist[index] = hist.get(index, 0) + 1
+
+    @property
+    def query_time_us(self) -> int:
+        return self._query_time_us
+
+    @query_time_us.setter
+    def query_time_us(self, value: int) -> None:
+        index = bucket_of(value - self._query_time_us)
+        self._query_time_us = value
+        hist = self.query_hist
+        hist[index] = hist.get(index, 0) + 1
+
+    @property
+    def wait_time_us(self) -> int:
+        return self._wait_time_us
+
+    @wait_time_us.setter
+    def wait_time_us(self, value: int) -> None:
+        index = bucket_of(value - self._wait_time_us)
+        self._wait_time_us = value
+        self.assignments += 1
+        hist = self.wait_hist
+        hist[index] = hist.get(index, 0) + 1
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -26,12 +138,16 @@ class RouteStats:
             "query_count": self.query_count,
             "bytes_received": self.bytes_received,
             "bytes_sent": self.bytes_sent,
-            "xact_time_us": self.xact_time_us,
-            "query_time_us": self.query_time_us,
-            "wait_time_us": self.wait_time_us,
+            "xact_time_us": self._xact_time_us,
+            "query_time_us": self._query_time_us,
+            "wait_time_us": self._wait_time_us,
             "max_wait_us": self.max_wait_us,
             "server_connects": self.server_connects,
+            "assignments": self.assignments,
             "errors": dict(self.errors),
+            "xact_hist": dict(self.xact_hist),
+            "query_hist": dict(self.query_hist),
+            "wait_hist": dict(self.wait_hist),
         }
 
     def error(self, kind: str) -> None:

@@ -57,11 +57,9 @@ class Worker:
 
     # --- listening --------------------------------------------------------------------
 
-    async def start(self, sockets: list[tuple[Listen, socket.socket]] | None = None) -> None:
-        """Accept clients on the config's listen sections (or on inherited sockets)."""
+    async def start(self, sockets: list[tuple[Listen, socket.socket]]) -> None:
+        """Accept clients on the listen sockets inherited from the supervisor."""
         loop = asyncio.get_running_loop()
-        if sockets is None:
-            sockets = bind_listeners(self.config)
         for listen, sock in sockets:
             unix = sock.family == socket.AF_UNIX
             server = await loop.create_server(
@@ -316,34 +314,3 @@ class Worker:
             limit = rule.pool_client_idle_timeout
             if limit and idle_for > limit:
                 client.fatal("08006", "Connection was dropped by pooler due to idle timeout")
-
-
-def bind_listeners(config: Config) -> list[tuple[Listen, socket.socket]]:
-    """Bind every listen section: TCP on its host (all addresses for "*"), or a unix socket."""
-    bound: list[tuple[Listen, socket.socket]] = []
-    for listen in config.listens:
-        if listen.host is None:
-            path = os.path.join(config.unix_socket_dir or ".", f".s.PGSQL.{listen.port}")
-            if os.path.exists(path):
-                os.unlink(path)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(path)
-            if config.unix_socket_mode:
-                os.chmod(path, int(config.unix_socket_mode, 8))
-            sock.listen(listen.backlog)
-            bound.append((listen, sock))
-            continue
-        host = None if listen.host == "*" else listen.host
-        infos = socket.getaddrinfo(
-            host, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-        for family, socktype, proto, _name, addr in infos:
-            sock = socket.socket(family, socktype, proto)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(addr)
-            sock.listen(listen.backlog)
-            sock.setblocking(False)
-            bound.append((listen, sock))
-    return bound

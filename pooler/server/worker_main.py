@@ -47,7 +47,7 @@ class SupervisorLink:
             if not self.first_config.done():
                 self.first_config.set_result((args[0], args[1]))
             elif worker is not None:
-                worker.apply_config(args[0])
+                worker.apply_config(args[0])  # a reload: the sockets stay as they are
         elif worker is None:
             return
         elif kind == "grant":

@@ -25,10 +25,10 @@ from typing import Any
 import uvloop
 
 from pooler import logs
-from pooler.config import Config, ConfigError, Listen, load
+from pooler.config import Config, ConfigError, load
 from pooler.ipc import Channel, Message
 from pooler.logs import log
-from pooler.server.worker import bind_listeners
+from pooler.supervisor.listen import Bound, bind_listeners, describe
 from pooler.supervisor.slots import Action, Grant, Shed, SlotBroker
 
 EXIT_OK = 0
@@ -50,13 +50,10 @@ class WorkerHandle:
 
 
 class Supervisor:
-    def __init__(
-        self, config: Config, path: Path, sockets: list[tuple[Listen, socket.socket]]
-    ) -> None:
+    def __init__(self, config: Config, path: Path, sockets: list[Bound]) -> None:
         self.config = config
         self.path = path
-        self.sockets = sockets
-        self.listen_indexes = [config.listens.index(listen) for listen, _ in sockets]
+        self.sockets = sockets  # per worker index
         self.broker = SlotBroker()
         self.workers: dict[int, WorkerHandle] = {}
         self.stopping = False
@@ -74,7 +71,9 @@ class Supervisor:
     async def start_worker(self, index: int) -> None:
         handle = self.workers.setdefault(index, WorkerHandle(index))
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fds = [sock.fileno() for _, sock in self.sockets]
+        bound = self.sockets[index]
+        fds = [sock.fileno() for _, sock in bound]
+        listen_indexes = [self.config.listens.index(listen) for listen, _ in bound]
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -88,7 +87,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         channel = Channel(lambda message: self._on_message(index, message), lambda: None)
         await loop.create_unix_connection(lambda: channel, sock=parent)
-        channel.send("config", self.config, self.listen_indexes)
+        channel.send("config", self.config, listen_indexes)
         handle.process, handle.channel = process, channel
         handle.started_at = time.time()
         log.info("supervisor", f"worker {index} started, pid {process.pid}")
@@ -161,7 +160,7 @@ class Supervisor:
             return
         new = replace(new, generation=self.config.generation + 1)
         self.config = new
-        self.broadcast("config", new, self.listen_indexes)
+        self.broadcast("config", new, None)
         log.info("config", f"reloaded, generation {new.generation}")
 
     def shutdown(self, graceful: bool) -> None:
@@ -193,11 +192,9 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGQUIT, self.shutdown, False)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
-        addresses = ", ".join(
-            f"{listen.host or 'unix'}:{listen.port}" for listen, _ in self.sockets
-        )
         log.info(
-            "supervisor", f"pooler ready, {self.config.workers} workers, listening on {addresses}"
+            "supervisor",
+            f"pooler ready, {self.config.workers} workers, listening on {describe(self.config)}",
         )
         await self._done.wait()
         return EXIT_OK
@@ -231,7 +228,7 @@ def run(config_path: Path, *, strict: bool = False) -> int:
     for warning in config.warnings:
         log.info("config", str(warning))
     try:
-        sockets = bind_listeners(config)
+        sockets = bind_listeners(config, config.workers)
     except OSError as exc:
         log.error("supervisor", f"cannot listen: {exc}")
         return EXIT_STARTUP_FAILED

@@ -1,0 +1,179 @@
+"""Several worker processes behaving as one pooler (`workers 4`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from harness import HOST, make_config, route, wait_until
+
+
+@pytest.fixture(autouse=True)
+def _no_auto_prepare(monkeypatch):
+    real_connect = psycopg.connect
+
+    def connect(*args, **kwargs):
+        kwargs.setdefault("prepare_threshold", None)
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(psycopg, "connect", connect)
+
+
+def worker_pids(supervisor_pid: int) -> set[int]:
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == supervisor_pid and fields[0] != "Z":
+            pids.add(int(entry.name))
+    return pids
+
+
+def backends(pg, db: str) -> int:
+    out = pg.psql(
+        "select count(*) from pg_stat_activity "
+        f"where datname = '{db}' and backend_type = 'client backend'"
+    )
+    return int(out.split()[-1])
+
+
+def worker_of(conn: psycopg.Connection) -> int:
+    """The worker index our BackendKeyData encodes."""
+    return (conn.info.backend_pid >> 24) - 1
+
+
+def config(pool_size: int, workers: int = 4, **extra) -> str:
+    return make_config(
+        route(pool="transaction", pool_size=pool_size, pool_discard=False, **extra),
+        workers=workers,
+        log_session=False,
+    )
+
+
+def test_workers_are_processes_with_titles(pooler):
+    p = pooler(config(10))
+
+    def titles() -> list[str]:
+        pids = worker_pids(p.pid)
+        return sorted(Path(f"/proc/{pid}/cmdline").read_text().strip("\0") for pid in pids)
+
+    wait_until(lambda: titles() == [f"pooler: worker {i}" for i in range(4)])
+    assert Path(f"/proc/{p.pid}/cmdline").read_text().strip("\0") == "pooler: supervisor"
+
+
+def test_global_pool_size_over_all_workers(pooler, pg):
+    p = pooler(config(10))
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, backends(pg, "p0"))
+            stop.wait(0.1)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        cmd = [pg.binary("pgbench"), "-h", HOST, "-p", str(p.port), "-U", "postgres", "-n"]
+        cmd += ["-S", "-c", "200", "-j", "2", "-t", "25", "p0"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        stop.set()
+        sampler.join()
+    assert out.returncode == 0, out.stderr
+    assert "number of transactions actually processed: 5000" in out.stdout
+    assert "number of failed transactions: 0" in out.stdout
+    assert 0 < peak <= 10
+
+
+def test_cancel_reaches_the_owning_worker(pooler):
+    p = pooler(config(0))  # unlimited: 50 concurrent sleeps
+    conns = [p.connect("p0") for _ in range(50)]
+    try:
+        assert len({worker_of(c) for c in conns}) > 1, "clients should land on several workers"
+        elapsed: list[float] = []
+        errors: list[BaseException] = []
+
+        def sleeper(conn: psycopg.Connection) -> None:
+            try:
+                conn.execute("select pg_sleep(10)")
+            except psycopg.errors.QueryCanceled:
+                elapsed.append(time.monotonic())
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=sleeper, args=(c,)) for c in conns]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # let every query reach its server before cancelling
+        cancelled_at = {}
+        for conn in conns:
+            cancelled_at[id(conn)] = time.monotonic()
+            conn.cancel()
+        for t in threads:
+            t.join(timeout=15)
+        assert not errors
+        assert len(elapsed) == 50
+        assert max(elapsed) - min(cancelled_at.values()) < 5
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_killed_worker_is_restarted_and_others_unaffected(pooler, pg):
+    p = pooler(config(8))
+    wait_until(lambda: len(worker_pids(p.pid)) == 4)
+    conns = [p.connect("p0") for _ in range(24)]
+    victims = [c for c in conns if worker_of(c) == 0]
+    survivors = [c for c in conns if worker_of(c) != 0]
+    assert victims and survivors
+    pid0 = next(
+        pid for pid in worker_pids(p.pid) if "worker 0" in Path(f"/proc/{pid}/cmdline").read_text()
+    )
+    before = worker_pids(p.pid)
+    os.kill(pid0, signal.SIGKILL)
+    t0 = time.monotonic()
+    wait_until(lambda: len(worker_pids(p.pid) - before) == 1 and len(worker_pids(p.pid)) == 4)
+    assert time.monotonic() - t0 < 2
+    for conn in survivors:
+        assert conn.execute("select 1").fetchone()[0] == 1
+    for conn in victims:
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("select 1")
+    # capacity is not leaked: new clients still get servers, never more than pool_size
+    fresh = [p.connect("p0") for _ in range(16)]
+    for conn in fresh:
+        assert conn.execute("select 2").fetchone()[0] == 2
+    assert backends(pg, "p0") <= 8
+    for conn in conns + fresh:
+        conn.close()
+
+
+def test_sigterm_lets_transactions_finish(pooler, pg):
+    p = pooler(config(8, workers=2), check_log=False)
+    cmd = [pg.binary("pgbench"), "-h", HOST, "-p", str(p.port), "-U", "postgres", "-n"]
+    cmd += ["-c", "8", "-T", "30", "p0"]
+    bench = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: backends(pg, "p0") >= 4, timeout=15)
+    time.sleep(1)  # let transactions run
+    p.signal(signal.SIGTERM)
+    assert p.wait_exit(timeout=40) == 0
+    _, stderr = bench.communicate(timeout=40)
+    aborted = [int(n) for n in re.findall(r"aborted in command (\d+)", stderr)]
+    # TPC-B-like: commands 0-3 are \set, 4 is BEGIN; 5..10 run inside the transaction
+    assert aborted, stderr
+    assert all(n <= 4 for n in aborted), stderr
+    assert "failed transactions: 0" in stderr or "in transaction" not in stderr
