@@ -20,13 +20,18 @@ from pooler.config import Endpoint
 from pooler.logs import LogContext, log
 from pooler.protocol import auth, build, messages
 from pooler.protocol.scanner import MessageScanner, StreamError
+from pooler.server.prepared import ServerStatements
 
 if TYPE_CHECKING:
     from pooler.server.client import ClientConnection
     from pooler.server.pool import Route
 
 Z, S, E, G, N, R, K, C = (ord(c) for c in "ZSEGNRKC")
+PARSE_COMPLETE = ord("1")
 RELAY_WANTED = frozenset((Z, S, E, G))
+RELAY_WANTED_PREPARED = RELAY_WANTED | {PARSE_COMPLETE}
+MAX_STATEMENTS = 1000  # per server connection; the least recently used go beyond that
+CACHED_PLAN_ERROR = "cached plan must not change result type"
 INTERNAL_WANTED = frozenset(ord(c) for c in "RSKZENCTDGHIAn123st")
 
 SMART_DISCARD = (
@@ -53,6 +58,16 @@ class ServerGone(Exception):
     """The server connection closed or timed out."""
 
 
+def _without_parse_completes(data: bytes, ends: list[int]) -> bytes:
+    pieces = []
+    start = 0
+    for end in ends:
+        pieces.append(data[start : max(start, end - 5)])
+        start = end
+    pieces.append(data[start:])
+    return b"".join(pieces)
+
+
 def _quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -77,9 +92,11 @@ class ServerConnection(asyncio.Protocol):
         "params",
         "pending",
         "query_started",
+        "relay_wanted",
         "released_at",
         "route",
         "scanner",
+        "statements",
         "status",
         "transport",
         "unsynced",
@@ -108,6 +125,8 @@ class ServerConnection(asyncio.Protocol):
         self.released_at = self.created
         self.query_started = 0.0
         self.xact_started = 0.0
+        self.statements = ServerStatements(route.known_statements)
+        self.relay_wanted = RELAY_WANTED_PREPARED if route.shares_statements else RELAY_WANTED
 
     # --- asyncio.Protocol -------------------------------------------------------------
 
@@ -144,12 +163,16 @@ class ServerConnection(asyncio.Protocol):
                 self._inbox.extend((t, b) for t, b, _ in events)
                 self._wake()
             return
-        client.transport.write(data)
         stats = self.route.stats
-        stats.bytes_sent += len(data)
         ready = False
-        for msg_type, body, _end in events:
+        drop: list[int] = []  # ends of ParseCompletes answering Parses the pooler injected
+        for msg_type, body, end in events:
+            if msg_type == PARSE_COMPLETE:
+                if not self.statements.on_parse_complete():
+                    drop.append(end)
+                continue
             if msg_type == Z:
+                self.statements.on_ready()
                 self.status = body[0] if body else ord("I")
                 self.pending -= 1
                 self.copy_in = False
@@ -171,6 +194,10 @@ class ServerConnection(asyncio.Protocol):
                 self.copy_in = True
             elif msg_type == E and body is not None:
                 client.server_error(self, body)
+        if drop:
+            data = _without_parse_completes(data, drop)
+        client.transport.write(data)
+        stats.bytes_sent += len(data)
         if ready and not self.unsynced:
             client.server_ready(self)
 
@@ -253,7 +280,7 @@ class ServerConnection(asyncio.Protocol):
             elif msg_type == Z:
                 self.status = body[0]
                 self.login_params = dict(self.params)
-                self.scanner.wanted = RELAY_WANTED
+                self.scanner.wanted = self.relay_wanted
                 return
 
     async def query(self, sql: str) -> None:
@@ -272,7 +299,7 @@ class ServerConnection(asyncio.Protocol):
             elif msg_type == Z:
                 self.status = body[0] if body else ord("I")
                 break
-        self.scanner.wanted = RELAY_WANTED
+        self.scanner.wanted = self.relay_wanted
         if error is not None:
             raise error
 
@@ -286,7 +313,7 @@ class ServerConnection(asyncio.Protocol):
                 self.status = body[0] if body else ord("I")
             elif msg_type == G:
                 self.copy_in = True
-        self.scanner.wanted = RELAY_WANTED
+        self.scanner.wanted = self.relay_wanted
 
     async def sync_params(self, wanted: dict[str, str]) -> None:
         """Make the server's session parameters those the client expects (maintain_params)."""
@@ -305,8 +332,6 @@ class ServerConnection(asyncio.Protocol):
         Returns False when the server must be closed instead of reused.
         """
         rule = self.route.rule
-        if not self.scanner.at_boundary:
-            return False  # a half-sent message: we cannot know the server's state
         if self.copy_in:
             self.send(build.copy_fail("client disconnected during COPY"))
             self.copy_in = False
@@ -331,13 +356,28 @@ class ServerConnection(asyncio.Protocol):
             await self.query(reset_sql)
         return self.status == ord("I")
 
+    async def tidy_statements(self) -> None:
+        """Drop prepared statements that a schema change made stale (the route's plan epoch
+        moved) or that exceed the per-connection cache."""
+        statements = self.statements
+        if statements.plan_epoch != self.route.plan_epoch:
+            if statements.names:
+                await self.query("DEALLOCATE ALL")
+            statements.forget_all()
+            statements.plan_epoch = self.route.plan_epoch
+        elif len(statements.names) > MAX_STATEMENTS:
+            excess = len(statements.names) - MAX_STATEMENTS * 3 // 4
+            names = [statements.names.popitem(last=False)[0] for _ in range(excess)]
+            await self.query(";".join(f"DEALLOCATE {name}" for name in names))
+
     def link(self, client: ClientConnection) -> None:
         now = time.monotonic()
+        self.statements.reset()
         self.client = client
         self.pending = 0
         self.query_started = now
         self.xact_started = now
-        self.scanner.wanted = RELAY_WANTED
+        self.scanner.wanted = self.relay_wanted
 
     def unlink(self) -> None:
         self.client = None

@@ -21,15 +21,23 @@ from pooler.config import Listen, Rule
 from pooler.logs import LogContext, log
 from pooler.protocol import AuthFailed, ProtocolError, auth, build, messages
 from pooler.protocol.framing import (
+    MESSAGE,
     CancelRequest,
     GSSENCRequest,
+    MessageSplitter,
     SSLRequest,
     StartupPacket,
+    iter_messages,
     read_startup,
 )
-from pooler.protocol.scanner import MessageScanner, StreamError
-from pooler.server.backend import BackendError, ServerConnection, ServerGone
+from pooler.server.backend import (
+    CACHED_PLAN_ERROR,
+    BackendError,
+    ServerConnection,
+    ServerGone,
+)
 from pooler.server.pool import ConnectFailed, PoolTimeout, Route
+from pooler.server.prepared import ClientStatements
 from pooler.server.router import ClientKey
 
 if TYPE_CHECKING:
@@ -39,7 +47,7 @@ Q, S, F, X, P, B, E, D, C, H = (ord(c) for c in "QSFXPBEDCH")
 COPY_DATA, COPY_DONE, COPY_FAIL = ord("d"), ord("c"), ord("f")
 PASSWORD = ord("p")
 EXTENDED = frozenset((P, B, E, D, C))
-CLIENT_WANTED = frozenset((Q, S, F, X, P, B, E, D, C, COPY_DONE, COPY_FAIL))
+PARSED = (P, B, D, C, Q)  # never streamed: their bodies may be rewritten
 IDLE = ord("I")
 
 # Session parameters re-applied when a client moves to another server connection.
@@ -58,6 +66,12 @@ _NOT_SESSION_PARAMS = frozenset(
 MAX_STARTUP_WAIT_BUFFER = 1 << 16
 MAX_LOGIN_MESSAGE = 1 << 16
 MAX_QUEUED = 1 << 20
+
+
+def _query_text(buf: bytes | bytearray, start: int, end: int) -> str:
+    return bytes(buf[start + 5 : end - 1]).decode("utf-8", "replace")
+
+
 TERMINATE = b"X\x00\x00\x00\x04"
 
 _client_ids = itertools.count(1)
@@ -91,7 +105,9 @@ class ClientConnection(asyncio.Protocol):
         self._login_timer: asyncio.TimerHandle | None = None
         self.queued: list[bytes] = []
         self.queued_bytes = 0
-        self.scanner = MessageScanner(CLIENT_WANTED)
+        self.splitter = MessageSplitter(always_buffer=PARSED)
+        self.statements: ClientStatements | None = None  # named prepared statements
+        self.log_queries = worker.config.log_query
         self.route: Route | None = None
         self.rule: Rule | None = None
         self.server: ServerConnection | None = None
@@ -149,9 +165,12 @@ class ClientConnection(asyncio.Protocol):
         server = self.server
         if server is not None:
             self.server = None
-            self.worker.spawn(
-                self.worker.give_back(server, client_gone=True), f"release {server.id}"
-            )
+            if self.splitter.streaming:  # the server got half a message: unusable
+                server.route.discard(server)
+            else:
+                self.worker.spawn(
+                    self.worker.give_back(server, client_gone=True), f"release {server.id}"
+                )
         if self.route is not None:
             self.route.clients -= 1
         self.worker.client_disconnected(self)
@@ -321,6 +340,8 @@ class ClientConnection(asyncio.Protocol):
             )
         route.clients += 1
         self.route = route
+        if route.shares_statements:
+            self.statements = ClientStatements(route.stats, route.known_statements)
         self._init_params(params, rule)
         if self.mode == "session":
             server = await route.acquire(self.backend_password())
@@ -428,10 +449,31 @@ class ClientConnection(asyncio.Protocol):
             return
         self.queued.append(data)
         self.queued_bytes += len(data)
+        if self._attach_task is not None:
+            return
+        if self.statements is not None and self._answer_prepares_locally():
+            return
         if self.queued_bytes > MAX_QUEUED:
             self.pause_reading()
-        if self._attach_task is None:
-            self._attach_task = self.worker.spawn(self._attach(), f"attach {self.id}")
+        self._attach_task = self.worker.spawn(self._attach(), f"attach {self.id}")
+
+    def _answer_prepares_locally(self) -> bool:
+        """Parse + Sync of statements the route already knows need no server: answer them
+        here. (A client that prepares synchronously while others hold every server, as
+        pgbench -M prepared does, would otherwise wait for a server it does not need.)"""
+        assert self.statements is not None
+        data = self.queued[0] if len(self.queued) == 1 else b"".join(self.queued)
+        try:
+            found = iter_messages(data)
+        except ProtocolError:
+            return False  # incomplete: wait for the rest through the normal path
+        answer = self.statements.answer_locally(found)
+        if answer is None:
+            return False
+        self.queued.clear()
+        self.queued_bytes = 0
+        self.transport.write(answer)
+        return True
 
     async def _attach(self) -> None:
         try:
@@ -471,46 +513,80 @@ class ClientConnection(asyncio.Protocol):
         self._forward(server, data)
 
     async def _sync(self, server: ServerConnection) -> None:
-        """Re-apply the client's session parameters on a server (before linking it)."""
+        """Prepare a server for this client (before linking it): its session parameters,
+        and statements dropped after a schema change or past the cache size."""
         if self.params:
             await server.sync_params(self.params)
+        if self.statements is not None:
+            await server.tidy_statements()
 
     def _forward(self, server: ServerConnection, data: bytes) -> None:
+        """Relay client bytes to the server: complete messages (large ones streamed), noting
+        what the server will owe, and renaming prepared statements where the pool shares
+        servers."""
+        splitter = self.splitter
+        splitter.feed(data)
+        buf = splitter.buffer
+        statements = self.statements
+        out: list[bytes] = []
+        run_start = run_end = -1  # a run of bytes forwarded unchanged
+        terminate = False
         try:
-            events = self.scanner.feed(data)
-        except StreamError as exc:
-            self.fatal("08P01", f"invalid client message: {exc}")
+            for kind, msg_type, start, end in splitter:
+                replacement: bytes | None = None
+                if kind == MESSAGE:
+                    if msg_type in (Q, F):
+                        if server.pending == 0:
+                            server.query_started = time.monotonic()
+                        server.pending += 1
+                        if msg_type == Q:
+                            if self.log_queries:
+                                log.info("query", _query_text(buf, start, end), self.log_ctx)
+                            if statements is not None:
+                                server.statements.sent_sync()
+                                replacement = statements.rewrite(
+                                    Q, buf[start + 5 : end], server.statements
+                                )
+                    elif msg_type == S:
+                        if not server.copy_in:
+                            if server.pending == 0:
+                                server.query_started = time.monotonic()
+                            server.pending += 1
+                            if statements is not None:
+                                server.statements.sent_sync()
+                        server.unsynced = False
+                    elif msg_type in EXTENDED:
+                        server.unsynced = True
+                        if statements is not None:
+                            replacement = statements.rewrite(
+                                msg_type, buf[start + 5 : end], server.statements
+                            )
+                    elif msg_type in (COPY_DONE, COPY_FAIL):
+                        server.copy_in = False
+                    elif msg_type == X:
+                        terminate = True
+                        break
+                if replacement is None:
+                    if run_start < 0:
+                        run_start = start
+                    run_end = end
+                    continue
+                if run_start >= 0:
+                    out.append(buf[run_start:run_end])
+                    run_start = -1
+                out.append(replacement)
+        except ProtocolError as exc:
+            self.fatal(exc.sqlstate, f"invalid client message: {exc.message}")
             return
-        cut = -1
-        for msg_type, body, end in events:
-            if msg_type in (Q, F):
-                if server.pending == 0:
-                    server.query_started = time.monotonic()
-                server.pending += 1
-                if msg_type == Q and body is not None and self.worker.config.log_query:
-                    log.info("query", body[:-1].decode("utf-8", "replace"), self.log_ctx)
-            elif msg_type == S:
-                if not server.copy_in:
-                    if server.pending == 0:
-                        server.query_started = time.monotonic()
-                    server.pending += 1
-                server.unsynced = False
-            elif msg_type in EXTENDED:
-                server.unsynced = True
-            elif msg_type in (COPY_DONE, COPY_FAIL):
-                server.copy_in = False
-            elif msg_type == X:
-                cut = end - 5
-                break
-        route = self.route
-        if route is not None:
-            route.stats.bytes_received += len(data)
-        if cut < 0:
-            server.transport.write(data)
-            return
-        if cut > 0:
-            server.transport.write(data[:cut])
-        self.close()
+        if run_start >= 0:
+            out.append(buf[run_start:run_end])
+        if out:
+            payload = out[0] if len(out) == 1 else b"".join(out)
+            server.transport.write(payload)
+            if self.route is not None:
+                self.route.stats.bytes_received += len(payload)
+        if terminate:
+            self.close()
 
     def server_ready(self, server: ServerConnection) -> None:
         """The server owes nothing more: give it back unless the pool mode keeps it."""
@@ -522,9 +598,16 @@ class ClientConnection(asyncio.Protocol):
         self.worker.give_back_now(server)
 
     def server_error(self, server: ServerConnection, body: bytes) -> None:
-        """An ErrorResponse went by (hook for cached-plan recovery and error counters)."""
-        if self.route is not None:
-            self.route.stats.error("server")
+        """An ErrorResponse went by: count it; after a schema change made a shared
+        prepared statement's plan stale, every server of the route re-prepares."""
+        route = self.route
+        if route is None:
+            return
+        route.stats.error("server")
+        if route.shares_statements and b"0A000" in body:
+            fields = messages.decode_error_fields(body)
+            if fields.get("C") == "0A000" and CACHED_PLAN_ERROR in fields.get("M", ""):
+                route.plan_epoch += 1
 
     def server_lost(self, server: ServerConnection) -> None:
         """The linked server connection died under us."""

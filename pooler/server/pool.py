@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from pooler.config import Rule, Storage
 from pooler.logs import log
 from pooler.server.backend import SMART_DISCARD, BackendError, ServerConnection, ServerGone
+from pooler.server.prepared import KnownStatements
 from pooler.server.stats import RouteStats
 
 RouteKey = tuple[int, int, str, str]  # (generation, rule order, backend db, backend user)
@@ -68,6 +69,10 @@ class Route:
         self._endpoints = itertools.cycle(storage.endpoints)
         self.mode = rule.pool
         self.reset_query = self._reset_query()
+        # Named prepared statements are renamed and shared (transaction/statement pools).
+        self.shares_statements = self.mode != "session" and rule.pool_reserve_prepared_statement
+        self.plan_epoch = 0  # bumped by "cached plan must not change result type"
+        self.known_statements = KnownStatements()
 
     def _reset_query(self) -> str:
         rule = self.rule

@@ -70,13 +70,16 @@ class RouteStats:
         "_wait_time_us",
         "_xact_time_us",
         "assignments",
+        "binds",
         "bytes_received",
         "bytes_sent",
+        "client_parses",
         "errors",
         "max_wait_us",
         "query_count",
         "query_hist",
         "server_connects",
+        "server_parses",
         "wait_hist",
         "xact_count",
         "xact_hist",
@@ -93,6 +96,9 @@ class RouteStats:
         self.max_wait_us = 0
         self.server_connects = 0
         self.assignments = 0
+        self.client_parses = 0  # named Parse messages from clients
+        self.server_parses = 0  # Parse messages sent to servers (incl. re-prepares)
+        self.binds = 0  # Binds of named statements
         self.errors: dict[str, int] = {}
         self.xact_hist: dict[int, int] = {}
         self.query_hist: dict[int, int] = {}
@@ -143,6 +149,9 @@ class RouteStats:
             "wait_time_us": self._wait_time_us,
             "max_wait_us": self.max_wait_us,
             "server_connects": self.server_connects,
+            "client_parses": self.client_parses,
+            "server_parses": self.server_parses,
+            "binds": self.binds,
             "assignments": self.assignments,
             "errors": dict(self.errors),
             "xact_hist": dict(self.xact_hist),

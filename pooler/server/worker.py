@@ -163,7 +163,10 @@ class Worker:
             log.error("cancel", f"cancel request to server failed: {exc!r}")
 
     async def console_login(self, client: ClientConnection, rule: Rule) -> None:
-        client.fatal("0A000", "the admin console is not available in this version")
+        """The admin console (a rule with a `local` storage): see pooler/server/console.py."""
+        from pooler.server.console import ConsoleSession
+
+        await ConsoleSession(self, client, rule).run()
 
     # --- routes -----------------------------------------------------------------------
 

@@ -36,6 +36,35 @@ class SupervisorLink:
         loop = asyncio.get_running_loop()
         self.first_config: asyncio.Future[tuple[Config, list[int]]] = loop.create_future()
         self.stop: asyncio.Future[bool] = loop.create_future()  # result: graceful?
+        self._requests: dict[int, asyncio.Future[Any]] = {}
+        self._next_request = 0
+
+    def request(self, kind: str, *args: Any, timeout: float = 60.0) -> asyncio.Future[Any]:
+        """Ask the supervisor; it answers with ("reply", request_id, payload)."""
+        self._next_request += 1
+        request_id = self._next_request
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._requests[request_id] = future
+        self.channel.send(kind, request_id, *args)
+        return asyncio.ensure_future(self._await_reply(request_id, future, timeout))
+
+    async def _await_reply(
+        self, request_id: int, future: asyncio.Future[Any], timeout: float
+    ) -> Any:
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._requests.pop(request_id, None)
+
+    async def _answer(self, request_id: int, what: str, args: tuple[Any, ...]) -> None:
+        from pooler.server.console import handle_ask
+
+        assert self.worker is not None
+        try:
+            payload = ("ok", await handle_ask(self.worker, what, args))
+        except Exception as exc:  # reported to the asker, not fatal to the worker
+            payload = ("error", repr(exc))
+        self.channel.send("answer", request_id, payload)
 
     def forward_cancel(self, pid: int, secret: int) -> None:
         self.channel.send("cancel", pid, secret)
@@ -61,8 +90,19 @@ class SupervisorLink:
                 self.stop.set_result(bool(args[0]))
         elif kind == "reopen_log":
             log.reopen()
+        elif kind == "reply":
+            future = self._requests.get(args[0])
+            if future is not None and not future.done():
+                future.set_result(args[1])
+        elif kind == "ask":
+            worker.spawn(self._answer(args[0], args[1], tuple(args[2:])), f"answer {args[1]}")
+        elif kind == "stats_request":
+            self.channel.send("stats", worker.snapshot())
 
     def _on_close(self) -> None:
+        for future in self._requests.values():
+            if not future.done():
+                future.set_exception(ConnectionError("supervisor went away"))
         if not self.first_config.done():
             self.first_config.set_exception(ConnectionError("supervisor went away"))
         if not self.stop.done():

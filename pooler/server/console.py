@@ -1,0 +1,384 @@
+"""The admin console session in a worker, and the worker's side of console/control actions.
+
+A client whose rule's storage has `type "local"` ends its login here. The session speaks the
+simple query protocol only; every statement of a Query goes to the supervisor, which renders
+the answer from all workers' snapshots (so values are global), and comes back as typed result
+sets. The supervisor in turn asks each worker for its client and server lists, and orders
+kills, pauses and reconnects; those requests are answered by `handle_ask` below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from typing import TYPE_CHECKING, Any
+
+from pooler import __version__
+from pooler.logs import log
+from pooler.protocol import build
+
+if TYPE_CHECKING:
+    from pooler.config import Rule
+    from pooler.server.client import ClientConnection
+    from pooler.server.pool import Route
+    from pooler.server.worker import Worker
+
+OIDS = {"text": 25, "int4": 23, "int8": 20, "bool": 16, "timestamptz": 1184, "numeric": 1700}
+LENS = {"text": -1, "int4": 4, "int8": 8, "bool": 1, "timestamptz": 8, "numeric": -1}
+_FIELD = struct.Struct("!ihihih")
+Q, X, S = ord("Q"), ord("X"), ord("S")
+CONSOLE_PARAMS = {
+    "server_version": __version__,
+    "server_encoding": "UTF8",
+    "client_encoding": "UTF8",
+    "DateStyle": "ISO",
+    "TimeZone": "GMT",
+    "standard_conforming_strings": "on",
+    "integer_datetimes": "on",
+}
+
+
+def _msg(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!I", len(body) + 4) + body
+
+
+def row_description(columns: list[tuple[str, str]]) -> bytes:
+    parts = [struct.pack("!h", len(columns))]
+    for name, kind in columns:
+        parts.append(name.encode() + b"\0")
+        parts.append(_FIELD.pack(0, 0, OIDS[kind], LENS[kind], -1, 0))
+    return _msg(b"T", b"".join(parts))
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    return str(value)
+
+
+def encode_result(result: Any) -> bytes:
+    """A supervisor `Result` as NoticeResponse* RowDescription DataRow* CommandComplete."""
+    out = [build.notice_response("NOTICE", "00000", notice) for notice in result.notices]
+    if result.columns:
+        out.append(row_description(result.columns))
+        out.extend(build.data_row([_text(v) for v in row]) for row in result.rows)
+    out.append(build.command_complete(result.tag))
+    return b"".join(out)
+
+
+class ConsoleSession:
+    """One console client, after authentication (runs in the client's login task)."""
+
+    def __init__(self, worker: Worker, client: ClientConnection, rule: Rule) -> None:
+        self.worker = worker
+        self.client = client
+        self.rule = rule
+        self.role = rule.role or "stat"  # odyssey forces a local rule without role to stat
+
+    async def run(self) -> None:
+        client = self.client
+        timer = getattr(client, "_login_timer", None)
+        if timer is not None:
+            timer.cancel()
+        client.state = "console"
+        out = [build.auth_ok()]
+        out.extend(build.parameter_status(k, v) for k, v in CONSOLE_PARAMS.items())
+        client.key = self.worker.register_cancel_key(client)
+        out.append(build.backend_key_data(*client.key))
+        out.append(build.ready_for_query("I"))
+        client.transport.write(b"".join(out))
+        failed = False  # inside a failed extended-protocol batch: wait for Sync
+        while not client.closing:
+            msg_type, body = await client._read_message()
+            client.last_activity = time.monotonic()
+            if msg_type == X:
+                client.close()
+                return
+            if msg_type == Q:
+                await self.query(body.rstrip(b"\0").decode("utf-8", "replace"))
+            elif msg_type == S:
+                failed = False
+                client.transport.write(build.ready_for_query("I"))
+            elif not failed and msg_type != ord("H"):
+                failed = True
+                client.transport.write(
+                    build.error_response("ERROR", "0A000", f"unsupported request '{chr(msg_type)}'")
+                )
+
+    async def query(self, text: str) -> None:
+        client = self.client
+        if self.worker.config.log_query:
+            log.info("console", text, client.log_ctx)
+        try:
+            items = await self.worker.link.request("console", self.role, text, client.id)
+        except (ConnectionError, TimeoutError) as exc:
+            items = [("error", "58000", f"console command failed: {exc}")]
+        out: list[bytes] = []
+        for item in items:
+            kind = item[0]
+            if kind == "result":
+                out.append(encode_result(item[1]))
+            elif kind == "empty":
+                out.append(build.empty_query_response())
+            else:
+                out.append(build.error_response("ERROR", item[1], item[2]))
+                break
+        out.append(build.ready_for_query("I"))
+        if not client.closing:
+            client.transport.write(b"".join(out))
+
+
+# --- the worker's answers to the supervisor -----------------------------------------------
+
+
+def _wall(monotonic_at: float, now_mono: float, now_wall: float) -> float:
+    return now_wall - (now_mono - monotonic_at)
+
+
+def _sock(transport: Any, which: str) -> tuple[str, int]:
+    info = transport.get_extra_info(which) if transport is not None else None
+    if isinstance(info, tuple) and len(info) >= 2:
+        return str(info[0]), int(info[1])
+    return "unix", 0
+
+
+def client_rows(worker: Worker) -> list[tuple[Any, ...]]:
+    """SHOW CLIENTS rows (peers.md §2.1 SOCKET columns) of this worker's logged-in clients."""
+    from pooler.supervisor.views import timestamp
+
+    now_mono, now_wall = time.monotonic(), time.time()
+    rows = []
+    for c in worker.clients:
+        if c.state not in ("ready", "console") or c.closing:
+            continue
+        server = c.server
+        waiting = server is None and bool(c.queued)
+        state = "active" if server is not None or c.state == "console" else "idle"
+        if waiting:
+            state = "waiting"
+        waited = now_mono - c.last_activity if waiting else 0.0
+        addr, port = c.peer if c.peer else ("unix", 0)
+        local_addr, local_port = _sock(c.transport, "sockname")
+        rows.append(
+            (
+                "C",
+                c.user,
+                c.database,
+                "none",
+                state,
+                addr,
+                port,
+                local_addr,
+                local_port,
+                _stamp(timestamp, c.connected_at, now_mono, now_wall),
+                _stamp(timestamp, c.last_activity, now_mono, now_wall),
+                int(waited),
+                int((waited % 1) * 1e6),
+                0,
+                c.id,
+                server.id if server is not None else "",
+                0,
+                "",
+                c.params.get("application_name", ""),
+                0,
+                c.id,
+            )
+        )
+    return rows
+
+
+def _stamp(fmt: Any, mono: float, now_mono: float, now_wall: float) -> str | None:
+    return fmt(_wall(mono, now_mono, now_wall))
+
+
+def server_rows(worker: Worker) -> list[tuple[Any, ...]]:
+    """SHOW SERVERS rows: busy servers `active` (linked) or `used` (resetting), idle `idle`."""
+    from pooler.supervisor.views import timestamp
+
+    now_mono, now_wall = time.monotonic(), time.time()
+    rows = []
+    for route in worker.routes.values():
+        servers = [(s, "idle") for s in route.idle] + [
+            (s, "active" if s.client is not None else "used") for s in route.busy
+        ]
+        for server, state in servers:
+            if server.closed:
+                continue
+            endpoint = server.endpoint
+            addr = endpoint.host if endpoint.host is not None else "unix"
+            local_addr, local_port = _sock(server.transport, "sockname")
+            client = server.client
+            rows.append(
+                (
+                    "S",
+                    route.backend_user,
+                    route.backend_db,
+                    "none",
+                    state,
+                    addr,
+                    endpoint.port,
+                    local_addr,
+                    local_port,
+                    _stamp(timestamp, server.created, now_mono, now_wall),
+                    _stamp(timestamp, server.released_at, now_mono, now_wall),
+                    0,
+                    0,
+                    int(route.obsolete),
+                    server.id,
+                    client.id if client is not None else "",
+                    server.backend_key[0],
+                    "",
+                    server.params.get("application_name", ""),
+                    0,
+                    server.id,
+                )
+            )
+    return rows
+
+
+def kill_client(worker: Worker, client_id: str) -> bool:
+    for client in list(worker.clients):
+        if client.id == client_id:
+            client.fatal("08006", "client was killed by the console (KILL_CLIENT)")
+            return True
+    return False
+
+
+def _matches(route: Route, db: str | None) -> bool:
+    return db is None or route.backend_db == db or route.rule.db_name == db
+
+
+class AdminState:
+    """PAUSE/RESUME/RECONNECT of one worker, kept outside pool.py.
+
+    A paused route's `acquire` is shadowed by an instance attribute that waits for RESUME
+    (new routes are gated too, through a wrapper on the worker's `route_for`); idle servers
+    are closed at once and busy ones as soon as they come back idle (checked every 50 ms while
+    a pause or reconnect is pending). Nothing here runs per message.
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.paused_all = False
+        self.paused: set[str] = set()
+        self.changed = asyncio.Event()  # replaced by a fresh one at every RESUME
+        self.doomed: set[str] = set()  # server ids to close when idle (RECONNECT)
+        self._sweeper: asyncio.Task[None] | None = None
+        original = worker.route_for
+
+        def route_for(rule: Any, database: str, user: str) -> Route:
+            route = original(rule, database, user)
+            if self.is_paused(route):
+                self._gate(route)
+            return route
+
+        worker.route_for = route_for  # type: ignore[method-assign]
+
+    def is_paused(self, route: Route) -> bool:
+        return (
+            self.paused_all or route.backend_db in self.paused or route.rule.db_name in self.paused
+        )
+
+    def _gate(self, route: Route) -> None:
+        if "acquire" in vars(route):
+            return
+        original = type(route).acquire
+        admin = self
+
+        async def acquire(password: str | None) -> Any:
+            while admin.is_paused(route):
+                await admin.changed.wait()
+            return await original(route, password)
+
+        route.acquire = acquire  # type: ignore[method-assign]
+
+    async def pause(self, db: str | None) -> int:
+        if db is None:
+            self.paused_all = True
+        else:
+            self.paused.add(db)
+        for route in self.worker.routes.values():
+            if _matches(route, db):
+                self._gate(route)
+        # wait until the paused routes hold no server (pgbouncer's PAUSE returns then)
+        while True:
+            left = 0
+            for route in self.worker.routes.values():
+                if self.is_paused(route):
+                    route.close_all()
+                    left += len(route.idle) + len(route.busy) + route.connecting
+            if left == 0 or not (self.paused_all or self.paused):
+                return 0
+            await asyncio.sleep(0.05)
+
+    def resume(self, db: str | None) -> None:
+        if db is None:
+            self.paused_all = False
+            self.paused.clear()
+        else:
+            self.paused.discard(db)
+        for route in self.worker.routes.values():
+            if not self.is_paused(route) and "acquire" in vars(route):
+                del route.acquire
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
+    def reconnect(self, db: str | None) -> int:
+        count = 0
+        for route in self.worker.routes.values():
+            if not _matches(route, db):
+                continue
+            for server in list(route.idle):
+                server.close()
+                count += 1
+            for server in route.busy:
+                self.doomed.add(server.id)
+                count += 1
+        if self.doomed and self._sweeper is None:
+            self._sweeper = self.worker.spawn(self._sweep(), "reconnect sweeper")
+        return count
+
+    async def _sweep(self) -> None:
+        try:
+            while self.doomed:
+                await asyncio.sleep(0.05)
+                alive: set[str] = set()
+                for route in self.worker.routes.values():
+                    for server in list(route.idle):
+                        if server.id in self.doomed:
+                            server.close()
+                    alive.update(s.id for s in route.busy if s.id in self.doomed)
+                self.doomed &= alive
+        finally:
+            self._sweeper = None
+
+
+def admin_state(worker: Worker) -> AdminState:
+    state = getattr(worker, "_admin_state", None)
+    if state is None:
+        state = AdminState(worker)
+        worker._admin_state = state  # type: ignore[attr-defined]
+    return state
+
+
+async def handle_ask(worker: Worker, what: str, args: tuple[Any, ...]) -> Any:
+    """A request from the supervisor; the return value goes back as the answer."""
+    if what == "clients":
+        return client_rows(worker)
+    if what == "servers":
+        return server_rows(worker)
+    if what == "kill_client":
+        return kill_client(worker, args[0])
+    if what == "pause":
+        return await admin_state(worker).pause(args[0])
+    if what == "resume":
+        admin_state(worker).resume(args[0])
+        return True
+    if what == "reconnect":
+        return admin_state(worker).reconnect(args[0])
+    if what == "snapshot":
+        return worker.snapshot()
+    raise ValueError(f"unknown request {what!r}")

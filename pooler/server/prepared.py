@@ -1,0 +1,229 @@
+"""Named prepared statements in transaction and statement pools (sans-I/O).
+
+`pool_reserve_prepared_statement` (odyssey's name, on by default): a client's named Parse
+is recorded in the client's own table and sent to the server under a name derived from the
+query text and parameter types, so every client preparing the same query shares one
+server-side statement. Whatever server a client lands on, a Bind or Describe of a statement
+that server has not seen is preceded by a Parse injected by the pooler, whose ParseComplete
+is swallowed on the way back.
+
+Everything stays in protocol order without tracking every message:
+- a Parse the server already has is replaced by `Parse("", "")` (an empty unnamed
+  statement), whose real ParseComplete the client then receives in the right place;
+- a Close of a statement is replaced by a Close of a name that never exists (PostgreSQL
+  answers CloseComplete for those), the server keeps the shared statement;
+- ParseComplete is the only answer we remove, so a FIFO of the Parses sent says which ones
+  to drop. Parses skipped by the server after an error (up to the next Sync) are forgotten
+  at the next ReadyForQuery, and so is their optimistic entry in the server's table: a
+  failed Parse never poisons the mapping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pooler.protocol import build, messages
+
+CLOSE_NOTHING = "pooler_never_prepared"
+_DEALLOCATE = re.compile(r"\s*deallocate\s+(?:prepare\s+)?(\"(?:[^\"]|\"\")+\"|\w+)\s*;?\s*$", re.I)
+_DROP_ALL = re.compile(r"\s*(?:deallocate\s+(?:prepare\s+)?all|discard\s+all)\s*;?\s*$", re.I)
+
+
+def server_name(query: str, param_types: tuple[int, ...]) -> str:
+    """The statement's name on every server: a digest of its text and parameter types."""
+    digest = hashlib.blake2b(digest_size=10)
+    digest.update(query.encode("utf-8", "surrogateescape"))
+    digest.update(b"\0" + ",".join(map(str, param_types)).encode())
+    return "pooler_" + digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    server_name: str
+    query: str
+    param_types: tuple[int, ...]
+
+
+class Counters(Protocol):
+    """Where the counters go (the route's RouteStats)."""
+
+    client_parses: int
+    server_parses: int
+    binds: int
+
+
+KNOWN_LIMIT = 10_000
+
+
+class KnownStatements(OrderedDict[str, None]):
+    """Statements that some server of the route prepared successfully (bounded, LRU)."""
+
+    def add(self, name: str) -> None:
+        self[name] = None
+        self.move_to_end(name)
+        if len(self) > KNOWN_LIMIT:
+            self.popitem(last=False)
+
+
+@dataclass(slots=True)
+class ServerStatements:
+    """What one server connection has prepared (LRU order) and the Parses in flight."""
+
+    known: KnownStatements = field(default_factory=KnownStatements)  # the route's
+    names: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    _parses: deque[tuple[bool, str | None, int]] = field(default_factory=deque)
+    _batches_sent: int = 0  # Sync/Query messages sent: each ends a batch with a ReadyForQuery
+    _batches_done: int = 0
+    plan_epoch: int = 0
+
+    @property
+    def swallowing(self) -> bool:
+        return bool(self._parses)
+
+    def has(self, name: str) -> bool:
+        if name in self.names:
+            self.names.move_to_end(name)
+            return True
+        return False
+
+    def sent_parse(self, forward: bool, name: str | None) -> None:
+        if name is not None:
+            self.names[name] = None
+        self._parses.append((forward, name, self._batches_sent))
+
+    def sent_sync(self) -> None:
+        self._batches_sent += 1
+
+    def on_parse_complete(self) -> bool:
+        """A ParseComplete arrived: True to forward it to the client, False to drop it."""
+        if not self._parses:
+            return True
+        forward, name, _batch = self._parses.popleft()
+        if name is not None:
+            self.known.add(name)
+        return forward
+
+    def on_ready(self) -> None:
+        """A ReadyForQuery: Parses of finished batches that got no answer failed."""
+        self._batches_done += 1
+        while self._parses and self._parses[0][2] < self._batches_done:
+            _forward, name, _batch = self._parses.popleft()
+            if name is not None:
+                self.names.pop(name, None)
+
+    def reset(self) -> None:
+        """Between clients: nothing is in flight any more."""
+        self._parses.clear()
+        self._batches_sent = self._batches_done = 0
+
+    def forget_all(self) -> None:
+        self.names.clear()
+
+
+class ClientStatements:
+    """A client's prepared statements (its names), rewritten for whichever server it has."""
+
+    __slots__ = ("counters", "known", "statements")
+
+    def __init__(self, counters: Counters, known: KnownStatements) -> None:
+        self.statements: dict[str, Statement] = {}
+        self.counters = counters
+        self.known = known
+
+    def answer_locally(self, found: list[tuple[int, bytes]]) -> bytes | None:
+        """The answer to messages that are only Parses of known statements and Syncs (no
+        server needed), or None."""
+        known = self.known
+        out: list[bytes] = []
+        parsed: list[tuple[str, Statement]] = []
+        for msg_type, body in found:
+            if msg_type == messages.PARSE:
+                parse = messages.decode_parse(body)
+                types = tuple(parse.param_types)
+                statement = Statement(server_name(parse.query, types), parse.query, types)
+                if not parse.name or statement.server_name not in known:
+                    return None
+                parsed.append((parse.name, statement))
+                out.append(build.PARSE_COMPLETE)
+            elif msg_type == messages.SYNC:
+                out.append(build.READY_FOR_QUERY_IDLE)
+            else:
+                return None
+        if not out or out[-1] != build.READY_FOR_QUERY_IDLE:
+            return None  # without a Sync the client expects nothing yet
+        for name, statement in parsed:
+            self.statements[name] = statement
+            self.counters.client_parses += 1
+        return b"".join(out)
+
+    def _ensure(self, statement: Statement, server: ServerStatements) -> bytes:
+        """A Parse to inject first if the server lacks the statement (answer swallowed)."""
+        if server.has(statement.server_name):
+            return b""
+        server.sent_parse(False, statement.server_name)
+        self.counters.server_parses += 1
+        return build.parse(statement.server_name, statement.query, statement.param_types)
+
+    def rewrite(self, msg_type: int, body: bytes, server: ServerStatements) -> bytes | None:
+        """The bytes to send instead of this client message, or None to send it as is."""
+        if msg_type == messages.PARSE:
+            parse = messages.decode_parse(body)
+            if not parse.name:
+                server.sent_parse(True, None)
+                return None
+            self.counters.client_parses += 1
+            types = tuple(parse.param_types)
+            statement = Statement(server_name(parse.query, types), parse.query, types)
+            self.statements[parse.name] = statement
+            if server.has(statement.server_name):
+                server.sent_parse(True, None)
+                return build.parse("", "")
+            server.sent_parse(True, statement.server_name)
+            self.counters.server_parses += 1
+            return build.parse(statement.server_name, parse.query, types)
+        if msg_type == messages.BIND:
+            bind = messages.decode_bind(body)
+            statement = self.statements.get(bind.statement) if bind.statement else None
+            if statement is None:
+                return None
+            self.counters.binds += 1
+            injected = self._ensure(statement, server)
+            return injected + build.bind_raw(bind.portal, statement.server_name, bind.rest)
+        if msg_type == messages.DESCRIBE:
+            kind, name = messages.decode_describe(body)
+            statement = self.statements.get(name) if kind == "S" and name else None
+            if statement is None:
+                return None
+            return self._ensure(statement, server) + build.describe("S", statement.server_name)
+        if msg_type == messages.CLOSE:
+            kind, name = messages.decode_close(body)
+            if kind != "S" or not name:
+                return None
+            self.statements.pop(name, None)
+            return build.close("S", CLOSE_NOTHING)
+        if msg_type == messages.QUERY:
+            return self._rewrite_query(messages.decode_query(body), server)
+        return None
+
+    def _rewrite_query(self, sql: str, server: ServerStatements) -> bytes | None:
+        if _DROP_ALL.match(sql):
+            self.statements.clear()
+            server.forget_all()
+            return None
+        match = _DEALLOCATE.match(sql)
+        if match is None:
+            return None
+        name = match[1]
+        name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+        statement = self.statements.pop(name, None)
+        if statement is None:
+            return None  # not one of ours (SQL-level PREPARE): the server decides
+        if server.has(statement.server_name):
+            server.names.pop(statement.server_name, None)
+            return build.query(f"DEALLOCATE {statement.server_name}")
+        server.forget_all()
+        return build.query("DEALLOCATE ALL")

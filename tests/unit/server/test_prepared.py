@@ -1,0 +1,112 @@
+"""Prepared-statement renaming for transaction pools, without sockets."""
+
+from pooler.protocol import build, iter_messages, messages
+from pooler.server.prepared import (
+    CLOSE_NOTHING,
+    ClientStatements,
+    KnownStatements,
+    ServerStatements,
+    server_name,
+)
+from pooler.server.stats import RouteStats as Counters
+
+KNOWN = KnownStatements()
+
+
+def body(message: bytes) -> tuple[int, bytes]:
+    [(msg_type, payload)] = iter_messages(message)
+    return msg_type, payload
+
+
+def rewrite(client: ClientStatements, message: bytes, server: ServerStatements):
+    msg_type, payload = body(message)
+    return client.rewrite(msg_type, payload, server)
+
+
+def test_same_query_gets_the_same_server_name():
+    assert server_name("select $1", (23,)) == server_name("select $1", (23,))
+    assert server_name("select $1", (23,)) != server_name("select $1", (25,))
+    assert server_name("select 1", ()).startswith("pooler_")
+
+
+def test_first_parse_is_renamed_and_later_clients_reuse_it():
+    counters = Counters()
+    server = ServerStatements()
+    a, b = ClientStatements(counters, KNOWN), ClientStatements(counters, KNOWN)
+    sent = rewrite(a, build.parse("s1", "select $1", [23]), server)
+    name = server_name("select $1", (23,))
+    assert iter_messages(sent) == iter_messages(build.parse(name, "select $1", [23]))
+    # another client, same text, other name: the server already has it
+    sent = rewrite(b, build.parse("other", "select $1", [23]), server)
+    assert iter_messages(sent) == iter_messages(build.parse("", ""))
+    assert (counters.client_parses, counters.server_parses) == (2, 1)
+
+
+def test_bind_on_a_server_without_the_statement_injects_a_parse_and_swallows_its_answer():
+    counters = Counters()
+    first, second = ServerStatements(), ServerStatements()
+    client = ClientStatements(counters, KNOWN)
+    rewrite(client, build.parse("s1", "select 1"), first)
+    sent = rewrite(client, build.bind("", "s1"), second)  # the client moved to `second`
+    name = server_name("select 1", ())
+    kinds = [m for m, _ in iter_messages(sent)]
+    assert kinds == [messages.PARSE, messages.BIND]
+    assert messages.decode_bind(iter_messages(sent)[1][1]).statement == name
+    assert second.on_parse_complete() is False  # the injected Parse's answer is dropped
+    assert counters.binds == 1
+
+
+def test_close_keeps_the_shared_statement_and_answers_in_order():
+    client = ClientStatements(Counters(), KNOWN)
+    server = ServerStatements()
+    rewrite(client, build.parse("s1", "select 1"), server)
+    sent = rewrite(client, build.close("S", "s1"), server)
+    assert messages.decode_close(body(sent)[1]) == ("S", CLOSE_NOTHING)
+    assert server.has(server_name("select 1", ()))
+    assert rewrite(client, build.bind("", "s1"), server) is None  # unknown again: as is
+
+
+def test_failed_parse_does_not_poison_the_server_table():
+    client = ClientStatements(Counters(), KNOWN)
+    server = ServerStatements()
+    rewrite(client, build.parse("bad", "selec 1"), server)
+    server.sent_sync()
+    server.on_ready()  # ErrorResponse then ReadyForQuery: no ParseComplete came
+    assert not server.has(server_name("selec 1", ()))
+    sent = rewrite(client, build.parse("bad", "selec 1"), server)
+    assert body(sent)[0] == messages.PARSE
+    assert messages.decode_parse(body(sent)[1]).name == server_name("selec 1", ())
+
+
+def test_unnamed_statements_pass_untouched():
+    client = ClientStatements(Counters(), KNOWN)
+    server = ServerStatements()
+    assert rewrite(client, build.parse("", "select 1"), server) is None
+    assert rewrite(client, build.bind("", ""), server) is None
+    assert server.on_parse_complete() is True
+
+
+def test_deallocate_and_discard():
+    client = ClientStatements(Counters(), KNOWN)
+    server = ServerStatements()
+    rewrite(client, build.parse("_pg3_0", "select 1"), server)
+    sent = rewrite(client, build.query("DEALLOCATE _pg3_0"), server)
+    assert messages.decode_query(body(sent)[1]) == f"DEALLOCATE {server_name('select 1', ())}"
+    rewrite(client, build.parse("x", "select 2"), server)
+    assert rewrite(client, build.query("discard all"), server) is None
+    assert not server.names
+    assert rewrite(client, build.query("deallocate unknown_one"), server) is None
+
+
+def test_known_statements_are_answered_without_a_server():
+    known = KnownStatements()
+    server = ServerStatements(known)
+    first = ClientStatements(Counters(), known)
+    rewrite(first, build.parse("p0", "begin"), server)
+    server.sent_sync()
+    assert server.on_parse_complete() is True  # the server prepared it: now known
+    later = ClientStatements(Counters(), known)
+    found = iter_messages(build.parse("P_0", "begin") + build.sync())
+    assert later.answer_locally(found) == build.PARSE_COMPLETE + build.READY_FOR_QUERY_IDLE
+    assert later.answer_locally(iter_messages(build.parse("x", "select 42") + build.sync())) is None
+    assert later.answer_locally(iter_messages(build.parse("P_0", "begin"))) is None  # no Sync
