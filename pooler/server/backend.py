@@ -255,10 +255,26 @@ class ServerConnection(asyncio.Protocol):
                         {"C": "28P01", "M": f"password required for route '{rule.name}'"}
                     )
                 if code == messages.AUTH_CLEARTEXT_PASSWORD:
+                    if auth.password_kind(password) != "plain":
+                        raise BackendError(
+                            {
+                                "C": "28P01",
+                                "M": f"server wants a cleartext password for route "
+                                f"'{rule.name}', only a hash is configured",
+                            }
+                        )
                     self.send(build.password_message(password))
                 elif code == messages.AUTH_MD5_PASSWORD:
                     self.send(build.password_message(auth.md5_response(user, password, payload)))
                 elif code == messages.AUTH_SASL:
+                    if auth.password_kind(password) != "plain":
+                        raise BackendError(
+                            {
+                                "C": "28P01",
+                                "M": f"server wants SCRAM for route '{rule.name}', "
+                                f"only an md5 hash is configured",
+                            }
+                        )
                     scram = auth.ScramClient(user, password)
                     mechanism = scram.choose_mechanism(request.mechanisms)
                     self.send(build.sasl_initial_response(mechanism, scram.client_first()))

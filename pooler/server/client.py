@@ -116,6 +116,7 @@ class ClientConnection(asyncio.Protocol):
         self.password: str | None = None  # the client's cleartext password, when it sent one
         self.params: dict[str, str] = {}
         self.key = (0, 0)
+        self.client_slots: list[tuple[object, ...]] = []  # client_max counts we hold
         self.mode = "session"
         self.paused = False
         self.closing = False
@@ -173,6 +174,8 @@ class ClientConnection(asyncio.Protocol):
                 )
         if self.route is not None:
             self.route.clients -= 1
+        for key in self.client_slots:
+            self.worker.release_client_slot(key)
         self.worker.client_disconnected(self)
         if self.state == "ready" and self.worker.config.log_session:
             log.info(
@@ -307,7 +310,17 @@ class ClientConnection(asyncio.Protocol):
                 return
             assert isinstance(message, StartupPacket)
             break
-        params = message.params
+        if message.minor_version > 0 or message.protocol_options:
+            # As PostgreSQL does: we speak 3.0 and know no _pq_ options.
+            self.transport.write(
+                build.negotiate_protocol_version(0x30000, sorted(message.protocol_options))
+            )
+        limit = self.worker.config.client_max
+        if limit is not None:
+            await self._take_client_slot(
+                ("clients",), limit, f"too many tcp connections (global client_max {limit})"
+            )
+        params = {k: v for k, v in message.params.items() if not k.startswith("_pq_.")}
         self.user = params.get("user", "")
         if not self.user:
             raise LoginRefused("28000", "no PostgreSQL user name specified in startup packet")
@@ -332,9 +345,10 @@ class ClientConnection(asyncio.Protocol):
             await self.worker.console_login(self, rule)
             return
         route = self.worker.route_for(rule, self.database, self.user)
-        if rule.client_max is not None and route.clients >= rule.client_max:
-            raise LoginRefused(
-                "53300",
+        if rule.client_max is not None:
+            await self._take_client_slot(
+                ("clients", *route.key),
+                rule.client_max,
                 f"too many client tcp connections (client_max for user "
                 f"{self.database}.{self.user} {rule.client_max})",
             )
@@ -363,6 +377,11 @@ class ClientConnection(asyncio.Protocol):
             if name in reported:
                 self.params.setdefault(name, reported[name])
         self._finish_login(reported)
+
+    async def _take_client_slot(self, key: tuple[object, ...], limit: int, refusal: str) -> None:
+        if not await self.worker.client_slot(key, limit):
+            raise LoginRefused("53300", refusal)
+        self.client_slots.append(key)
 
     def _init_params(self, startup: dict[str, str], rule: Rule) -> None:
         if not rule.maintain_params:
@@ -431,13 +450,16 @@ class ClientConnection(asyncio.Protocol):
         return True
 
     def backend_password(self) -> str | None:
+        """What answers the server's password request (odyssey's order): storage_password,
+        the client's own password with password_passthrough, the rule's password (plain, or
+        an md5 hash, which answers md5 requests), the password the client sent."""
         rule = self.rule
         assert rule is not None
         if rule.storage_password:
             return rule.storage_password
         if rule.password_passthrough and self.password is not None:
             return self.password
-        if rule.password and auth.password_kind(rule.password) == "plain":
+        if rule.password and auth.password_kind(rule.password) != "scram":
             return rule.password
         return self.password
 

@@ -111,10 +111,14 @@ class Worker:
     # --- clients ----------------------------------------------------------------------
 
     def client_connected(self, client: ClientConnection) -> None:
-        limit = self.config.client_max
         self.clients.add(client)
-        if limit is not None and len(self.clients) > limit:
-            client.fatal("53300", f"too many tcp connections (global client_max {limit})")
+
+    async def client_slot(self, key: tuple[Any, ...], limit: int) -> bool:
+        """Count a client against a client_max over all workers (the supervisor decides)."""
+        return bool(await self.link.request("client_slot", key, limit))
+
+    def release_client_slot(self, key: tuple[Any, ...]) -> None:
+        self.slots.release(key)
 
     def client_disconnected(self, client: ClientConnection) -> None:
         self.clients.discard(client)

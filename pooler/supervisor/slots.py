@@ -75,6 +75,17 @@ class SlotBroker:
             route.queue.append(worker)
         return self._balance(key, route)
 
+    def try_acquire(self, worker: int, key: RouteKey, limit: int) -> bool:
+        """A slot now or never (client_max counts clients this way): no queueing."""
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = _Route(limit)
+        route.limit = limit
+        if route.used >= limit:
+            return False
+        route.held[worker] += 1
+        return True
+
     def cancel(self, worker: int, key: RouteKey) -> list[Action]:
         """The worker no longer needs the slot it asked for."""
         route = self._routes.get(key)
