@@ -469,15 +469,40 @@ class ClientConnection(asyncio.Protocol):
         """Hold bytes while a server is acquired (transaction and statement pools)."""
         if self.closing:
             return
+        if self._attach_task is None and not self.queued and self._attach_idle(data):
+            return
         self.queued.append(data)
         self.queued_bytes += len(data)
         if self._attach_task is not None:
             return
-        if self.statements is not None and self._answer_prepares_locally():
+        if self.statements is not None and data[0] == P and self._answer_prepares_locally():
             return
         if self.queued_bytes > MAX_QUEUED:
             self.pause_reading()
         self._attach_task = self.worker.spawn(self._attach(), f"attach {self.id}")
+
+    def _attach_idle(self, data: bytes) -> bool:
+        """The fast path: an idle server that needs no preparation is linked at once."""
+        route = self.route
+        assert route is not None
+        if not route.idle or data[0] == P:
+            return False
+        server = route.idle[-1]
+        if server.closed or (
+            self.statements is not None and server.statements.plan_epoch != route.plan_epoch
+        ):
+            return False
+        params = server.params
+        for name, value in self.params.items():
+            if params.get(name) != value:
+                return False
+        route.idle.pop()
+        route.busy.add(server)
+        route.stats.wait_time_us += 0
+        server.link(self)
+        self.server = server
+        self._forward(server, data)
+        return True
 
     def _answer_prepares_locally(self) -> bool:
         """Parse + Sync of statements the route already knows need no server: answer them

@@ -206,6 +206,8 @@ class ClientStatements:
             self.statements.pop(name, None)
             return build.close("S", CLOSE_NOTHING)
         if msg_type == messages.QUERY:
+            if body.lstrip()[:1] not in b"dD":  # only DEALLOCATE / DISCARD concern us
+                return None
             return self._rewrite_query(messages.decode_query(body), server)
         return None
 
