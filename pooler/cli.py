@@ -47,13 +47,20 @@ def check(config_path: str, strict: bool) -> None:
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=True))
 @click.option("--test", "test_only", is_flag=True, help="Only check the config (as `check`).")
 @click.option("--strict", is_flag=True, help="Apply odyssey master's (HEAD) stricter rules.")
-def serve(config_path: str, test_only: bool, strict: bool) -> None:
+@click.option(
+    "--control",
+    "control_path",
+    type=click.Path(dir_okay=False),
+    help="Control socket path (default: .<config name>.control next to CONFIG).",
+)
+def serve(config_path: str, test_only: bool, strict: bool, control_path: str | None) -> None:
     """Run the pooler with CONFIG in the foreground."""
     if test_only:
         sys.exit(_check(config_path, strict))
     from pooler.supervisor.main import run
 
-    sys.exit(run(Path(config_path), strict=strict))
+    control = Path(control_path) if control_path else None
+    sys.exit(run(Path(config_path), strict=strict, control=control))
 
 
 @main.command()
@@ -63,3 +70,23 @@ def demo(config_path: str | None) -> None:
     from pooler.demo import default_sample_conf, run_demo
 
     sys.exit(run_demo(Path(config_path) if config_path else default_sample_conf()))
+
+
+@main.command()
+@click.argument("config_path", metavar="CONFIG", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "--control",
+    "control_path",
+    type=click.Path(dir_okay=False),
+    help="Control socket of the running pooler (default: .<config name>.control next to CONFIG).",
+)
+def tui(config_path: str | None, control_path: str | None) -> None:
+    """The dashboard, attached to a running `pooler serve CONFIG` through its control socket."""
+    if control_path is None and config_path is None:
+        raise click.UsageError("give the CONFIG of the running pooler or --control PATH")
+    from pooler.control.client import default_control_path
+
+    path = Path(control_path) if control_path else default_control_path(config_path)  # type: ignore[arg-type]
+    from tui.app import run
+
+    run(path)

@@ -335,7 +335,9 @@ class PgCluster:
         return [
             "# written by pooler.pgcluster; first match wins",
             "local all all trust",
+            "local replication all trust",
             f"host all {SUPERUSER} {HOST}/32 trust",
+            f"host replication {SUPERUSER} {HOST}/32 trust",
             *self.role_rules,
             f"host all all {HOST}/32 md5",
         ]

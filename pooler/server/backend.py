@@ -20,6 +20,7 @@ from pooler.config import Endpoint
 from pooler.logs import LogContext, log
 from pooler.protocol import auth, build, messages
 from pooler.protocol.scanner import MessageScanner, StreamError
+from pooler.server import tls as tls_support
 from pooler.server.prepared import ServerStatements
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from pooler.server.pool import Route
 
 Z, S, E, G, N, R, K, C = (ord(c) for c in "ZSEGNRKC")
+D = ord("D")
 PARSE_COMPLETE = ord("1")
 RELAY_WANTED = frozenset((Z, S, E, G))
 RELAY_WANTED_PREPARED = RELAY_WANTED | {PARSE_COMPLETE}
@@ -68,11 +70,11 @@ def _without_parse_completes(data: bytes, ends: list[int]) -> bytes:
     return b"".join(pieces)
 
 
-def _quote_literal(value: str) -> str:
+def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _quote_ident(name: str) -> str:
+def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -234,11 +236,13 @@ class ServerConnection(asyncio.Protocol):
     def log_context(self) -> LogContext:
         return LogContext(server_id=self.id, server_host=self.endpoint.host)
 
-    async def login(self, user: str, database: str, password: str | None) -> None:
+    async def login(self, user: str, database: str, password: str | auth.ScramKeys | None) -> None:
         """Run the startup exchange up to the first ReadyForQuery."""
         rule = self.route.rule
         params = {"user": user, "database": database}
         params.update(dict(rule.backend_startup_options))
+        if tls_support.storage_wants_tls(self.route.storage, bool(self.endpoint.unix_socket_path)):
+            await self._start_tls()
         self.send(build.startup_message(params))
         scram: auth.ScramClient | None = None
         while True:
@@ -251,6 +255,15 @@ class ServerConnection(asyncio.Protocol):
                 if code == messages.AUTH_OK:
                     continue
                 if password is None:
+                    raise BackendError(
+                        {"C": "28P01", "M": f"password required for route '{rule.name}'"}
+                    )
+                if code == messages.AUTH_SASL and isinstance(password, auth.ScramKeys):
+                    scram = auth.ScramClient(user, keys=password)
+                    mechanism = scram.choose_mechanism(request.mechanisms)
+                    self.send(build.sasl_initial_response(mechanism, scram.client_first()))
+                    continue
+                if isinstance(password, auth.ScramKeys) and scram is None:
                     raise BackendError(
                         {"C": "28P01", "M": f"password required for route '{rule.name}'"}
                     )
@@ -299,6 +312,21 @@ class ServerConnection(asyncio.Protocol):
                 self.scanner.wanted = self.relay_wanted
                 return
 
+    async def _start_tls(self) -> None:
+        """SSLRequest and handshake per the storage's `tls` (server/tls.py); a failure is a
+        connect failure whose message reaches the client."""
+        assert self.transport is not None
+        try:
+            transport = await tls_support.negotiate_storage(
+                self.transport, self, self.route.storage, self.endpoint.host
+            )
+        except (tls_support.TLSConfigError, tls_support.TLSHandshakeError) as exc:
+            message = f"failed to connect to remote server {self.endpoint}: {exc}"
+            log.error("server", message, self.log_context())
+            raise BackendError({"C": "08006", "M": message}) from None
+        if transport is not None:
+            self.transport = transport
+
     async def query(self, sql: str) -> None:
         """Run a simple query of our own and wait for its ReadyForQuery."""
         self.scanner.wanted = INTERNAL_WANTED
@@ -319,6 +347,30 @@ class ServerConnection(asyncio.Protocol):
         if error is not None:
             raise error
 
+    async def fetch_row(self, sql: str) -> list[str | None] | None:
+        """Run a query of our own; its first row as text (None when there is no row)."""
+        self.scanner.wanted = INTERNAL_WANTED
+        self._inbox.clear()
+        self.send(build.query(sql))
+        value: list[str | None] | None = None
+        error: BackendError | None = None
+        while True:
+            msg_type, body = await self.read()
+            if msg_type == D and body is not None and value is None:
+                value = [
+                    None if cell is None else cell.decode("utf-8", "replace")
+                    for cell in messages.decode_data_row(body)
+                ]
+            elif msg_type == E and body is not None:
+                error = BackendError(messages.decode_error_fields(body))
+            elif msg_type == Z:
+                self.status = body[0] if body else ord("I")
+                break
+        self.scanner.wanted = self.relay_wanted
+        if error is not None:
+            raise error
+        return value
+
     async def drain(self) -> None:
         """Read and drop server output until every owed ReadyForQuery has arrived."""
         self.scanner.wanted = INTERNAL_WANTED
@@ -334,7 +386,7 @@ class ServerConnection(asyncio.Protocol):
     async def sync_params(self, wanted: dict[str, str]) -> None:
         """Make the server's session parameters those the client expects (maintain_params)."""
         sets = [
-            f"SET {_quote_ident(name)} TO {_quote_literal(value)}"
+            f"SET {quote_ident(name)} TO {quote_literal(value)}"
             for name, value in wanted.items()
             if self.params.get(name) != value
         ]

@@ -30,12 +30,14 @@ from pooler.protocol.framing import (
     iter_messages,
     read_startup,
 )
+from pooler.server import tls as tls_support
 from pooler.server.backend import (
     CACHED_PLAN_ERROR,
     BackendError,
     ServerConnection,
     ServerGone,
 )
+from pooler.server.hba import hba_allows
 from pooler.server.pool import ConnectFailed, PoolTimeout, Route
 from pooler.server.prepared import ClientStatements
 from pooler.server.router import ClientKey
@@ -114,6 +116,8 @@ class ClientConnection(asyncio.Protocol):
         self.user = ""
         self.database = ""
         self.password: str | None = None  # the client's cleartext password, when it sent one
+        self.scram_keys: auth.ScramKeys | None = None  # from the client's SCRAM proof
+        self.looked_up: str | None = None  # the secret auth_query returned
         self.params: dict[str, str] = {}
         self.key = (0, 0)
         self.client_slots: list[tuple[object, ...]] = []  # client_max counts we hold
@@ -298,7 +302,10 @@ class ClientConnection(asyncio.Protocol):
         while True:
             message = await self._read_startup()
             if isinstance(message, SSLRequest):
-                self.transport.write(b"N")  # TLS arrives with the protocol-depth issue
+                if tls or not tls_support.listen_offers_tls(self.listen, self.unix):
+                    self.transport.write(b"N")
+                else:
+                    tls = await self._start_tls()
                 continue
             if isinstance(message, GSSENCRequest):
                 self.transport.write(b"N")
@@ -310,6 +317,8 @@ class ClientConnection(asyncio.Protocol):
                 return
             assert isinstance(message, StartupPacket)
             break
+        if not tls and tls_support.listen_requires_tls(self.listen, self.unix):
+            raise LoginRefused("08P01", "SSL is required")  # odyssey's words
         if message.minor_version > 0 or message.protocol_options:
             # As PostgreSQL does: we speak 3.0 and know no _pq_ options.
             self.transport.write(
@@ -329,7 +338,13 @@ class ClientConnection(asyncio.Protocol):
         if self.worker.config.log_session:
             where = f"{self.peer[0]}:{self.peer[1]}" if self.peer else "unix socket"
             log.info("startup", f"new client connection {where}", self.log_ctx)
-        key = ClientKey(self.database, self.user, self.peer[0] if self.peer else None, tls)
+        address = self.peer[0] if self.peer else None
+        config = self.worker.config
+        if config.hba_file and not hba_allows(
+            config.hba_rules, database=self.database, user=self.user, address=address, tls=tls
+        ):
+            raise LoginRefused("28000", "host based authentication rejected")
+        key = ClientKey(self.database, self.user, address, tls)
         rule = self.worker.router.match(key)
         if rule is None:
             raise LoginRefused("3D000", f"route for '{self.database}.{self.user}' is not found")
@@ -378,6 +393,24 @@ class ClientConnection(asyncio.Protocol):
                 self.params.setdefault(name, reported[name])
         self._finish_login(reported)
 
+    async def _start_tls(self) -> bool:
+        """Answer an SSLRequest with S and run the handshake (contexts: server/tls.py)."""
+        if self.buf:  # PostgreSQL's answer to CVE-2021-23214
+            raise ProtocolError("received unencrypted data after SSL request", "08P01")
+        try:
+            ctx = tls_support.listen_context(self.listen)
+        except tls_support.TLSConfigError as exc:
+            log.error("tls", f"cannot offer TLS: {exc}", self.log_ctx)
+            self.transport.write(b"N")
+            return False
+        self.transport.write(b"S")
+        try:
+            self.transport = await tls_support.upgrade(self.transport, self, ctx, server_side=True)
+        except tls_support.TLSHandshakeError as exc:
+            log.error("tls", f"TLS handshake failed: {exc}", self.log_ctx)
+            raise ClientGone from None
+        return True
+
     async def _take_client_slot(self, key: tuple[object, ...], limit: int, refusal: str) -> None:
         if not await self.worker.client_slot(key, limit):
             raise LoginRefused("53300", refusal)
@@ -415,7 +448,14 @@ class ClientConnection(asyncio.Protocol):
             return
         if method == "block":
             raise LoginRefused("28000", f"user blocked: {self.database} {self.user}")
+        if method == "cert":
+            refusal = tls_support.check_client_certificate(self.transport, rule, self.user)
+            if refusal is not None:
+                raise LoginRefused("28000", refusal)
+            return
         configured = rule.password
+        if rule.auth_query:
+            configured = self.looked_up = await self.worker.auth_query_password(rule, self.user)
         if method == "clear_text":
             self.transport.write(build.auth_cleartext_password())
             given = (await self._read_password()).rstrip(b"\0").decode("utf-8", "replace")
@@ -447,9 +487,10 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(build.auth_sasl_final(server.handle_client_final(final)))
         except AuthFailed:
             return False
+        self.scram_keys = server.recovered_keys  # lets us log in to the server as the client
         return True
 
-    def backend_password(self) -> str | None:
+    def backend_password(self) -> str | auth.ScramKeys | None:
         """What answers the server's password request (odyssey's order): storage_password,
         the client's own password with password_passthrough, the rule's password (plain, or
         an md5 hash, which answers md5 requests), the password the client sent."""
@@ -461,6 +502,10 @@ class ClientConnection(asyncio.Protocol):
             return self.password
         if rule.password and auth.password_kind(rule.password) != "scram":
             return rule.password
+        if self.password is None and self.scram_keys is not None:
+            return self.scram_keys  # SCRAM pass-through
+        if self.password is None and self.looked_up and auth.password_kind(self.looked_up) == "md5":
+            return self.looked_up  # an md5 secret from auth_query answers md5 requests
         return self.password
 
     # --- relay ------------------------------------------------------------------------

@@ -14,13 +14,17 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from pooler.config import Rule, Storage
+from pooler.config import Endpoint, Rule, Storage
 from pooler.logs import log
+from pooler.protocol.auth import ScramKeys
 from pooler.server.backend import SMART_DISCARD, BackendError, ServerConnection, ServerGone
 from pooler.server.prepared import KnownStatements
 from pooler.server.stats import RouteStats
 
-RouteKey = tuple[int, int, str, str]  # (generation, rule order, backend db, backend user)
+RouteKey = tuple[int, int, str, str]
+Secret = (
+    str | ScramKeys | None
+)  # what answers the server's password request  # (generation, rule order, backend db, backend user)
 
 if TYPE_CHECKING:
     from pooler.server.worker import Worker
@@ -98,7 +102,7 @@ class Route:
     def size(self) -> int:
         return len(self.idle) + len(self.busy) + self.connecting
 
-    async def acquire(self, password: str | None) -> ServerConnection:
+    async def acquire(self, password: Secret) -> ServerConnection:
         """A logged-in server for a client: idle, new, or the next one released.
 
         With a pool_size, a new server needs a slot from the supervisor (global limit over
@@ -178,12 +182,51 @@ class Route:
                 return
         self.shed_pending += 1
 
-    async def _connect(self, password: str | None) -> ServerConnection:
+    async def _connect(self, password: Secret) -> ServerConnection:
+        """A new logged-in server: the storage's hosts are tried in turn (round robin start),
+        skipping hosts down or not of the wanted kind (target_session_attrs)."""
         self.connecting += 1
-        endpoint = next(self._endpoints)
+        failure: ConnectFailed | None = None
+        server: ServerConnection | None = None
+        try:
+            for endpoint in self._endpoint_order():
+                try:
+                    candidate = await self._connect_to(endpoint, password)
+                except ConnectFailed as exc:
+                    failure = exc
+                    if exc.fields:  # the server refused us (auth...): another host won't help
+                        break
+                    continue
+                if await self._fits(candidate):
+                    server = candidate
+                    break
+                candidate.close()
+                failure = ConnectFailed(
+                    f"no server of storage '{self.storage.name}' is "
+                    f"{self.rule.target_session_attrs}"
+                )
+        finally:
+            self.connecting -= 1
+        if server is None or server.closed:
+            if self.limited:
+                self.worker.slots.release(self.key)
+            raise failure or ConnectFailed(f"storage '{self.storage.name}' has no hosts")
+        server.holds_slot = self.limited  # from now on, closing returns the slot
+        self.stats.server_connects += 1
+        if self.server_params is None:
+            self.server_params = dict(server.params)
+        self.busy.add(server)
+        return server
+
+    def _endpoint_order(self) -> list[Endpoint]:
+        first = next(self._endpoints)
+        endpoints = list(self.storage.endpoints)
+        start = endpoints.index(first)
+        return endpoints[start:] + endpoints[:start]
+
+    async def _connect_to(self, endpoint: Endpoint, password: Secret) -> ServerConnection:
         loop = asyncio.get_running_loop()
-        config = self.worker.config
-        timeout = config.backend_connect_timeout_ms / 1000 or None
+        timeout = self.worker.config.backend_connect_timeout_ms / 1000 or None
         server: ServerConnection | None = None
         try:
             async with asyncio.timeout(timeout):
@@ -195,25 +238,31 @@ class Route:
                     _, server = await loop.create_connection(
                         lambda: ServerConnection(self, endpoint), endpoint.host, endpoint.port
                     )
-                server.holds_slot = self.limited  # from now on, closing returns the slot
                 await server.login(self.backend_user, self.backend_db, password)
+                return server
         except (BackendError, OSError, TimeoutError, ServerGone) as exc:
             if server is not None:
                 server.close()
-            elif self.limited:
-                self.worker.slots.release(self.key)
             if isinstance(exc, BackendError):
                 raise ConnectFailed(str(exc), exc.fields) from None
             where = endpoint.unix_socket_path or f"{endpoint.host}:{endpoint.port}"
             log.error("server", f"failed to connect to {where}: {exc or 'timeout'}")
             raise ConnectFailed(f"failed to connect to remote server {where}") from None
-        finally:
-            self.connecting -= 1
-        self.stats.server_connects += 1
-        if self.server_params is None:
-            self.server_params = dict(server.params)
-        self.busy.add(server)
-        return server
+
+    async def _fits(self, server: ServerConnection) -> bool:
+        """Does the server's role match the rule's target_session_attrs? (cached per host
+        for the storage's endpoints_status_poll_interval)."""
+        wanted = self.rule.target_session_attrs
+        if wanted in (None, "any"):
+            return True
+        in_recovery = await self.worker.in_recovery(server, self.storage)
+        if in_recovery is None:
+            return False
+        if wanted == "read-write":
+            return not in_recovery
+        if wanted == "read-only":
+            return in_recovery
+        return True  # prefer-standby: a primary is acceptable when it is what we reached
 
     def release(self, server: ServerConnection) -> None:
         """Give a clean server back: to the first waiter (it stays busy), else to idle."""

@@ -10,16 +10,19 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from pooler.config import Config, Listen, Rule, Storage
+from pooler.config import Config, Endpoint, Listen, Rule, Storage
 from pooler.logs import log
 from pooler.protocol import build
-from pooler.server.backend import BackendError, ServerConnection, ServerGone
+from pooler.server.backend import BackendError, ServerConnection, ServerGone, quote_literal
 from pooler.server.client import ClientConnection
 from pooler.server.pool import Route, RouteKey
-from pooler.server.router import Router
+from pooler.server.router import ClientKey, Router
 
 if TYPE_CHECKING:
     from pooler.server.worker_main import SupervisorLink
+
+
+AUTH_QUERY_CACHE_SECONDS = 10
 
 
 class Worker:
@@ -38,6 +41,8 @@ class Worker:
         self._servers: list[asyncio.AbstractServer] = []
         self._cron: asyncio.Task[None] | None = None
         self._key_counter = 0
+        self._recovery: dict[Endpoint, tuple[bool, float]] = {}
+        self._auth_cache: dict[tuple[str | None, ...], tuple[str | None, float]] = {}
         self.stopping = False
 
     # --- tasks ------------------------------------------------------------------------
@@ -191,6 +196,51 @@ class Worker:
             route = Route(self, key, rule, self.storage_of(rule), backend_db, backend_user)
             self.routes[key] = route
         return route
+
+    async def auth_query_password(self, rule: Rule, user: str) -> str | None:
+        """The password (or secret) of `user` as the rule's auth_query returns it, looked up
+        through an internal connection as auth_query_user@auth_query_db; cached briefly."""
+        key = (rule.auth_query, rule.auth_query_db, rule.auth_query_user, user)
+        now = time.monotonic()
+        cached = self._auth_cache.get(key)
+        if cached is not None and now - cached[1] < AUTH_QUERY_CACHE_SECONDS:
+            return cached[0]
+        db, internal_user = rule.auth_query_db or "", rule.auth_query_user or ""
+        internal = self.router.match(ClientKey(db, internal_user, None, internal=True))
+        if internal is None:
+            internal = self.router.match(ClientKey(db, internal_user, "127.0.0.1"))
+        if internal is None or self.storage_of(internal).type != "remote":
+            log.error("auth_query", f"no route for auth_query user '{db}.{internal_user}'")
+            return None
+        route = self.route_for(internal, db, internal_user)
+        sql = (rule.auth_query or "").replace("$1", quote_literal(user))
+        server = await route.acquire(self.storage_password(internal))
+        try:
+            row = await server.fetch_row(sql)
+        except (BackendError, ServerGone) as exc:
+            log.error("auth_query", f"auth_query failed: {exc}")
+            route.discard(server)
+            return None
+        route.release(server)
+        password = row[1] if row is not None and len(row) > 1 else None
+        self._auth_cache[key] = (password, now)
+        return password
+
+    async def in_recovery(self, server: ServerConnection, storage: Storage) -> bool | None:
+        """Is the server's host a standby? Asked with pg_is_in_recovery(), remembered per
+        host for the storage's endpoints_status_poll_interval; None if it can't be told."""
+        endpoint = server.endpoint
+        now = time.monotonic()
+        known = self._recovery.get(endpoint)
+        if known is not None and now - known[1] < storage.endpoints_status_poll_interval / 1000:
+            return known[0]
+        try:
+            row = await server.fetch_row("SELECT pg_is_in_recovery()")
+        except (BackendError, ServerGone):
+            return None
+        in_recovery = row is not None and row[0] == "t"
+        self._recovery[endpoint] = (in_recovery, now)
+        return in_recovery
 
     def on_grant(self, key: RouteKey) -> None:
         route = self.routes.get(key)

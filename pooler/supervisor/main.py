@@ -5,7 +5,11 @@ It parses the config, binds the listen sockets (so a taken port is a start-up fa
 - keeps the global pool_size ledger (`SlotBroker`) and relays grants and sheds;
 - forwards CancelRequests to the worker that owns the client (its index is in the key);
 - restarts a worker that dies (its slots are returned first) and counts the restarts;
-- collects each worker's counters every second;
+- collects each worker's counters every second, and every `stats_interval` computes rates,
+  logs odyssey's stats lines (`log_stats`) and pushes them to control-socket subscribers;
+- answers console commands for the workers (pooler/supervisor/console.py renders them from
+  all workers' snapshots), serves the control socket and, with `promhttp_server_port`,
+  Prometheus text at /metrics;
 - handles signals: SIGHUP reload, SIGTERM/SIGINT graceful shutdown, SIGQUIT immediate,
   SIGUSR1 reopen the log file.
 """
@@ -24,10 +28,15 @@ from typing import Any
 
 import uvloop
 
-from pooler import logs
-from pooler.config import Config, ConfigError, load
+from pooler import __version__, logs
+from pooler.config import Config, ConfigError, diff, load
+from pooler.control import schema
+from pooler.control.client import default_control_path
+from pooler.control.server import Connection, ControlServer
 from pooler.ipc import Channel, Message
 from pooler.logs import log
+from pooler.server.stats import quantile
+from pooler.supervisor import views
 from pooler.supervisor.listen import Bound, bind_listeners, describe
 from pooler.supervisor.slots import Action, Grant, Shed, SlotBroker
 
@@ -47,10 +56,25 @@ class WorkerHandle:
     restarts: int = 0
     snapshot: dict[str, Any] = field(default_factory=dict)
     retiring: bool = False
+    fresh: asyncio.Future[None] | None = None  # resolved by the next "stats" message
+    cpu_ticks: tuple[float, int] | None = None  # (monotonic time, utime+stime ticks)
+    cpu_percent: float = 0.0
+
+
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """(utime+stime clock ticks, rss bytes) of a process, from /proc (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields_ = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields_[11]) + int(fields_[12]), int(fields_[21]) * os.sysconf("SC_PAGE_SIZE")
 
 
 class Supervisor:
-    def __init__(self, config: Config, path: Path, sockets: list[Bound]) -> None:
+    def __init__(
+        self, config: Config, path: Path, sockets: list[Bound], control_path: Path | None = None
+    ) -> None:
         self.config = config
         self.path = path
         self.sockets = sockets  # per worker index
@@ -60,6 +84,21 @@ class Supervisor:
         self.started_at = time.time()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._done: asyncio.Event | None = None
+        self.control_path = control_path or default_control_path(path)
+        self.control: ControlServer | None = None
+        self.last_reload: schema.ReloadResult | None = None
+        self.old_configs: dict[int, Config] = {}
+        self.paused_all = False
+        self.paused_dbs: set[str] = set()
+        self._asks: dict[int, asyncio.Future[Any]] = {}
+        self._next_ask = 0
+        # stats window (every stats_interval): previous merged routes and when they were taken
+        self.stats_prev: dict[Any, dict[str, Any]] = {}
+        self.stats_prev_at = time.monotonic()
+        self.route_rates: dict[Any, views.Rates] = {}
+        self.db_rates: dict[str, views.Rates] = {}
+        self.last_stats: schema.StatsEvent | None = None
+        self._metrics_server: asyncio.AbstractServer | None = None
 
     # --- workers ----------------------------------------------------------------------
 
@@ -122,6 +161,12 @@ class Supervisor:
             self._deliver(self.broker.acquire(index, args[0], args[1]))
         elif kind == "release":
             self._deliver(self.broker.release(index, args[0]))
+        elif kind == "client_slot":  # client_max, global or per route, over all workers
+            request_id, key, limit = args
+            handle = self.workers.get(index)
+            if handle is not None and handle.channel is not None:
+                granted = self.broker.try_acquire(index, key, limit)
+                handle.channel.send("reply", request_id, granted)
         elif kind == "cancel":
             pid, secret = args
             owner = self.workers.get((pid >> 24) - 1)
@@ -131,6 +176,304 @@ class Supervisor:
             handle = self.workers.get(index)
             if handle is not None:
                 handle.snapshot = args[0]
+                if handle.fresh is not None and not handle.fresh.done():
+                    handle.fresh.set_result(None)
+        elif kind == "console":
+            self._spawn(self._console(index, *args), "console command")
+        elif kind == "answer":
+            future = self._asks.pop(args[0], None)
+            if future is not None and not future.done():
+                future.set_result(args[1])
+
+    async def _console(self, index: int, request_id: int, role: str, text: str, cid: str) -> None:
+        from pooler.supervisor.console import execute
+
+        try:
+            items = await execute(self, role, text, cid)
+        except Exception as exc:
+            log.error("console", f"console command failed: {exc!r}")
+            items = [("error", "XX000", f"console command failed: {exc}")]
+        handle = self.workers.get(index)
+        if handle is not None and handle.channel is not None:
+            handle.channel.send("reply", request_id, items)
+
+    # --- asking workers -----------------------------------------------------------------
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        return [h.snapshot for h in self.workers.values() if h.snapshot]
+
+    async def ask(self, handle: WorkerHandle, what: str, *args: Any, timeout: float = 5.0) -> Any:
+        if handle.channel is None:
+            return None
+        self._next_ask += 1
+        ask_id = self._next_ask
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._asks[ask_id] = future
+        handle.channel.send("ask", ask_id, what, *args)
+        try:
+            status, payload = await asyncio.wait_for(future, timeout)
+        finally:
+            self._asks.pop(ask_id, None)
+        if status != "ok":
+            raise RuntimeError(f"worker {handle.index}: {payload}")
+        return payload
+
+    async def ask_all(self, what: str, *args: Any, timeout: float = 5.0) -> list[Any]:
+        # only workers that are serving (they report a snapshot once started); one that is
+        # still starting has nothing to show and would drop the request
+        handles = [h for h in self.workers.values() if h.channel is not None and h.snapshot]
+        results = await asyncio.gather(
+            *(self.ask(h, what, *args, timeout=timeout) for h in handles), return_exceptions=True
+        )
+        out = []
+        for handle, result in zip(handles, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("supervisor", f"worker {handle.index} did not answer {what}: {result!r}")
+            else:
+                out.append(result)
+        return out
+
+    async def gather(self, what: str) -> list[Any]:
+        """Rows of every worker for SHOW CLIENTS / SHOW SERVERS."""
+        rows: list[Any] = []
+        for part in await self.ask_all(what):
+            rows.extend(part or ())
+        return rows
+
+    async def collect(self, timeout: float = 0.5) -> None:
+        """Ask every worker for a snapshot now and wait (bounded) until they arrive."""
+        loop = asyncio.get_running_loop()
+        waits = []
+        for handle in self.workers.values():
+            if handle.channel is None:
+                continue
+            handle.fresh = loop.create_future()
+            waits.append(handle.fresh)
+            handle.channel.send("stats_request")
+        if waits:
+            await asyncio.wait(waits, timeout=timeout)
+
+    async def admin_action(self, verb: str, db: str | None) -> None:
+        if verb == "pause":
+            if db is None:
+                self.paused_all = True
+            else:
+                self.paused_dbs.add(db)
+            await self.ask_all("pause", db, timeout=3600)
+        elif verb == "resume":
+            if db is None:
+                self.paused_all = False
+                self.paused_dbs.clear()
+            else:
+                self.paused_dbs.discard(db)
+            await self.ask_all("resume", db)
+        elif verb == "reconnect":
+            await self.ask_all("reconnect", db)
+
+    def paused_state(self) -> set[str] | bool:
+        return True if self.paused_all else set(self.paused_dbs)
+
+    async def kill_client(self, client_id: str) -> bool:
+        return any(await self.ask_all("kill_client", client_id))
+
+    def shutdown_soon(self, graceful: bool) -> None:
+        asyncio.get_running_loop().call_later(0.1, self.shutdown, graceful)
+
+    def quantiles(self) -> tuple[float, ...]:
+        for rule in self.config.rules:
+            storage = self.config.storage(rule.storage or "")
+            if storage is not None and storage.type == "local" and rule.quantiles:
+                return views.parse_quantiles(rule.quantiles)
+        return views.DEFAULT_QUANTILES
+
+    def obsolete_rules(self) -> list[Any]:
+        wanted = {
+            (r["key"][0], r["key"][1])
+            for r in views.merge_routes(self.snapshots())
+            if r.get("obsolete")
+        }
+        out = []
+        for generation, order in sorted(wanted):
+            config = self.old_configs.get(generation)
+            if config is not None:
+                out.extend(rule for rule in config.rules if rule.order == order)
+        return out
+
+    # --- stats window ---------------------------------------------------------------------
+
+    async def _stats_loop(self) -> None:
+        while True:
+            interval = max(1, self.config.stats_interval or 1)
+            await asyncio.sleep(interval - (time.monotonic() - self.stats_prev_at) % interval)
+            if self.stopping:
+                continue
+            try:
+                await self.stats_tick()
+            except Exception as exc:  # never let the stats loop die
+                log.error("stats", f"stats failed: {exc!r}")
+
+    async def stats_tick(self) -> schema.StatsEvent:
+        await self.collect()
+        now = time.monotonic()
+        seconds = now - self.stats_prev_at
+        snapshots = self.snapshots()
+        routes = views.merge_routes(snapshots)
+        self.route_rates = {
+            r["key"]: views.rates(r, self.stats_prev.get(r["key"]), seconds) for r in routes
+        }
+        db_rates = {}
+        for db, members in views.by_database(routes).items():
+            new = views.sum_counters(members)
+            old = views.sum_counters(
+                [self.stats_prev[m["key"]] for m in members if m["key"] in self.stats_prev]
+            )
+            db_rates[db] = views.rates(new, old, seconds)
+        self.db_rates = db_rates
+        clients = sum(s.get("clients", 0) for s in snapshots)
+        lines = views.stats_lines(routes, self.stats_prev, seconds, clients)
+        self.stats_prev = {r["key"]: r for r in routes}
+        self.stats_prev_at = now
+        if self.config.log_stats:
+            for line in lines:
+                log.info("stats", line)
+        event = schema.StatsEvent(time.time(), seconds, self.pool_infos(routes), lines)
+        self.last_stats = event
+        if self.control is not None:
+            self.control.publish("stats", event)
+        return event
+
+    def pool_infos(self, routes: list[dict[str, Any]] | None = None) -> list[schema.PoolInfo]:
+        if routes is None:
+            routes = views.merge_routes(self.snapshots())
+        out = []
+        for r in routes:
+            rate = self.route_rates.get(r["key"], views.Rates())
+            out.append(
+                schema.PoolInfo(
+                    database=r["database"],
+                    user=r["user"],
+                    backend_db=r["backend_db"],
+                    backend_user=r["backend_user"],
+                    mode=r["mode"],
+                    pool_size=r["pool_size"],
+                    obsolete=bool(r.get("obsolete")),
+                    clients=r["clients"],
+                    cl_active=r["cl_active"],
+                    cl_waiting=r["cl_waiting"],
+                    sv_active=r["sv_active"],
+                    sv_idle=r["sv_idle"],
+                    sv_login=r["sv_login"],
+                    maxwait_us=r.get("maxwait_us", 0) if r["cl_waiting"] else 0,
+                    xact_count=r.get("xact_count", 0),
+                    query_count=r.get("query_count", 0),
+                    bytes_received=r.get("bytes_received", 0),
+                    bytes_sent=r.get("bytes_sent", 0),
+                    tps=round(rate.xact_per_sec, 2),
+                    qps=round(rate.query_per_sec, 2),
+                    avg_xact_us=round(rate.avg_xact_time_us, 1),
+                    avg_query_us=round(rate.avg_query_time_us, 1),
+                    avg_wait_us=round(rate.avg_wait_time_us, 1),
+                    p50_xact_us=quantile(r.get("xact_hist", {}), 0.5),
+                    p95_xact_us=quantile(r.get("xact_hist", {}), 0.95),
+                    p99_xact_us=quantile(r.get("xact_hist", {}), 0.99),
+                    p99_query_us=quantile(r.get("query_hist", {}), 0.99),
+                    p99_wait_us=quantile(r.get("wait_hist", {}), 0.99),
+                )
+            )
+        return out
+
+    def worker_infos(self) -> list[schema.WorkerInfo]:
+        now = time.monotonic()
+        out = []
+        for handle in sorted(self.workers.values(), key=lambda h: h.index):
+            pid = handle.process.pid if handle.process is not None else None
+            rss = 0
+            if pid is not None:
+                stat = _proc_stat(pid)
+                if stat is not None:
+                    ticks, rss = stat
+                    if handle.cpu_ticks is not None and now > handle.cpu_ticks[0]:
+                        elapsed = now - handle.cpu_ticks[0]
+                        used = (ticks - handle.cpu_ticks[1]) / os.sysconf("SC_CLK_TCK")
+                        handle.cpu_percent = round(100 * used / elapsed, 1)
+                    handle.cpu_ticks = (now, ticks)
+            state = "retiring" if handle.retiring else "running" if pid else "restarting"
+            out.append(
+                schema.WorkerInfo(
+                    index=handle.index,
+                    pid=pid,
+                    state=state,
+                    clients=handle.snapshot.get("clients", 0),
+                    servers=handle.snapshot.get("servers", 0),
+                    restarts=handle.restarts,
+                    cpu_percent=handle.cpu_percent,
+                    rss_bytes=rss,
+                    started_at=handle.started_at,
+                )
+            )
+        return out
+
+    # --- control socket -------------------------------------------------------------------
+
+    async def control_request(self, request: schema.Request, conn: Connection) -> tuple[str, Any]:
+        kind = request.type
+        if kind == "status":
+            snaps = self.snapshots()
+            return kind, schema.Status(
+                version=__version__,
+                pid=os.getpid(),
+                uptime=round(time.time() - self.started_at, 3),
+                config_path=str(self.path),
+                generation=self.config.generation,
+                workers=len(self.workers),
+                clients=sum(s.get("clients", 0) for s in snaps),
+                servers=sum(s.get("servers", 0) for s in snaps),
+                paused=self.paused_all,
+                last_reload=self.last_reload,
+            )
+        if kind == "workers":
+            return kind, self.worker_infos()
+        if kind == "pools":
+            return kind, self.pool_infos()
+        if kind in ("clients", "servers"):
+            names = [name for name, _ in views.SOCKET_COLUMNS]
+            rows = await self.gather(kind)
+            return kind, [dict(zip(names, row, strict=True)) for row in rows]
+        if kind == "stats":
+            event = self.last_stats or schema.StatsEvent(time.time(), 0.0, self.pool_infos(), [])
+            return kind, event
+        if kind == "subscribe":
+            conn.topics.update(request.topics)  # type: ignore[attr-defined]
+            return kind, sorted(conn.topics)
+        if kind == "unsubscribe":
+            conn.topics.difference_update(request.topics)  # type: ignore[attr-defined]
+            return kind, sorted(conn.topics)
+        if kind == "config_get":
+            from dataclasses import asdict
+
+            try:
+                text = self.path.read_text()
+            except OSError:
+                text = ""
+            model = asdict(self.config)
+            _redact(model)
+            return kind, schema.ConfigInfo(str(self.path), self.config.generation, text, model)
+        if kind == "reload":
+            return kind, self.reload()
+        if kind in ("pause", "resume", "reconnect"):
+            await self.admin_action(kind, request.database)  # type: ignore[attr-defined]
+            return kind, {"database": request.database}  # type: ignore[attr-defined]
+        if kind == "kill_client":
+            client_id = request.client_id  # type: ignore[attr-defined]
+            if not client_id or not await self.kill_client(client_id):
+                raise schema.ProtocolError("not_found", f"client '{client_id}' not found")
+            return kind, {"client_id": client_id}
+        raise schema.ProtocolError("unknown_type", f"unknown request type {kind!r}")
+
+    async def start_metrics(self, port: int) -> None:
+        from pooler.metrics import serve_metrics
+
+        self._metrics_server = await serve_metrics(self, port)
 
     def _deliver(self, actions: list[Action]) -> None:
         for action in actions:
@@ -149,19 +492,30 @@ class Supervisor:
 
     # --- signals ------------------------------------------------------------------------
 
-    def reload(self) -> None:
+    def reload(self) -> schema.ReloadResult:
         """Re-read the config; on success every worker gets the new generation."""
         log.info("config", f"importing changes from '{self.path}'")
         try:
             new = load(self.path)
         except ConfigError as exc:
-            for diagnostic in exc.diagnostics:
-                log.error("config", f"reload failed: {diagnostic}")
-            return
+            errors = [str(diagnostic) for diagnostic in exc.diagnostics]
+            for error in errors:
+                log.error("config", f"reload failed: {error}")
+            self.last_reload = schema.ReloadResult(
+                False, self.config.generation, errors, [], time.time()
+            )
+            return self.last_reload
+        changes = [str(change) for change in diff(self.config, new)]
         new = replace(new, generation=self.config.generation + 1)
+        self.old_configs[self.config.generation] = self.config
         self.config = new
         self.broadcast("config", new, None)
+        if new.log_config:
+            for change in changes:
+                log.info("config", change)
         log.info("config", f"reloaded, generation {new.generation}")
+        self.last_reload = schema.ReloadResult(True, new.generation, [], changes, time.time())
+        return self.last_reload
 
     def shutdown(self, graceful: bool) -> None:
         if self.stopping and graceful:
@@ -191,12 +545,28 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGINT, self.shutdown, True)
         loop.add_signal_handler(signal.SIGQUIT, self.shutdown, False)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self.control = ControlServer(self.control_path, self.control_request)
+        try:
+            await self.control.start()
+        except OSError as exc:
+            log.error("control", f"cannot create control socket {self.control_path}: {exc}")
+            self.control = None
+        if self.config.promhttp_server_port:
+            try:
+                await self.start_metrics(self.config.promhttp_server_port)
+            except OSError as exc:
+                log.error("metrics", f"cannot serve /metrics: {exc}")
+        self._spawn(self._stats_loop(), "stats")
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
         log.info(
             "supervisor",
             f"pooler ready, {self.config.workers} workers, listening on {describe(self.config)}",
         )
         await self._done.wait()
+        if self.control is not None:
+            await self.control.close()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         return EXIT_OK
 
     def _reopen_logs(self) -> None:
@@ -217,7 +587,21 @@ def _daemonize() -> None:
     os.close(devnull)
 
 
-def run(config_path: Path, *, strict: bool = False) -> int:
+def _redact(model: Any) -> None:
+    """Blank secrets in a config model turned into plain dicts (config get)."""
+    if isinstance(model, dict):
+        for key, value in model.items():
+            if key in ("password", "storage_password", "ldapbindpasswd", "ldap_storage_password"):
+                if value is not None:
+                    model[key] = "********"
+            else:
+                _redact(value)
+    elif isinstance(model, list | tuple):
+        for value in model:
+            _redact(value)
+
+
+def run(config_path: Path, *, strict: bool = False, control: Path | None = None) -> int:
     try:
         config = load(config_path, strict=strict)
     except ConfigError as exc:
@@ -243,7 +627,7 @@ def run(config_path: Path, *, strict: bool = False) -> int:
     if config.pid_file:
         Path(config.pid_file).write_text(f"{os.getpid()}\n")
     try:
-        return uvloop.run(Supervisor(config, config_path, sockets).serve())
+        return uvloop.run(Supervisor(config, config_path, sockets, control).serve())
     finally:
         if config.pid_file:
             Path(config.pid_file).unlink(missing_ok=True)

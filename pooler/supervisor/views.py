@@ -15,7 +15,14 @@ from typing import Any
 from pooler import __version__
 from pooler.server.stats import merge_histograms, quantile, subtract_histogram
 
-TEXT, INT4, INT8, BOOL, TIMESTAMPTZ, NUMERIC = "text", "int4", "int8", "bool", "timestamptz", "numeric"
+TEXT, INT4, INT8, BOOL, TIMESTAMPTZ, NUMERIC = (
+    "text",
+    "int4",
+    "int8",
+    "bool",
+    "timestamptz",
+    "numeric",
+)
 DEFAULT_QUANTILES = (0.5, 0.95, 0.99)
 
 COUNTERS = (
@@ -496,7 +503,9 @@ def show_users(config: Any, routes: list[dict[str, Any]]) -> Result:
     )
 
 
-def show_lists(config: Any, routes: list[dict[str, Any]], snapshots: list[dict[str, Any]]) -> Result:
+def show_lists(
+    config: Any, routes: list[dict[str, Any]], snapshots: list[dict[str, Any]]
+) -> Result:
     rules = _route_rules(config)
     clients = sum(s.get("clients", 0) for s in snapshots)
     login = sum(s.get("login_clients", 0) for s in snapshots)
@@ -679,7 +688,16 @@ def show_storages(config: Any) -> Result:
         )
     return _result(
         "ssisssss",
-        ["type", "host", "port", "tls", "tls_cert_file", "tls_key_file", "tls_ca_file", "tls_protocols"],
+        [
+            "type",
+            "host",
+            "port",
+            "tls",
+            "tls_cert_file",
+            "tls_key_file",
+            "tls_ca_file",
+            "tls_protocols",
+        ],
         rows,
     )
 

@@ -112,7 +112,7 @@ def test_cancel_reaches_the_owning_worker(pooler):
                 conn.execute("select pg_sleep(10)")
             except psycopg.errors.QueryCanceled:
                 elapsed.append(time.monotonic())
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 errors.append(exc)
 
         threads = [threading.Thread(target=sleeper, args=(c,)) for c in conns]

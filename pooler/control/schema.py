@@ -1,0 +1,324 @@
+"""The control-socket protocol: typed messages shared by the server (supervisor) and the tui.
+
+Newline-delimited JSON over a Unix socket; every message carries `"version": 1`.
+Documented in docs/control-protocol.md. Pure: no asyncio, no uvloop, no server imports.
+
+    request  {"version": 1, "id": 7, "type": "pools"}
+    response {"version": 1, "id": 7, "ok": true, "type": "pools", "data": [...]}
+    error    {"version": 1, "id": 7, "ok": false, "error": {"code": "bad_request", "message": "..."}}
+    event    {"version": 1, "event": "stats", "data": {...}}          (after "subscribe")
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+PROTOCOL_VERSION = 1
+MAX_LINE = 1 << 20
+
+
+class ProtocolError(Exception):
+    """A message that does not follow the protocol; `code` goes into the error reply."""
+
+    def __init__(self, code: str, message: str, request_id: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+# --- requests -------------------------------------------------------------------------
+
+
+@dataclass
+class Request:
+    type: ClassVar[str] = ""
+    id: int | str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body = {"version": PROTOCOL_VERSION, "type": self.type}
+        body.update(asdict(self))
+        return body
+
+
+@dataclass
+class StatusRequest(Request):
+    type: ClassVar[str] = "status"
+
+
+@dataclass
+class WorkersRequest(Request):
+    type: ClassVar[str] = "workers"
+
+
+@dataclass
+class PoolsRequest(Request):
+    type: ClassVar[str] = "pools"
+
+
+@dataclass
+class ClientsRequest(Request):
+    type: ClassVar[str] = "clients"
+
+
+@dataclass
+class ServersRequest(Request):
+    type: ClassVar[str] = "servers"
+
+
+@dataclass
+class StatsRequest(Request):
+    type: ClassVar[str] = "stats"
+
+
+@dataclass
+class SubscribeRequest(Request):
+    """Start streaming events; topics: "stats" (every stats_interval: routes + log lines)."""
+
+    type: ClassVar[str] = "subscribe"
+    topics: list[str] = field(default_factory=lambda: ["stats"])
+
+
+@dataclass
+class UnsubscribeRequest(Request):
+    type: ClassVar[str] = "unsubscribe"
+    topics: list[str] = field(default_factory=lambda: ["stats"])
+
+
+@dataclass
+class ConfigGetRequest(Request):
+    type: ClassVar[str] = "config_get"
+
+
+@dataclass
+class ReloadRequest(Request):
+    type: ClassVar[str] = "reload"
+
+
+@dataclass
+class PauseRequest(Request):
+    type: ClassVar[str] = "pause"
+    database: str | None = None
+
+
+@dataclass
+class ResumeRequest(Request):
+    type: ClassVar[str] = "resume"
+    database: str | None = None
+
+
+@dataclass
+class ReconnectRequest(Request):
+    type: ClassVar[str] = "reconnect"
+    database: str | None = None
+
+
+@dataclass
+class KillClientRequest(Request):
+    type: ClassVar[str] = "kill_client"
+    client_id: str = ""
+
+
+REQUEST_TYPES: dict[str, type[Request]] = {
+    cls.type: cls
+    for cls in (
+        StatusRequest,
+        WorkersRequest,
+        PoolsRequest,
+        ClientsRequest,
+        ServersRequest,
+        StatsRequest,
+        SubscribeRequest,
+        UnsubscribeRequest,
+        ConfigGetRequest,
+        ReloadRequest,
+        PauseRequest,
+        ResumeRequest,
+        ReconnectRequest,
+        KillClientRequest,
+    )
+}
+
+
+# --- response data --------------------------------------------------------------------
+
+
+@dataclass
+class ReloadResult:
+    ok: bool
+    generation: int
+    errors: list[str] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)
+    at: float = 0.0  # unix time
+
+
+@dataclass
+class Status:
+    version: str
+    pid: int
+    uptime: float  # seconds
+    config_path: str
+    generation: int
+    workers: int
+    clients: int
+    servers: int
+    paused: bool
+    last_reload: ReloadResult | None = None
+
+
+@dataclass
+class WorkerInfo:
+    index: int
+    pid: int | None
+    state: str  # running | restarting | retiring
+    clients: int
+    servers: int
+    restarts: int
+    cpu_percent: float
+    rss_bytes: int
+    started_at: float
+
+
+@dataclass
+class PoolInfo:
+    database: str  # rule names (default_db / default_user for wildcards)
+    user: str
+    backend_db: str
+    backend_user: str
+    mode: str
+    pool_size: int
+    obsolete: bool
+    clients: int
+    cl_active: int
+    cl_waiting: int
+    sv_active: int
+    sv_idle: int
+    sv_login: int
+    maxwait_us: int
+    xact_count: int
+    query_count: int
+    bytes_received: int
+    bytes_sent: int
+    tps: float  # over the last stats window
+    qps: float
+    avg_xact_us: float
+    avg_query_us: float
+    avg_wait_us: float
+    p50_xact_us: float  # since the route started
+    p95_xact_us: float
+    p99_xact_us: float
+    p99_query_us: float
+    p99_wait_us: float
+
+
+@dataclass
+class StatsEvent:
+    """Every stats_interval: the pools and odyssey's stats lines of that interval."""
+
+    time: float
+    interval: float
+    pools: list[PoolInfo]
+    lines: list[str]
+
+
+@dataclass
+class ConfigInfo:
+    path: str
+    generation: int
+    text: str
+    model: dict[str, Any]
+
+
+# --- encoding -------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, default=str, separators=(",", ":")).encode() + b"\n"
+
+
+def response(request_id: Any, type_: str, data: Any) -> bytes:
+    return encode(
+        {
+            "version": PROTOCOL_VERSION,
+            "id": request_id,
+            "ok": True,
+            "type": type_,
+            "data": _plain(data),
+        }
+    )
+
+
+def error(request_id: Any, code: str, message: str) -> bytes:
+    return encode(
+        {
+            "version": PROTOCOL_VERSION,
+            "id": request_id,
+            "ok": False,
+            "error": {"code": code, "message": message},
+        }
+    )
+
+
+def event(name: str, data: Any) -> bytes:
+    return encode({"version": PROTOCOL_VERSION, "event": name, "data": _plain(data)})
+
+
+def decode_request(line: bytes) -> Request:
+    """Parse one request line; raises ProtocolError (with the id when it was readable)."""
+    try:
+        body = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("bad_json", f"not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("bad_request", "a request is a JSON object")
+    request_id = body.get("id")
+    version = body.get("version")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            "bad_version", f"unsupported protocol version {version!r} (server speaks 1)", request_id
+        )
+    cls = REQUEST_TYPES.get(body.get("type"))  # type: ignore[arg-type]
+    if cls is None:
+        raise ProtocolError(
+            "unknown_type", f"unknown request type {body.get('type')!r}", request_id
+        )
+    known = {f.name for f in fields(cls)}
+    args = {k: v for k, v in body.items() if k in known}
+    try:
+        return cls(**args)
+    except TypeError as exc:
+        raise ProtocolError("bad_request", str(exc), request_id) from None
+
+
+def decode_data(type_: str, data: Any) -> Any:
+    """Typed objects from a response's `data` (the client side of `response`)."""
+    if type_ == "status":
+        last = data.get("last_reload")
+        return Status(**{**data, "last_reload": ReloadResult(**last) if last else None})
+    if type_ == "workers":
+        return [WorkerInfo(**w) for w in data]
+    if type_ == "pools":
+        return [PoolInfo(**p) for p in data]
+    if type_ == "stats":
+        return StatsEvent(
+            time=data["time"],
+            interval=data["interval"],
+            pools=[PoolInfo(**p) for p in data["pools"]],
+            lines=list(data["lines"]),
+        )
+    if type_ == "config_get":
+        return ConfigInfo(**data)
+    if type_ in ("reload",):
+        return ReloadResult(**data)
+    return data

@@ -1,0 +1,184 @@
+"""Prometheus text at /metrics (`promhttp_server_port`), served by the supervisor.
+
+Metric names follow odyssey's Go exporter (`odyssey_*`, odyssey.md §4) where it has one, so
+existing dashboards keep working; what it lacks is `pooler_*` (latency quantiles per route
+from our histograms, workers). Values are collected on each scrape from the workers' latest
+snapshots (aggregated) and the last stats window; a tiny asyncio HTTP server in the
+supervisor's loop answers GET and HEAD, so no thread touches supervisor state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from pooler import __version__
+from pooler.server.stats import quantile
+from pooler.supervisor import views
+
+if TYPE_CHECKING:
+    from pooler.supervisor.main import Supervisor
+
+QUANTILES = (0.5, 0.95, 0.99)
+
+
+class SupervisorCollector:
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+
+    def collect(self) -> Iterator[Metric]:
+        sup = self.sup
+        snapshots = sup.snapshots()
+        routes = views.merge_routes(snapshots)
+        g = GaugeMetricFamily
+        version = g("odyssey_version_info", "pooler version", labels=["version"])
+        version.add_metric([views.version_string()], 1)
+        yield version
+        yield g("odyssey_exporter_up", "the pooler answers", value=1)
+        yield g("odyssey_is_paused", "PAUSE in effect", value=int(sup.paused_state() is True))
+
+        per_db = [
+            ("avg_tx_per_second", "transactions/s", lambda r: r.xact_per_sec),
+            ("avg_query_per_second", "queries/s", lambda r: r.query_per_sec),
+            ("avg_recv_bytes_per_second", "bytes/s from clients", lambda r: r.recv_per_sec),
+            ("avg_sent_bytes_per_second", "bytes/s to clients", lambda r: r.sent_per_sec),
+            ("avg_xact_time_seconds", "avg transaction time", lambda r: r.avg_xact_time_us / 1e6),
+            ("avg_query_time_seconds", "avg query time", lambda r: r.avg_query_time_us / 1e6),
+            ("avg_wait_time_seconds", "avg wait for a server", lambda r: r.avg_wait_time_us / 1e6),
+        ]
+        for name, help_, get in per_db:
+            fam = g(
+                f"odyssey_database_{name}",
+                f"{help_} over the last stats window",
+                labels=["database"],
+            )
+            for db, rate in sorted(sup.db_rates.items()):
+                fam.add_metric([db], get(rate))
+            yield fam
+
+        labels = ["user", "database"]
+
+        def route_gauge(name: str, help_: str, get: Any) -> GaugeMetricFamily:
+            fam = g(name, help_, labels=labels)
+            for r in routes:
+                fam.add_metric([r["backend_user"], r["backend_db"]], get(r))
+            return fam
+
+        yield route_gauge(
+            "odyssey_client_pool_active_route", "clients with a server", lambda r: r["cl_active"]
+        )
+        yield route_gauge(
+            "odyssey_client_pool_waiting_route", "clients waiting", lambda r: r["cl_waiting"]
+        )
+        yield route_gauge(
+            "odyssey_client_pool_maxwait_seconds_route",
+            "oldest wait",
+            lambda r: (r.get("maxwait_us", 0) if r["cl_waiting"] else 0) / 1e6,
+        )
+        yield route_gauge(
+            "odyssey_server_pool_capacity_configured_route", "pool_size", lambda r: r["pool_size"]
+        )
+        state = g("odyssey_server_pool_state_route", "servers by state", labels=[*labels, "state"])
+        mode = g("odyssey_route_pool_mode_info", "pool mode", labels=[*labels, "mode"])
+        for r in routes:
+            who = [r["backend_user"], r["backend_db"]]
+            for s in ("active", "idle", "login"):
+                state.add_metric([*who, s], r[f"sv_{s}"])
+            mode.add_metric([*who, r["mode"]], 1)
+        yield state
+        yield mode
+        c = CounterMetricFamily
+        for name, key in (
+            ("odyssey_route_bytes_received", "bytes_received"),
+            ("odyssey_route_bytes_sent", "bytes_sent"),
+            ("odyssey_route_tcp_connections", "server_connects"),
+            ("pooler_route_transactions", "xact_count"),
+            ("pooler_route_queries", "query_count"),
+        ):
+            fam = c(name, key.replace("_", " "), labels=labels)
+            for r in routes:
+                fam.add_metric([r["backend_user"], r["backend_db"]], r.get(key, 0))
+            yield fam
+        for name, hist in (
+            ("odyssey_route_query_duration_seconds", "query_hist"),
+            ("odyssey_route_transaction_duration_seconds", "xact_hist"),
+            ("pooler_route_wait_duration_seconds", "wait_hist"),
+        ):
+            fam = g(name, f"{hist} quantiles since start", labels=[*labels, "quantile"])
+            for r in routes:
+                for q in QUANTILES:
+                    fam.add_metric(
+                        [r["backend_user"], r["backend_db"], f"{q:g}"],
+                        quantile(r.get(hist, {}), q) / 1e6,
+                    )
+            yield fam
+        errors = c("odyssey_errors", "errors by kind", labels=["type"])
+        for kind, count in views.error_counts(routes, snapshots).items():
+            errors.add_metric([kind], count)
+        yield errors
+        lists = views.show_lists(sup.config, routes, snapshots)
+        names = {"dns_names": "cached_dns_names", "dns_zones": "cached_dns_zones"}
+        names["dns_queries"] = "in_flight_dns_queries"
+        for list_name, items in lists.rows:
+            if list_name in ("peers", "peer_pools", "dns_pending"):
+                continue
+            yield g(f"odyssey_lists_{names.get(list_name, list_name)}", list_name, value=items)
+        workers = {
+            "clients": g("pooler_worker_clients", "clients", labels=["worker"]),
+            "servers": g("pooler_worker_servers", "server connections", labels=["worker"]),
+            "restarts": g("pooler_worker_restarts", "restarts", labels=["worker"]),
+            "cpu_percent": g("pooler_worker_cpu_percent", "cpu %", labels=["worker"]),
+            "rss_bytes": g("pooler_worker_rss_bytes", "resident memory", labels=["worker"]),
+        }
+        for info in sup.worker_infos():
+            for attr, fam in workers.items():
+                fam.add_metric([str(info.index)], getattr(info, attr))
+        yield from workers.values()
+
+
+def render(sup: Supervisor) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SupervisorCollector(sup))  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
+async def serve_metrics(sup: Supervisor, port: int) -> asyncio.AbstractServer:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            method, path, *_ = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+            if path.split("?")[0] not in ("/metrics", "/"):
+                status, body, ctype = "404 Not Found", b"not found\n", "text/plain"
+            elif method not in ("GET", "HEAD"):
+                status, body, ctype = "405 Method Not Allowed", b"", "text/plain"
+            else:
+                status, body, ctype = "200 OK", render(sup), CONTENT_TYPE_LATEST
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            writer.write(head if method == "HEAD" else head + body)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
+            pass
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    return await asyncio.start_server(handle, host=None, port=port, reuse_address=True)
+
+
+__all__ = ["__version__", "render", "serve_metrics"]

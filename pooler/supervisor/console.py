@@ -1,0 +1,150 @@
+"""Console commands, executed in the supervisor for whichever worker holds the console client.
+
+`execute(sup, role, text)` splits a Query into statements and answers each with
+("result", Result) / ("empty",) / ("error", sqlstate, message); the worker encodes them.
+Words are matched case-insensitively; `SHOW POOLS;` and `show pools` are the same.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pooler.supervisor import views
+from pooler.supervisor.views import Result
+
+if TYPE_CHECKING:
+    from pooler.supervisor.main import Supervisor
+
+ROLE_ERROR = ("42501", "Unsuitable user role to emit console command")
+ADMIN_COMMANDS = frozenset(
+    {"reload", "pause", "resume", "reconnect", "kill_client", "shutdown", "set", "kill"}
+)
+
+
+def split_statements(text: str) -> list[str]:
+    """Split on `;` outside quotes."""
+    out, cur, quote = [], [], ""
+    for ch in text:
+        if quote:
+            cur.append(ch)
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+            cur.append(ch)
+        elif ch == ";":
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    return [s.strip() for s in out if s.strip()]
+
+
+def _arg(words: list[str], index: int) -> str | None:
+    if len(words) <= index:
+        return None
+    word = words[index]
+    if len(word) >= 2 and word[0] == word[-1] and word[0] in "'\"":
+        word = word[1:-1]
+    return word
+
+
+async def execute(
+    sup: Supervisor, role: str, text: str, client_id: str = ""
+) -> list[tuple[Any, ...]]:
+    statements = split_statements(text)
+    if not statements:
+        return [("empty",)]
+    out: list[tuple[Any, ...]] = []
+    for statement in statements:
+        item = await _one(sup, role, statement, client_id)
+        out.append(item)
+        if item[0] == "error":
+            break
+    return out
+
+
+async def _one(sup: Supervisor, role: str, statement: str, client_id: str) -> tuple[Any, ...]:
+    words = statement.split()
+    verb = words[0].lower()
+    if verb in ADMIN_COMMANDS and role != "admin":
+        return ("error", *ROLE_ERROR)
+    if role not in ("admin", "stat"):
+        return ("error", *ROLE_ERROR)
+    try:
+        if verb == "show":
+            what = (_arg(words, 1) or "").lower()
+            result = await show(sup, what)
+            if result is None:
+                return ("error", "42601", f"unknown command 'SHOW {_arg(words, 1) or ''}'".rstrip())
+            return ("result", result)
+        if verb == "reload":
+            outcome = sup.reload()
+            if not outcome.ok:
+                return ("error", "F0000", "reload failed: " + "; ".join(outcome.errors))
+            return ("result", Result([], [], "RELOAD"))
+        if verb in ("pause", "resume", "reconnect"):
+            db = _arg(words, 1)
+            await sup.admin_action(verb, db)
+            return ("result", Result([], [], verb.upper()))
+        if verb == "kill_client":
+            target = _arg(words, 1)
+            if not target:
+                return ("error", "42601", "KILL_CLIENT needs a client id")
+            if not await sup.kill_client(target):
+                return ("error", "42704", f"client '{target}' not found")
+            return ("result", Result([], [], "KILL_CLIENT"))
+        if verb == "shutdown":
+            sup.shutdown_soon(graceful=False)
+            return ("result", Result([], [], "SHUTDOWN"))
+        if verb == "set":
+            return ("result", Result([], [], "SET", ["SET ignored"]))
+    except TimeoutError:
+        return ("error", "57014", f"console command timed out: {statement}")
+    return ("error", "42601", f"unknown command '{words[0]}', use SHOW HELP")
+
+
+async def show(sup: Supervisor, what: str) -> Result | None:
+    config = sup.config
+    snapshots = sup.snapshots()
+    routes = views.merge_routes(snapshots)
+    if what == "pools":
+        return views.show_pools(routes)
+    if what == "pools_extended":
+        return views.show_pools_extended(routes, sup.quantiles())
+    if what == "stats":
+        return views.show_stats(routes, sup.db_rates, "stats")
+    if what == "stats_totals":
+        return views.show_stats(routes, sup.db_rates, "totals")
+    if what == "stats_averages":
+        return views.show_stats(routes, sup.db_rates, "averages")
+    if what == "databases":
+        return views.show_databases(config, routes, sup.paused_state())
+    if what == "users":
+        return views.show_users(config, routes)
+    if what == "lists":
+        return views.show_lists(config, routes, snapshots)
+    if what == "version":
+        return views.show_version()
+    if what == "state":
+        return views.show_state(sup.paused_state() is True)
+    if what == "config":
+        return views.show_config(config)
+    if what == "rules":
+        return views.show_rules(config, sup.obsolete_rules())
+    if what == "errors":
+        return views.show_errors(routes, snapshots)
+    if what == "storages":
+        return views.show_storages(config)
+    if what == "listen":
+        return views.show_listen(config)
+    if what == "help":
+        return views.show_help()
+    if what == "clients":
+        return views.show_sockets(await sup.gather("clients"))
+    if what == "servers":
+        return views.show_sockets(await sup.gather("servers"))
+    if what == "is_paused":
+        return Result([("is_paused", views.BOOL)], [(sup.paused_state() is True,)])
+    return None

@@ -1,0 +1,239 @@
+"""The admin console against a real `pooler serve` (workers 2) and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+from harness import make_config, route, wait_until
+
+POOLS_COLUMNS = [
+    "database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req",
+    "cl_waiting_cancel_req", "sv_active", "sv_active_cancel", "sv_being_canceled", "sv_idle",
+    "sv_used", "sv_tested", "sv_login", "maxwait", "maxwait_us", "pool_mode",
+    "load_balance_hosts",
+]  # fmt: skip
+STATS_COLUMNS = [
+    "database", "total_server_assignment_count", "total_xact_count", "total_query_count",
+    "total_received", "total_sent", "total_xact_time", "total_query_time", "total_wait_time",
+    "total_client_parse_count", "total_server_parse_count", "total_bind_count",
+    "avg_server_assignment_count", "avg_xact_count", "avg_query_count", "avg_recv", "avg_sent",
+    "avg_xact_time", "avg_query_time", "avg_wait_time", "avg_client_parse_count",
+    "avg_server_parse_count", "avg_bind_count",
+]  # fmt: skip
+DATABASES_COLUMNS = [
+    "name", "host", "port", "database", "force_user", "pool_size", "min_pool_size",
+    "reserve_pool_size", "server_lifetime", "pool_mode", "load_balance_hosts", "max_connections",
+    "current_connections", "max_client_connections", "current_client_connections", "paused",
+    "disabled",
+]  # fmt: skip
+SOCKET_COLUMNS = [
+    "type", "user", "database", "replication", "state", "addr", "port", "local_addr",
+    "local_port", "connect_time", "request_time", "wait", "wait_us", "close_needed", "ptr",
+    "link", "remote_pid", "tls", "application_name", "prepared_statements", "id",
+]  # fmt: skip
+LISTS_ROWS = [
+    "databases", "users", "peers", "pools", "peer_pools", "free_clients", "used_clients",
+    "login_clients", "free_servers", "used_servers", "dns_names", "dns_zones", "dns_queries",
+    "dns_pending",
+]  # fmt: skip
+
+
+def console(p, user="admin"):
+    return psycopg.connect(p.dsn("console", user), autocommit=True)
+
+
+def show(p, what, user="admin"):
+    with console(p, user) as conn:
+        cur = conn.execute(f"show {what}")
+        names = [d.name for d in cur.description]
+        return names, [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def two_worker_config(**kw):
+    return make_config(route(pool="transaction", pool_size=4), workers=2, **kw)
+
+
+def test_exporter_column_lists(pooler):
+    p = pooler(two_worker_config())
+    p.sql("select 1", dbname="p0")
+    names, _ = show(p, "pools")
+    assert names == POOLS_COLUMNS
+    names, _ = show(p, "stats")
+    assert names == STATS_COLUMNS
+    names, _ = show(p, "databases")
+    assert names == DATABASES_COLUMNS
+    names, rows = show(p, "lists")
+    assert names == ["list", "items"]
+    assert [r["list"] for r in rows][: len(LISTS_ROWS)] == LISTS_ROWS
+    names, _ = show(p, "clients")
+    assert names == SOCKET_COLUMNS
+    names, _ = show(p, "servers")
+    assert names == SOCKET_COLUMNS
+
+
+def test_types_are_pgbouncers(pooler):
+    p = pooler(two_worker_config())
+    with console(p) as conn:
+        cur = conn.execute("show pools")
+        types = [d.type_code for d in cur.description]
+        assert types[:2] == [25, 25] and set(types[2:15]) == {23} and types[15:] == [25, 25]
+        cur = conn.execute("show stats")
+        assert {d.type_code for d in cur.description[1:]} == {20}
+
+
+def test_odyssey_exporter_queries(pooler):
+    p = pooler(two_worker_config())
+    with console(p) as conn:
+        cur = conn.execute(
+            "show version; show lists; show stats; show databases; show pools_extended; "
+            "show errors;"
+        )
+        seen = []
+        while True:
+            seen.append([d.name for d in cur.description])
+            if not cur.nextset():
+                break
+    assert seen[0] == ["version"]
+    assert seen[1] == ["list", "items"]
+    assert seen[5] == ["error_type", "count"]
+    assert "query_0.99" in seen[4] and "transaction_0.5" in seen[4]
+
+
+@pytest.mark.parametrize(
+    "what",
+    [
+        "pools", "pools_extended", "stats", "stats_totals", "stats_averages", "clients",
+        "servers", "databases", "lists", "users", "config", "version", "state", "rules",
+        "errors", "storages", "listen", "help",
+    ],
+)  # fmt: skip
+def test_every_show_command_answers(pooler, what):
+    p = pooler(two_worker_config())
+    with console(p) as conn:
+        conn.execute(f"SHOW {what.upper()};")
+
+
+def test_unknown_command_and_roles(pooler):
+    cfg = make_config([route(), route("console", "stat", storage="local", role="stat")], workers=2)
+    p = pooler(cfg)
+    with console(p) as conn:
+        with pytest.raises(psycopg.errors.SyntaxError, match="frobnicate"):
+            conn.execute("frobnicate now")
+        with pytest.raises(psycopg.errors.SyntaxError, match="nonsense"):
+            conn.execute("show nonsense")
+    with console(p, "stat") as conn:
+        conn.execute("show pools")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="Unsuitable user role"):
+            conn.execute("reload")
+
+
+def test_pools_clients_servers_agree_with_pg_stat_activity(pooler, pg):
+    p = pooler(two_worker_config())
+    stop = threading.Event()
+    errors = []
+
+    def load():
+        try:
+            with p.connect("p1") as conn:
+                while not stop.is_set():
+                    with conn.transaction():
+                        conn.execute("select pg_sleep(0.01)")
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(12)]
+    for t in threads:
+        t.start()
+    try:
+        # 12 clients over 2 workers, pool_size 4 (global): some wait, at most 4 servers
+        def busy():
+            _, pools = show(p, "pools")
+            row = next((r for r in pools if r["database"] == "p1"), None)
+            return row if row and row["cl_waiting"] > 0 else None
+
+        row = wait_until(busy, timeout=10)
+        assert row["sv_active"] + row["sv_idle"] + row["sv_login"] <= 4
+
+        def servers_match_pg():
+            _, servers = show(p, "servers")
+            pids = {s["remote_pid"] for s in servers if s["database"] == "p1"}
+            with psycopg.connect(pg.dsn("p0"), autocommit=True) as direct:
+                activity = {
+                    r[0]
+                    for r in direct.execute(
+                        "select pid from pg_stat_activity where datname = 'p1'"
+                        " and backend_type = 'client backend'"
+                    )
+                }
+            return pids if pids == activity and 0 < len(pids) <= 4 else None
+
+        wait_until(servers_match_pg, timeout=10)
+        _, clients = show(p, "clients")
+        p1 = [c for c in clients if c["database"] == "p1"]
+        assert len(p1) == 12
+        assert {c["state"] for c in p1} <= {"active", "idle", "waiting"}
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors
+
+
+def test_show_stats_counts_transactions(pooler):
+    p = pooler(two_worker_config(stats_interval=1))
+    for _ in range(20):
+        p.sql("select 1", dbname="p2")
+
+    def counted():
+        _, rows = show(p, "stats_totals")
+        row = next((r for r in rows if r["database"] == "p2"), None)
+        return row if row and row["xact_count"] >= 20 else None
+
+    row = wait_until(counted, timeout=5)
+    assert row["query_count"] >= 20
+    assert row["bytes_received"] > 0 and row["bytes_sent"] > 0
+
+
+def test_kill_client_and_reload(pooler):
+    p = pooler(two_worker_config())
+    with p.connect("p0") as victim:
+        victim.execute("select 1")
+        _, clients = show(p, "clients")
+        target = next(c for c in clients if c["database"] == "p0")
+        with console(p) as conn:
+            conn.execute(f"kill_client {target['id']}")
+        with pytest.raises(psycopg.OperationalError):
+            victim.execute("select 1")
+    with console(p) as conn:
+        conn.execute("reload")
+        p.write_config("this is { not valid")
+        with pytest.raises(psycopg.Error, match="reload failed"):
+            conn.execute("reload")
+
+
+def test_pause_resume_reconnect(pooler):
+    p = pooler(two_worker_config())
+    p.sql("select 1", dbname="p0")
+    with console(p) as conn:
+        conn.execute("pause p0")
+        _, state = show(p, "databases")
+        assert next(r for r in state if r["name"] == "default_db")["paused"] in (0, 1)
+        result = {}
+
+        def query():
+            t0 = time.monotonic()
+            result["rows"] = p.sql("select 5", dbname="p0")
+            result["took"] = time.monotonic() - t0
+
+        t = threading.Thread(target=query)
+        t.start()
+        time.sleep(0.5)
+        assert t.is_alive()  # waits while paused
+        conn.execute("resume p0")
+        t.join(5)
+        assert result["rows"] == [(5,)] and result["took"] >= 0.4
+        conn.execute("reconnect")
+        conn.execute("resume")
