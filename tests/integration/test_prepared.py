@@ -91,9 +91,11 @@ def test_failed_parse_does_not_poison(pooler):
         with pytest.raises(psycopg.errors.UndefinedTable):
             conn.execute("select * from no_such_table where 1 = %s", (1,))
         assert conn.execute("select 1 + %s::int", (1,)).fetchone()[0] == 2
-    with psycopg.connect(p.dsn("p0"), autocommit=True, prepare_threshold=0) as conn:
-        with pytest.raises(psycopg.errors.UndefinedTable):
-            conn.execute("select * from no_such_table where 1 = %s", (1,))
+    with (
+        psycopg.connect(p.dsn("p0"), autocommit=True, prepare_threshold=0) as conn,
+        pytest.raises(psycopg.errors.UndefinedTable),
+    ):
+        conn.execute("select * from no_such_table where 1 = %s", (1,))
 
 
 def test_schema_change_costs_at_most_one_error_per_client(pooler, pg):
@@ -144,10 +146,14 @@ def test_server_side_names_are_shared(pooler, pg):
         )
         assert int(names.split()[-1]) <= 2
         # one shared server-side statement per server, whatever the number of clients
-        out = conns[0].execute(
-            "select name from pg_prepared_statements where statement like %s",
-            ("%shared_marker%",),
-        ).fetchall()
+        out = (
+            conns[0]
+            .execute(
+                "select name from pg_prepared_statements where statement like %s",
+                ("%shared_marker%",),
+            )
+            .fetchall()
+        )
         assert len(out) == 1 and re.fullmatch(r"pooler_[0-9a-f]+", out[0][0])
     finally:
         for conn in conns:

@@ -37,6 +37,7 @@ async def until(
         value = predicate()
         if value:
             import os
+
             if os.environ.get("TUI_TIMING"):
                 print(f"waited {time.monotonic() - t0:.2f}s for {what or predicate}")
             return value

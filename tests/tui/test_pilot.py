@@ -118,9 +118,7 @@ async def test_every_pane_live_numbers_and_kill(pooler):
         await pilot.press("k")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("y")
-        await until(
-            pilot, lambda: not any(r[1] == "p1" for r in cell_texts(clients)), what="kill"
-        )
+        await until(pilot, lambda: not any(r[1] == "p1" for r in cell_texts(clients)), what="kill")
         with pytest.raises(psycopg.OperationalError):
             await victim.execute("select 1")
         load.kill()
@@ -147,7 +145,9 @@ async def test_edit_pool_size_apply_and_syntax_error(pooler):
         assert "pool_size 5" in editor.text and pane.modified
         await until(
             pilot,
-            lambda: pane.validation.ok and any("pool_size 2 -> 5" in c for c in pane.validation.changes),
+            lambda: (
+                pane.validation.ok and any("pool_size 2 -> 5" in c for c in pane.validation.changes)
+            ),
             what="the diff preview",
         )
         details = str(pane.query_one("#config-details").render())
@@ -208,7 +208,9 @@ async def test_external_change_and_reconnect(pooler):
         assert "disconnected" in str(app.query_one("#conn").render())
         p.start()
         await until(
-            pilot, lambda: not app.query_one("#conn").has_class("-disconnected"), timeout=15,
+            pilot,
+            lambda: not app.query_one("#conn").has_class("-disconnected"),
+            timeout=15,
             what="reconnect",
         )
         assert app.connected and "live" in str(app.query_one("#conn").render())
