@@ -16,7 +16,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.widgets import Footer, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Static, TabbedContent, TabPane, Tabs
 
 from pooler.control import schema
 from pooler.control.client import ControlError
@@ -224,8 +224,11 @@ class PoolerDashboard(App[None]):
     # -- actions ------------------------------------------------------------------------
 
     def action_show_pane(self, pane: str) -> None:
+        # Drop focus first: a focused widget in the pane being hidden would hand focus to its
+        # neighbour, and TabbedContent re-activates the pane that holds the focus.
+        self.set_focus(None)
         self.query_one(TabbedContent).active = pane
-        self._focus_pane(pane)
+        self.call_after_refresh(self._focus_pane, pane)
 
     def _focus_pane(self, pane: str) -> None:
         target = {
@@ -237,6 +240,8 @@ class PoolerDashboard(App[None]):
         }.get(pane)
         if target:
             self.query_one(target).focus()
+        else:
+            self.query_one(TabbedContent).query_one(Tabs).focus()
 
     @on(TabbedContent.TabActivated)
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:

@@ -25,6 +25,14 @@ from pooler.control.client import ControlClient, ControlError
 _POSITION = re.compile(r"^(?P<file>.*?):(?P<line>\d+):(?P<column>\d+): (?P<message>.*)$", re.S)
 
 
+def change_text(raw: Any) -> str:
+    """A diff line from `changes` (a string, or an object with text/restart_required)."""
+    if isinstance(raw, dict):
+        text = str(raw.get("text") or raw.get("change") or raw)
+        return f"restart required: {text}" if raw.get("restart_required") else text
+    return str(raw)
+
+
 def text_hash(text: str) -> str:
     """What `config_apply` compares with the file on disk: sha256 of its UTF-8 bytes."""
     return hashlib.sha256(text.encode()).hexdigest()
@@ -166,7 +174,7 @@ class ControlSource:
                 return Validation(
                     ok=bool(data.get("ok", not data.get("errors"))),
                     problems=[ConfigProblem.parse(e) for e in data.get("errors", [])],
-                    changes=[str(c) for c in data.get("changes", [])],
+                    changes=[change_text(c) for c in data.get("changes", [])],
                 )
         return await self._validate_locally(text)
 
@@ -192,7 +200,7 @@ class ControlSource:
                     ok=bool(data.get("ok")),
                     generation=data.get("generation"),
                     problems=[ConfigProblem.parse(e) for e in data.get("errors", [])],
-                    changes=[str(c) for c in data.get("changes", [])],
+                    changes=[change_text(c) for c in data.get("changes", [])],
                     conflict=bool(data.get("conflict")),
                 )
         return await self._apply_locally(text, hash)
@@ -201,7 +209,7 @@ class ControlSource:
         """Fallback while `config_apply` is missing: validate, compare the hash, write the file
         atomically next to itself, then ask the server to `reload`."""
         info = await self.config_get()
-        if text_hash(info.text) != hash:
+        if hash not in (text_hash(info.text), getattr(info, "hash", None)):
             return ApplyResult(
                 False,
                 conflict=True,

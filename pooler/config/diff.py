@@ -206,3 +206,59 @@ def diff(old: Config, new: Config) -> list[Change]:
     if old.load_modules != new.load_modules:
         changes.append(Change("load_module changed", True))
     return changes
+
+
+#: Rule keys that define a route's pool: changing one makes the route obsolete (its clients
+#: finish on the old pool, new clients get a new one). Every other key applies live.
+ROUTE_DEFINING_KEYS = frozenset(
+    {
+        "storage",
+        "storage_db",
+        "storage_user",
+        "storage_password",
+        "pool",
+        "pool_routing",
+        "pool_reserve_prepared_statement",
+        "role",
+        "shared_pool",
+        "backend_startup_options",
+        "password_passthrough",
+    }
+)
+
+RuleIdentity = tuple[str | None, str | None, bool, str | None, str]
+
+
+def rule_births(
+    old: Config | None, new: Config, births: dict[RuleIdentity, int]
+) -> dict[RuleIdentity, int]:
+    """For each rule of `new`: the generation whose pools it goes on using.
+
+    A rule keeps its birth generation across a reload when the rule with the same selector
+    existed before and neither its route-defining keys nor its storage changed; otherwise it
+    is born with `new.generation` (and the old route, if any, becomes obsolete). Routes are
+    keyed by birth, so every worker (also one started later) agrees on them.
+    """
+    old_rules = {rule.identity: rule for rule in old.rules} if old is not None else {}
+    out: dict[RuleIdentity, int] = {}
+    for rule in new.rules:
+        before = old_rules.get(rule.identity)
+        birth = births.get(rule.identity)
+        if before is not None and birth is not None and old is not None:
+            defining = {
+                name
+                for name in _field_changes(before, rule)
+                if name.split(" ", 1)[0] in ROUTE_DEFINING_KEYS
+            }
+            old_storage = old.storage(before.storage or "")
+            new_storage = new.storage(rule.storage or "")
+            storage_same = (
+                old_storage is not None
+                and new_storage is not None
+                and not _field_changes(old_storage, new_storage)
+            )
+            if not defining and storage_same:
+                out[rule.identity] = birth
+                continue
+        out[rule.identity] = new.generation
+    return out

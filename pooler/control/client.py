@@ -160,6 +160,17 @@ class ControlClient:
     async def reload(self) -> schema.ReloadResult:
         return await self.request(schema.ReloadRequest())
 
+    async def config_validate(self, text: str) -> dict[str, Any]:
+        """{"ok", "errors": [{file, line, column, message, text}], "changes", ...}"""
+        return await self.request(schema.ConfigValidateRequest(text=text))
+
+    async def config_apply(self, text: str, hash: str) -> dict[str, Any]:
+        """Validate, write, reload; ControlError `conflict` if the file changed meanwhile."""
+        return await self.request(schema.ConfigApplyRequest(text=text, hash=hash))
+
+    async def reloads(self) -> list[schema.ReloadResult]:
+        return await self.request(schema.ReloadsRequest())
+
     async def pause(self, database: str | None = None) -> Any:
         return await self.request(schema.PauseRequest(database=database))
 

@@ -97,6 +97,31 @@ class ReloadRequest(Request):
 
 
 @dataclass
+class ConfigValidateRequest(Request):
+    """Would this text be a valid config? Errors with positions, or the diff it would apply."""
+
+    type: ClassVar[str] = "config_validate"
+    text: str = ""
+
+
+@dataclass
+class ConfigApplyRequest(Request):
+    """Validate, write the file atomically, reload. `hash` (sha256 of the file as read, from
+    config_get) must still match the file, else error `conflict`."""
+
+    type: ClassVar[str] = "config_apply"
+    text: str = ""
+    hash: str = ""
+
+
+@dataclass
+class ReloadsRequest(Request):
+    """The last reload results (the history), oldest first."""
+
+    type: ClassVar[str] = "reloads"
+
+
+@dataclass
 class PauseRequest(Request):
     type: ClassVar[str] = "pause"
     database: str | None = None
@@ -133,6 +158,9 @@ REQUEST_TYPES: dict[str, type[Request]] = {
         UnsubscribeRequest,
         ConfigGetRequest,
         ReloadRequest,
+        ConfigValidateRequest,
+        ConfigApplyRequest,
+        ReloadsRequest,
         PauseRequest,
         ResumeRequest,
         ReconnectRequest,
@@ -151,6 +179,8 @@ class ReloadResult:
     errors: list[str] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)
     at: float = 0.0  # unix time
+    trigger: str = ""  # file, SIGHUP, console, control
+    restart_required: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -228,6 +258,7 @@ class ConfigInfo:
     generation: int
     text: str
     model: dict[str, Any]
+    hash: str = ""  # sha256 of the file's bytes: what config_apply must be given back
 
 
 # --- encoding -------------------------------------------------------------------------
@@ -321,4 +352,6 @@ def decode_data(type_: str, data: Any) -> Any:
         return ConfigInfo(**data)
     if type_ in ("reload",):
         return ReloadResult(**data)
+    if type_ == "reloads":
+        return [ReloadResult(**r) for r in data]
     return data

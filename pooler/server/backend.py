@@ -28,8 +28,10 @@ if TYPE_CHECKING:
     from pooler.server.pool import Route
 
 Z, S, E, G, N, R, K, C = (ord(c) for c in "ZSEGNRKC")
-D = ord("D")
+D, T = ord("D"), ord("T")
+EMPTY_QUERY = ord("I")
 PARSE_COMPLETE = ord("1")
+OWED_ANSWERS = frozenset((Z, E, G, PARSE_COMPLETE))  # never sent by an idle server unasked
 RELAY_WANTED = frozenset((Z, S, E, G))
 RELAY_WANTED_PREPARED = RELAY_WANTED | {PARSE_COMPLETE}
 MAX_STATEMENTS = 1000  # per server connection; the least recently used go beyond that
@@ -87,9 +89,11 @@ class ServerConnection(asyncio.Protocol):
         "closed",
         "copy_in",
         "created",
+        "desynced",
         "endpoint",
         "holds_slot",
         "id",
+        "internal",
         "login_params",
         "params",
         "pending",
@@ -121,8 +125,10 @@ class ServerConnection(asyncio.Protocol):
         self.pending = 0  # ReadyForQuery messages still owed to the linked client
         self.unsynced = False  # extended-protocol messages sent since the last Sync
         self.copy_in = False
+        self.desynced = False  # PostgreSQL may answer more than we counted: never reuse
         self.closed = False
         self.holds_slot = False  # counts against the route's global pool_size
+        self.internal = True  # the pooler itself is talking to the server (login, reset...)
         self.created = time.monotonic()
         self.released_at = self.created
         self.query_started = 0.0
@@ -161,9 +167,17 @@ class ServerConnection(asyncio.Protocol):
             return
         client = self.client
         if client is None:
-            if events:
-                self._inbox.extend((t, b) for t, b, _ in events)
-                self._wake()
+            if not events:
+                return
+            if not self.internal and any(t in OWED_ANSWERS for t, _, _ in events):
+                # An answer nobody asked for: the server is ahead of our count (the client
+                # sent something PostgreSQL answered and we did not expect). Never reuse it.
+                log.error("server", "unexpected answer from an idle server, closing it")
+                self.desynced = True
+                self.close()
+                return
+            self._inbox.extend((t, b) for t, b, _ in events)
+            self._wake()
             return
         stats = self.route.stats
         ready = False
@@ -198,7 +212,8 @@ class ServerConnection(asyncio.Protocol):
                 client.server_error(self, body)
         if drop:
             data = _without_parse_completes(data, drop)
-        client.transport.write(data)
+        if not client.transport.is_closing():  # closed, its connection_lost not yet run
+            client.transport.write(data)
         stats.bytes_sent += len(data)
         if ready and not self.unsynced:
             client.server_ready(self)
@@ -310,6 +325,7 @@ class ServerConnection(asyncio.Protocol):
                 self.status = body[0]
                 self.login_params = dict(self.params)
                 self.scanner.wanted = self.relay_wanted
+                self.internal = False
                 return
 
     async def _start_tls(self) -> None:
@@ -331,18 +347,30 @@ class ServerConnection(asyncio.Protocol):
         """Run a simple query of our own and wait for its ReadyForQuery."""
         self.scanner.wanted = INTERNAL_WANTED
         self._inbox.clear()
-        self.send(build.query(sql))
-        error: BackendError | None = None
-        while True:
-            msg_type, body = await self.read()
-            if msg_type == E and body is not None:
-                error = BackendError(messages.decode_error_fields(body))
-            elif msg_type == S and body is not None:
-                name, value = messages.decode_parameter_status(body)
-                self.params[name] = value
-            elif msg_type == Z:
-                self.status = body[0] if body else ord("I")
-                break
+        outer, self.internal = self.internal, True
+        try:
+            self.send(build.query(sql))
+            error: BackendError | None = None
+            answered = False
+            while True:
+                msg_type, body = await self.read()
+                if msg_type == E and body is not None:
+                    error = BackendError(messages.decode_error_fields(body))
+                    answered = True
+                elif msg_type in (C, EMPTY_QUERY, T):
+                    answered = True
+                elif msg_type == S and body is not None:
+                    name, value = messages.decode_parameter_status(body)
+                    self.params[name] = value
+                elif msg_type == Z:
+                    if not answered:  # a ReadyForQuery owed to someone else: out of step
+                        self.desynced = True
+                        self.close()
+                        raise ServerGone("server answers are out of step")
+                    self.status = body[0] if body else ord("I")
+                    break
+        finally:
+            self.internal = outer
         self.scanner.wanted = self.relay_wanted
         if error is not None:
             raise error
@@ -351,6 +379,7 @@ class ServerConnection(asyncio.Protocol):
         """Run a query of our own; its first row as text (None when there is no row)."""
         self.scanner.wanted = INTERNAL_WANTED
         self._inbox.clear()
+        outer, self.internal = self.internal, True
         self.send(build.query(sql))
         value: list[str | None] | None = None
         error: BackendError | None = None
@@ -366,6 +395,7 @@ class ServerConnection(asyncio.Protocol):
             elif msg_type == Z:
                 self.status = body[0] if body else ord("I")
                 break
+        self.internal = outer
         self.scanner.wanted = self.relay_wanted
         if error is not None:
             raise error
@@ -399,6 +429,13 @@ class ServerConnection(asyncio.Protocol):
 
         Returns False when the server must be closed instead of reused.
         """
+        self.internal = True
+        try:
+            return await self._reset(client_gone)
+        finally:
+            self.internal = False
+
+    async def _reset(self, client_gone: bool) -> bool:
         rule = self.route.rule
         if self.copy_in:
             self.send(build.copy_fail("client disconnected during COPY"))

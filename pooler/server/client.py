@@ -347,6 +347,7 @@ class ClientConnection(asyncio.Protocol):
         key = ClientKey(self.database, self.user, address, tls)
         rule = self.worker.router.match(key)
         if rule is None:
+            self.worker.count_error("route_not_found")
             raise LoginRefused("3D000", f"route for '{self.database}.{self.user}' is not found")
         self.rule = rule
         self.mode = rule.pool
@@ -413,6 +414,7 @@ class ClientConnection(asyncio.Protocol):
 
     async def _take_client_slot(self, key: tuple[object, ...], limit: int, refusal: str) -> None:
         if not await self.worker.client_slot(key, limit):
+            self.worker.count_error("client_max")
             raise LoginRefused("53300", refusal)
         self.client_slots.append(key)
 
@@ -468,13 +470,13 @@ class ClientConnection(asyncio.Protocol):
             response = (await self._read_password()).rstrip(b"\0").decode("ascii", "replace")
             ok = configured is not None and auth.verify_md5(response, self.user, configured, salt)
         elif method == "scram-sha-256":
-            ok = configured is not None and await self._scram(configured)
+            ok = await self._scram(configured)  # None: a mock exchange (no user enumeration)
         else:
             raise LoginRefused("28000", f"authentication method '{method}' is not supported yet")
         if not ok:
             raise LoginRefused("28P01", f'password authentication failed for user "{self.user}"')
 
-    async def _scram(self, configured: str) -> bool:
+    async def _scram(self, configured: str | None) -> bool:
         try:
             server = auth.ScramServer(configured, user=self.user)
         except ValueError:  # an md5 hash cannot answer SCRAM
@@ -579,20 +581,26 @@ class ClientConnection(asyncio.Protocol):
         if self.queued == [TERMINATE]:
             self.close()
             return
-        try:
-            server = await route.acquire(self.backend_password())
-        except PoolTimeout:
-            self._pool_timeout()
-            return
-        except ConnectFailed as exc:
-            self._connect_failed(exc)
-            return
-        try:
-            await self._sync(server)
-        except (BackendError, ServerGone) as exc:
-            route.discard(server)
-            self.fatal("08006", f"could not restore session parameters: {exc}")
-            return
+        for attempt in range(3):  # a server found out of step is dropped; take another
+            try:
+                server = await route.acquire(self.backend_password())
+            except PoolTimeout:
+                self._pool_timeout()
+                return
+            except ConnectFailed as exc:
+                self._connect_failed(exc)
+                return
+            try:
+                await self._sync(server)
+                break
+            except (BackendError, ServerGone) as exc:
+                route.discard(server)
+                if attempt == 2 or isinstance(exc, BackendError):
+                    self.fatal("08006", f"could not restore session parameters: {exc}")
+                    return
+            except asyncio.CancelledError:  # the client left while we prepared its server
+                route.discard(server)
+                raise
         if self.closing:
             route.release(server)
             return
@@ -646,6 +654,8 @@ class ClientConnection(asyncio.Protocol):
                             server.pending += 1
                             if statements is not None:
                                 server.statements.sent_sync()
+                        else:  # ignored in COPY IN, answered if the COPY failed first
+                            server.desynced = True
                         server.unsynced = False
                     elif msg_type in EXTENDED:
                         server.unsynced = True
@@ -674,6 +684,8 @@ class ClientConnection(asyncio.Protocol):
             out.append(buf[run_start:run_end])
         if out:
             payload = out[0] if len(out) == 1 else b"".join(out)
+            if server.transport.is_closing():  # gone; its connection_lost comes next
+                return
             server.transport.write(payload)
             if self.route is not None:
                 self.route.stats.bytes_received += len(payload)
@@ -711,6 +723,7 @@ class ClientConnection(asyncio.Protocol):
         rule = self.rule
         assert rule is not None
         log.error("client", "server pool wait timed out, closing", self.log_ctx)
+        self.worker.count_error("pool_timeout")
         self.fatal(
             "53300",
             f"too many active clients for user (pool_size for user "
@@ -718,6 +731,7 @@ class ClientConnection(asyncio.Protocol):
         )
 
     def _connect_failed(self, exc: ConnectFailed) -> None:
+        self.worker.count_error("server_connect")
         rule = self.rule
         if rule is not None and rule.client_fwd_error and exc.fields:
             self.fatal(exc.fields.get("C", "08006"), exc.fields.get("M", str(exc)))

@@ -15,13 +15,14 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from pooler.config import Endpoint, Rule, Storage
+from pooler.config.diff import RuleIdentity
 from pooler.logs import log
 from pooler.protocol.auth import ScramKeys
 from pooler.server.backend import SMART_DISCARD, BackendError, ServerConnection, ServerGone
 from pooler.server.prepared import KnownStatements
 from pooler.server.stats import RouteStats
 
-RouteKey = tuple[int, int, str, str]
+RouteKey = tuple[int, RuleIdentity, str, str]  # (birth generation, rule, backend db, user)
 Secret = (
     str | ScramKeys | None
 )  # what answers the server's password request  # (generation, rule order, backend db, backend user)
@@ -89,6 +90,14 @@ class Route:
         if rule.pool_discard_query:
             parts.append(rule.pool_discard_query)
         return "".join(parts)
+
+    def update_rule(self, rule: Rule, storage: Storage) -> None:
+        """A reload changed live settings of this route (pool_size, timeouts, ...). A smaller
+        pool_size is enforced by the supervisor, which has the excess shed as servers come
+        back; nothing in flight is interrupted."""
+        self.rule = rule
+        self.storage = storage
+        self.reset_query = self._reset_query()
 
     @property
     def name(self) -> str:
@@ -188,6 +197,7 @@ class Route:
         self.connecting += 1
         failure: ConnectFailed | None = None
         server: ServerConnection | None = None
+        candidate: ServerConnection | None = None
         try:
             for endpoint in self._endpoint_order():
                 try:
@@ -205,6 +215,12 @@ class Route:
                     f"no server of storage '{self.storage.name}' is "
                     f"{self.rule.target_session_attrs}"
                 )
+        except asyncio.CancelledError:  # the client left while we connected: no leak
+            if candidate is not None:
+                candidate.close()
+            if self.limited:
+                self.worker.slots.release(self.key)
+            raise
         finally:
             self.connecting -= 1
         if server is None or server.closed:
@@ -240,6 +256,10 @@ class Route:
                     )
                 await server.login(self.backend_user, self.backend_db, password)
                 return server
+        except asyncio.CancelledError:
+            if server is not None:
+                server.close()
+            raise
         except (BackendError, OSError, TimeoutError, ServerGone) as exc:
             if server is not None:
                 server.close()
@@ -267,7 +287,7 @@ class Route:
     def release(self, server: ServerConnection) -> None:
         """Give a clean server back: to the first waiter (it stays busy), else to idle."""
         server.unlink()
-        if server.closed or self._expired(server) or self.shed_pending:
+        if server.closed or server.desynced or self._expired(server) or self.shed_pending:
             if self.shed_pending and not server.closed:
                 self.shed_pending -= 1
             self.discard(server)
@@ -296,8 +316,8 @@ class Route:
             self.worker.slots.release(self.key)
 
     def _expired(self, server: ServerConnection) -> bool:
-        if self.obsolete and self.clients == 0:
-            return True
+        if self.obsolete and not self.waiters:
+            return True  # an old config's route: its servers close as they come back
         lifetime = self.rule.server_lifetime
         return bool(lifetime) and time.monotonic() - server.created > lifetime
 

@@ -11,6 +11,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from pooler.config import Config, Endpoint, Listen, Rule, Storage
+from pooler.config.diff import RuleIdentity
 from pooler.logs import log
 from pooler.protocol import build
 from pooler.server.backend import BackendError, ServerConnection, ServerGone, quote_literal
@@ -28,9 +29,16 @@ AUTH_QUERY_CACHE_SECONDS = 10
 class Worker:
     """Owns the clients and server connections of one process."""
 
-    def __init__(self, config: Config, index: int, link: SupervisorLink) -> None:
+    def __init__(
+        self,
+        config: Config,
+        index: int,
+        link: SupervisorLink,
+        births: dict[RuleIdentity, int] | None = None,
+    ) -> None:
         self.index = index
         self.config = config
+        self.births = births or {}  # per rule: the generation whose pools it uses
         self.link = link
         self.slots = link.slots
         self.router = Router(config.rules, config.sequential_routing)
@@ -41,6 +49,7 @@ class Worker:
         self._servers: list[asyncio.AbstractServer] = []
         self._cron: asyncio.Task[None] | None = None
         self._key_counter = 0
+        self.errors: dict[str, int] = {}  # login refusals by kind (SHOW ERRORS)
         self._recovery: dict[Endpoint, tuple[bool, float]] = {}
         self._auth_cache: dict[tuple[str | None, ...], tuple[str | None, float]] = {}
         self.stopping = False
@@ -105,15 +114,31 @@ class Worker:
         if self._cron is not None:
             self._cron.cancel()
 
-    def apply_config(self, config: Config) -> None:
-        """A new config generation: new clients route by it; old routes become obsolete."""
+    def apply_config(self, config: Config, births: dict[RuleIdentity, int]) -> None:
+        """A reload. New clients route by the new rules at once. A route whose rule kept its
+        birth (same selector, same storage and pool-defining keys) takes the new settings
+        live: pool_size, timeouts, limits... Any other route becomes obsolete: its clients
+        go on as they are, its servers close as they come back. Nobody is disconnected."""
         self.config = config
+        self.births = births
         self.router = Router(config.rules, config.sequential_routing)
+        rules = {rule.identity: rule for rule in config.rules}
         for key, route in self.routes.items():
-            if key[0] != config.generation:
+            birth, identity = key[0], key[1]
+            rule = rules.get(identity)
+            if rule is not None and births.get(identity) == birth and not route.obsolete:
+                route.update_rule(rule, self.storage_of(rule))
+            else:
                 route.obsolete = True
+        for client in self.clients:
+            if client.route is not None and not client.route.obsolete:
+                client.rule = client.route.rule
+        log.info("config", f"worker {self.index} applied generation {config.generation}")
 
     # --- clients ----------------------------------------------------------------------
+
+    def count_error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
 
     def client_connected(self, client: ClientConnection) -> None:
         self.clients.add(client)
@@ -190,7 +215,12 @@ class Worker:
     def route_for(self, rule: Rule, database: str, user: str) -> Route:
         backend_db = rule.storage_db or database
         backend_user = rule.storage_user or user
-        key = (self.config.generation, rule.order, backend_db, backend_user)
+        key = (
+            self.births.get(rule.identity, self.config.generation),
+            rule.identity,
+            backend_db,
+            backend_user,
+        )
         route = self.routes.get(key)
         if route is None:
             route = Route(self, key, rule, self.storage_of(rule), backend_db, backend_user)
@@ -330,6 +360,7 @@ class Worker:
                 }
             )
         return {
+            "errors": dict(self.errors),
             "index": self.index,
             "pid": os.getpid(),
             "generation": self.config.generation,

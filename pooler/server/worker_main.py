@@ -17,7 +17,7 @@ from typing import Any
 import uvloop
 
 from pooler import logs
-from pooler.config import Config
+from pooler.config import Config, Listen
 from pooler.ipc import Channel, Message
 from pooler.logs import log
 from pooler.server.slots import SupervisorSlots
@@ -34,7 +34,9 @@ class SupervisorLink:
         self.slots = SupervisorSlots(self.channel)
         self.worker: Worker | None = None
         loop = asyncio.get_running_loop()
-        self.first_config: asyncio.Future[tuple[Config, list[int]]] = loop.create_future()
+        self.first_config: asyncio.Future[tuple[Config, list[Listen], dict[Any, int]]] = (
+            loop.create_future()
+        )
         self.stop: asyncio.Future[bool] = loop.create_future()  # result: graceful?
         self._requests: dict[int, asyncio.Future[Any]] = {}
         self._next_request = 0
@@ -74,9 +76,13 @@ class SupervisorLink:
         worker = self.worker
         if kind == "config":
             if not self.first_config.done():
-                self.first_config.set_result((args[0], args[1]))
+                self.first_config.set_result((args[0], args[1], args[2]))
             elif worker is not None:
-                worker.apply_config(args[0])  # a reload: the sockets stay as they are
+                worker.apply_config(args[0], args[2])  # a reload: the sockets stay as they are
+            else:  # a reload that came before the worker was built: build it with that
+                _config, listens, _births = self.first_config.result()
+                self.first_config = asyncio.get_running_loop().create_future()
+                self.first_config.set_result((args[0], listens, args[2]))
         elif worker is None:
             return
         elif kind == "grant":
@@ -113,15 +119,19 @@ async def serve(index: int, ipc_fd: int, listen_fds: list[int]) -> int:
     loop = asyncio.get_running_loop()
     link = SupervisorLink()
     await loop.create_unix_connection(lambda: link.channel, sock=socket.socket(fileno=ipc_fd))
-    config, listen_indexes = await link.first_config
+    try:
+        await link.first_config
+        config, listens, births = link.first_config.result()  # the latest, if reloads came
+    except ConnectionError:
+        return 1  # the supervisor went away before we got our config: nothing to serve
     logs.configure_from(config)
-    worker = Worker(config, index, link)
+    worker = Worker(config, index, link, births)
     link.worker = worker
     sockets = [
-        (config.listens[i], socket.socket(fileno=fd))
-        for i, fd in zip(listen_indexes, listen_fds, strict=True)
+        (listen, socket.socket(fileno=fd)) for listen, fd in zip(listens, listen_fds, strict=True)
     ]
     await worker.start(sockets)
+    log.info("config", f"worker {index} applied generation {config.generation}")
     loop.add_signal_handler(signal.SIGTERM, lambda: link.stop.done() or link.stop.set_result(True))
     reporter = worker.spawn(_report(worker, link.channel), "stats reporter")
     graceful = await link.stop

@@ -80,7 +80,7 @@ async def _one(sup: Supervisor, role: str, statement: str, client_id: str) -> tu
                 return ("error", "42601", f"unknown command 'SHOW {_arg(words, 1) or ''}'".rstrip())
             return ("result", result)
         if verb == "reload":
-            outcome = sup.reload()
+            outcome = sup.reload("console")
             if not outcome.ok:
                 return ("error", "F0000", "reload failed: " + "; ".join(outcome.errors))
             return ("result", Result([], [], "RELOAD"))

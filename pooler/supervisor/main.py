@@ -22,14 +22,14 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
 from pooler import __version__, logs
-from pooler.config import Config, ConfigError, diff, load
+from pooler.config import Config, ConfigError, Diagnostic, load
 from pooler.control import schema
 from pooler.control.client import default_control_path
 from pooler.control.server import Connection, ControlServer
@@ -38,7 +38,9 @@ from pooler.logs import log
 from pooler.server.stats import quantile
 from pooler.supervisor import views
 from pooler.supervisor.listen import Bound, bind_listeners, describe
+from pooler.supervisor.reload import Outcome, Reloader, file_hash, write_atomically
 from pooler.supervisor.slots import Action, Grant, Shed, SlotBroker
+from pooler.supervisor.unimplemented import unimplemented
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -73,7 +75,13 @@ def _proc_stat(pid: int) -> tuple[int, int] | None:
 
 class Supervisor:
     def __init__(
-        self, config: Config, path: Path, sockets: list[Bound], control_path: Path | None = None
+        self,
+        config: Config,
+        path: Path,
+        sockets: list[Bound],
+        control_path: Path | None = None,
+        *,
+        strict: bool = False,
     ) -> None:
         self.config = config
         self.path = path
@@ -86,7 +94,7 @@ class Supervisor:
         self._done: asyncio.Event | None = None
         self.control_path = control_path or default_control_path(path)
         self.control: ControlServer | None = None
-        self.last_reload: schema.ReloadResult | None = None
+        self.reloader = Reloader(path, config, strict=strict)
         self.old_configs: dict[int, Config] = {}
         self.paused_all = False
         self.paused_dbs: set[str] = set()
@@ -112,7 +120,7 @@ class Supervisor:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         bound = self.sockets[index]
         fds = [sock.fileno() for _, sock in bound]
-        listen_indexes = [self.config.listens.index(listen) for listen, _ in bound]
+        listens = [listen for listen, _ in bound]  # as bound at start: listen needs a restart
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -126,7 +134,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         channel = Channel(lambda message: self._on_message(index, message), lambda: None)
         await loop.create_unix_connection(lambda: channel, sock=parent)
-        channel.send("config", self.config, listen_indexes)
+        channel.send("config", self.config, listens, self.reloader.births)
         handle.process, handle.channel = process, channel
         handle.started_at = time.time()
         log.info("supervisor", f"worker {index} started, pid {process.pid}")
@@ -293,10 +301,12 @@ class Supervisor:
             if r.get("obsolete")
         }
         out = []
-        for generation, order in sorted(wanted):
-            config = self.old_configs.get(generation)
-            if config is not None:
-                out.extend(rule for rule in config.rules if rule.order == order)
+        for _birth, identity in sorted(wanted, key=repr):
+            for generation in sorted(self.old_configs, reverse=True):  # its last version
+                found = [r for r in self.old_configs[generation].rules if r.identity == identity]
+                if found:
+                    out.extend(found)
+                    break
         return out
 
     # --- stats window ---------------------------------------------------------------------
@@ -457,9 +467,17 @@ class Supervisor:
                 text = ""
             model = asdict(self.config)
             _redact(model)
-            return kind, schema.ConfigInfo(str(self.path), self.config.generation, text, model)
+            return kind, schema.ConfigInfo(
+                str(self.path), self.config.generation, text, model, file_hash(self.path)
+            )
         if kind == "reload":
-            return kind, self.reload()
+            return kind, self.reload("control")
+        if kind == "config_validate":
+            return kind, self.validate(request.text)  # type: ignore[attr-defined]
+        if kind == "config_apply":
+            return kind, self.apply(request.text, request.hash)  # type: ignore[attr-defined]
+        if kind == "reloads":
+            return kind, [_reload_result(o) for o in self.reloader.history]
         if kind in ("pause", "resume", "reconnect"):
             await self.admin_action(kind, request.database)  # type: ignore[attr-defined]
             return kind, {"database": request.database}  # type: ignore[attr-defined]
@@ -492,30 +510,97 @@ class Supervisor:
 
     # --- signals ------------------------------------------------------------------------
 
-    def reload(self) -> schema.ReloadResult:
-        """Re-read the config; on success every worker gets the new generation."""
-        log.info("config", f"importing changes from '{self.path}'")
+    @property
+    def last_reload(self) -> schema.ReloadResult | None:
+        last = self.reloader.last
+        return None if last is None else _reload_result(last)
+
+    def reload(self, trigger: str = "SIGHUP", text: str | None = None) -> schema.ReloadResult:
+        """Parse, validate, diff; on success apply to every worker, else change nothing.
+
+        `text` is a proposed config (control `config apply` writes it first)."""
+        log.info("config", f"importing changes from '{self.path}' ({trigger})")
+        running = self.config
         try:
-            new = load(self.path)
+            plan = self.reloader.plan(running, text)
         except ConfigError as exc:
-            errors = [str(diagnostic) for diagnostic in exc.diagnostics]
-            for error in errors:
+            outcome = self.reloader.record_failure(running, trigger, exc)
+            for error in outcome.error_lines:
                 log.error("config", f"reload failed: {error}")
-            self.last_reload = schema.ReloadResult(
-                False, self.config.generation, errors, [], time.time()
-            )
-            return self.last_reload
-        changes = [str(change) for change in diff(self.config, new)]
-        new = replace(new, generation=self.config.generation + 1)
-        self.old_configs[self.config.generation] = self.config
+            return _reload_result(outcome)
+        new = plan.config
+        self.old_configs[running.generation] = running
         self.config = new
-        self.broadcast("config", new, None)
-        if new.log_config:
-            for change in changes:
-                log.info("config", change)
+        self.broadcast("config", new, None, plan.births)
+        self._apply_pool_sizes(new, plan.births)
+        if plan.workers_changed:
+            self._spawn(self._resize(new.workers), "resize workers")
+        outcome = self.reloader.record_success(plan, trigger)
+        for change in plan.changes:
+            log.info("config", change)
+        for change in plan.restart_required:
+            log.error("config", f"restart required: {change}")
         log.info("config", f"reloaded, generation {new.generation}")
-        self.last_reload = schema.ReloadResult(True, new.generation, [], changes, time.time())
-        return self.last_reload
+        return _reload_result(outcome)
+
+    def _apply_pool_sizes(self, config: Config, births: dict[Any, int]) -> None:
+        """pool_size of surviving routes applies live: more slots are granted at once, a
+        smaller limit has the excess shed as servers come back idle."""
+        rules = {rule.identity: rule for rule in config.rules}
+        for key in self.broker.route_keys():
+            if len(key) != 4 or key[0] == "clients":
+                continue
+            birth, identity = key[0], key[1]
+            rule = rules.get(identity)
+            if rule is not None and births.get(identity) == birth and rule.pool_size > 0:
+                self._deliver(self.broker.set_limit(key, rule.pool_size))
+
+    async def _resize(self, wanted: int) -> None:
+        """`workers` changed: start the missing workers, retire the extra ones gracefully."""
+        for index in sorted(self.workers):
+            if index >= wanted and not self.workers[index].retiring:
+                handle = self.workers[index]
+                handle.retiring = True
+                if handle.channel is not None:
+                    handle.channel.send("shutdown", True)
+        for index in range(wanted):
+            if index not in self.workers:
+                if index >= len(self.sockets):
+                    self.sockets.extend(bind_listeners(self.config, index + 1 - len(self.sockets)))
+                await self.start_worker(index)
+
+    def validate(self, text: str) -> dict[str, Any]:
+        """Control `config validate`: the errors with positions, or the diff it would apply."""
+        try:
+            plan = self.reloader.plan(self.config, text)
+        except ConfigError as exc:
+            return {"ok": False, "errors": [_position(d) for d in exc.diagnostics], "changes": []}
+        return {
+            "ok": True,
+            "errors": [],
+            "changes": plan.changes,
+            "restart_required": plan.restart_required,
+        }
+
+    def apply(self, text: str, expected_hash: str) -> dict[str, Any]:
+        """Control `config apply`: validate, write the file atomically, reload. Refused when
+        the file changed on disk since the editor read it (its hash differs)."""
+        if file_hash(self.path) != expected_hash:
+            raise schema.ProtocolError(
+                "conflict", f"{self.path} changed on disk since it was read; reload it first"
+            )
+        check = self.validate(text)
+        if not check["ok"]:
+            return {**check, "generation": self.config.generation}
+        write_atomically(self.path, text)
+        result = self.reload("control", text)
+        return {
+            "ok": result.ok,
+            "generation": result.generation,
+            "errors": result.errors,
+            "changes": result.changes,
+            "restart_required": result.restart_required,
+        }
 
     def shutdown(self, graceful: bool) -> None:
         if self.stopping and graceful:
@@ -539,12 +624,20 @@ class Supervisor:
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
         self._done = asyncio.Event()
-        for index in range(self.config.workers):
-            await self.start_worker(index)
+        # Signals first: the listen sockets are open already, so clients (and operators)
+        # may be acting on the pooler while its workers start.
         loop.add_signal_handler(signal.SIGTERM, self.shutdown, True)
         loop.add_signal_handler(signal.SIGINT, self.shutdown, True)
         loop.add_signal_handler(signal.SIGQUIT, self.shutdown, False)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+        for index in range(self.config.workers):
+            await self.start_worker(index)
+        self._watch_stop = asyncio.Event()
+        self._spawn(
+            self.reloader.watch(lambda: self.config, self._file_changed, self._watch_stop),
+            "config watcher",
+        )
         self.control = ControlServer(self.control_path, self.control_request)
         try:
             await self.control.start()
@@ -557,21 +650,47 @@ class Supervisor:
             except OSError as exc:
                 log.error("metrics", f"cannot serve /metrics: {exc}")
         self._spawn(self._stats_loop(), "stats")
-        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
         log.info(
             "supervisor",
             f"pooler ready, {self.config.workers} workers, listening on {describe(self.config)}",
         )
         await self._done.wait()
+        self._watch_stop.set()
         if self.control is not None:
             await self.control.close()
         if self._metrics_server is not None:
             self._metrics_server.close()
         return EXIT_OK
 
+    async def _file_changed(self) -> None:
+        self.reload("file")
+
     def _reopen_logs(self) -> None:
         log.reopen()
         self.broadcast("reopen_log")
+
+
+def _reload_result(outcome: Outcome) -> schema.ReloadResult:
+    return schema.ReloadResult(
+        ok=outcome.ok,
+        generation=outcome.generation,
+        errors=outcome.error_lines,
+        changes=list(outcome.changes),
+        at=outcome.at,
+        trigger=outcome.trigger,
+        restart_required=list(outcome.restart_required),
+    )
+
+
+def _position(diagnostic: Diagnostic) -> dict[str, Any]:
+    pos = diagnostic.pos
+    return {
+        "file": pos.file if pos else getattr(diagnostic, "file", None),
+        "line": pos.line if pos else None,
+        "column": pos.column if pos else None,
+        "message": diagnostic.message,
+        "text": str(diagnostic),
+    }
 
 
 def _daemonize() -> None:
@@ -602,6 +721,8 @@ def _redact(model: Any) -> None:
 
 
 def run(config_path: Path, *, strict: bool = False, control: Path | None = None) -> int:
+    for early in (signal.SIGHUP, signal.SIGUSR1):  # until the event loop handles them
+        signal.signal(early, signal.SIG_IGN)
     try:
         config = load(config_path, strict=strict)
     except ConfigError as exc:
@@ -611,6 +732,9 @@ def run(config_path: Path, *, strict: bool = False, control: Path | None = None)
     logs.configure_from(config)
     for warning in config.warnings:
         log.info("config", str(warning))
+    missing = unimplemented(config)
+    if missing:
+        log.info("config", f"accepted, not implemented: {', '.join(missing)}")
     try:
         sockets = bind_listeners(config, config.workers)
     except OSError as exc:
@@ -627,7 +751,7 @@ def run(config_path: Path, *, strict: bool = False, control: Path | None = None)
     if config.pid_file:
         Path(config.pid_file).write_text(f"{os.getpid()}\n")
     try:
-        return uvloop.run(Supervisor(config, config_path, sockets, control).serve())
+        return uvloop.run(Supervisor(config, config_path, sockets, control, strict=strict).serve())
     finally:
         if config.pid_file:
             Path(config.pid_file).unlink(missing_ok=True)

@@ -56,6 +56,9 @@ class SlotBroker:
     def __init__(self) -> None:
         self._routes: dict[RouteKey, _Route] = {}
 
+    def route_keys(self) -> list[RouteKey]:
+        return list(self._routes)
+
     def held(self, key: RouteKey, worker: int | None = None) -> int:
         route = self._routes.get(key)
         if route is None:

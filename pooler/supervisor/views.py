@@ -35,6 +35,9 @@ COUNTERS = (
     "wait_time_us",
     "server_connects",
     "assignments",
+    "client_parses",
+    "server_parses",
+    "binds",
 )
 GAUGES = ("clients", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_login")
 
@@ -331,9 +334,9 @@ def _totals_row(c: dict[str, int]) -> tuple[int, ...]:
         c.get("xact_time_us", 0),
         c.get("query_time_us", 0),
         c.get("wait_time_us", 0),
-        0,
-        0,
-        0,
+        c.get("client_parses", 0),
+        c.get("server_parses", 0),
+        c.get("binds", 0),
     )
 
 

@@ -73,16 +73,19 @@ def test_pgbench_prepared_mode(pooler, pg):
     assert out.returncode == 0, out.stderr
     assert "number of transactions actually processed: 1600" in out.stdout
     assert "number of failed transactions: 0" in out.stdout
-    stats = {row[0]: row for row in p.admin("show stats")} if _console_ready(p) else None
-    assert stats is None or stats  # counters are shown by the console (see test_console)
 
+    def totals() -> dict | None:
+        with p.connect("console", "admin") as console:
+            cur = console.execute("show stats_totals")
+            names = [column.name for column in cur.description]
+            rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall() if r[0] == "p0"]
+        return rows[0] if rows and rows[0]["bind_count"] >= 1600 * 7 else None
 
-def _console_ready(p) -> bool:
-    try:
-        p.admin("show version")
-    except psycopg.Error:
-        return False
-    return True
+    row = wait_until(totals)  # the workers report their counters every second
+    # 16 clients x 7 statements of TPC-B-like, prepared on at most 4 servers each
+    assert row["client_parse_count"] >= 16 * 7
+    assert 7 <= row["server_parse_count"] <= 4 * 7 + 7
+    assert row["bind_count"] >= 1600 * 7
 
 
 def test_failed_parse_does_not_poison(pooler):

@@ -46,6 +46,7 @@ class ConfigPane(Vertical):
         self.path: str | None = None
         self.generation: int | None = None
         self.baseline: str | None = None  # the file as last read from the server
+        self.baseline_hash = ""  # what config_apply must be given back
         self.validation: Validation | None = None
         self.validation_note = ""
         self.last_apply: ApplyResult | None = None
@@ -79,7 +80,7 @@ class ConfigPane(Vertical):
         if self.baseline is None or not self.modified or self.editor.text == info.text:
             if info.text != self.editor.text:
                 self._replace(info.text)
-            self.baseline = info.text
+            self._set_baseline(info)
             self._show_state()
             if self.validation is None:
                 self.schedule_validation(0)
@@ -98,7 +99,7 @@ class ConfigPane(Vertical):
                 self.notify("Loaded the config file as changed on disk.")
             else:
                 self.notify("Kept your edits; applying them replaces the file on disk.")
-            self.baseline = info.text
+            self._set_baseline(info)
             self._show_state()
 
         self.app.push_screen(
@@ -110,6 +111,10 @@ class ConfigPane(Vertical):
             ),
             answer,
         )
+
+    def _set_baseline(self, info: schema.ConfigInfo) -> None:
+        self.baseline = info.text
+        self.baseline_hash = getattr(info, "hash", "") or text_hash(info.text)
 
     def _replace(self, text: str) -> None:
         editor = self.editor
@@ -172,7 +177,7 @@ class ConfigPane(Vertical):
         ):
             self.notify("The config has errors; nothing applied.", severity="error")
             return
-        self.apply(self.editor.text, text_hash(self.baseline))
+        self.apply(self.editor.text, self.baseline_hash or text_hash(self.baseline))
 
     @work(exclusive=True, group="config-apply", exit_on_error=False)
     async def apply(self, text: str, hash: str) -> None:
@@ -186,7 +191,7 @@ class ConfigPane(Vertical):
             self.applying = False
         self.last_apply = result
         if result.ok:
-            self.baseline = text
+            self.baseline, self.baseline_hash = text, text_hash(text)
             self.generation = result.generation
             self.notify(f"Applied: generation {result.generation}, {len(result.changes)} changes.")
         elif result.conflict:

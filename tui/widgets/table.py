@@ -86,7 +86,9 @@ class LiveTable(DataTable[Any]):
         if keys == self._shown:
             for row in rows:
                 for column, cell in zip(self.spec, row.cells, strict=True):
-                    self.update_cell(row.key, column.key, self._cell(column, cell))
+                    self.update_cell(
+                        row.key, column.key, self._cell(column, cell), update_width=True
+                    )
             return
         selected = self.selected_key
         self.clear()

@@ -1,0 +1,65 @@
+"""Keys pooler parses (odyssey accepts them) but does not act on yet.
+
+SPEC S2: nothing is silently ignored — the supervisor logs once at start-up (and after a
+reload) `accepted, not implemented: …` for every such key the config sets.
+"""
+
+from __future__ import annotations
+
+from pooler.config import Config
+
+GLOBAL = frozenset(
+    {
+        "priority", "locks_dir", "external_auth_socket_path", "availability_zone",
+        "log_syslog", "log_syslog_ident", "log_syslog_facility", "log_async", "log_queue_depth",
+        "log_general_stats_prom", "log_route_stats_prom", "resolvers", "readahead", "nodelay",
+        "keepalive", "keepalive_keep_interval", "keepalive_probes", "keepalive_usr_timeout",
+        "cache_coroutine", "cache_msg_gc_size", "coroutine_stack_size",
+        "system_coroutine_stack_size", "client_max_routing", "server_login_retry",
+        "max_sigterms_to_die", "cancel_queue_timeout_ms", "cancel_max_inflight", "dns_cache_ttl",
+        "enable_online_restart", "bindwith_reuseport", "enable_host_watcher",
+        "smart_search_path_enquoting", "disable_nolinger", "cpu_affinity",
+        "group_checker_interval", "virtual_processing", "virtual_transaction",
+    }
+)  # fmt: skip
+ROUTE = frozenset(
+    {
+        "auth_module", "auth_pam_service", "enable_mdb_iamproxy_auth", "mdb_iamproxy_socket_path",
+        "ldap_endpoint_name", "ldap_storage_credentials_attr", "ldap_pool_size",
+        "ldap_pool_timeout", "ldap_pool_ttl", "pool_pin_on_listen", "pool_attach_check",
+        "pool_acquire_fail_fast", "pool_notice_after_waiting_ms", "shared_pool",
+        "application_name_add_host", "catchup_timeout", "catchup_checks", "keepalive",
+        "keepalive_keep_interval", "keepalive_probes", "keepalive_usr_timeout",
+        "watchdog_lag_query", "watchdog_lag_interval", "group_query", "group_query_user",
+        "group_query_db",
+    }
+)  # fmt: skip
+LISTEN = frozenset({"catchup_timeout", "balancing_method", "storage", "compression"})
+STORAGE = frozenset({"server_max_routing", "watchdog", "balancing"})
+
+
+def unimplemented(config: Config) -> list[str]:
+    """The set keys pooler accepts but does not implement, in a stable order."""
+    found: set[str] = {key for key in config.key_pos if key in GLOBAL}
+    for block in ("ldap_endpoint", "shared_pool", "soft_oom", "query_parsing"):
+        if block in config.key_pos:
+            found.add(block)
+    if config.ldap_endpoints:
+        found.add("ldap_endpoint")
+    if config.shared_pools:
+        found.add("shared_pool")
+    if config.soft_oom is not None:
+        found.add("soft_oom")
+    for listen in config.listens:
+        found.update(f"listen.{key}" for key in listen.key_pos if key in LISTEN)
+    for storage in config.storages:
+        found.update(f"storage.{key}" for key in storage.key_pos if key in STORAGE)
+        if storage.watchdog is not None:
+            found.add("storage.watchdog")
+    for rule in config.rules:
+        found.update(f"route.{key}" for key in rule.key_pos if key in ROUTE)
+        if rule.group:
+            found.add("group rules")
+        if rule.authentication in ("external",):
+            found.add(f"authentication {rule.authentication}")
+    return sorted(found)

@@ -1,0 +1,70 @@
+"""Live fuzzing: mutated captures of real psycopg/psql/pgbench sessions against `pooler serve`
+(workers 2) while well-behaved clients run queries on the same route.
+
+Every mutated connection must end with an ErrorResponse and/or a close (no hang); no worker
+restarts; the good clients see no error; no traceback in the pooler's log. bench/fuzz runs
+the same for minutes (tests/fuzzlib.py). FUZZ_EXAMPLES overrides the number of examples.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+from fuzzlib import GoodClients, capture_sessions, check, mutate, replay, split_session
+from harness import make_config, route
+from hypothesis import HealthCheck, given, settings, strategies as st
+from wire import workers
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
+
+
+def test_mutated_sessions_are_refused_cleanly(pooler, pg):
+    sessions = [split_session(s) for s in capture_sessions(pg)]
+    assert len(sessions) >= 3, "psycopg, psql and pgbench sessions were captured"
+    p = pooler(
+        make_config(
+            route(pool="transaction", pool_size=10, pool_timeout=5000),
+            workers=2,
+            listen={"client_login_timeout": 2000},
+        )
+    )
+    before = workers(p)
+    assert [w.restarts for w in before] == [0, 0]
+    stats = {"examples": 0, "bytes": 0, "errors": 0, "closed_silently": 0}
+    started = time.monotonic()
+
+    with GoodClients(p) as good:
+
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            print_blob=True,
+        )
+        @given(session=st.integers(0, len(sessions) - 1), rng=st.randoms(use_true_random=False))
+        def fuzz(session: int, rng: random.Random) -> None:
+            data, ops = mutate(rng, sessions[session])
+            outcome = replay(p.port, data, rng)
+            problem = check(outcome)
+            assert problem is None, f"{problem}; session {session}, mutations {ops}"
+            assert not good.errors, good.errors
+            stats["examples"] += 1
+            stats["bytes"] += len(data)
+            if outcome.errors:
+                stats["errors"] += 1
+            elif outcome.mode == "halfclose" and not outcome.reply:
+                stats["closed_silently"] += 1
+
+        fuzz()
+        time.sleep(0.2)
+    assert not good.errors, good.errors
+    assert good.queries > 0
+    after = workers(p)
+    assert [w.restarts for w in after] == [0, 0], after
+    assert [w.pid for w in after] == [w.pid for w in before]
+    assert p.sql("select 1", dbname="p0") == [(1,)]
+    print(
+        f"fuzz: {stats} in {time.monotonic() - started:.1f} s; good-client queries: {good.queries}"
+    )
