@@ -12,10 +12,12 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
 DEFAULT_FORMAT = "%p %t %l (%c) %h %m\\n"
+_SYSLOG_PRIORITY = {"fatal": 2, "error": 3, "info": 6, "debug": 7}  # LOG_CRIT..LOG_DEBUG
 _BACKSLASH = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
 
@@ -79,6 +81,7 @@ class Log:
     ) -> None:
         """(Re)configure format and sinks."""
         self.debug_enabled = debug
+        self._syslog: Callable[[int, str], None] | None = None
         self._json = "json" in fmt.lower()
         self._fmt = _unescape(fmt)
         self._stdout = to_stdout
@@ -88,6 +91,14 @@ class Log:
         elif self._file is not None:
             self._file.close()
             self._file = None
+
+    def to_syslog(self, ident: str, facility: str) -> None:
+        """Also send every line to syslog (log_syslog), odyssey's facility names."""
+        import syslog
+
+        code = getattr(syslog, f"LOG_{facility.upper()}", syslog.LOG_DAEMON)
+        syslog.openlog(ident, syslog.LOG_PID, code)
+        self._syslog = syslog.syslog
 
     def reopen(self) -> None:
         """Open (or reopen, after rotation: SIGUSR1) the log file."""
@@ -181,6 +192,8 @@ class Log:
                 sys.stdout.flush()
             if self._file is not None:
                 self._file.write(line)
+            if self._syslog is not None:
+                self._syslog(_SYSLOG_PRIORITY.get(level, 6), line.rstrip("\n"))
 
     def info(self, context: str, message: str, ctx: LogContext | None = None) -> None:
         self.write("info", context, message, ctx)
@@ -205,3 +218,8 @@ def configure_from(config: object) -> None:
         path=getattr(config, "log_file", None),
         debug=bool(getattr(config, "log_debug", False)),
     )
+    if getattr(config, "log_syslog", False):
+        log.to_syslog(
+            getattr(config, "log_syslog_ident", None) or "odyssey",
+            getattr(config, "log_syslog_facility", None) or "daemon",
+        )

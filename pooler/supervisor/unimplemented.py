@@ -11,7 +11,7 @@ from pooler.config import Config
 GLOBAL = frozenset(
     {
         "priority", "locks_dir", "external_auth_socket_path", "availability_zone",
-        "log_syslog", "log_syslog_ident", "log_syslog_facility", "log_async", "log_queue_depth",
+        "log_async", "log_queue_depth",
         "log_general_stats_prom", "log_route_stats_prom", "resolvers", "readahead", "nodelay",
         "keepalive", "keepalive_keep_interval", "keepalive_probes", "keepalive_usr_timeout",
         "cache_coroutine", "cache_msg_gc_size", "coroutine_stack_size",
