@@ -538,6 +538,8 @@ class Supervisor:
         outcome = self.reloader.record_success(plan, trigger)
         for change in plan.changes:
             log.info("config", change)
+        if new.log_config:
+            _log_config(new)
         for change in plan.restart_required:
             log.error("config", f"restart required: {change}")
         log.info("config", f"reloaded, generation {new.generation}")
@@ -693,6 +695,22 @@ def _position(diagnostic: Diagnostic) -> dict[str, Any]:
     }
 
 
+def _log_config(config: Config) -> None:
+    """log_config: the parsed config as the pooler understood it (passwords left out)."""
+    for listen in config.listens:
+        log.info("config", f"listen {listen.host or 'unix'}:{listen.port} tls {listen.tls}")
+    for storage in config.storages:
+        hosts = ", ".join(str(e) for e in storage.endpoints) or storage.type
+        log.info("config", f"storage '{storage.name}' {storage.type} {hosts} tls {storage.tls}")
+    for rule in config.rules:
+        log.info(
+            "config",
+            f"rule {rule.name} {rule.selector}: authentication {rule.authentication}, "
+            f"storage {rule.storage}, pool {rule.pool}, pool_size {rule.pool_size}",
+        )
+    log.info("config", f"workers {config.workers}, generation {config.generation}")
+
+
 def _daemonize() -> None:
     """Detach from the terminal (double fork); logs go to log_file only from here on."""
     if os.fork() > 0:
@@ -732,6 +750,8 @@ def run(config_path: Path, *, strict: bool = False, control: Path | None = None)
     logs.configure_from(config)
     for warning in config.warnings:
         log.info("config", str(warning))
+    if config.log_config:
+        _log_config(config)
     missing = unimplemented(config)
     if missing:
         log.info("config", f"accepted, not implemented: {', '.join(missing)}")
