@@ -7,6 +7,7 @@ atomic on Linux for the sizes we emit).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -188,10 +189,14 @@ class Log:
         line = self._render(level, context, message, ctx or _NO_CONTEXT)
         with self._lock:
             if self._stdout:
-                sys.stdout.write(line)
-                sys.stdout.flush()
+                try:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                except (OSError, ValueError):  # stdout went away (a closed pipe): stop using it
+                    self._stdout = False
             if self._file is not None:
-                self._file.write(line)
+                with contextlib.suppress(OSError):  # a full disk must not take us down
+                    self._file.write(line)
             if self._syslog is not None:
                 self._syslog(_SYSLOG_PRIORITY.get(level, 6), line.rstrip("\n"))
 

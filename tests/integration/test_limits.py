@@ -16,18 +16,6 @@ import pytest
 from harness import HOST, MD5_PW, MD5_USER, PLAIN_PW, PLAIN_USER, make_config, route, wait_until
 
 
-@pytest.fixture(autouse=True)
-def _no_auto_prepare(monkeypatch):
-    """Named prepared statements in transaction pools are not supported yet."""
-    real_connect = psycopg.connect
-
-    def connect(*args, **kwargs):
-        kwargs.setdefault("prepare_threshold", None)
-        return real_connect(*args, **kwargs)
-
-    monkeypatch.setattr(psycopg, "connect", connect)
-
-
 def startup_error(port: int, database: str, user: str) -> dict[str, str]:
     """A raw v3 startup; the fields of the ErrorResponse that answers it."""
     body = struct.pack("!i", 196608)

@@ -9,19 +9,6 @@ import pytest
 from harness import make_config, route, wait_until
 
 
-@pytest.fixture(autouse=True)
-def _no_auto_prepare(monkeypatch):
-    """Named prepared statements in transaction pools belong to the protocol-depth issue:
-    keep psycopg from preparing repeated queries on its own here."""
-    real_connect = psycopg.connect
-
-    def connect(*args, **kwargs):
-        kwargs.setdefault("prepare_threshold", None)
-        return real_connect(*args, **kwargs)
-
-    monkeypatch.setattr(psycopg, "connect", connect)
-
-
 def backend_pid(conn: psycopg.Connection) -> int:
     return conn.execute("select pg_backend_pid()").fetchone()[0]
 

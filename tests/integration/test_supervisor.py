@@ -15,17 +15,6 @@ import pytest
 from harness import HOST, make_config, route, wait_until
 
 
-@pytest.fixture(autouse=True)
-def _no_auto_prepare(monkeypatch):
-    real_connect = psycopg.connect
-
-    def connect(*args, **kwargs):
-        kwargs.setdefault("prepare_threshold", None)
-        return real_connect(*args, **kwargs)
-
-    monkeypatch.setattr(psycopg, "connect", connect)
-
-
 def worker_pids(supervisor_pid: int) -> set[int]:
     pids = set()
     for entry in Path("/proc").iterdir():
