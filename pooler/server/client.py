@@ -545,7 +545,7 @@ class ClientConnection(asyncio.Protocol):
                 return False
         route.idle.pop()
         route.busy.add(server)
-        route.stats.wait_time_us += 0
+        route.stats.record_wait(0)
         server.link(self)
         self.server = server
         self._forward(server, data)

@@ -155,7 +155,7 @@ class Route:
                 return server  # handed over by release(), already counted busy
         finally:
             waited = int((time.monotonic() - started) * 1e6)
-            self.stats.wait_time_us += waited
+            self.stats.record_wait(waited)
             if waited > self.stats.max_wait_us:
                 self.stats.max_wait_us = waited
 

@@ -138,6 +138,10 @@ class RouteStats:
         hist = self.wait_hist
         hist[index] = hist.get(index, 0) + 1
 
+    def record_wait(self, us: int) -> None:
+        """A client got a server after waiting `us` (one server assignment)."""
+        self.wait_time_us += us
+
     def as_dict(self) -> dict[str, object]:
         return {
             "xact_count": self.xact_count,
