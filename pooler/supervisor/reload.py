@@ -122,6 +122,7 @@ class Reloader:
 
     def record_success(self, plan: Plan, trigger: str) -> Outcome:
         self.births = plan.births
+        self.seen = self._hashes(plan.config)  # whatever the trigger, these files are read
         outcome = Outcome(
             True,
             trigger,
@@ -134,6 +135,7 @@ class Reloader:
         return outcome
 
     def record_failure(self, running: Config, trigger: str, error: ConfigError) -> Outcome:
+        self.seen = self._hashes(running)  # not retried until the next edit
         outcome = Outcome(
             False, trigger, running.generation, time.time(), errors=tuple(error.diagnostics)
         )

@@ -41,13 +41,16 @@ def current_db(conn: psycopg.Connection) -> str:
 
 
 def wait_applied(p, generation: int, workers: int = 2) -> None:
-    """Every worker has switched to `generation` (new clients route by it)."""
-    wait_until(
-        lambda: (
-            len(re.findall(rf"worker \d+ applied generation {generation}\b", p.log_text()))
-            >= workers
-        )
-    )
+    """Every worker runs `generation` or a later one (new clients route by it). A worker that
+    started late may go straight to a later generation, so look at each one's latest."""
+
+    def latest() -> dict[str, int]:
+        applied: dict[str, int] = {}
+        for worker, gen in re.findall(r"worker (\d+) applied generation (\d+)", p.log_text()):
+            applied[worker] = max(applied.get(worker, 0), int(gen))
+        return applied
+
+    wait_until(lambda: len(latest()) >= workers and min(latest().values()) >= generation)
 
 
 def test_sighup_applies_pool_size_live_and_keeps_clients(pooler, pg):
