@@ -487,3 +487,11 @@ class ServerConnection(asyncio.Protocol):
     def unlink(self) -> None:
         self.client = None
         self.released_at = time.monotonic()
+
+    def detach(self) -> None:
+        """Take the server from its client for a reset of the pooler's own. From this moment
+        its output is kept for the reset (which drains what is still owed), never relayed: a
+        late ReadyForQuery relayed to the departed client would release the server a second
+        time while the reset is still under way."""
+        self.client = None
+        self.internal = True

@@ -170,6 +170,7 @@ class ClientConnection(asyncio.Protocol):
         server = self.server
         if server is not None:
             self.server = None
+            server.detach()  # at once: the reset below starts on a later loop iteration
             if self.splitter.streaming:  # the server got half a message: unusable
                 server.route.discard(server)
             else:
@@ -221,8 +222,14 @@ class ClientConnection(asyncio.Protocol):
         self.closing = True
         text = self._prefix() + message if prefix else message
         log.error("client", message, self.log_ctx)
-        self.transport.write(build.error_response("FATAL", sqlstate, text))
+        self._send(build.error_response("FATAL", sqlstate, text))
         self.transport.close()
+
+    def _send(self, data: bytes) -> None:
+        """Write to the client unless its connection is already closing (a login step or a
+        local answer can finish after the client left or was refused)."""
+        if not self.transport.is_closing():
+            self.transport.write(data)
 
     def close(self) -> None:
         if not self.closing:
@@ -303,12 +310,12 @@ class ClientConnection(asyncio.Protocol):
             message = await self._read_startup()
             if isinstance(message, SSLRequest):
                 if tls or not tls_support.listen_offers_tls(self.listen, self.unix):
-                    self.transport.write(b"N")
+                    self._send(b"N")
                 else:
                     tls = await self._start_tls()
                 continue
             if isinstance(message, GSSENCRequest):
-                self.transport.write(b"N")
+                self._send(b"N")
                 continue
             if isinstance(message, CancelRequest):
                 self.state = "cancel"
@@ -321,9 +328,7 @@ class ClientConnection(asyncio.Protocol):
             raise LoginRefused("08P01", "SSL is required")  # odyssey's words
         if message.minor_version > 0 or message.protocol_options:
             # As PostgreSQL does: we speak 3.0 and know no _pq_ options.
-            self.transport.write(
-                build.negotiate_protocol_version(0x30000, sorted(message.protocol_options))
-            )
+            self._send(build.negotiate_protocol_version(0x30000, sorted(message.protocol_options)))
         limit = self.worker.config.client_max
         if limit is not None:
             await self._take_client_slot(
@@ -402,9 +407,9 @@ class ClientConnection(asyncio.Protocol):
             ctx = tls_support.listen_context(self.listen)
         except tls_support.TLSConfigError as exc:
             log.error("tls", f"cannot offer TLS: {exc}", self.log_ctx)
-            self.transport.write(b"N")
+            self._send(b"N")
             return False
-        self.transport.write(b"S")
+        self._send(b"S")
         try:
             self.transport = await tls_support.upgrade(self.transport, self, ctx, server_side=True)
         except tls_support.TLSHandshakeError as exc:
@@ -438,7 +443,7 @@ class ClientConnection(asyncio.Protocol):
         if self._login_timer is not None:
             self._login_timer.cancel()
             self._login_timer = None
-        self.transport.write(b"".join(out))
+        self._send(b"".join(out))
         self.state = "ready"
         if self.buf:  # the client pipelined past the login
             data, self.buf = bytes(self.buf), bytearray()
@@ -459,14 +464,14 @@ class ClientConnection(asyncio.Protocol):
         if rule.auth_query:
             configured = self.looked_up = await self.worker.auth_query_password(rule, self.user)
         if method == "clear_text":
-            self.transport.write(build.auth_cleartext_password())
+            self._send(build.auth_cleartext_password())
             given = (await self._read_password()).rstrip(b"\0").decode("utf-8", "replace")
             ok = configured is not None and auth.verify_cleartext(given, configured, self.user)
             if ok:
                 self.password = given
         elif method == "md5":
             salt = secrets.token_bytes(4)
-            self.transport.write(build.auth_md5_password(salt))
+            self._send(build.auth_md5_password(salt))
             response = (await self._read_password()).rstrip(b"\0").decode("ascii", "replace")
             ok = configured is not None and auth.verify_md5(response, self.user, configured, salt)
         elif method == "scram-sha-256":
@@ -481,12 +486,12 @@ class ClientConnection(asyncio.Protocol):
             server = auth.ScramServer(configured, user=self.user)
         except ValueError:  # an md5 hash cannot answer SCRAM
             return False
-        self.transport.write(build.auth_sasl(server.mechanisms))
+        self._send(build.auth_sasl(server.mechanisms))
         mechanism, first = messages.decode_sasl_initial_response(await self._read_password())
-        self.transport.write(build.auth_sasl_continue(server.handle_client_first(first, mechanism)))
+        self._send(build.auth_sasl_continue(server.handle_client_first(first, mechanism)))
         final = messages.decode_sasl_response(await self._read_password())
         try:
-            self.transport.write(build.auth_sasl_final(server.handle_client_final(final)))
+            self._send(build.auth_sasl_final(server.handle_client_final(final)))
         except AuthFailed:
             return False
         self.scram_keys = server.recovered_keys  # lets us log in to the server as the client
@@ -566,7 +571,7 @@ class ClientConnection(asyncio.Protocol):
             return False
         self.queued.clear()
         self.queued_bytes = 0
-        self.transport.write(answer)
+        self._send(answer)
         return True
 
     async def _attach(self) -> None:
@@ -694,7 +699,7 @@ class ClientConnection(asyncio.Protocol):
 
     def server_ready(self, server: ServerConnection) -> None:
         """The server owes nothing more: give it back unless the pool mode keeps it."""
-        if self.mode == "session" or self.route is None:
+        if self.mode == "session" or self.route is None or self.server is not server:
             return
         if self.mode == "transaction" and server.status != IDLE:
             return

@@ -296,13 +296,13 @@ class Worker:
         ):
             route.release(server)
         else:
-            server.unlink()
+            server.detach()
             self.spawn(self.give_back(server, client_gone=False), f"reset {server.id}")
 
     async def give_back(self, server: ServerConnection, *, client_gone: bool) -> None:
         """Reset a server (bounded by pool_reset_timeout_ms) and return it, or close it."""
         route = server.route
-        server.unlink()
+        server.detach()
         timeout = route.rule.pool_reset_timeout_ms / 1000 or None
         try:
             async with asyncio.timeout(timeout):

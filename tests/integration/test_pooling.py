@@ -179,6 +179,38 @@ def _query_ok(conn: psycopg.Connection) -> bool:
         return False
 
 
+def test_client_leaving_with_answers_in_flight_gets_its_server_reset_once(pooler):
+    """A client pipelines statements and leaves (Terminate) before the answers are in: the
+    server's last ReadyForQuery arrives after the client is gone. The server must be reset
+    and released once; it once went back to the pool still owing an answer, which the next
+    client then received instead of its own (found by the live fuzz test)."""
+    import socket
+
+    from wire import read_to_eof, read_until, startup_packet
+
+    from pooler.protocol import build
+
+    p = pooler(make_config(route(pool="transaction", pool_size=2)))
+    burst = (
+        b"".join(
+            build.parse("", f"select {i}") + build.bind("", "") + build.execute() + build.sync()
+            for i in range(20)
+        )
+        + build.terminate()
+    )
+    with p.connect("p0", application_name="steady") as steady:
+        for n in range(200):
+            with socket.create_connection(("127.0.0.1", p.port), timeout=10) as sock:
+                sock.sendall(startup_packet(application_name="leaver"))
+                assert read_until(sock, b"Z")[-1][0] == ord("Z")
+                sock.sendall(burst)
+                read_to_eof(sock)
+            assert steady.execute(f"select {n}").fetchone()[0] == n
+    log = p.log_text()
+    assert "unexpected answer" not in log
+    assert "reset failed" not in log
+
+
 def test_malformed_client_message_closes_only_that_client(pooler):
     import socket
 
