@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 from faultproxy import FaultProxy
+from harness import wait_until
 from wire import BACKEND_TYPES, error_fields, split_messages
 
 HOST = "127.0.0.1"
@@ -87,9 +88,7 @@ def capture_sessions(pg: object) -> list[bytes]:
             timeout=30,
             check=True,
         )
-        deadline = time.monotonic() + 5
-        while fp.connections and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: not fp.connections, timeout=5, message="recorded sessions to end")
         return [bytes(r) for r in fp.recorded if len(r) > 8]
 
 

@@ -124,6 +124,7 @@ class ClientConnection(asyncio.Protocol):
         self.mode = "session"
         self.paused = False
         self.closing = False
+        self.waiting_login = False  # waits for a server during login (counts as cl_waiting)
         self.connected_at = time.monotonic()
         self.last_activity = self.connected_at
         self.log_ctx = LogContext(client_id=self.id)
@@ -379,7 +380,7 @@ class ClientConnection(asyncio.Protocol):
             self.statements = ClientStatements(route.stats, route.known_statements)
         self._init_params(params, rule)
         if self.mode == "session":
-            server = await route.acquire(self.backend_password())
+            server = await self._acquire_for_login(route)
             try:
                 await self._sync(server)
             except BaseException:
@@ -390,14 +391,22 @@ class ClientConnection(asyncio.Protocol):
             reported = dict(server.params)
         else:
             if route.server_params is None:
-                server = await route.acquire(self.backend_password())
-                route.release(server)
+                route.release(await self._acquire_for_login(route))
             reported = dict(route.server_params or {})
             reported.update(self.params)
         for name in TRACKED_PARAMS:
             if name in reported:
                 self.params.setdefault(name, reported[name])
         self._finish_login(reported)
+
+    async def _acquire_for_login(self, route: Route) -> ServerConnection:
+        """A server during login (session pool, or a route's first login, which learns the
+        server's parameters); meanwhile the client counts as waiting, as in pgbouncer."""
+        self.waiting_login = True
+        try:
+            return await route.acquire(self.backend_password())
+        finally:
+            self.waiting_login = False
 
     async def _start_tls(self) -> bool:
         """Answer an SSLRequest with S and run the handshake (contexts: server/tls.py)."""

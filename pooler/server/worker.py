@@ -328,7 +328,7 @@ class Worker:
             gauges = per_route.setdefault(route.key, {"cl_active": 0, "cl_waiting": 0})
             if client.server is not None:
                 gauges["cl_active"] += 1
-            elif client.queued:
+            elif client.queued or client.waiting_login:
                 gauges["cl_waiting"] += 1
         routes = []
         for key, route in self.routes.items():

@@ -34,9 +34,10 @@ class SupervisorLink:
         self.slots = SupervisorSlots(self.channel)
         self.worker: Worker | None = None
         loop = asyncio.get_running_loop()
-        self.first_config: asyncio.Future[tuple[Config, list[Listen], dict[Any, int]]] = (
-            loop.create_future()
-        )
+        # (config, listen sections, route births, the PAUSE state in force)
+        self.first_config: asyncio.Future[
+            tuple[Config, list[Listen], dict[Any, int], set[str] | bool]
+        ] = loop.create_future()
         self.stop: asyncio.Future[bool] = loop.create_future()  # result: graceful?
         self._requests: dict[int, asyncio.Future[Any]] = {}
         self._next_request = 0
@@ -76,13 +77,14 @@ class SupervisorLink:
         worker = self.worker
         if kind == "config":
             if not self.first_config.done():
-                self.first_config.set_result((args[0], args[1], args[2]))
+                paused = args[3] if len(args) > 3 else False
+                self.first_config.set_result((args[0], args[1], args[2], paused))
             elif worker is not None:
                 worker.apply_config(args[0], args[2])  # a reload: the sockets stay as they are
             else:  # a reload that came before the worker was built: build it with that
-                _config, listens, _births = self.first_config.result()
+                _config, listens, _births, paused = self.first_config.result()
                 self.first_config = asyncio.get_running_loop().create_future()
-                self.first_config.set_result((args[0], listens, args[2]))
+                self.first_config.set_result((args[0], listens, args[2], paused))
         elif worker is None:
             return
         elif kind == "grant":
@@ -121,12 +123,17 @@ async def serve(index: int, ipc_fd: int, listen_fds: list[int]) -> int:
     await loop.create_unix_connection(lambda: link.channel, sock=socket.socket(fileno=ipc_fd))
     try:
         await link.first_config
-        config, listens, births = link.first_config.result()  # the latest, if reloads came
+        config, listens, births, paused = link.first_config.result()  # the latest config
     except ConnectionError:
         return 1  # the supervisor went away before we got our config: nothing to serve
     logs.configure_from(config)
     worker = Worker(config, index, link, births)
     link.worker = worker
+    if paused:  # started (or restarted) during a PAUSE: gated before the first client
+        from pooler.server.console import admin_state
+
+        for db in [None] if paused is True else sorted(paused):
+            await admin_state(worker).pause(db)
     sockets = [
         (listen, socket.socket(fileno=fd)) for listen, fd in zip(listens, listen_fds, strict=True)
     ]

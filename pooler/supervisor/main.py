@@ -61,6 +61,7 @@ class WorkerHandle:
     fresh: asyncio.Future[None] | None = None  # resolved by the next "stats" message
     cpu_ticks: tuple[float, int] | None = None  # (monotonic time, utime+stime ticks)
     cpu_percent: float = 0.0
+    paused_at_start: set[str] | bool = False  # the PAUSE state sent with its first config
 
 
 def _proc_stat(pid: int) -> tuple[int, int] | None:
@@ -134,7 +135,9 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         channel = Channel(lambda message: self._on_message(index, message), lambda: None)
         await loop.create_unix_connection(lambda: channel, sock=parent)
-        channel.send("config", self.config, listens, self.reloader.births)
+        # a PAUSE in force holds a (re)started worker too, from its first client on
+        handle.paused_at_start = self.paused_state()
+        channel.send("config", self.config, listens, self.reloader.births, handle.paused_at_start)
         handle.process, handle.channel = process, channel
         handle.started_at = time.time()
         log.info("supervisor", f"worker {index} started, pid {process.pid}")
@@ -183,6 +186,9 @@ class Supervisor:
         elif kind == "stats":
             handle = self.workers.get(index)
             if handle is not None:
+                if not handle.snapshot and handle.paused_at_start != self.paused_state():
+                    # PAUSE/RESUME came while it started (ask_all skipped it): catch up
+                    self._spawn(self._catch_up_pause(handle), "pause state")
                 handle.snapshot = args[0]
                 if handle.fresh is not None and not handle.fresh.done():
                     handle.fresh.set_result(None)
@@ -277,6 +283,12 @@ class Supervisor:
             await self.ask_all("resume", db)
         elif verb == "reconnect":
             await self.ask_all("reconnect", db)
+
+    async def _catch_up_pause(self, handle: WorkerHandle) -> None:
+        await self.ask(handle, "resume", None)
+        state = self.paused_state()
+        for db in [None] if state is True else sorted(state):
+            await self.ask(handle, "pause", db, timeout=3600)
 
     def paused_state(self) -> set[str] | bool:
         return True if self.paused_all else set(self.paused_dbs)

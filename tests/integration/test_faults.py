@@ -102,7 +102,7 @@ def test_server_closing_during_login(pooler, proxy):
 # -- mid-query -----------------------------------------------------------------------------
 
 
-def test_connection_reset_mid_query(pooler, proxy):
+def test_connection_reset_mid_query(pooler, proxy, pg):
     p = pooler(proxied(proxy))
     victim = p.connect("p0")
     try:
@@ -110,15 +110,17 @@ def test_connection_reset_mid_query(pooler, proxy):
             victim.execute("select 1")
             bystander.execute("select 1")
             victim.pgconn.send_query(b"select pg_sleep(5)")
-            time.sleep(0.3)
+            wait_until(lambda: _running(pg, "select pg_sleep(5)") == 1, timeout=5)
             assert proxy.reset() >= 1
             started = time.monotonic()
             sqlstate, message = _result_error(victim)
             assert time.monotonic() - started < 3
             assert sqlstate == "08006", message
             assert "server connection was closed unexpectedly" in message
-            # the pool refills: the bystander (its idle server was reset too) carries on
-            wait_until(lambda: _query_ok(bystander), timeout=5)
+            # once the pooler has seen its idle server go too (a query sent before that
+            # meets the dead server, as in pgbouncer), the bystander carries on: the pool refills
+            wait_until(lambda: pooled_servers(p) == 0, timeout=5)
+            assert _query_ok(bystander)
     finally:
         victim.close()
     wait_until(lambda: works(p), timeout=5)
@@ -150,8 +152,7 @@ def test_stalled_server_pool_timeout_and_recovery(pooler, proxy):
     wait_until(lambda: (row := pool_row(p)) and row[9] == 1 and row[6] == 0, timeout=5)
     proxy.stall()
     victim.pgconn.send_query(b"select 2")  # goes nowhere
-    while victim.pgconn.flush():
-        time.sleep(0.01)
+    wait_until(lambda: victim.pgconn.flush() == 0, timeout=5)
     wait_until(lambda: (row := pool_row(p)) and row[6] == 1, timeout=5)  # sv_active
     # another client waits for the only server and gets pool_timeout's error
     started = time.monotonic()
@@ -171,6 +172,15 @@ def test_stalled_server_pool_timeout_and_recovery(pooler, proxy):
 # -- servers killed behind the pooler ----------------------------------------------------
 
 
+def _running(pg, query):
+    """How many backends run ``query`` now."""
+    return int(
+        pg.psql(
+            f"select count(*) from pg_stat_activity where state = 'active' and query = '{query}'"
+        )
+    )
+
+
 def _terminate(pg, database):
     return pg.psql(
         f"select count(pg_terminate_backend(pid)) from pg_stat_activity "
@@ -185,7 +195,7 @@ def test_terminated_idle_servers_are_replaced_silently(pooler, pg):
         b.execute("select 1")  # two servers now
         a.execute("commit")
         assert int(_terminate(pg, "p1")) == 2
-        time.sleep(0.2)
+        wait_until(lambda: pooled_servers(p) == 0, timeout=5)  # the pooler saw them go
         for _ in range(5):  # transaction pool: idle servers died, new ones serve
             assert a.execute("select 1").fetchone()[0] == 1
             assert b.execute("select 2").fetchone()[0] == 2
@@ -198,7 +208,7 @@ def test_terminated_server_mid_query_and_in_session(pooler, pg):
         tx.execute("select 1")
         sess.execute("select 1")
         tx.pgconn.send_query(b"select pg_sleep(10)")
-        time.sleep(0.3)
+        wait_until(lambda: _running(pg, "select pg_sleep(10)") == 1, timeout=5)
         _terminate(pg, "p1")
         _terminate(pg, "p2")
         sqlstate, message = _result_error(tx)
@@ -215,6 +225,7 @@ def test_postgres_restart_under_load(pooler, pg):
     p = pooler(make_config(route(pool="transaction", pool_size=4), workers=2))
     stop = threading.Event()
     seen: list[str] = []
+    ok_before: list[int] = [0] * 6
     ok_after: list[int] = [0] * 6
     restarted = threading.Event()
 
@@ -225,8 +236,7 @@ def test_postgres_restart_under_load(pooler, pg):
                 if conn is None or conn.closed:
                     conn = p.connect("p0", connect_timeout=3)
                 conn.execute("select pg_sleep(0.01)")
-                if restarted.is_set():
-                    ok_after[i] += 1
+                (ok_after if restarted.is_set() else ok_before)[i] += 1
             except psycopg.Error as exc:
                 seen.append(exc.sqlstate or type(exc).__name__)
                 if conn is not None:
@@ -240,7 +250,7 @@ def test_postgres_restart_under_load(pooler, pg):
     for t in threads:
         t.start()
     try:
-        time.sleep(0.5)
+        wait_until(lambda: all(ok_before), timeout=10, message=lambda: f"{ok_before} {seen}")
         pg.restart()
         restarted.set()
         wait_until(lambda: all(ok_after), timeout=20, message=lambda: f"{ok_after} {seen}")

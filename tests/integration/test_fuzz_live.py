@@ -13,7 +13,7 @@ import random
 import time
 
 from fuzzlib import GoodClients, capture_sessions, check, mutate, replay, split_session
-from harness import make_config, route
+from harness import make_config, route, wait_until
 from hypothesis import HealthCheck, given, settings, strategies as st
 from wire import workers
 
@@ -58,7 +58,8 @@ def test_mutated_sessions_are_refused_cleanly(pooler, pg):
                 stats["closed_silently"] += 1
 
         fuzz()
-        time.sleep(0.2)
+        served = good.queries
+        wait_until(lambda: good.queries >= served + 20 or good.errors, timeout=10)
     assert not good.errors, good.errors
     assert good.queries > 0
     after = workers(p)

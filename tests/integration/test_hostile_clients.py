@@ -100,6 +100,7 @@ def test_slow_reader_does_not_stall_its_worker(pooler):
     # a client reading a large result at a crawl; others on the worker are not slowed down
     p = pooler(make_config(route(pool="transaction", pool_size=4), workers=1))
     stop = threading.Event()
+    reading = threading.Event()
 
     def crawl() -> None:
         with socket.create_connection((HOST, p.port), timeout=10) as sock:
@@ -110,13 +111,14 @@ def test_slow_reader_does_not_stall_its_worker(pooler):
             while not stop.is_set():
                 if not sock.recv(4096):
                     break
-                time.sleep(0.002)
+                reading.set()
+                time.sleep(0.002)  # the crawl: 4 KB every 2 ms
 
     t = threading.Thread(target=crawl)
     t.start()
     try:
         with p.connect("p0") as other:
-            time.sleep(0.3)
+            assert reading.wait(10)  # the result is flowing, at a crawl
             t0 = time.monotonic()
             for i in range(50):
                 assert other.execute(f"select {i}").fetchone()[0] == i
