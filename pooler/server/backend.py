@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 Z, S, E, G, N, R, K, C = (ord(c) for c in "ZSEGNRKC")
 D, T = ord("D"), ord("T")
+IDLE = ord("I")  # ReadyForQuery's transaction status outside a transaction
 EMPTY_QUERY = ord("I")
 PARSE_COMPLETE = ord("1")
 OWED_ANSWERS = frozenset((Z, E, G, PARSE_COMPLETE))  # never sent by an idle server unasked
@@ -189,18 +190,16 @@ class ServerConnection(asyncio.Protocol):
                 continue
             if msg_type == Z:
                 self.statements.on_ready()
-                self.status = body[0] if body else ord("I")
-                self.pending -= 1
+                status = self.status = body[0] if body else IDLE
                 self.copy_in = False
                 now = time.monotonic()
-                stats.query_count += 1
-                stats.query_time_us += int((now - self.query_started) * 1e6)
+                stats.record_query(int((now - self.query_started) * 1e6))
                 self.query_started = now
+                self.pending -= 1
                 if self.pending <= 0:
                     self.pending = 0
-                    if self.status == ord("I"):
-                        stats.xact_count += 1
-                        stats.xact_time_us += int((now - self.xact_started) * 1e6)
+                    if status == IDLE:
+                        stats.record_xact(int((now - self.xact_started) * 1e6))
                     ready = True
             elif msg_type == S and body is not None:
                 name, value = messages.decode_parameter_status(body)

@@ -33,6 +33,7 @@ from pooler.protocol.framing import (
 from pooler.server import tls as tls_support
 from pooler.server.backend import (
     CACHED_PLAN_ERROR,
+    MAX_STATEMENTS,
     BackendError,
     ServerConnection,
     ServerGone,
@@ -530,14 +531,22 @@ class ClientConnection(asyncio.Protocol):
         """Hold bytes while a server is acquired (transaction and statement pools)."""
         if self.closing:
             return
-        if self._attach_task is None and not self.queued and self._attach_idle(data):
-            return
+        first = self._attach_task is None and not self.queued
+        if first:
+            if data[0] == P and self.statements is not None and self._answer_locally(data):
+                return
+            if self._attach_idle(data):
+                return
         self.queued.append(data)
         self.queued_bytes += len(data)
         if self._attach_task is not None:
             return
-        if self.statements is not None and data[0] == P and self._answer_prepares_locally():
-            return
+        if not first and self.statements is not None and self.queued[0][0] == P:
+            data = self.queued[0] if len(self.queued) == 1 else b"".join(self.queued)
+            if self._answer_locally(data):
+                self.queued.clear()
+                self.queued_bytes = 0
+                return
         if self.queued_bytes > MAX_QUEUED:
             self.pause_reading()
         self._attach_task = self.worker.spawn(self._attach(), f"attach {self.id}")
@@ -546,17 +555,19 @@ class ClientConnection(asyncio.Protocol):
         """The fast path: an idle server that needs no preparation is linked at once."""
         route = self.route
         assert route is not None
-        if not route.idle or data[0] == P:
+        if not route.idle:
             return False
         server = route.idle[-1]
         if server.closed or (
-            self.statements is not None and server.statements.plan_epoch != route.plan_epoch
+            self.statements is not None
+            and (
+                server.statements.plan_epoch != route.plan_epoch
+                or len(server.statements.names) > MAX_STATEMENTS
+            )
         ):
-            return False
-        params = server.params
-        for name, value in self.params.items():
-            if params.get(name) != value:
-                return False
+            return False  # the slow path tidies its statements first
+        if not self.params.items() <= server.params.items():
+            return False  # its session parameters differ: the slow path syncs them
         route.idle.pop()
         route.busy.add(server)
         route.stats.record_wait(0)
@@ -565,12 +576,11 @@ class ClientConnection(asyncio.Protocol):
         self._forward(server, data)
         return True
 
-    def _answer_prepares_locally(self) -> bool:
+    def _answer_locally(self, data: bytes) -> bool:
         """Parse + Sync of statements the route already knows need no server: answer them
         here. (A client that prepares synchronously while others hold every server, as
         pgbench -M prepared does, would otherwise wait for a server it does not need.)"""
         assert self.statements is not None
-        data = self.queued[0] if len(self.queued) == 1 else b"".join(self.queued)
         try:
             found = iter_messages(data)
         except ProtocolError:
@@ -578,8 +588,6 @@ class ClientConnection(asyncio.Protocol):
         answer = self.statements.answer_locally(found)
         if answer is None:
             return False
-        self.queued.clear()
-        self.queued_bytes = 0
         self._send(answer)
         return True
 

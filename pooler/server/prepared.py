@@ -1,9 +1,12 @@
 """Named prepared statements in transaction and statement pools (sans-I/O).
 
-`pool_reserve_prepared_statement` (odyssey's name, on by default): a client's named Parse
-is recorded in the client's own table and sent to the server under a name derived from the
+`pool_reserve_prepared_statement` (odyssey's name, on by default): a client's Parse is
+recorded in the client's own table and sent to the server under a name derived from the
 query text and parameter types, so every client preparing the same query shares one
-server-side statement. Whatever server a client lands on, a Bind or Describe of a statement
+server-side statement. The unnamed statement is treated the same way (as odyssey does): a
+client re-parsing the same unnamed query on every execution (`pgbench -M extended`, most
+drivers' parameterised queries) then costs the server a Bind of a prepared statement instead
+of a parse and a plan each time. Whatever server a client lands on, a Bind or Describe of a statement
 that server has not seen is preceded by a Parse injected by the pooler, whose ParseComplete
 is swallowed on the way back.
 
@@ -20,6 +23,7 @@ Everything stays in protocol order without tracking every message:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections import OrderedDict, deque
@@ -29,6 +33,7 @@ from typing import Protocol
 from pooler.protocol import build, messages
 
 CLOSE_NOTHING = "pooler_never_prepared"
+EMPTY_PARSE = build.parse("", "")  # stands in for a Parse the server already has
 _DEALLOCATE = re.compile(r"\s*deallocate\s+(?:prepare\s+)?(\"(?:[^\"]|\"\")+\"|\w+)\s*;?\s*$", re.I)
 _DROP_ALL = re.compile(r"\s*(?:deallocate\s+(?:prepare\s+)?all|discard\s+all)\s*;?\s*$", re.I)
 
@@ -46,6 +51,12 @@ class Statement:
     server_name: str
     query: str
     param_types: tuple[int, ...]
+
+
+@functools.lru_cache(maxsize=4096)
+def statement_for(query: str, param_types: tuple[int, ...]) -> Statement:
+    """The Statement of a query text (memoised: clients re-parse the same few queries)."""
+    return Statement(server_name(query, param_types), query, param_types)
 
 
 class Counters(Protocol):
@@ -144,7 +155,7 @@ class ClientStatements:
             if msg_type == messages.PARSE:
                 parse = messages.decode_parse(body)
                 types = tuple(parse.param_types)
-                statement = Statement(server_name(parse.query, types), parse.query, types)
+                statement = statement_for(parse.query, types)
                 if not parse.name or statement.server_name not in known:
                     return None
                 parsed.append((parse.name, statement))
@@ -172,22 +183,19 @@ class ClientStatements:
         """The bytes to send instead of this client message, or None to send it as is."""
         if msg_type == messages.PARSE:
             parse = messages.decode_parse(body)
-            if not parse.name:
-                server.sent_parse(True, None)
-                return None
-            self.counters.client_parses += 1
             types = tuple(parse.param_types)
-            statement = Statement(server_name(parse.query, types), parse.query, types)
-            self.statements[parse.name] = statement
+            statement = statement_for(parse.query, types)
+            self.statements[parse.name] = statement  # "" too: the unnamed one is cached
+            self.counters.client_parses += 1
             if server.has(statement.server_name):
                 server.sent_parse(True, None)
-                return build.parse("", "")
+                return EMPTY_PARSE
             server.sent_parse(True, statement.server_name)
             self.counters.server_parses += 1
             return build.parse(statement.server_name, parse.query, types)
         if msg_type == messages.BIND:
             bind = messages.decode_bind(body)
-            statement = self.statements.get(bind.statement) if bind.statement else None
+            statement = self.statements.get(bind.statement)
             if statement is None:
                 return None
             self.counters.binds += 1
@@ -195,17 +203,18 @@ class ClientStatements:
             return injected + build.bind_raw(bind.portal, statement.server_name, bind.rest)
         if msg_type == messages.DESCRIBE:
             kind, name = messages.decode_describe(body)
-            statement = self.statements.get(name) if kind == "S" and name else None
+            statement = self.statements.get(name) if kind == "S" else None
             if statement is None:
                 return None
             return self._ensure(statement, server) + build.describe("S", statement.server_name)
         if msg_type == messages.CLOSE:
             kind, name = messages.decode_close(body)
-            if kind != "S" or not name:
+            if kind != "S":
                 return None
             self.statements.pop(name, None)
             return build.close("S", CLOSE_NOTHING)
         if msg_type == messages.QUERY:
+            self.statements.pop("", None)  # a simple query replaces the unnamed statement
             if body.lstrip()[:1] not in b"dD":  # only DEALLOCATE / DISCARD concern us
                 return None
             return self._rewrite_query(messages.decode_query(body), server)

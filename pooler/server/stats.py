@@ -1,10 +1,10 @@
 """Counters a worker keeps per route: plain attributes, bumped on the hot path.
 
-The three time totals (`xact_time_us`, `query_time_us`, `wait_time_us`) are properties: the
-code that measures a duration does `stats.query_time_us += d` as before, and the setter also
-drops `d` into a log-linear histogram (8 buckets per power of two, ~6% relative error), which
-is how p50/p95/p99 are known without keeping samples. Each `wait_time_us` update is one server
-assignment (a client got a server), so assignments are counted there too.
+The three time totals (`xact_time_us`, `query_time_us`, `wait_time_us`) are bumped through
+`record_xact`, `record_query` and `record_wait`, which also drop the duration into a
+log-linear histogram (8 buckets per power of two, ~6% relative error): that is how p50/p95/p99
+are known without keeping samples. Each `record_wait` is one server assignment (a client got
+a server), so assignments are counted there too.
 """
 
 from __future__ import annotations
@@ -66,9 +66,6 @@ class RouteStats:
     """Cumulative counters of one route (pgbouncer's SHOW STATS names)."""
 
     __slots__ = (
-        "_query_time_us",
-        "_wait_time_us",
-        "_xact_time_us",
         "assignments",
         "binds",
         "bytes_received",
@@ -78,11 +75,14 @@ class RouteStats:
         "max_wait_us",
         "query_count",
         "query_hist",
+        "query_time_us",
         "server_connects",
         "server_parses",
         "wait_hist",
+        "wait_time_us",
         "xact_count",
         "xact_hist",
+        "xact_time_us",
     )
 
     def __init__(self) -> None:
@@ -90,9 +90,9 @@ class RouteStats:
         self.query_count = 0
         self.bytes_received = 0  # from clients
         self.bytes_sent = 0  # to clients (received from servers)
-        self._xact_time_us = 0
-        self._query_time_us = 0
-        self._wait_time_us = 0
+        self.xact_time_us = 0
+        self.query_time_us = 0
+        self.wait_time_us = 0
         self.max_wait_us = 0
         self.server_connects = 0
         self.assignments = 0
@@ -104,43 +104,29 @@ class RouteStats:
         self.query_hist: dict[int, int] = {}
         self.wait_hist: dict[int, int] = {}
 
-    @property
-    def xact_time_us(self) -> int:
-        return self._xact_time_us
-
-    @xact_time_us.setter
-    def xact_time_us(self, value: int) -> None:
-        index = bucket_of(value - self._xact_time_us)
-        self._xact_time_us = value
+    def record_xact(self, us: int) -> None:
+        """A transaction ended after `us`."""
+        self.xact_count += 1
+        self.xact_time_us += us
+        index = bucket_of(us)
         hist = self.xact_hist
         hist[index] = hist.get(index, 0) + 1
 
-    @property
-    def query_time_us(self) -> int:
-        return self._query_time_us
-
-    @query_time_us.setter
-    def query_time_us(self, value: int) -> None:
-        index = bucket_of(value - self._query_time_us)
-        self._query_time_us = value
+    def record_query(self, us: int) -> None:
+        """A query (up to its ReadyForQuery) took `us`."""
+        self.query_count += 1
+        self.query_time_us += us
+        index = bucket_of(us)
         hist = self.query_hist
-        hist[index] = hist.get(index, 0) + 1
-
-    @property
-    def wait_time_us(self) -> int:
-        return self._wait_time_us
-
-    @wait_time_us.setter
-    def wait_time_us(self, value: int) -> None:
-        index = bucket_of(value - self._wait_time_us)
-        self._wait_time_us = value
-        self.assignments += 1
-        hist = self.wait_hist
         hist[index] = hist.get(index, 0) + 1
 
     def record_wait(self, us: int) -> None:
         """A client got a server after waiting `us` (one server assignment)."""
+        self.assignments += 1
         self.wait_time_us += us
+        index = bucket_of(us)
+        hist = self.wait_hist
+        hist[index] = hist.get(index, 0) + 1
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -148,9 +134,9 @@ class RouteStats:
             "query_count": self.query_count,
             "bytes_received": self.bytes_received,
             "bytes_sent": self.bytes_sent,
-            "xact_time_us": self._xact_time_us,
-            "query_time_us": self._query_time_us,
-            "wait_time_us": self._wait_time_us,
+            "xact_time_us": self.xact_time_us,
+            "query_time_us": self.query_time_us,
+            "wait_time_us": self.wait_time_us,
             "max_wait_us": self.max_wait_us,
             "server_connects": self.server_connects,
             "client_parses": self.client_parses,

@@ -78,12 +78,31 @@ def test_failed_parse_does_not_poison_the_server_table():
     assert messages.decode_parse(body(sent)[1]).name == server_name("selec 1", ())
 
 
-def test_unnamed_statements_pass_untouched():
+def test_unnamed_statements_are_cached_on_the_server():
     client = ClientStatements(Counters(), KNOWN)
     server = ServerStatements()
-    assert rewrite(client, build.parse("", "select 1"), server) is None
-    assert rewrite(client, build.bind("", ""), server) is None
+    name = server_name("select $1", (23,))
+    # first time: prepared on the server under the shared name; its ParseComplete is the
+    # client's; the Bind of the unnamed statement goes to the shared one
+    sent = rewrite(client, build.parse("", "select $1", [23]), server)
+    assert iter_messages(sent) == iter_messages(build.parse(name, "select $1", [23]))
     assert server.on_parse_complete() is True
+    sent = rewrite(client, build.bind("", "", params=[b"1"]), server)
+    assert messages.decode_bind(body(sent)[1]).statement == name
+    sent = rewrite(client, build.describe("S", ""), server)
+    assert iter_messages(sent) == iter_messages(build.describe("S", name))
+    # the same unnamed query again: no parse and plan on the server, an empty Parse keeps
+    # the ParseComplete in its place
+    sent = rewrite(client, build.parse("", "select $1", [23]), server)
+    assert iter_messages(sent) == iter_messages(build.parse("", ""))
+    # a simple query replaces the unnamed statement: a Bind of it is the server's to refuse
+    assert rewrite(client, build.query("select 2"), server) is None
+    assert rewrite(client, build.bind("", ""), server) is None
+    # Close of the unnamed statement keeps the shared one on the server
+    rewrite(client, build.parse("", "select $1", [23]), server)
+    sent = rewrite(client, build.close("S", ""), server)
+    assert iter_messages(sent) == iter_messages(build.close("S", CLOSE_NOTHING))
+    assert server.has(name)
 
 
 def test_deallocate_and_discard():

@@ -64,14 +64,15 @@ def test_stats_line_is_odysseys_format():
 def test_histogram_quantiles():
     stats = RouteStats()
     for us in range(1, 1001):
-        stats.query_time_us += us * 100
+        stats.record_query(us * 100)
     assert stats.query_time_us == sum(range(1, 1001)) * 100
+    assert stats.query_count == 1000
     p50 = quantile(stats.query_hist, 0.5)
     p99 = quantile(stats.query_hist, 0.99)
     assert abs(p50 - 50_000) / 50_000 < 0.07
     assert abs(p99 - 99_000) / 99_000 < 0.07
-    stats.wait_time_us += 0
-    assert stats.assignments == 1
+    stats.record_wait(0)
+    assert stats.assignments == 1 and stats.wait_hist == {0: 1}
 
 
 def test_split_statements():
