@@ -161,3 +161,23 @@ def test_server_side_names_are_shared(pooler, pg):
     finally:
         for conn in conns:
             conn.close()
+
+
+def test_unnamed_statements_are_prepared_once_per_server(pooler):
+    """Drivers that re-parse an unnamed statement on every execution (psycopg without
+    auto-prepare, pgbench -M extended) get one shared server-side statement: the server
+    binds it instead of parsing and planning the query each time."""
+    p = pooler(transaction_pool(pool_size=1))
+    with psycopg.connect(p.dsn("p0"), autocommit=True, prepare_threshold=None) as conn:
+        for i in range(5):
+            assert conn.execute("select %s::int * 3 as unnamed_marker", (i,)).fetchone() == (i * 3,)
+        # a simple query in between replaces the unnamed statement, as in PostgreSQL
+        conn.execute(b"select 1", prepare=False)
+        assert conn.execute("select %s::int * 3 as unnamed_marker", (7,)).fetchone() == (21,)
+        with conn.transaction():  # one server for both statements
+            conn.execute("select %s::int * 3 as unnamed_marker", (8,))
+            rows = conn.execute(
+                "select name from pg_prepared_statements where statement like %s",
+                ("%unnamed_marker%",),
+            ).fetchall()
+    assert len(rows) == 1 and re.fullmatch(r"pooler_[0-9a-f]+", rows[0][0]), rows
