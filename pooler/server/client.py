@@ -713,6 +713,22 @@ class ClientConnection(asyncio.Protocol):
                 self.route.stats.bytes_received += len(payload)
         if terminate:
             self.close()
+        elif server.pending == 0 and not server.unsynced:
+            self._release_if_owed_nothing(server)
+
+    def _release_if_owed_nothing(self, server: ServerConnection) -> None:
+        """A transaction-pool client sent only messages PostgreSQL does not answer (a lone
+        Flush, CopyDone outside COPY): nothing will come back to release the server, so
+        it goes back now rather than stay pinned to a client that may say nothing more."""
+        if (
+            self.mode != "session"
+            and self.server is server
+            and server.status == IDLE
+            and not server.copy_in
+            and not self.splitter.streaming
+        ):
+            self.server = None
+            self.worker.give_back_now(server)
 
     def server_ready(self, server: ServerConnection) -> None:
         """The server owes nothing more: give it back unless the pool mode keeps it."""

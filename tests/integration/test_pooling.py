@@ -211,6 +211,29 @@ def test_client_leaving_with_answers_in_flight_gets_its_server_reset_once(pooler
     assert "reset failed" not in log
 
 
+def test_a_client_sending_only_unanswered_messages_does_not_pin_a_server(pooler):
+    """A lone Flush (or CopyDone outside COPY) gets no answer from PostgreSQL, so no
+    ReadyForQuery would ever give the server back: it goes back at once."""
+    import socket
+
+    from wire import read_until, startup_packet
+
+    from pooler.protocol import build
+
+    p = pooler(make_config(route(pool="transaction", pool_size=1, pool_timeout=2000)))
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as sock:
+        sock.sendall(startup_packet())
+        read_until(sock, b"Z")
+        sock.sendall(build.flush())
+        sock.sendall(build.copy_done())
+        # the only server is free for another client (pool_timeout would refuse it)
+        assert p.sql("select 41", dbname="p0") == [(41,)]
+        # and the first client still works
+        sock.sendall(build.query("select 42"))
+        rows = [body for kind, body in read_until(sock, b"Z") if kind == ord("D")]
+        assert rows and rows[0].endswith(b"42")
+
+
 def test_malformed_client_message_closes_only_that_client(pooler):
     import socket
 
