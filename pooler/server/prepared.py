@@ -6,9 +6,9 @@ query text and parameter types, so every client preparing the same query shares 
 server-side statement. The unnamed statement is treated the same way (as odyssey does): a
 client re-parsing the same unnamed query on every execution (`pgbench -M extended`, most
 drivers' parameterised queries) then costs the server a Bind of a prepared statement instead
-of a parse and a plan each time. Whatever server a client lands on, a Bind or Describe of a statement
-that server has not seen is preceded by a Parse injected by the pooler, whose ParseComplete
-is swallowed on the way back.
+of a parse and a plan each time. Whatever server a client lands on, a Bind or Describe of a
+statement that server has not seen is preceded by a Parse injected by the pooler, whose
+ParseComplete is swallowed on the way back.
 
 Everything stays in protocol order without tracking every message:
 - a Parse the server already has is replaced by `Parse("", "")` (an empty unnamed

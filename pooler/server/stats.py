@@ -96,7 +96,7 @@ class RouteStats:
         self.max_wait_us = 0
         self.server_connects = 0
         self.assignments = 0
-        self.client_parses = 0  # named Parse messages from clients
+        self.client_parses = 0  # Parse messages from clients (the unnamed ones too)
         self.server_parses = 0  # Parse messages sent to servers (incl. re-prepares)
         self.binds = 0  # Binds of named statements
         self.errors: dict[str, int] = {}
