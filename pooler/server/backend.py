@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import secrets
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -400,16 +401,41 @@ class ServerConnection(asyncio.Protocol):
             raise error
         return value
 
-    async def drain(self) -> None:
-        """Read and drop server output until every owed ReadyForQuery has arrived."""
+    async def resync(self, *, rollback: bool) -> None:
+        """Bring a server back in step whatever it still owes its departed client (answers
+        in flight, an open COPY or extended batch, or answers we miscounted for a client
+        that broke the protocol): end a COPY (CopyFail) and a batch (Sync), run a query of
+        our own with a unique marker and drop everything before the marker's answer.
+        `rollback` ends an open transaction too (ROLLBACK first, in the same query, so an
+        aborted transaction cannot refuse the marker); without it the marker only comes
+        back outside an aborted transaction."""
+        marker = f"pooler resync {secrets.token_hex(8)}"
+        sql = f"SELECT '{marker}'"
         self.scanner.wanted = INTERNAL_WANTED
-        while self.pending > 0:
+        self.send(
+            build.copy_fail("client disconnected")
+            + build.sync()
+            + build.query(f"ROLLBACK; {sql}" if rollback else sql)
+        )
+        statements = self.statements
+        expected = [marker.encode()]
+        found = False
+        while True:
             msg_type, body = await self.read()
-            if msg_type == Z:
-                self.pending -= 1
-                self.status = body[0] if body else ord("I")
-            elif msg_type == G:
-                self.copy_in = True
+            if msg_type == PARSE_COMPLETE:
+                statements.on_parse_complete()  # a Parse the client sent succeeded
+            elif msg_type == Z:
+                statements.on_ready()  # Parses still unanswered at a ReadyForQuery failed
+                if found:
+                    self.status = body[0] if body else IDLE
+                    break
+            elif msg_type == D and body is not None:
+                found = messages.decode_data_row(body) == expected
+            elif msg_type == S and body is not None:
+                name, value = messages.decode_parameter_status(body)
+                self.params[name] = value
+        self.pending = 0
+        self.copy_in = self.unsynced = self.desynced = False
         self.scanner.wanted = self.relay_wanted
 
     async def sync_params(self, wanted: dict[str, str]) -> None:
@@ -436,21 +462,15 @@ class ServerConnection(asyncio.Protocol):
 
     async def _reset(self, client_gone: bool) -> bool:
         rule = self.route.rule
-        if self.copy_in:
-            self.send(build.copy_fail("client disconnected during COPY"))
-            self.copy_in = False
-        if self.unsynced:
-            self.send(build.sync())
-            self.pending += 1
-            self.unsynced = False
-        if self.pending > 0:
+        if self.pending > 0 or self.unsynced or self.copy_in or self.desynced:
             if not client_gone:
                 return False
-            if not rule.pool_cancel:
-                return False
-            await self.route.worker.cancel_backend(self)
-            await self.drain()
-        if self.status != ord("I"):
+            if self.pending > 0 or self.unsynced:  # a query may still run: cancel it
+                if not rule.pool_cancel:
+                    return False
+                await self.route.worker.cancel_backend(self)
+            await self.resync(rollback=rule.pool_rollback)
+        if self.status != IDLE:
             if not rule.pool_rollback:
                 return False
             await self.query("ROLLBACK")

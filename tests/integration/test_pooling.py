@@ -234,6 +234,33 @@ def test_a_client_sending_only_unanswered_messages_does_not_pin_a_server(pooler)
         assert rows and rows[0].endswith(b"42")
 
 
+def test_server_comes_back_at_once_when_counted_answers_never_come(pooler):
+    """A client's complete Query counted as owed, then a malformed message in the same read:
+    the client is refused and the Query never reaches PostgreSQL. The reset does not wait
+    (pool_reset_timeout_ms) for an answer that will not come: it resynchronises the server
+    with a marker query of its own and gives it back."""
+    import socket
+
+    from wire import read_to_eof, read_until, startup_packet
+
+    from pooler.protocol import build
+
+    p = pooler(
+        make_config(
+            route(pool="transaction", pool_size=1, pool_timeout=3000, pool_reset_timeout_ms=20000)
+        )
+    )
+    assert p.sql("select 1", dbname="p0") == [(1,)]  # the one server exists
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as sock:
+        sock.sendall(startup_packet())
+        read_until(sock, b"Z")
+        sock.sendall(build.query("begin") + build.query("select 2") + b"Q\xff\xff\xff\xff")
+        read_to_eof(sock)
+    # the only server is back long before the reset timeout (pool_timeout would refuse us)
+    assert p.sql("select 3", dbname="p0") == [(3,)]
+    assert "reset failed" not in p.log_text()
+
+
 def test_malformed_client_message_closes_only_that_client(pooler):
     import socket
 
