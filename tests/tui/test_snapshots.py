@@ -69,7 +69,12 @@ def test_config_error_marked(snap_compare):
         pane.editor.focus()
         pane.editor.move_cursor((21, 0))
         await pilot.press(*"\t\tpool_sise 5", "enter")
-        await until(pilot, lambda: pane.validation and not pane.validation.ok, what="errors")
+        # the errors of the whole edit (a pause while typing may validate a part of it)
+        await until(
+            pilot,
+            lambda: pane.validated_text == pane.editor.text and not pane.validation.ok,
+            what="errors",
+        )
         await pilot.pause()
 
     assert snap_compare(app(), terminal_size=SIZE, run_before=run_before)

@@ -48,6 +48,7 @@ class ConfigPane(Vertical):
         self.baseline: str | None = None  # the file as last read from the server
         self.baseline_hash = ""  # what config_apply must be given back
         self.validation: Validation | None = None
+        self.validated_text: str | None = None  # the text `validation` is about
         self.validation_note = ""
         self.last_apply: ApplyResult | None = None
         self.applying = False
@@ -154,6 +155,7 @@ class ConfigPane(Vertical):
         if text != self.editor.text:  # stale: the user typed on
             return
         self.validation = result
+        self.validated_text = text
         source = self.dashboard.source
         self.validation_note = ""
         if result.where == "local":
