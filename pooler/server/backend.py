@@ -480,6 +480,14 @@ class ServerConnection(asyncio.Protocol):
             await self.query(reset_sql)
         return self.status == ord("I")
 
+    @property
+    def statements_untidy(self) -> bool:
+        """Does `tidy_statements` have work to do before the server is lent again?"""
+        statements = self.statements
+        return (
+            statements.plan_epoch != self.route.plan_epoch or len(statements.names) > MAX_STATEMENTS
+        )
+
     async def tidy_statements(self) -> None:
         """Drop prepared statements that a schema change made stale (the route's plan epoch
         moved) or that exceed the per-connection cache."""

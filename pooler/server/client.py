@@ -33,7 +33,6 @@ from pooler.protocol.framing import (
 from pooler.server import tls as tls_support
 from pooler.server.backend import (
     CACHED_PLAN_ERROR,
-    MAX_STATEMENTS,
     BackendError,
     ServerConnection,
     ServerGone,
@@ -558,13 +557,7 @@ class ClientConnection(asyncio.Protocol):
         if not route.idle:
             return False
         server = route.idle[-1]
-        if server.closed or (
-            self.statements is not None
-            and (
-                server.statements.plan_epoch != route.plan_epoch
-                or len(server.statements.names) > MAX_STATEMENTS
-            )
-        ):
+        if server.closed or (self.statements is not None and server.statements_untidy):
             return False  # the slow path tidies its statements first
         if not self.params.items() <= server.params.items():
             return False  # its session parameters differ: the slow path syncs them

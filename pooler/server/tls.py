@@ -38,6 +38,7 @@ import asyncio
 import os
 import re
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from pooler.config import Listen, Rule, Storage
@@ -106,21 +107,26 @@ def _apply_protocols(ctx: ssl.SSLContext, protocols: str | None) -> None:
         ctx.maximum_version = high
 
 
-_listen_cache: dict[tuple[Any, ...], ssl.SSLContext] = {}
-_storage_cache: dict[tuple[Any, ...], ssl.SSLContext] = {}
+_contexts: dict[tuple[Any, ...], ssl.SSLContext] = {}
+
+
+def _cached(section: Listen | Storage, build: Callable[[Any], ssl.SSLContext]) -> ssl.SSLContext:
+    """The context `build` makes for a listen or storage section, cached until its TLS
+    settings or the files they name change."""
+    files = (section.tls_cert_file, section.tls_key_file, section.tls_ca_file)
+    key = (build, section.tls, *files, section.tls_protocols, _stamp(*files))
+    ctx = _contexts.get(key)
+    if ctx is None:
+        ctx = build(section)
+        if len(_contexts) > 64:
+            _contexts.clear()
+        _contexts[key] = ctx
+    return ctx
 
 
 def listen_context(listen: Listen) -> ssl.SSLContext:
     """The server-side context of a listen block (tls not ``disable``); cached."""
-    files = (listen.tls_cert_file, listen.tls_key_file, listen.tls_ca_file)
-    key = (listen.tls, *files, listen.tls_protocols, _stamp(*files))
-    ctx = _listen_cache.get(key)
-    if ctx is None:
-        ctx = _build_listen_context(listen)
-        if len(_listen_cache) > 64:
-            _listen_cache.clear()
-        _listen_cache[key] = ctx
-    return ctx
+    return _cached(listen, _build_listen_context)
 
 
 def _build_listen_context(listen: Listen) -> ssl.SSLContext:
@@ -158,15 +164,7 @@ def listen_requires_tls(listen: Listen, unix: bool) -> bool:
 
 def storage_context(storage: Storage) -> ssl.SSLContext:
     """The client-side context for a storage (tls prefer/require/verify_*); cached."""
-    files = (storage.tls_cert_file, storage.tls_key_file, storage.tls_ca_file)
-    key = (storage.tls, *files, storage.tls_protocols, _stamp(*files))
-    ctx = _storage_cache.get(key)
-    if ctx is None:
-        ctx = _build_storage_context(storage)
-        if len(_storage_cache) > 64:
-            _storage_cache.clear()
-        _storage_cache[key] = ctx
-    return ctx
+    return _cached(storage, _build_storage_context)
 
 
 def _build_storage_context(storage: Storage) -> ssl.SSLContext:
