@@ -8,6 +8,8 @@ Run it through ``bench/run``. It starts
 * pgbouncer (Debian package; installed with apt-get when missing; started as the ``postgres``
   OS user when we are root) from a pgbouncer.ini rendered from the same settings as
 * pooler (``python -m pooler serve CONFIG``, one odyssey-syntax config),
+* optionally ``splice`` (``bench/splice.py``: a bare uvloop byte splice, one server connection
+  per client, no parsing or pooling; the floor of any Python/uvloop proxy on this machine),
 
 then runs the pgbench scenarios. Every round runs each scenario against each target in turn;
 the target order is reversed on even rounds. Per run it records TPS, average latency, the CPU of
@@ -18,7 +20,8 @@ rounds. A memory step measures RSS per idle client connection (2,000 idle client
 ``bench/idle_clients.py`` in a helper process) and per server connection.
 
 Knobs (environment): ROUNDS (2), DURATION (10 s), SCENARIOS (abcdefg), TARGETS
-(direct,pgbouncer,pooler), WORKERS (pooler ``workers``, 1), MEMORY (1; 0 skips the memory step),
+(direct,pgbouncer,pooler; add splice to run it too), WORKERS (pooler ``workers``, 1),
+SPLICE_WORKERS (SO_REUSEPORT processes of splice, 1), MEMORY (1; 0 skips the memory step),
 IDLE_CLIENTS (2000), SCALE (10), POOLER_CMD (default ``<python> -m pooler serve {config}``),
 QUIET_WAIT (max seconds to wait for a quiet machine before a run, 15), RETRIES (re-measure a
 run in which other processes took over 25 % of a core, keeping the least disturbed; 1),
@@ -93,8 +96,8 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 ENV_KNOBS = (
-    "ROUNDS", "DURATION", "SCENARIOS", "TARGETS", "WORKERS", "MEMORY", "IDLE_CLIENTS", "SCALE",
-    "QUIET_WAIT", "RETRIES", "POOLER_CMD",
+    "ROUNDS", "DURATION", "SCENARIOS", "TARGETS", "WORKERS", "SPLICE_WORKERS", "MEMORY",
+    "IDLE_CLIENTS", "SCALE", "QUIET_WAIT", "RETRIES", "POOLER_CMD",
 )  # fmt: skip
 
 
@@ -336,7 +339,7 @@ pidfile = {workdir}/pgbouncer.pid
 class Target:
     name: str
     port: int
-    pid_root: int | None = None  # process tree whose CPU counts as "pooler"
+    pid_root: int | None = None  # process tree whose CPU counts as "pooler" (the target's)
     proc: subprocess.Popen[Any] | None = None
     restarts: int = 0
 
@@ -414,6 +417,24 @@ class Pooler(Target):
         argv = [a.replace("{config}", str(self.config)) for a in shlex.split(self.command)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = spawn(argv, log=self.log, cwd=REPO, env=env)
+        wait_listening(self.proc, self.port, 30, self.log)
+        self.pid_root = self.proc.pid
+
+
+class Splice(Target):
+    """bench/splice.py: bytes copied both ways, one server connection per client, no pooling."""
+
+    def __init__(self, port: int, pg_port: int, workdir: Path, workers: int) -> None:
+        super().__init__("splice", port)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log = workdir / "splice.log"
+        self.argv = [
+            sys.executable, str(BENCH_DIR / "splice.py"), str(port), str(pg_port),
+            "--host", HOST, "--workers", str(workers), "--backlog", str(SETTINGS["backlog"]),
+        ]  # fmt: skip
+
+    def start(self) -> None:
+        self.proc = spawn(self.argv, log=self.log, cwd=REPO)
         wait_listening(self.proc, self.port, 30, self.log)
         self.pid_root = self.proc.pid
 
@@ -799,12 +820,13 @@ def main() -> int:
         if t.strip()
     ]
     workers = env_int("WORKERS", 1)
+    splice_workers = env_int("SPLICE_WORKERS", 1)
     do_memory = env_int("MEMORY", 1) != 0
     idle_clients = env_int("IDLE_CLIENTS", 2000)
     scale = env_int("SCALE", 10)
     quiet_wait = float(os.environ.get("QUIET_WAIT", "15"))
     retries = env_int("RETRIES", 1)
-    unknown = set(targets) - {"direct", "pgbouncer", "pooler"}
+    unknown = set(targets) - {"direct", "pgbouncer", "pooler", "splice"}
     if unknown:
         print(f"unknown TARGETS: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
@@ -816,6 +838,7 @@ def main() -> int:
     command = (command + " bench/run").strip()
     say(
         f"rounds={rounds} duration={duration}s scenarios={scenarios} targets={','.join(targets)} workers={workers}"
+        + (f" splice_workers={splice_workers}" if "splice" in targets else "")
     )
     say(f"RLIMIT_NOFILE={resource.getrlimit(resource.RLIMIT_NOFILE)}")
     if "pgbouncer" in targets:
@@ -850,6 +873,8 @@ def main() -> int:
                 objs[name] = PgBouncer(pick_port(), pg_port, tmp / "pgbouncer")
             elif name == "pooler":
                 objs[name] = Pooler(pick_port(), pg_port, tmp / "pooler", workers)
+            elif name == "splice":
+                objs[name] = Splice(pick_port(), pg_port, tmp / "splice", splice_workers)
         for t in objs.values():
             try:
                 t.start()
@@ -898,7 +923,7 @@ def main() -> int:
                         + (f" BROKEN: {run.error}" if run.broken else "")
                     )
 
-        if do_memory:
+        if do_memory:  # not splice: it opens a server connection per idle client
             for name in ("pooler", "pgbouncer"):
                 if name in objs:
                     say(f"memory: {name} with {idle_clients} idle clients")
@@ -948,7 +973,9 @@ def main() -> int:
         machine_info(),
         "",
         f"Command: `{command}` — {rounds} round(s) × {duration} s, scenarios {scenarios}, "
-        f"pooler `workers {workers}`{' (INTERRUPTED: partial results)' if interrupted else ''}.",
+        f"pooler `workers {workers}`"
+        + (f", splice {splice_workers} process(es)" if "splice" in objs else "")
+        + f"{' (INTERRUPTED: partial results)' if interrupted else ''}.",
         f"Wall time {(_dt.datetime.now() - started).total_seconds() / 60:.1f} min.",
         "",
         "Scenarios: "
@@ -958,9 +985,15 @@ def main() -> int:
         table,
         "",
         "Medians over rounds; the `vs` columns are medians of ratios taken within the same round. "
-        "`pooler CPU µs/txn` is the CPU (utime+stime, children included) of the pooler's process "
-        "tree divided by the transactions done. CPU% is percent of one core over the run. "
-        "✗ marks a broken run.",
+        "`pooler CPU µs/txn` is the CPU (utime+stime, children included) of the target's process "
+        "tree (pooler, pgbouncer or splice) divided by the transactions done; the CPU% `pooler` "
+        "share is the same tree. CPU% is percent of one core over the run. ✗ marks a broken run."
+        + (
+            " splice is bench/splice.py: a bare uvloop byte splice, one server connection per "
+            "client, no parsing or pooling — the floor of a Python/uvloop proxy here."
+            if "splice" in objs
+            else ""
+        ),
     ]
     if restarts:
         report += ["", f"Restarts after a target died: {restarts}."]
