@@ -38,7 +38,7 @@ from pooler.server.backend import (
     ServerGone,
 )
 from pooler.server.hba import hba_allows
-from pooler.server.pool import ConnectFailed, PoolTimeout, Route
+from pooler.server.pool import ConnectFailed, HandOff, PoolTimeout, Route
 from pooler.server.prepared import ClientStatements
 from pooler.server.router import ClientKey
 
@@ -104,6 +104,8 @@ class ClientConnection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._login_task: asyncio.Task[None] | None = None
         self._attach_task: asyncio.Task[None] | None = None
+        self._handoff: HandOff | None = None  # waiting for a server without a task
+        self._handoff_timer: asyncio.TimerHandle | None = None
         self._login_timer: asyncio.TimerHandle | None = None
         self.queued: list[bytes] = []
         self.queued_bytes = 0
@@ -168,6 +170,8 @@ class ClientConnection(asyncio.Protocol):
         for task in (self._login_task, self._attach_task):
             if task is not None and not task.done():
                 task.cancel()
+        if self._handoff is not None:
+            self._stop_waiting()
         server = self.server
         if server is not None:
             self.server = None
@@ -530,7 +534,7 @@ class ClientConnection(asyncio.Protocol):
         """Hold bytes while a server is acquired (transaction and statement pools)."""
         if self.closing:
             return
-        first = self._attach_task is None and not self.queued
+        first = self._attach_task is None and self._handoff is None and not self.queued
         if first:
             if data[0] == P and self.statements is not None and self._answer_locally(data):
                 return
@@ -538,7 +542,7 @@ class ClientConnection(asyncio.Protocol):
                 return
         self.queued.append(data)
         self.queued_bytes += len(data)
-        if self._attach_task is not None:
+        if self._attach_task is not None or self._handoff is not None:
             return
         if not first and self.statements is not None and self.queued[0][0] == P:
             data = self.queued[0] if len(self.queued) == 1 else b"".join(self.queued)
@@ -548,7 +552,8 @@ class ClientConnection(asyncio.Protocol):
                 return
         if self.queued_bytes > MAX_QUEUED:
             self.pause_reading()
-        self._attach_task = self.worker.spawn(self._attach(), f"attach {self.id}")
+        if not self._wait_without_task():
+            self._attach_task = self.worker.spawn(self._attach(), f"attach {self.id}")
 
     def _attach_idle(self, data: bytes) -> bool:
         """The fast path: an idle server that needs no preparation is linked at once."""
@@ -569,6 +574,67 @@ class ClientConnection(asyncio.Protocol):
         self._forward(server, data)
         return True
 
+    def _wait_without_task(self) -> bool:
+        """No idle server: wait in the route's queue for the next one released (the common
+        case under load), which `_handed` links in the releasing callback. Routes without a
+        pool_size, paused routes and a lone Terminate take the task path."""
+        route = self.route
+        assert route is not None
+        if route.idle or not route.limited or "acquire" in vars(route):
+            return False
+        if self.queued == [TERMINATE]:
+            return False
+        self._handoff = route.wait(self._handed)
+        timeout_ms = route.rule.pool_timeout
+        if timeout_ms:
+            self._handoff_timer = asyncio.get_running_loop().call_later(
+                timeout_ms / 1000, self._handoff_timed_out
+            )
+        return True
+
+    def _stop_waiting(self) -> None:
+        handoff = self._handoff
+        assert handoff is not None and self.route is not None
+        self._handoff = None
+        if self._handoff_timer is not None:
+            self._handoff_timer.cancel()
+            self._handoff_timer = None
+        if not handoff.settled:
+            self.route.stop_waiting(handoff)
+        self.route.record_wait(handoff.started)
+
+    def _handoff_timed_out(self) -> None:
+        self._handoff_timer = None
+        if self._handoff is not None:
+            self._stop_waiting()
+            self._pool_timeout()
+
+    def _handed(self, server: ServerConnection | None) -> None:
+        """A server (or, as None, a slot for a new one) for the waiting client."""
+        route = self.route
+        assert route is not None
+        self._stop_waiting()
+        if server is None:  # a slot: connecting takes a task
+            self._attach_task = self.worker.spawn(self._attach(slot=True), f"attach {self.id}")
+        elif self.closing:
+            route.release(server)
+        elif (self.statements is not None and server.statements_untidy) or not (
+            self.params.items() <= server.params.items()
+        ):  # it needs preparing first
+            self._attach_task = self.worker.spawn(self._attach(server), f"attach {self.id}")
+        else:
+            self._link(server)
+
+    def _link(self, server: ServerConnection) -> None:
+        """Link a ready server and relay what the client sent meanwhile."""
+        server.link(self)
+        self.server = server
+        data = b"".join(self.queued)
+        self.queued.clear()
+        self.queued_bytes = 0
+        self.resume_reading()
+        self._forward(server, data)
+
     def _answer_locally(self, data: bytes) -> bool:
         """Parse + Sync of statements the route already knows need no server: answer them
         here. (A client that prepares synchronously while others hold every server, as
@@ -584,21 +650,34 @@ class ClientConnection(asyncio.Protocol):
         self._send(answer)
         return True
 
-    async def _attach(self) -> None:
+    async def _attach(self, handed: ServerConnection | None = None, *, slot: bool = False) -> None:
         try:
-            await self._attach_steps()
+            await self._attach_steps(handed, slot)
         finally:
             self._attach_task = None
 
-    async def _attach_steps(self) -> None:
+    async def _attach_steps(self, handed: ServerConnection | None, slot: bool) -> None:
+        """Acquire a server (unless `handed` one or a `slot` for a new one), prepare it and
+        link it."""
         route = self.route
         assert route is not None
         if self.queued == [TERMINATE]:
+            if handed is not None:
+                route.release(handed)
+            elif slot:
+                route.worker.slots.release(route.key)
             self.close()
             return
         for attempt in range(3):  # a server found out of step is dropped; take another
+            server = handed
+            handed = None
             try:
-                server = await route.acquire(self.backend_password())
+                if server is None:
+                    if slot:
+                        slot = False
+                        server = await route.connect(self.backend_password())
+                    else:
+                        server = await route.acquire(self.backend_password())
             except PoolTimeout:
                 self._pool_timeout()
                 return
@@ -619,13 +698,7 @@ class ClientConnection(asyncio.Protocol):
         if self.closing:
             route.release(server)
             return
-        server.link(self)
-        self.server = server
-        data = b"".join(self.queued)
-        self.queued.clear()
-        self.queued_bytes = 0
-        self.resume_reading()
-        self._forward(server, data)
+        self._link(server)
 
     async def _sync(self, server: ServerConnection) -> None:
         """Prepare a server for this client (before linking it): its session parameters,

@@ -12,7 +12,8 @@ import contextlib
 import itertools
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from pooler.config import Endpoint, Rule, Storage
 from pooler.config.diff import RuleIdentity
@@ -43,6 +44,36 @@ class ConnectFailed(Exception):
         self.fields = fields or {}
 
 
+class Waiter(Protocol):
+    """What `Route.waiters` holds: a Future (a task in `acquire`) or a `HandOff`."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: ServerConnection | None, /) -> None: ...
+
+
+class HandOff:
+    """A client waiting for a server without a task of its own.
+
+    `release` calls `deliver` with the server in its own callback, so the client relays its
+    queued bytes at once (no task wakes up a loop iteration later); a granted slot is
+    delivered as None and the client then starts a task that connects.
+    """
+
+    __slots__ = ("deliver", "settled", "started")
+
+    def __init__(self, deliver: Callable[[ServerConnection | None], None]) -> None:
+        self.deliver = deliver
+        self.settled = False  # delivered, timed out, or its client left
+        self.started = time.monotonic()
+
+    def done(self) -> bool:
+        return self.settled
+
+    def set_result(self, result: ServerConnection | None, /) -> None:
+        self.settled = True
+        self.deliver(result)
+
+
 class Route:
     """Servers of one (rule, backend database, backend user)."""
 
@@ -65,7 +96,8 @@ class Route:
         self.idle: deque[ServerConnection] = deque()
         self.busy: set[ServerConnection] = set()
         self.connecting = 0
-        self.waiters: deque[asyncio.Future[ServerConnection | None]] = deque()
+        self.waiters: deque[Waiter] = deque()
+        self._releasing = False  # a release is handing a server over (see `release`)
         self.slot_requested = False  # one slot request at a time goes to the supervisor
         self.shed_pending = 0  # slots the supervisor asked us to give back
         self.clients = 0
@@ -154,10 +186,29 @@ class Route:
                     return await self._connect(password)
                 return server  # handed over by release(), already counted busy
         finally:
-            waited = int((time.monotonic() - started) * 1e6)
-            self.stats.record_wait(waited)
-            if waited > self.stats.max_wait_us:
-                self.stats.max_wait_us = waited
+            self.record_wait(started)
+
+    def wait(self, deliver: Callable[[ServerConnection | None], None]) -> HandOff:
+        """Queue a task-free waiter (the caller found no idle server): see `HandOff`."""
+        handoff = HandOff(deliver)
+        self.waiters.append(handoff)
+        self._want_slot()
+        return handoff
+
+    def stop_waiting(self, handoff: HandOff) -> None:
+        handoff.settled = True
+        with contextlib.suppress(ValueError):
+            self.waiters.remove(handoff)
+
+    def record_wait(self, started: float) -> None:
+        waited = int((time.monotonic() - started) * 1e6)
+        self.stats.record_wait(waited)
+        if waited > self.stats.max_wait_us:
+            self.stats.max_wait_us = waited
+
+    async def connect(self, password: Secret) -> ServerConnection:
+        """A new server on a slot granted to a `HandOff`."""
+        return await self._connect(password)
 
     def _unused(self, server: ServerConnection | None) -> None:
         if server is None:
@@ -292,10 +343,20 @@ class Route:
                 self.shed_pending -= 1
             self.discard(server)
             return
+        if self._releasing:
+            # Handed to a waiter inside another release (its client sent only unanswered
+            # messages and gave the server straight back): finish the outer one first, so a
+            # chain of such clients cannot recurse without bound.
+            asyncio.get_running_loop().call_soon(self.release, server)
+            return
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
-                waiter.set_result(server)
+                self._releasing = True
+                try:
+                    waiter.set_result(server)
+                finally:
+                    self._releasing = False
                 return
         self.busy.discard(server)
         self.idle.append(server)

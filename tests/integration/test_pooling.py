@@ -283,3 +283,62 @@ def _broken(conn: psycopg.Connection) -> bool:
     except psycopg.Error:
         return True
     return False
+
+
+def test_waiting_clients_are_handed_the_released_server_in_turn(pooler):
+    """pool_size 1, the server held in a transaction: three clients queue for it. One leaves
+    while waiting, one has session parameters of its own (the server must be synced before it
+    is linked), one needs nothing; as the holder commits, each waiter that is still there
+    gets the server in turn, with its own settings."""
+    import socket
+
+    from wire import read_until, startup_packet
+
+    from pooler.protocol import build
+
+    p = pooler(make_config(route(pool="transaction", pool_size=1, pool_timeout=10000)))
+
+    def waiting() -> int:
+        with p.connect("console", "admin") as conn:
+            cur = conn.execute("show pools")
+            names = [d.name for d in cur.description]
+            rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        return sum(r["cl_waiting"] for r in rows if r["database"] == "p0")
+
+    answers: dict[str, object] = {}
+
+    def ask(name: str, conn: psycopg.Connection, query: str) -> None:
+        try:
+            answers[name] = conn.execute(query).fetchone()[0]
+        except Exception as exc:  # reported by the assertion below
+            answers[name] = exc
+
+    with (
+        p.connect("p0") as holder,
+        p.connect("p0") as tokyo,
+        p.connect("p0") as plain,
+        socket.create_connection(("127.0.0.1", p.port), timeout=10) as leaver,
+    ):
+        tokyo.execute("set TimeZone = 'Asia/Tokyo'")
+        holder.execute("begin")
+        holder.execute("set local TimeZone = 'UTC'")
+        leaver.sendall(startup_packet())
+        read_until(leaver, b"Z")
+        leaver.sendall(build.query("select 'leaver'"))
+        wait_until(lambda: waiting() == 1, timeout=10)
+        threads = [
+            threading.Thread(target=ask, args=("tokyo", tokyo, "show TimeZone")),
+            threading.Thread(target=ask, args=("plain", plain, "show TimeZone")),
+        ]
+        for t in threads:
+            t.start()
+        wait_until(lambda: waiting() == 3, timeout=10)
+        leaver.close()
+        wait_until(lambda: waiting() == 2, timeout=10)
+        holder.execute("commit")
+        for t in threads:
+            t.join(10)
+        assert answers["tokyo"] == "Asia/Tokyo"
+        assert answers["plain"] != "Asia/Tokyo"
+        assert holder.execute("show TimeZone").fetchone()[0] != "Asia/Tokyo"
+    assert p.sql("select 7", dbname="p0") == [(7,)]
