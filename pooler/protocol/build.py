@@ -8,6 +8,7 @@ and their functions return those constants.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from struct import Struct
 
@@ -22,6 +23,7 @@ from pooler.protocol.framing import (
 _HDR = Struct("!BI")
 _I16 = Struct("!h")
 _I32 = Struct("!i")
+_II = Struct("!ii")
 _ENC = "utf-8"
 _ERRS = "surrogateescape"
 
@@ -29,6 +31,11 @@ TEXT_OID = 25
 
 
 def _msg(mtype: int, body: bytes) -> bytes:
+    return _HDR.pack(mtype, len(body) + 4) + body
+
+
+def message(mtype: int, body: bytes | bytearray) -> bytes:
+    """Any message from its type and an encoded body."""
     return _HDR.pack(mtype, len(body) + 4) + body
 
 
@@ -116,12 +123,13 @@ def sasl_response(data: bytes) -> bytes:
 # --- session status ----------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)  # every login reports the same few
 def parameter_status(name: str, value: str) -> bytes:
     return _msg(m.PARAMETER_STATUS, _cstr(name) + _cstr(value))
 
 
 def backend_key_data(pid: int, secret: int) -> bytes:
-    return _msg(m.BACKEND_KEY_DATA, Struct("!ii").pack(pid, secret))
+    return _msg(m.BACKEND_KEY_DATA, _II.pack(pid, secret))
 
 
 READY_FOR_QUERY_IDLE = _msg(m.READY_FOR_QUERY, b"I")

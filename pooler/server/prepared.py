@@ -51,12 +51,31 @@ class Statement:
     server_name: str
     query: str
     param_types: tuple[int, ...]
+    server_name_z: bytes  # the name as it goes on the wire (NUL-terminated)
 
 
 @functools.lru_cache(maxsize=4096)
 def statement_for(query: str, param_types: tuple[int, ...]) -> Statement:
     """The Statement of a query text (memoised: clients re-parse the same few queries)."""
-    return Statement(server_name(query, param_types), query, param_types)
+    name = server_name(query, param_types)
+    return Statement(name, query, param_types, name.encode() + b"\0")
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_of(body: bytes) -> tuple[str, Statement]:
+    """A Parse message body: the client's statement name and the Statement (memoised by the
+    raw body: a client re-sends the very same Parse, unnamed ones on every execution)."""
+    parse = messages.decode_parse(body)
+    return parse.name, statement_for(parse.query, tuple(parse.param_types))
+
+
+def _bind_statement(body: bytes | bytearray) -> tuple[int, int]:
+    """Where a Bind body's statement name lies: (start, end of its NUL)."""
+    portal_end = body.find(b"\0")
+    name_end = body.find(b"\0", portal_end + 1) if portal_end >= 0 else -1
+    if name_end < 0:
+        raise messages.ProtocolError("invalid message format: missing string terminator")
+    return portal_end + 1, name_end
 
 
 class Counters(Protocol):
@@ -153,12 +172,10 @@ class ClientStatements:
         parsed: list[tuple[str, Statement]] = []
         for msg_type, body in found:
             if msg_type == messages.PARSE:
-                parse = messages.decode_parse(body)
-                types = tuple(parse.param_types)
-                statement = statement_for(parse.query, types)
-                if not parse.name or statement.server_name not in known:
+                name, statement = parse_of(bytes(body))
+                if not name or statement.server_name not in known:
                     return None
-                parsed.append((parse.name, statement))
+                parsed.append((name, statement))
                 out.append(build.PARSE_COMPLETE)
             elif msg_type == messages.SYNC:
                 out.append(build.READY_FOR_QUERY_IDLE)
@@ -182,25 +199,24 @@ class ClientStatements:
     def rewrite(self, msg_type: int, body: bytes, server: ServerStatements) -> bytes | None:
         """The bytes to send instead of this client message, or None to send it as is."""
         if msg_type == messages.PARSE:
-            parse = messages.decode_parse(body)
-            types = tuple(parse.param_types)
-            statement = statement_for(parse.query, types)
-            self.statements[parse.name] = statement  # "" too: the unnamed one is cached
+            name, statement = parse_of(body if type(body) is bytes else bytes(body))
+            self.statements[name] = statement  # "" too: the unnamed one is cached
             self.counters.client_parses += 1
             if server.has(statement.server_name):
                 server.sent_parse(True, None)
                 return EMPTY_PARSE
             server.sent_parse(True, statement.server_name)
             self.counters.server_parses += 1
-            return build.parse(statement.server_name, parse.query, types)
+            return build.parse(statement.server_name, statement.query, statement.param_types)
         if msg_type == messages.BIND:
-            bind = messages.decode_bind(body)
-            statement = self.statements.get(bind.statement)
+            start, end = _bind_statement(body)
+            name = body[start:end].decode("utf-8", "surrogateescape") if end > start else ""
+            statement = self.statements.get(name)
             if statement is None:
                 return None
             self.counters.binds += 1
-            injected = self._ensure(statement, server)
-            return injected + build.bind_raw(bind.portal, statement.server_name, bind.rest)
+            renamed = body[:start] + statement.server_name_z + body[end + 1 :]
+            return self._ensure(statement, server) + build.message(messages.BIND, renamed)
         if msg_type == messages.DESCRIBE:
             kind, name = messages.decode_describe(body)
             statement = self.statements.get(name) if kind == "S" else None
