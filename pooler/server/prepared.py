@@ -54,19 +54,38 @@ class Statement:
     server_name_z: bytes  # the name as it goes on the wire (NUL-terminated)
 
 
-@functools.lru_cache(maxsize=4096)
+CACHED_TEXT_LIMIT = 8192  # longer query texts are not memoised (bounds the caches' memory)
+
+
 def statement_for(query: str, param_types: tuple[int, ...]) -> Statement:
     """The Statement of a query text (memoised: clients re-parse the same few queries)."""
+    if len(query) > CACHED_TEXT_LIMIT:
+        return _statement(query, param_types)
+    return _cached_statement(query, param_types)
+
+
+def _statement(query: str, param_types: tuple[int, ...]) -> Statement:
     name = server_name(query, param_types)
     return Statement(name, query, param_types, name.encode() + b"\0")
 
 
-@functools.lru_cache(maxsize=4096)
+_cached_statement = functools.lru_cache(maxsize=4096)(_statement)
+
+
 def parse_of(body: bytes) -> tuple[str, Statement]:
     """A Parse message body: the client's statement name and the Statement (memoised by the
     raw body: a client re-sends the very same Parse, unnamed ones on every execution)."""
+    if len(body) > CACHED_TEXT_LIMIT:
+        return _parse(body)
+    return _cached_parse(body)
+
+
+def _parse(body: bytes) -> tuple[str, Statement]:
     parse = messages.decode_parse(body)
     return parse.name, statement_for(parse.query, tuple(parse.param_types))
+
+
+_cached_parse = functools.lru_cache(maxsize=4096)(_parse)
 
 
 def _bind_statement(body: bytes | bytearray) -> tuple[int, int]:

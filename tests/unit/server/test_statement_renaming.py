@@ -1,11 +1,17 @@
 """Prepared-statement renaming for transaction pools, without sockets."""
 
+import pytest
+
 from pooler.protocol import build, iter_messages, messages
+from pooler.protocol.errors import ProtocolError
 from pooler.server.prepared import (
+    CACHED_TEXT_LIMIT,
     CLOSE_NOTHING,
     ClientStatements,
     KnownStatements,
     ServerStatements,
+    _cached_parse,
+    _cached_statement,
     server_name,
 )
 from pooler.server.stats import RouteStats as Counters
@@ -129,3 +135,32 @@ def test_known_statements_are_answered_without_a_server():
     assert later.answer_locally(found) == build.PARSE_COMPLETE + build.READY_FOR_QUERY_IDLE
     assert later.answer_locally(iter_messages(build.parse("x", "select 42") + build.sync())) is None
     assert later.answer_locally(iter_messages(build.parse("P_0", "begin"))) is None  # no Sync
+
+
+def test_bind_keeps_portal_parameters_and_formats_when_renamed():
+    client = ClientStatements(Counters(), KNOWN)
+    server = ServerStatements()
+    rewrite(client, build.parse("s1", "select $1::text, $2::int", [25, 23]), server)
+    original = build.bind("portal é", "s1", [0, 1], [b"x\0y", None], [1, 0])
+    sent = rewrite(client, original, server)
+    renamed = messages.decode_bind(body(sent)[1])
+    before = messages.decode_bind(body(original)[1])
+    assert renamed.statement == server_name("select $1::text, $2::int", (25, 23))
+    assert (renamed.portal, renamed.rest) == (before.portal, before.rest)
+
+
+def test_bind_without_a_statement_terminator_is_a_protocol_error():
+    client = ClientStatements(Counters(), KNOWN)
+    with pytest.raises(ProtocolError):
+        client.rewrite(messages.BIND, b"portal\0name-without-end", ServerStatements())
+
+
+def test_long_query_texts_are_renamed_without_being_memoised():
+    text = "select '" + "x" * CACHED_TEXT_LIMIT + "'"
+    before = (_cached_parse.cache_info().currsize, _cached_statement.cache_info().currsize)
+    client = ClientStatements(Counters(), KNOWN)
+    sent = rewrite(client, build.parse("long", text), ServerStatements())
+    [(kind, payload)] = iter_messages(sent)
+    assert kind == messages.PARSE
+    assert messages.decode_parse(payload).name == server_name(text, ())
+    assert (_cached_parse.cache_info().currsize, _cached_statement.cache_info().currsize) == before
