@@ -114,14 +114,14 @@ def say(*parts: Any) -> None:
 
 
 def _read_stat(pid: int) -> tuple[int, int, int] | None:
-    """(ppid, utime+stime, cutime+cstime) in clock ticks, or None if gone."""
+    """(ppid, utime+cutime, stime+cstime) in clock ticks, or None if gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     fields = text[text.rindex(")") + 2 :].split()
     # fields[0] is state (field 3); ppid is field 4; utime..cstime are fields 14..17
-    return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+    return int(fields[1]), int(fields[11]) + int(fields[13]), int(fields[12]) + int(fields[14])
 
 
 def _all_stats() -> dict[int, tuple[int, int, int]]:
@@ -157,6 +157,13 @@ def tree_cpu_ticks(root: int | None, stats: dict[int, tuple[int, int, int]]) -> 
     if root is None:
         return 0
     return sum(stats[p][1] + stats[p][2] for p in tree_pids(root, stats))
+
+
+def tree_sys_ticks(root: int | None, stats: dict[int, tuple[int, int, int]]) -> int:
+    """The system (kernel) part of `tree_cpu_ticks`."""
+    if root is None:
+        return 0
+    return sum(stats[p][2] for p in tree_pids(root, stats))
 
 
 def machine_busy_ticks() -> int:
@@ -455,6 +462,7 @@ class Run:
     broken: bool = False
     wall: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)  # seconds
+    target_sys: float = 0.0  # seconds of the target's CPU spent in the kernel
     xacts: int = 0
     note: str = ""
 
@@ -462,6 +470,11 @@ class Run:
         if self.target == "direct" or not self.xacts or "pooler" not in self.cpu:
             return None
         return self.cpu["pooler"] * 1e6 / self.xacts
+
+    def sys_us_per_txn(self) -> float | None:
+        if self.pooler_us_per_txn() is None:
+            return None
+        return self.target_sys * 1e6 / self.xacts
 
 
 def parse_pgbench(out: str, run: Run) -> None:
@@ -548,6 +561,10 @@ def run_pgbench(
         ) / CLK_TCK
     cpu["other"] = max(0.0, busy - sum(cpu.values()))
     run.cpu = cpu
+    if target.pid_root:
+        run.target_sys = (
+            tree_sys_ticks(target.pid_root, stats1) - tree_sys_ticks(target.pid_root, stats0)
+        ) / CLK_TCK
     out = out_path.read_text(errors="replace")
     parse_pgbench(out, run)
     if proc.returncode != 0 or run.failed or "aborted" in out:
@@ -654,8 +671,8 @@ def build_table(runs: list[Run], scenarios: str, targets: list[str], duration: i
     rounds = sorted({r.round for r in runs})
     lines = [
         "| scen | target | median TPS | avg lat ms | vs direct | vs pgbouncer | TPS per round "
-        "| pooler CPU µs/txn | CPU% pgbench / pooler / postgres / other | note |",
-        "|---|---|---:|---:|---:|---:|---|---:|---|---|",
+        "| pooler CPU µs/txn | of which kernel | CPU% pgbench / pooler / postgres / other | note |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---|---|",
     ]
     for key in scenarios:
         for t in targets:
@@ -678,6 +695,7 @@ def build_table(runs: list[Run], scenarios: str, targets: list[str], duration: i
 
             per_round = " / ".join(("✗" if r.broken else "") + fmt(r.tps) for r in rs)
             us = med([r.pooler_us_per_txn() for r in ok])
+            sys_us = med([r.sys_us_per_txn() for r in ok])
             shares = []
             for part in ("pgbench", "pooler", "postgres", "other"):
                 shares.append(fmt(med([100 * r.cpu.get(part, 0.0) / r.wall for r in (ok or rs)])))
@@ -693,7 +711,8 @@ def build_table(runs: list[Run], scenarios: str, targets: list[str], duration: i
                 f"| {key} | {t} | {tps_cell} | {fmt(lat, '.2f')} | "
                 f"{fmt(ratio('direct') if t != 'direct' else (1.0 if ok else None), '.2f')} | "
                 f"{fmt(ratio('pgbouncer') if t != 'pgbouncer' else (1.0 if ok else None), '.2f')} | "
-                f"{per_round} | {fmt(us)} | {' / '.join(shares)} | {'; '.join(notes)} |"
+                f"{per_round} | {fmt(us)} | {fmt(sys_us)} | {' / '.join(shares)} | "
+                f"{'; '.join(notes)} |"
             )
     # scenario g: added latency over direct, per round, median
     if "g" in scenarios and "direct" in targets:
@@ -986,8 +1005,8 @@ def main() -> int:
         "",
         "Medians over rounds; the `vs` columns are medians of ratios taken within the same round. "
         "`pooler CPU µs/txn` is the CPU (utime+stime, children included) of the target's process "
-        "tree (pooler, pgbouncer or splice) divided by the transactions done; the CPU% `pooler` "
-        "share is the same tree. CPU% is percent of one core over the run. ✗ marks a broken run."
+        "tree (pooler, pgbouncer or splice) divided by the transactions done, `of which kernel` "
+        "its stime part; the CPU% `pooler` share is the same tree. CPU% is percent of one core over the run. ✗ marks a broken run."
         + (
             " splice is bench/splice.py: a bare uvloop byte splice, one server connection per "
             "client, no parsing or pooling — the floor of a Python/uvloop proxy here."
