@@ -9,7 +9,9 @@ are reassembled. Pure: no I/O, tested on byte strings.
 
 from __future__ import annotations
 
-from struct import unpack_from
+from struct import Struct, unpack_from
+
+_LENGTH = Struct("!i")
 
 MAX_MESSAGE = 1 << 30  # PostgreSQL's own limit for a message (1 GiB)
 MAX_WANTED_BODY = 1 << 20  # a wanted body larger than this is skipped, not collected
@@ -46,6 +48,19 @@ class MessageScanner:
         i = 0
         n = len(data)
         wanted = self.wanted
+        if not self._need and not self._header:
+            # Fast path (the usual chunk: whole messages): walk them with locals only; the
+            # general loop below takes over at the first partial or oversized one.
+            length_at = _LENGTH.unpack_from
+            while n - i >= 5:
+                msg_type = data[i]
+                (length,) = length_at(data, i + 1)
+                end = i + 1 + length
+                if end > n or length < 4 or length > MAX_WANTED_BODY:
+                    break
+                if msg_type in wanted:
+                    out.append((msg_type, data[i + 5 : end], end))
+                i = end
         while i < n:
             if self._need:
                 take = self._need if self._need <= n - i else n - i

@@ -502,13 +502,12 @@ class ServerConnection(asyncio.Protocol):
             names = [statements.names.popitem(last=False)[0] for _ in range(excess)]
             await self.query(";".join(f"DEALLOCATE {name}" for name in names))
 
-    def link(self, client: ClientConnection) -> None:
-        now = time.monotonic()
+    def link(self, client: ClientConnection, now: float) -> None:
+        """Lend the server to `client` (at monotonic time `now`)."""
         self.statements.reset()
         self.client = client
         self.pending = 0
-        self.query_started = now
-        self.xact_started = now
+        self.xact_started = now  # query_started is set as the first query goes
         self.scanner.wanted = self.relay_wanted
 
     def unlink(self) -> None:

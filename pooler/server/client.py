@@ -390,7 +390,7 @@ class ClientConnection(asyncio.Protocol):
             except BaseException:
                 route.discard(server)
                 raise
-            server.link(self)
+            server.link(self, time.monotonic())
             self.server = server
             reported = dict(server.params)
         else:
@@ -569,7 +569,7 @@ class ClientConnection(asyncio.Protocol):
         route.idle.pop()
         route.busy.add(server)
         route.stats.record_wait(0)
-        server.link(self)
+        server.link(self, self.last_activity)  # the client's bytes came in just now
         self.server = server
         self._forward(server, data)
         return True
@@ -627,7 +627,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _link(self, server: ServerConnection) -> None:
         """Link a ready server and relay what the client sent meanwhile."""
-        server.link(self)
+        server.link(self, time.monotonic())
         self.server = server
         data = b"".join(self.queued)
         self.queued.clear()
@@ -732,8 +732,8 @@ class ClientConnection(asyncio.Protocol):
                                 log.info("query", _query_text(buf, start, end), self.log_ctx)
                             if statements is not None:
                                 server.statements.sent_sync()
-                                replacement = statements.rewrite(
-                                    Q, buf[start + 5 : end], server.statements
+                                replacement = statements.on_query(
+                                    buf, start + 5, end, server.statements
                                 )
                     elif msg_type == S:
                         if not server.copy_in:

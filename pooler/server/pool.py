@@ -338,7 +338,12 @@ class Route:
     def release(self, server: ServerConnection) -> None:
         """Give a clean server back: to the first waiter (it stays busy), else to idle."""
         server.unlink()
-        if server.closed or server.desynced or self._expired(server) or self.shed_pending:
+        if (
+            server.closed
+            or server.desynced
+            or self.shed_pending
+            or self._expired(server, server.released_at)
+        ):
             if self.shed_pending and not server.closed:
                 self.shed_pending -= 1
             self.discard(server)
@@ -376,11 +381,11 @@ class Route:
             server.holds_slot = False
             self.worker.slots.release(self.key)
 
-    def _expired(self, server: ServerConnection) -> bool:
+    def _expired(self, server: ServerConnection, now: float) -> bool:
         if self.obsolete and not self.waiters:
             return True  # an old config's route: its servers close as they come back
         lifetime = self.rule.server_lifetime
-        return bool(lifetime) and time.monotonic() - server.created > lifetime
+        return bool(lifetime) and now - server.created > lifetime
 
     def expire_idle(self) -> None:
         """Close idle servers past pool_ttl or server_lifetime (called once a second)."""
@@ -389,7 +394,7 @@ class Route:
         for server in list(self.idle):
             if server.closed:
                 continue
-            if (ttl and now - server.released_at > ttl) or self._expired(server):
+            if (ttl and now - server.released_at > ttl) or self._expired(server, now):
                 server.close()
 
     async def fill_min_pool(self) -> None:

@@ -35,6 +35,7 @@ from pooler.protocol import build, messages
 CLOSE_NOTHING = "pooler_never_prepared"
 EMPTY_PARSE = build.parse("", "")  # stands in for a Parse the server already has
 _DEALLOCATE = re.compile(r"\s*deallocate\s+(?:prepare\s+)?(\"(?:[^\"]|\"\")+\"|\w+)\s*;?\s*$", re.I)
+_MAYBE_DROP = re.compile(rb"\s*[dD]")  # could be DEALLOCATE or DISCARD
 _DROP_ALL = re.compile(r"\s*(?:deallocate\s+(?:prepare\s+)?all|discard\s+all)\s*;?\s*$", re.I)
 
 
@@ -249,11 +250,18 @@ class ClientStatements:
             self.statements.pop(name, None)
             return build.close("S", CLOSE_NOTHING)
         if msg_type == messages.QUERY:
-            self.statements.pop("", None)  # a simple query replaces the unnamed statement
-            if body.lstrip()[:1] not in b"dD":  # only DEALLOCATE / DISCARD concern us
-                return None
-            return self._rewrite_query(messages.decode_query(body), server)
+            return self.on_query(body, 0, len(body), server)
         return None
+
+    def on_query(
+        self, buf: bytes | bytearray, start: int, end: int, server: ServerStatements
+    ) -> bytes | None:
+        """A simple Query whose text is buf[start:end] (read in place: this runs for every
+        query): the bytes to send instead, or None."""
+        self.statements.pop("", None)  # a simple query replaces the unnamed statement
+        if end > start and not _MAYBE_DROP.match(buf, start):
+            return None  # only DEALLOCATE / DISCARD concern us
+        return self._rewrite_query(messages.decode_query(buf[start:end]), server)
 
     def _rewrite_query(self, sql: str, server: ServerStatements) -> bytes | None:
         if _DROP_ALL.match(sql):
