@@ -712,6 +712,15 @@ class ClientConnection(asyncio.Protocol):
         """Relay client bytes to the server: complete messages (large ones streamed), noting
         what the server will owe, and renaming prepared statements where the pool shares
         servers."""
+        n = len(data)
+        if (
+            n > 5
+            and data[0] == Q
+            and n == 1 + int.from_bytes(data[1:5])
+            and self.splitter.at_boundary()
+        ):
+            self._forward_query(server, data)
+            return
         splitter = self.splitter
         splitter.feed(data)
         buf = splitter.buffer
@@ -781,6 +790,29 @@ class ClientConnection(asyncio.Protocol):
             self.close()
         elif server.pending == 0 and not server.unsynced:
             self._release_if_owed_nothing(server)
+
+    def _forward_query(self, server: ServerConnection, data: bytes) -> None:
+        """`_forward` of the most common chunk: exactly one simple Query."""
+        if server.pending == 0:
+            server.query_started = time.monotonic()
+        server.pending += 1
+        if self.log_queries:
+            log.info("query", _query_text(data, 0, len(data)), self.log_ctx)
+        statements = self.statements
+        if statements is not None:
+            server.statements.sent_sync()
+            try:
+                replacement = statements.on_query(data, 5, len(data), server.statements)
+            except ProtocolError as exc:
+                self.fatal(exc.sqlstate, f"invalid client message: {exc.message}")
+                return
+            if replacement is not None:
+                data = replacement
+        if server.transport.is_closing():  # gone; its connection_lost comes next
+            return
+        server.transport.write(data)
+        if self.route is not None:
+            self.route.stats.bytes_received += len(data)
 
     def _release_if_owed_nothing(self, server: ServerConnection) -> None:
         """A transaction-pool client sent only messages PostgreSQL does not answer (a lone
