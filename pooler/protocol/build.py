@@ -8,7 +8,6 @@ and their functions return those constants.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Mapping, Sequence
 from struct import Struct
 
@@ -123,7 +122,6 @@ def sasl_response(data: bytes) -> bytes:
 # --- session status ----------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1024)  # every login reports the same few
 def parameter_status(name: str, value: str) -> bytes:
     return _msg(m.PARAMETER_STATUS, _cstr(name) + _cstr(value))
 

@@ -10,6 +10,7 @@ open, no COPY running and, in transaction mode, no transaction open.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import itertools
 import os
@@ -75,6 +76,12 @@ def _query_text(buf: bytes | bytearray, start: int, end: int) -> str:
 
 
 TERMINATE = b"X\x00\x00\x00\x04"
+
+
+@functools.lru_cache(maxsize=256)  # logins of a route report the same parameters
+def _parameter_statuses(reported: tuple[tuple[str, str], ...]) -> bytes:
+    return b"".join(build.parameter_status(name, value) for name, value in reported)
+
 
 _client_ids = itertools.count(1)
 
@@ -448,8 +455,7 @@ class ClientConnection(asyncio.Protocol):
         self.params = wanted
 
     def _finish_login(self, reported: dict[str, str]) -> None:
-        out = [build.auth_ok()]
-        out.extend(build.parameter_status(k, v) for k, v in reported.items())
+        out = [build.auth_ok(), _parameter_statuses(tuple(reported.items()))]
         self.key = self.worker.register_cancel_key(self)
         out.append(build.backend_key_data(*self.key))
         out.append(build.ready_for_query("I"))
@@ -536,6 +542,9 @@ class ClientConnection(asyncio.Protocol):
             return
         first = self._attach_task is None and self._handoff is None and not self.queued
         if first:
+            if data == TERMINATE:  # goodbye between transactions: no server needed
+                self.close()
+                return
             if data[0] == P and self.statements is not None and self._answer_locally(data):
                 return
             if self._attach_idle(data):
@@ -577,12 +586,10 @@ class ClientConnection(asyncio.Protocol):
     def _wait_without_task(self) -> bool:
         """No idle server: wait in the route's queue for the next one released (the common
         case under load), which `_handed` links in the releasing callback. Routes without a
-        pool_size, paused routes and a lone Terminate take the task path."""
+        pool_size and paused routes take the task path."""
         route = self.route
         assert route is not None
         if route.idle or not route.limited or "acquire" in vars(route):
-            return False
-        if self.queued == [TERMINATE]:
             return False
         self._handoff = route.wait(self._handed)
         timeout_ms = route.rule.pool_timeout
