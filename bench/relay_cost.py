@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""The Python cost of pooler's relay code alone: no sockets, no PostgreSQL, hot caches.
+
+Usage: bench/relay_cost.py [transactions]
+
+Real `Worker`, `Route`, `ClientConnection` and `ServerConnection` objects of a transaction
+pool exchange recorded bytes through stand-in transports that only count what is written:
+
+- relay: a select-only transaction (one Query chunk in, one T/D/C/Z chunk out) per client,
+  4 clients, 4 idle servers: the idle server is linked and released every time;
+- waiting: the same with 1 server for the 4 clients, so three of them wait and are handed
+  the server in turn;
+- login: one `pgbench -C` cycle (startup, login with authentication "none", one select,
+  Terminate) per connection.
+
+It prints µs per transaction (best of 5 repetitions). It measures the pooler's own code
+only; bench/run measures the whole system. A development tool, not a test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import sys
+import time
+import types
+from typing import Any
+
+import uvloop
+
+from pooler.config import parse_text
+from pooler.protocol import build
+from pooler.server.backend import ServerConnection
+from pooler.server.client import ClientConnection
+from pooler.server.prepared import ClientStatements
+from pooler.server.router import ClientKey
+from pooler.server.worker import Worker
+
+CONFIG = """
+workers 1
+log_format "%m\\n"
+log_session no
+listen { host "127.0.0.1" port 6432 }
+storage "pg" { type "remote" host "127.0.0.1" port 5432 }
+database default {
+    user default {
+        authentication "none"
+        storage "pg"
+        pool "transaction"
+        pool_size 20
+        pool_discard no
+    }
+}
+"""
+
+SERVER_PARAMS = {
+    "application_name": "pgbench",
+    "client_encoding": "UTF8",
+    "DateStyle": "ISO, MDY",
+    "integer_datetimes": "on",
+    "IntervalStyle": "postgres",
+    "is_superuser": "on",
+    "server_encoding": "UTF8",
+    "server_version": "15.8",
+    "session_authorization": "postgres",
+    "standard_conforming_strings": "on",
+    "TimeZone": "UTC",
+}
+
+QUERY = build.query("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;")
+_ROW_DESCRIPTION = struct.pack("!h", 1) + b"abalance\0" + struct.pack("!ihihih", 0, 0, 23, 4, -1, 0)
+ANSWER = (
+    b"T"
+    + struct.pack("!i", len(_ROW_DESCRIPTION) + 4)
+    + _ROW_DESCRIPTION
+    + b"D\x00\x00\x00\x0b\x00\x01\x00\x00\x00\x010"
+    + build.command_complete("SELECT 1")
+    + build.ready_for_query("I")
+)
+
+
+class CountingTransport:
+    """Stands in for a uvloop transport: counts bytes written, closes through the loop."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.closing = False
+        self.protocol: Any = None
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 5555) if name == "peername" else default
+
+
+def make_worker() -> tuple[Worker, Any]:
+    config = parse_text(CONFIG)
+    slots = types.SimpleNamespace(request=lambda *a: None, release=lambda *a: None)
+    worker = Worker(config, 0, types.SimpleNamespace(slots=slots))  # type: ignore[arg-type]
+    rule = worker.router.match(ClientKey("bench", "postgres", "127.0.0.1"))
+    assert rule is not None
+    route = worker.route_for(rule, "bench", "postgres")
+    route.server_params = dict(SERVER_PARAMS)
+    return worker, route
+
+
+def add_server(route: Any) -> ServerConnection:
+    server = ServerConnection(route, route.storage.endpoints[0])
+    transport = CountingTransport()
+    transport.protocol = server
+    server.transport = transport  # type: ignore[assignment]
+    server.params = dict(SERVER_PARAMS)
+    server.internal = False  # logged in: relaying
+    server.scanner.wanted = server.relay_wanted
+    route.idle.append(server)
+    return server
+
+
+def ready_client(worker: Worker, route: Any) -> ClientConnection:
+    client = ClientConnection(worker, worker.config.listens[0], False)
+    transport = CountingTransport()
+    transport.protocol = client
+    client.transport = transport  # type: ignore[assignment]
+    client.state, client.route, client.rule, client.mode = "ready", route, route.rule, "transaction"
+    client.statements = ClientStatements(route.stats, route.known_statements)
+    client.params = {"application_name": "pgbench", "client_encoding": "UTF8"}
+    return client
+
+
+def relay(transactions: int, servers: int) -> float:
+    worker, route = make_worker()
+    pool = [add_server(route) for _ in range(servers)]
+    clients = [ready_client(worker, route) for _ in range(4)]
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(transactions // len(clients)):
+            for client in clients:
+                client.data_received(QUERY)
+            while any(server.client is not None for server in pool):
+                for server in pool:
+                    if server.client is not None:
+                        server.data_received(ANSWER)
+        best = min(best, (time.perf_counter() - started) / transactions * 1e6)
+    return best
+
+
+def startup_packet(**params: str) -> bytes:
+    body = struct.pack("!i", 196608)
+    body += b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
+    return struct.pack("!i", len(body) + 4) + body
+
+
+async def login(connections: int) -> float:
+    worker, route = make_worker()
+    add_server(route)
+    startup = startup_packet(user="postgres", database="bench", application_name="pgbench")
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(connections):
+            client = ClientConnection(worker, worker.config.listens[0], False)
+            transport = CountingTransport()
+            transport.protocol = client
+            client.connection_made(transport)  # type: ignore[arg-type]
+            client.data_received(startup)
+            while client.state != "ready":
+                await asyncio.sleep(0)
+            client.data_received(QUERY)
+            assert client.server is not None
+            client.server.data_received(ANSWER)
+            client.data_received(build.terminate())
+            while not transport.closing:
+                await asyncio.sleep(0)
+            await asyncio.sleep(0)  # connection_lost
+        best = min(best, (time.perf_counter() - started) / connections * 1e6)
+    assert not worker.clients
+    return best
+
+
+def main() -> None:
+    transactions = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    print(f"relay:   {relay(transactions, servers=4):5.2f} µs per select-only transaction")
+    print(f"waiting: {relay(transactions, servers=1):5.2f} µs per transaction, 4 clients, 1 server")
+    per_login = uvloop.run(login(transactions // 10))
+    print(f"login:   {per_login:5.1f} µs per connect + login + select + Terminate")
+
+
+if __name__ == "__main__":
+    main()
