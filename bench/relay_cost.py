@@ -8,6 +8,8 @@ pool exchange recorded bytes through stand-in transports that only count what is
 
 - relay: a select-only transaction (one Query chunk in, one T/D/C/Z chunk out) per client,
   4 clients, 4 idle servers: the idle server is linked and released every time;
+- extended: the same with pgbench -M extended's Parse/Bind/Describe/Execute/Sync (the
+  unnamed statement is cached on the servers after the first);
 - waiting: the same with 1 server for the 4 clients, so three of them wait and are handed
   the server in turn;
 - login: one `pgbench -C` cycle (startup, login with authentication "none", one select,
@@ -68,6 +70,13 @@ SERVER_PARAMS = {
 }
 
 QUERY = build.query("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;")
+EXTENDED_QUERY = (  # pgbench -M extended
+    build.parse("", "SELECT abalance FROM pgbench_accounts WHERE aid = $1;")
+    + build.bind("", "", [0], [b"12345"], [])
+    + build.describe("P")
+    + build.execute()
+    + build.sync()
+)
 _ROW_DESCRIPTION = struct.pack("!h", 1) + b"abalance\0" + struct.pack("!ihihih", 0, 0, 23, 4, -1, 0)
 ANSWER = (
     b"T"
@@ -77,6 +86,7 @@ ANSWER = (
     + build.command_complete("SELECT 1")
     + build.ready_for_query("I")
 )
+EXTENDED_ANSWER = b"1\x00\x00\x00\x042\x00\x00\x00\x04" + ANSWER  # ParseComplete, BindComplete
 
 
 class CountingTransport:
@@ -142,7 +152,7 @@ def ready_client(worker: Worker, route: Any) -> ClientConnection:
     return client
 
 
-def relay(transactions: int, servers: int) -> float:
+def relay(transactions: int, servers: int, query: bytes = QUERY, answer: bytes = ANSWER) -> float:
     worker, route = make_worker()
     pool = [add_server(route) for _ in range(servers)]
     clients = [ready_client(worker, route) for _ in range(4)]
@@ -151,11 +161,11 @@ def relay(transactions: int, servers: int) -> float:
         started = time.perf_counter()
         for _ in range(transactions // len(clients)):
             for client in clients:
-                client.data_received(QUERY)
+                client.data_received(query)
             while any(server.client is not None for server in pool):
                 for server in pool:
                     if server.client is not None:
-                        server.data_received(ANSWER)
+                        server.data_received(answer)
         best = min(best, (time.perf_counter() - started) / transactions * 1e6)
     return best
 
@@ -196,6 +206,8 @@ async def login(connections: int) -> float:
 def main() -> None:
     transactions = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     print(f"relay:   {relay(transactions, servers=4):5.2f} µs per select-only transaction")
+    extended = relay(transactions, 4, EXTENDED_QUERY, EXTENDED_ANSWER)
+    print(f"extended: {extended:5.2f} µs per transaction, Parse/Bind/Describe/Execute/Sync")
     print(f"waiting: {relay(transactions, servers=1):5.2f} µs per transaction, 4 clients, 1 server")
     per_login = uvloop.run(login(transactions // 10))
     print(f"login:   {per_login:5.1f} µs per connect + login + select + Terminate")

@@ -52,6 +52,7 @@ PASSWORD = ord("p")
 EXTENDED = frozenset((P, B, E, D, C))
 PARSED = (P, B, D, C, Q)  # never streamed: their bodies may be rewritten
 IDLE = ord("I")
+STATEMENT = ord("S")  # Describe/Close of a statement, not of a portal
 
 # Session parameters re-applied when a client moves to another server connection.
 TRACKED_PARAMS = (
@@ -111,6 +112,7 @@ class ClientConnection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._login_task: asyncio.Task[None] | None = None
         self._attach_task: asyncio.Task[None] | None = None
+        self._attach_owns = False  # the attach task holds a handed server or a granted slot
         self._handoff: HandOff | None = None  # waiting for a server without a task
         self._handoff_timer: asyncio.TimerHandle | None = None
         self._login_timer: asyncio.TimerHandle | None = None
@@ -174,9 +176,12 @@ class ClientConnection(asyncio.Protocol):
         self._wake()
         if self._login_timer is not None:
             self._login_timer.cancel()
-        for task in (self._login_task, self._attach_task):
-            if task is not None and not task.done():
-                task.cancel()
+        if self._login_task is not None and not self._login_task.done():
+            self._login_task.cancel()
+        if self._attach_task is not None and not self._attach_task.done() and not self._attach_owns:
+            # (a task that owns a handed server or a granted slot is not cancelled: it may
+            # not have started yet, and only it can give them back; it sees `closing`)
+            self._attach_task.cancel()
         if self._handoff is not None:
             self._stop_waiting()
         server = self.server
@@ -546,7 +551,7 @@ class ClientConnection(asyncio.Protocol):
                 self.close()
                 return
             if data[0] == P and self.statements is not None and self._answer_locally(data):
-                return
+                return  # (_answer_locally declines at once unless Parses and Syncs only)
             if self._attach_idle(data):
                 return
         self.queued.append(data)
@@ -621,13 +626,18 @@ class ClientConnection(asyncio.Protocol):
         route = self.route
         assert route is not None
         self._stop_waiting()
-        if server is None:  # a slot: connecting takes a task
+        if self.closing:  # it left as the server came
+            if server is None:
+                route.worker.slots.release(route.key)
+            else:
+                route.release(server)
+        elif server is None:  # a slot: connecting takes a task
+            self._attach_owns = True
             self._attach_task = self.worker.spawn(self._attach(slot=True), f"attach {self.id}")
-        elif self.closing:
-            route.release(server)
         elif (self.statements is not None and server.statements_untidy) or not (
             self.params.items() <= server.params.items()
         ):  # it needs preparing first
+            self._attach_owns = True
             self._attach_task = self.worker.spawn(self._attach(server), f"attach {self.id}")
         else:
             self._link(server)
@@ -647,6 +657,9 @@ class ClientConnection(asyncio.Protocol):
         here. (A client that prepares synchronously while others hold every server, as
         pgbench -M prepared does, would otherwise wait for a server it does not need.)"""
         assert self.statements is not None
+        second = 1 + int.from_bytes(data[1:5])  # where the message after the first Parse starts
+        if second < len(data) and data[second] not in (P, S):
+            return False  # a Bind or an Execute follows: it needs a server (the usual case)
         try:
             found = iter_messages(data)
         except ProtocolError:
@@ -662,6 +675,7 @@ class ClientConnection(asyncio.Protocol):
             await self._attach_steps(handed, slot)
         finally:
             self._attach_task = None
+            self._attach_owns = False
 
     async def _attach_steps(self, handed: ServerConnection | None, slot: bool) -> None:
         """Acquire a server (unless `handed` one or a `slot` for a new one), prepare it and
@@ -678,6 +692,8 @@ class ClientConnection(asyncio.Protocol):
         for attempt in range(3):  # a server found out of step is dropped; take another
             server = handed
             handed = None
+            if server is None and not slot and self.closing:
+                return  # it left while we prepared a server that failed: take no other
             try:
                 if server is None:
                     if slot:
@@ -763,7 +779,10 @@ class ClientConnection(asyncio.Protocol):
                         server.unsynced = False
                     elif msg_type in EXTENDED:
                         server.unsynced = True
-                        if statements is not None:
+                        if statements is not None and (
+                            msg_type != E
+                            and (msg_type != D or end == start + 5 or buf[start + 5] == STATEMENT)
+                        ):  # an Execute, or a Describe of a portal, names no statement
                             replacement = statements.rewrite(
                                 msg_type, buf[start + 5 : end], server.statements
                             )

@@ -1,0 +1,103 @@
+"""A waiting client handed a slot or a server in the same loop iteration as it leaves.
+
+The exact interleaving (the release and the client's goodbye in one epoll batch) cannot be
+forced through sockets, so the worker's real objects are driven here directly; the one
+connection attempt goes to a real closed port on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import types
+from typing import Any
+
+import pytest
+
+from pooler.config import parse_text
+from pooler.protocol import build
+from pooler.server.client import ClientConnection
+from pooler.server.router import ClientKey
+from pooler.server.worker import Worker
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Transport:
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class Slots:
+    """The worker's side of the supervisor's slot ledger, counting what it is told."""
+
+    def __init__(self) -> None:
+        self.requested = 0
+        self.released = 0
+
+    def request(self, key: object, limit: int) -> None:
+        self.requested += 1
+
+    def release(self, key: object) -> None:
+        self.released += 1
+
+
+@pytest.mark.timeout(20)
+async def test_a_slot_granted_to_a_client_that_just_left_is_given_back():
+    config = parse_text(
+        f"""
+        log_format "%m\\n"
+        log_session no
+        listen {{ host "127.0.0.1" port 6432 }}
+        storage "pg" {{ type "remote" host "127.0.0.1" port {closed_port()} }}
+        database default {{
+            user default {{
+                authentication "none"
+                storage "pg"
+                pool "transaction"
+                pool_size 1
+            }}
+        }}
+        """
+    )
+    slots = Slots()
+    worker = Worker(config, 0, types.SimpleNamespace(slots=slots))  # type: ignore[arg-type]
+    rule = worker.router.match(ClientKey("db", "user", "127.0.0.1"))
+    assert rule is not None
+    route = worker.route_for(rule, "db", "user")
+    client = ClientConnection(worker, config.listens[0], False)
+    client.transport = Transport(client)  # type: ignore[assignment]
+    client.state, client.route, client.rule, client.mode = "ready", route, rule, "transaction"
+
+    client.data_received(build.query("select 1"))  # no server: it waits for one
+    assert slots.requested == 1 and len(route.waiters) == 1
+    route.on_grant()  # the supervisor grants the slot ...
+    client.connection_lost(None)  # ... and the client's goodbye is in the same batch
+
+    async def settled() -> None:
+        while slots.released < 1 or worker._tasks:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(settled(), 10)
+    assert slots.released == slots.requested == 1  # the slot went back; nothing holds it
+    assert route.size == 0
