@@ -29,13 +29,12 @@ _ERRS = "surrogateescape"
 TEXT_OID = 25
 
 
-def _msg(mtype: int, body: bytes) -> bytes:
-    return _HDR.pack(mtype, len(body) + 4) + body
-
-
 def message(mtype: int, body: bytes | bytearray) -> bytes:
     """Any message from its type and an encoded body."""
     return _HDR.pack(mtype, len(body) + 4) + body
+
+
+_msg = message  # the builders below
 
 
 def _cstr(s: str | bytes) -> bytes:

@@ -160,7 +160,7 @@ class Route:
                         self.busy.add(server)
                         return server
                 if not self.limited:
-                    return await self._connect(password)
+                    return await self.connect(password)
                 waiter: asyncio.Future[ServerConnection | None] = (
                     asyncio.get_running_loop().create_future()
                 )
@@ -183,7 +183,7 @@ class Route:
                         raise PoolTimeout from None
                     raise
                 if server is None:  # a slot was granted to us
-                    return await self._connect(password)
+                    return await self.connect(password)
                 return server  # handed over by release(), already counted busy
         finally:
             self.record_wait(started)
@@ -205,10 +205,6 @@ class Route:
         self.stats.record_wait(waited)
         if waited > self.stats.max_wait_us:
             self.stats.max_wait_us = waited
-
-    async def connect(self, password: Secret) -> ServerConnection:
-        """A new server on a slot granted to a `HandOff`."""
-        return await self._connect(password)
 
     def _unused(self, server: ServerConnection | None) -> None:
         if server is None:
@@ -242,9 +238,11 @@ class Route:
                 return
         self.shed_pending += 1
 
-    async def _connect(self, password: Secret) -> ServerConnection:
-        """A new logged-in server: the storage's hosts are tried in turn (round robin start),
-        skipping hosts down or not of the wanted kind (target_session_attrs)."""
+    async def connect(self, password: Secret) -> ServerConnection:
+        """A new logged-in server, on a slot the caller holds (a route without pool_size, or
+        one granted to `acquire` or to a `HandOff`): the storage's hosts are tried in turn
+        (round robin start), skipping hosts down or not of the wanted kind
+        (target_session_attrs)."""
         self.connecting += 1
         failure: ConnectFailed | None = None
         server: ServerConnection | None = None
