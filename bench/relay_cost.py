@@ -86,7 +86,8 @@ ANSWER = (
     + build.command_complete("SELECT 1")
     + build.ready_for_query("I")
 )
-EXTENDED_ANSWER = b"1\x00\x00\x00\x042\x00\x00\x00\x04" + ANSWER  # ParseComplete, BindComplete
+BIND_COMPLETE = b"2\x00\x00\x00\x04"
+EXTENDED_ANSWER = BIND_COMPLETE + ANSWER  # ParseComplete first when the server got a Parse
 
 
 class CountingTransport:
@@ -94,11 +95,13 @@ class CountingTransport:
 
     def __init__(self) -> None:
         self.written = 0
+        self.parse_sent = False
         self.closing = False
         self.protocol: Any = None
 
     def write(self, data: bytes) -> None:
         self.written += len(data)
+        self.parse_sent = data[:1] == b"P"  # (a server's answer starts with ParseComplete)
 
     def is_closing(self) -> bool:
         return self.closing
@@ -165,7 +168,8 @@ def relay(transactions: int, servers: int, query: bytes = QUERY, answer: bytes =
             while any(server.client is not None for server in pool):
                 for server in pool:
                     if server.client is not None:
-                        server.data_received(answer)
+                        parsed = server.transport.parse_sent  # type: ignore[attr-defined]
+                        server.data_received(build.PARSE_COMPLETE + answer if parsed else answer)
         best = min(best, (time.perf_counter() - started) / transactions * 1e6)
     return best
 
