@@ -123,7 +123,7 @@ class ServerConnection(asyncio.Protocol):
         self.params: dict[str, str] = {}
         self.login_params: dict[str, str] = {}
         self.backend_key = (0, 0)
-        self.status = ord("I")  # transaction status of the last ReadyForQuery
+        self.status = IDLE  # transaction status of the last ReadyForQuery
         self.pending = 0  # ReadyForQuery messages still owed to the linked client
         self.unsynced = False  # extended-protocol messages sent since the last Sync
         self.copy_in = False
@@ -367,7 +367,7 @@ class ServerConnection(asyncio.Protocol):
                         self.desynced = True
                         self.close()
                         raise ServerGone("server answers are out of step")
-                    self.status = body[0] if body else ord("I")
+                    self.status = body[0] if body else IDLE
                     break
         finally:
             self.internal = outer
@@ -393,7 +393,7 @@ class ServerConnection(asyncio.Protocol):
             elif msg_type == E and body is not None:
                 error = BackendError(messages.decode_error_fields(body))
             elif msg_type == Z:
-                self.status = body[0] if body else ord("I")
+                self.status = body[0] if body else IDLE
                 break
         self.internal = outer
         self.scanner.wanted = self.relay_wanted
@@ -478,7 +478,7 @@ class ServerConnection(asyncio.Protocol):
         if reset_sql:
             self.params = dict(self.login_params)
             await self.query(reset_sql)
-        return self.status == ord("I")
+        return self.status == IDLE
 
     @property
     def statements_untidy(self) -> bool:

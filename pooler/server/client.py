@@ -34,6 +34,7 @@ from pooler.protocol.framing import (
 from pooler.server import tls as tls_support
 from pooler.server.backend import (
     CACHED_PLAN_ERROR,
+    IDLE,
     BackendError,
     ServerConnection,
     ServerGone,
@@ -51,7 +52,6 @@ COPY_DATA, COPY_DONE, COPY_FAIL = ord("d"), ord("c"), ord("f")
 PASSWORD = ord("p")
 EXTENDED = frozenset((P, B, E, D, C))
 PARSED = (P, B, D, C, Q)  # never streamed: their bodies may be rewritten
-IDLE = ord("I")
 STATEMENT = ord("S")  # Describe/Close of a statement, not of a portal
 
 # Session parameters re-applied when a client moves to another server connection.
@@ -576,10 +576,8 @@ class ClientConnection(asyncio.Protocol):
         if not route.idle:
             return False
         server = route.idle[-1]
-        if server.closed or (self.statements is not None and server.statements_untidy):
-            return False  # the slow path tidies its statements first
-        if not self.params.items() <= server.params.items():
-            return False  # its session parameters differ: the slow path syncs them
+        if server.closed or not self._fits_as_is(server):
+            return False  # the slow path prepares it first
         route.idle.pop()
         route.busy.add(server)
         route.stats.record_wait(0)
@@ -587,6 +585,13 @@ class ClientConnection(asyncio.Protocol):
         self.server = server
         self._forward(server, data)
         return True
+
+    def _fits_as_is(self, server: ServerConnection) -> bool:
+        """Can the server be linked without `_sync`: the client's session parameters already
+        set on it, and no statements to tidy?"""
+        if self.statements is not None and server.statements_untidy:
+            return False
+        return self.params.items() <= server.params.items()
 
     def _wait_without_task(self) -> bool:
         """No idle server: wait in the route's queue for the next one released (the common
@@ -634,9 +639,7 @@ class ClientConnection(asyncio.Protocol):
         elif server is None:  # a slot: connecting takes a task
             self._attach_owns = True
             self._attach_task = self.worker.spawn(self._attach(slot=True), f"attach {self.id}")
-        elif (self.statements is not None and server.statements_untidy) or not (
-            self.params.items() <= server.params.items()
-        ):  # it needs preparing first
+        elif not self._fits_as_is(server):  # it needs preparing first (`_sync`)
             self._attach_owns = True
             self._attach_task = self.worker.spawn(self._attach(server), f"attach {self.id}")
         else:
@@ -682,13 +685,6 @@ class ClientConnection(asyncio.Protocol):
         link it."""
         route = self.route
         assert route is not None
-        if self.queued == [TERMINATE]:
-            if handed is not None:
-                route.release(handed)
-            elif slot:
-                route.worker.slots.release(route.key)
-            self.close()
-            return
         for attempt in range(3):  # a server found out of step is dropped; take another
             server = handed
             handed = None
@@ -755,18 +751,12 @@ class ClientConnection(asyncio.Protocol):
             for kind, msg_type, start, end in splitter:
                 replacement: bytes | None = None
                 if kind == MESSAGE:
-                    if msg_type in (Q, F):
+                    if msg_type == Q:
+                        replacement = self._query_goes(server, buf, start, end)
+                    elif msg_type == F:
                         if server.pending == 0:
                             server.query_started = time.monotonic()
                         server.pending += 1
-                        if msg_type == Q:
-                            if self.log_queries:
-                                log.info("query", _query_text(buf, start, end), self.log_ctx)
-                            if statements is not None:
-                                server.statements.sent_sync()
-                                replacement = statements.on_query(
-                                    buf, start + 5, end, server.statements
-                                )
                     elif msg_type == S:
                         if not server.copy_in:
                             if server.pending == 0:
@@ -805,13 +795,8 @@ class ClientConnection(asyncio.Protocol):
             return
         if run_start >= 0:
             out.append(buf[run_start:run_end])
-        if out:
-            payload = out[0] if len(out) == 1 else b"".join(out)
-            if server.transport.is_closing():  # gone; its connection_lost comes next
-                return
-            server.transport.write(payload)
-            if self.route is not None:
-                self.route.stats.bytes_received += len(payload)
+        if out and not self._send_to(server, out[0] if len(out) == 1 else b"".join(out)):
+            return
         if terminate:
             self.close()
         elif server.pending == 0 and not server.unsynced:
@@ -819,26 +804,39 @@ class ClientConnection(asyncio.Protocol):
 
     def _forward_query(self, server: ServerConnection, data: bytes) -> None:
         """`_forward` of the most common chunk: exactly one simple Query."""
+        try:
+            replacement = self._query_goes(server, data, 0, len(data))
+        except ProtocolError as exc:
+            self.fatal(exc.sqlstate, f"invalid client message: {exc.message}")
+            return
+        self._send_to(server, data if replacement is None else replacement)
+
+    def _query_goes(
+        self, server: ServerConnection, buf: bytes | bytearray, start: int, end: int
+    ) -> bytes | None:
+        """A simple Query (buf[start:end]) on its way: counted as owed, logged, checked for
+        the statement commands of shared prepared statements. The bytes to send instead, or
+        None."""
         if server.pending == 0:
             server.query_started = time.monotonic()
         server.pending += 1
         if self.log_queries:
-            log.info("query", _query_text(data, 0, len(data)), self.log_ctx)
+            log.info("query", _query_text(buf, start, end), self.log_ctx)
         statements = self.statements
-        if statements is not None:
-            server.statements.sent_sync()
-            try:
-                replacement = statements.on_query(data, 5, len(data), server.statements)
-            except ProtocolError as exc:
-                self.fatal(exc.sqlstate, f"invalid client message: {exc.message}")
-                return
-            if replacement is not None:
-                data = replacement
-        if server.transport.is_closing():  # gone; its connection_lost comes next
-            return
-        server.transport.write(data)
+        if statements is None:
+            return None
+        server.statements.sent_sync()
+        return statements.on_query(buf, start + 5, end, server.statements)
+
+    def _send_to(self, server: ServerConnection, payload: bytes) -> bool:
+        """Write client bytes to the server; False if it is already closing (gone: its
+        connection_lost comes next)."""
+        if server.transport.is_closing():
+            return False
+        server.transport.write(payload)
         if self.route is not None:
-            self.route.stats.bytes_received += len(data)
+            self.route.stats.bytes_received += len(payload)
+        return True
 
     def _release_if_owed_nothing(self, server: ServerConnection) -> None:
         """A transaction-pool client sent only messages PostgreSQL does not answer (a lone

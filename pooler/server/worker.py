@@ -14,7 +14,13 @@ from pooler.config import Config, Endpoint, Listen, Rule, Storage
 from pooler.config.diff import RuleIdentity
 from pooler.logs import log
 from pooler.protocol import build
-from pooler.server.backend import BackendError, ServerConnection, ServerGone, quote_literal
+from pooler.server.backend import (
+    IDLE,
+    BackendError,
+    ServerConnection,
+    ServerGone,
+    quote_literal,
+)
 from pooler.server.client import ClientConnection
 from pooler.server.pool import Route, RouteKey
 from pooler.server.router import ClientKey, Router
@@ -97,7 +103,7 @@ class Worker:
         while self.clients:
             for client in list(self.clients):
                 server = client.server
-                if server is None or (server.status == ord("I") and server.pending == 0):
+                if server is None or (server.status == IDLE and server.pending == 0):
                     client.fatal("08006", "pooler is shutting down")
             if deadline is not None and time.monotonic() > deadline:
                 break
@@ -289,7 +295,7 @@ class Worker:
         route = server.route
         if (
             not route.reset_query
-            and server.status == ord("I")
+            and server.status == IDLE
             and server.pending == 0
             and not server.unsynced
             and not server.copy_in
@@ -391,7 +397,7 @@ class Worker:
             return
         idle_for = now - client.last_activity
         server = client.server
-        in_transaction = server is not None and server.status != ord("I")
+        in_transaction = server is not None and server.status != IDLE
         if server is not None and server.pending:
             return
         if in_transaction:
