@@ -284,7 +284,7 @@ class Config:
     hba_rules: tuple[HbaRule, ...] = ()
     load_modules: tuple[str, ...] = ()  # legacy `load_module` paths (not supported, warned)
     includes: tuple[str, ...] = ()  # every file read besides `path` (includes, hba_file)
-    workers: int = 1  # "auto" resolved to os.cpu_count()
+    workers: int = 1  # "auto" resolved to (cpu count + 1) // 2, as odyssey
     workers_auto: bool = False
     # top-level keys (odyssey.md §1.4)
     daemonize: bool = False

@@ -864,7 +864,7 @@ class Builder:
         workers = values.pop("workers", 1)
         workers_auto = workers == "auto"
         if workers_auto:
-            workers = os.cpu_count() or 1
+            workers = ((os.cpu_count() or 1) + 1) // 2  # odyssey: (ncpu + 1) / 2
         if "client_max" in values and values["client_max"] <= 0:
             values["client_max"] = None
         storages = tuple(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from helpers_config import conf, errors, ok, one_error
 
@@ -204,6 +206,14 @@ def test_duplicate_scalar_is_error_in_strict() -> None:
 def test_workers_auto(value: str, strict: bool) -> None:
     config = top(f"workers {value}", strict=strict)
     assert config.workers_auto and config.workers >= 1
+
+
+@pytest.mark.parametrize(("ncpu", "workers"), [(1, 1), (2, 1), (3, 2), (4, 2), (8, 4), (9, 5)])
+def test_workers_auto_is_half_the_cpus_as_odyssey(
+    monkeypatch: pytest.MonkeyPatch, ncpu: int, workers: int
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: ncpu)
+    assert top('workers "auto"').workers == workers  # odyssey.md §1.4: (ncpu+1)/2
 
 
 def test_workers_prefix_of_auto_is_error_in_strict() -> None:
