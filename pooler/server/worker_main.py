@@ -97,7 +97,10 @@ class SupervisorLink:
             if not self.stop.done():
                 self.stop.set_result(bool(args[0]))
         elif kind == "reopen_log":
-            log.reopen()
+            try:
+                log.reopen()
+            except OSError as exc:  # keep writing where we did
+                log.error("worker", f"failed to reopen log file: {exc}")
         elif kind == "reply":
             future = self._requests.get(args[0])
             if future is not None and not future.done():
@@ -126,7 +129,10 @@ async def serve(index: int, ipc_fd: int, listen_fds: list[int]) -> int:
         config, listens, births, paused = link.first_config.result()  # the latest config
     except ConnectionError:
         return 1  # the supervisor went away before we got our config: nothing to serve
-    logs.configure_from(config)
+    try:
+        logs.configure_from(config)
+    except OSError as exc:  # (the supervisor opened it at start) log to the other sinks
+        log.error("worker", f"failed to open log file '{config.log_file}': {exc}")
     worker = Worker(config, index, link, births)
     link.worker = worker
     if paused:  # started (or restarted) during a PAUSE: gated before the first client

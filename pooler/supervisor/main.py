@@ -680,7 +680,10 @@ class Supervisor:
         self.reload("file")
 
     def _reopen_logs(self) -> None:
-        log.reopen()
+        try:
+            log.reopen()
+        except OSError as exc:  # keep writing where we did
+            log.error("supervisor", f"failed to reopen log file '{self.config.log_file}': {exc}")
         self.broadcast("reopen_log")
 
 
@@ -759,7 +762,11 @@ def run(config_path: Path, *, strict: bool = False, control: Path | None = None)
         for diagnostic in exc.diagnostics:
             print(diagnostic, file=sys.stderr)
         return EXIT_INVALID
-    logs.configure_from(config)
+    try:
+        logs.configure_from(config)
+    except OSError as exc:  # odyssey: `failed to open log file 'x'`, and it does not start
+        log.error("init", f"failed to open log file '{config.log_file}': {exc.strerror or exc}")
+        return EXIT_STARTUP_FAILED
     for warning in config.warnings:
         log.info("config", str(warning))
     if config.log_config:
