@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     index, ipc_fd = int(args[0]), int(args[1])
     listen_fds = [int(fd) for fd in args[2].split(",")] if len(args) > 2 and args[2] else []
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # online restart: the supervisor's too
     try:
         from setproctitle import setproctitle
 

@@ -11,7 +11,7 @@ It parses the config, binds the listen sockets (so a taken port is a start-up fa
   all workers' snapshots), serves the control socket and, with `promhttp_server_port`,
   Prometheus text at /metrics;
 - handles signals: SIGHUP reload, SIGTERM/SIGINT graceful shutdown, SIGQUIT immediate,
-  SIGUSR1 reopen the log file.
+  SIGUSR1 reopen the log file, SIGUSR2 odyssey's online restart (see `_online_restart`).
 """
 
 from __future__ import annotations
@@ -645,6 +645,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGQUIT, self.shutdown, False)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+        loop.add_signal_handler(signal.SIGUSR2, self._online_restart)
         for index in range(self.config.workers):
             await self.start_worker(index)
         self._watch_stop = asyncio.Event()
@@ -678,6 +679,24 @@ class Supervisor:
 
     async def _file_changed(self) -> None:
         self.reload("file")
+
+    def _online_restart(self) -> None:
+        """SIGUSR2, odyssey's online restart. Without `enable_online_restart` odyssey ignores
+        it; with it, the old process drains and exits once its successor listens. We start
+        no successor (not implemented), so only the old process's part happens: a graceful
+        shutdown."""
+        log.info("online-restart", "online restart signal received")
+        if not self.config.enable_online_restart:
+            log.error(
+                "online-restart", "online restart signal ignored - feature is disabled in config"
+            )
+            return
+        log.error(
+            "online-restart",
+            "online restart is not implemented (no new process is started): shutting down "
+            "gracefully",
+        )
+        self.shutdown(True)
 
     def _reopen_logs(self) -> None:
         try:
@@ -754,7 +773,7 @@ def _redact(model: Any) -> None:
 
 
 def run(config_path: Path, *, strict: bool = False, control: Path | None = None) -> int:
-    for early in (signal.SIGHUP, signal.SIGUSR1):  # until the event loop handles them
+    for early in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):  # until the loop handles them
         signal.signal(early, signal.SIG_IGN)
     try:
         config = load(config_path, strict=strict)
