@@ -122,7 +122,7 @@ def run_demo(
 
     # SIGINT too: a shell may start us with SIGINT ignored (background job), and then Python
     # would not raise KeyboardInterrupt on Ctrl-C / kill -INT.
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(ValueError):  # not in the main thread
             previous[sig] = signal.signal(sig, on_signal)

@@ -105,9 +105,9 @@ class SupervisorCollector:
             ("pooler_route_transactions", "xact_count"),
             ("pooler_route_queries", "query_count"),
         ):
-            fam = c(name, key.replace("_", " "), labels=labels)
+            counter = c(name, key.replace("_", " "), labels=labels)
             for r in routes:
-                fam.add_metric([r["backend_user"], r["backend_db"]], r.get(key, 0))
+                counter.add_metric([r["backend_user"], r["backend_db"]], r.get(key, 0))
             yield fam
         for name, hist in (
             ("odyssey_route_query_duration_seconds", "query_hist"),
@@ -148,7 +148,7 @@ class SupervisorCollector:
 
 def render(sup: Supervisor) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SupervisorCollector(sup))  # type: ignore[arg-type]
+    registry.register(SupervisorCollector(sup))
     return generate_latest(registry)
 
 

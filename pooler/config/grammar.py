@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lark import Lark, Token
+from lark import Lark, Token, Transformer
 from lark.lexer import Lexer
 
 from pooler.config.keywords import KEYWORD_SET
@@ -151,14 +151,16 @@ class _StrictLexer(_DefaultLexer):
 
 
 @cache
-def parser(strict: bool = False) -> Lark:
-    """The Lark parser for one dialect, built on first use and kept for the process."""
-    from pooler.config.transform import AstBuilder
+def parser(strict: bool, transformer: type[Transformer[Token, Any]]) -> Lark:
+    """The Lark parser for one dialect, built on first use and kept for the process.
 
+    `transformer` runs inside the LALR parser, so `parse` returns what it builds; the caller
+    (config/transform.py) owns it, which keeps this module free of the AST.
+    """
     return Lark(
         grammar_text(),
         parser="lalr",
         lexer=_StrictLexer if strict else _DefaultLexer,
-        transformer=AstBuilder(),
+        transformer=transformer(),
         maybe_placeholders=False,
     )

@@ -7,16 +7,16 @@ and `key_pos` maps each key that was set to where it was set (not compared, not 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 
 from pooler.config.errors import Diagnostic, Pos
 
 NO_POS = Pos("<default>", 0, 0)
 
 
-def _empty_map() -> Any:
+def _empty_map() -> Mapping[str, Pos]:
     return MappingProxyType({})
 
 
@@ -52,7 +52,7 @@ class Listen:
     balancing_method: str | None = None  # HEAD only
     storage: tuple[str, ...] = ()  # HEAD only: fallback storages
     pos: Pos = NO_POS
-    key_pos: Any = field(default_factory=_empty_map, compare=False, repr=False)
+    key_pos: Mapping[str, Pos] = field(default_factory=_empty_map, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -146,7 +146,7 @@ class Rule:
     group_query: str | None = None
     group_query_user: str | None = None
     group_query_db: str | None = None
-    key_pos: Any = field(default_factory=_empty_map, compare=False, repr=False)
+    key_pos: Mapping[str, Pos] = field(default_factory=_empty_map, compare=False, repr=False)
 
     @property
     def db_name(self) -> str:
@@ -195,7 +195,7 @@ class Storage:
     show_notice_messages: bool = False
     watchdog: Rule | None = None
     pos: Pos = NO_POS
-    key_pos: Any = field(default_factory=_empty_map, compare=False, repr=False)
+    key_pos: Mapping[str, Pos] = field(default_factory=_empty_map, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,7 @@ class LdapEndpoint:
     ldapscheme: str | None = None
     ldapscope: str | None = None
     pos: Pos = NO_POS
-    key_pos: Any = field(default_factory=_empty_map, compare=False, repr=False)
+    key_pos: Mapping[str, Pos] = field(default_factory=_empty_map, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ class SharedPool:
     name: str
     pool_size: int = 0
     pos: Pos = NO_POS
-    key_pos: Any = field(default_factory=_empty_map, compare=False, repr=False)
+    key_pos: Mapping[str, Pos] = field(default_factory=_empty_map, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ class ConnDropOptions:
     rate: int = 1
     interval_ms: int = 1000
     pos: Pos | None = None
-    key_pos: Any = field(default_factory=_empty_map, compare=False, repr=False)
+    key_pos: Mapping[str, Pos] = field(default_factory=_empty_map, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,7 @@ class SoftOom:
     signal: str = "SIGTERM"
     max_rate: int = 3
     pos: Pos = NO_POS
-    key_pos: Any = field(default_factory=_empty_map, compare=False, repr=False)
+    key_pos: Mapping[str, Pos] = field(default_factory=_empty_map, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -249,7 +249,7 @@ class QueryParsing:
     mode: str = "minimal"
     mem_limit: int = 1024 * 1024
     pos: Pos | None = None
-    key_pos: Any = field(default_factory=_empty_map, compare=False, repr=False)
+    key_pos: Mapping[str, Pos] = field(default_factory=_empty_map, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -345,7 +345,7 @@ class Config:
     virtual_processing: bool = False
     virtual_transaction: bool = True
     pos: Pos = NO_POS
-    key_pos: Any = field(default_factory=_empty_map, compare=False, repr=False)
+    key_pos: Mapping[str, Pos] = field(default_factory=_empty_map, compare=False, repr=False)
 
     def storage(self, name: str) -> Storage | None:
         for storage in self.storages:

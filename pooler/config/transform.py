@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from lark import Token, Transformer
 from lark.exceptions import UnexpectedInput, UnexpectedToken
@@ -68,7 +68,7 @@ class Include:
     path: Token
 
 
-class AstBuilder(Transformer):
+class AstBuilder(Transformer[Token, Any]):
     """Turns parse-tree nodes into Setting/Block/Include while the LALR parser runs."""
 
     def start(self, children: list[Any]) -> list[Any]:
@@ -245,7 +245,8 @@ def syntax_message(exc: UnexpectedToken) -> str:
 def parse_items(text: str, file: str, strict: bool) -> list[Any]:
     """Parse one file's text into AST items; raise ConfigError on the first syntax error."""
     try:
-        return parser(strict).parse(text)
+        # the AstBuilder runs inside the parser, so `parse` returns its items, not a Tree
+        return cast(list[Any], parser(strict, AstBuilder).parse(text))
     except LexError as exc:
         raise ConfigError([Diagnostic(Pos(file, exc.line, exc.column), exc.message)]) from None
     except UnexpectedToken as exc:
@@ -388,7 +389,7 @@ class Builder:
     # ---------------------------------------------------------------- helpers
 
     def pos(self, token: Token) -> Pos:
-        return Pos(self.file, token.line, token.column)
+        return Pos(self.file, token.line or 0, token.column or 0)
 
     def error(self, token_or_pos: Token | Pos | None, message: str) -> None:
         pos = self.pos(token_or_pos) if isinstance(token_or_pos, Token) else token_or_pos
@@ -706,7 +707,7 @@ class Builder:
     ) -> Rule:
         values, positions = self.collect(block.items, "route")
         name = (
-            f"{database or 'default_db'}.{('group_' + user) if group else (user or 'default_user')}"
+            f"{database or 'default_db'}.{f'group_{user}' if group else (user or 'default_user')}"
         )
         if "auth_common_name" in values:
             names = values.pop("auth_common_name")

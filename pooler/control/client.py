@@ -137,39 +137,50 @@ class ControlClient:
         return schema.decode_data(reply["type"], reply["data"])
 
     async def status(self) -> schema.Status:
-        return await self.request(schema.StatusRequest())
+        result: schema.Status = await self.request(schema.StatusRequest())
+        return result
 
     async def workers(self) -> list[schema.WorkerInfo]:
-        return await self.request(schema.WorkersRequest())
+        result: list[schema.WorkerInfo] = await self.request(schema.WorkersRequest())
+        return result
 
     async def pools(self) -> list[schema.PoolInfo]:
-        return await self.request(schema.PoolsRequest())
+        result: list[schema.PoolInfo] = await self.request(schema.PoolsRequest())
+        return result
 
     async def clients(self) -> list[dict[str, Any]]:
-        return await self.request(schema.ClientsRequest())
+        result: list[dict[str, Any]] = await self.request(schema.ClientsRequest())
+        return result
 
     async def servers(self) -> list[dict[str, Any]]:
-        return await self.request(schema.ServersRequest())
+        result: list[dict[str, Any]] = await self.request(schema.ServersRequest())
+        return result
 
     async def stats(self) -> schema.StatsEvent:
-        return await self.request(schema.StatsRequest())
+        result: schema.StatsEvent = await self.request(schema.StatsRequest())
+        return result
 
     async def config_get(self) -> schema.ConfigInfo:
-        return await self.request(schema.ConfigGetRequest())
+        result: schema.ConfigInfo = await self.request(schema.ConfigGetRequest())
+        return result
 
     async def reload(self) -> schema.ReloadResult:
-        return await self.request(schema.ReloadRequest())
+        result: schema.ReloadResult = await self.request(schema.ReloadRequest())
+        return result
 
     async def config_validate(self, text: str) -> dict[str, Any]:
         """{"ok", "errors": [{file, line, column, message, text}], "changes", ...}"""
-        return await self.request(schema.ConfigValidateRequest(text=text))
+        result: dict[str, Any] = await self.request(schema.ConfigValidateRequest(text=text))
+        return result
 
     async def config_apply(self, text: str, hash: str) -> dict[str, Any]:
         """Validate, write, reload; ControlError `conflict` if the file changed meanwhile."""
-        return await self.request(schema.ConfigApplyRequest(text=text, hash=hash))
+        result: dict[str, Any] = await self.request(schema.ConfigApplyRequest(text=text, hash=hash))
+        return result
 
     async def reloads(self) -> list[schema.ReloadResult]:
-        return await self.request(schema.ReloadsRequest())
+        result: list[schema.ReloadResult] = await self.request(schema.ReloadsRequest())
+        return result
 
     async def pause(self, database: str | None = None) -> Any:
         return await self.request(schema.PauseRequest(database=database))

@@ -27,6 +27,7 @@ def peer_uid(sock: socket.socket | None) -> int | None:
     if sock is None or not hasattr(socket, "SO_PEERCRED"):
         return None
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    uid: int
     _pid, uid, _gid = struct.unpack("3i", creds)
     return uid
 

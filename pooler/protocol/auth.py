@@ -180,7 +180,8 @@ def _normalize(password: str) -> bytes:
     if password.isascii():
         return password.encode()
     try:
-        return saslprep(password).encode()
+        prepared: str = saslprep(password)
+        return prepared.encode()
     except ScramException:
         return password.encode()
 

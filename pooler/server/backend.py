@@ -278,11 +278,16 @@ class ServerConnection(asyncio.Protocol):
                     mechanism = scram.choose_mechanism(request.mechanisms)
                     self.send(build.sasl_initial_response(mechanism, scram.client_first()))
                     continue
-                if isinstance(password, auth.ScramKeys) and scram is None:
+                if code == messages.AUTH_SASL_CONTINUE and scram is not None:
+                    self.send(build.sasl_response(scram.handle_server_first(payload)))
+                elif code == messages.AUTH_SASL_FINAL and scram is not None:
+                    scram.handle_server_final(payload)
+                elif isinstance(password, auth.ScramKeys):
+                    # SCRAM keys answer a SASL exchange only (taken above)
                     raise BackendError(
                         {"C": "28P01", "M": f"password required for route '{rule.name}'"}
                     )
-                if code == messages.AUTH_CLEARTEXT_PASSWORD:
+                elif code == messages.AUTH_CLEARTEXT_PASSWORD:
                     if auth.password_kind(password) != "plain":
                         raise BackendError(
                             {
@@ -306,10 +311,6 @@ class ServerConnection(asyncio.Protocol):
                     scram = auth.ScramClient(user, password)
                     mechanism = scram.choose_mechanism(request.mechanisms)
                     self.send(build.sasl_initial_response(mechanism, scram.client_first()))
-                elif code == messages.AUTH_SASL_CONTINUE and scram is not None:
-                    self.send(build.sasl_response(scram.handle_server_first(payload)))
-                elif code == messages.AUTH_SASL_FINAL and scram is not None:
-                    scram.handle_server_final(payload)
                 else:
                     raise BackendError(
                         {"C": "28000", "M": f"unsupported authentication request {code}"}

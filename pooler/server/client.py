@@ -132,7 +132,7 @@ class ClientConnection(asyncio.Protocol):
         self.params: dict[str, str] = {}
         self.key = (0, 0)
         self.client_slots: list[tuple[object, ...]] = []  # client_max counts we hold
-        self.mode = "session"
+        self.mode: str | None = "session"  # the rule's pool (never None once validated)
         self.paused = False
         self.closing = False
         self.waiting_login = False  # waits for a server during login (counts as cl_waiting)
@@ -714,6 +714,7 @@ class ClientConnection(asyncio.Protocol):
             except asyncio.CancelledError:  # the client left while we prepared its server
                 route.discard(server)
                 raise
+        assert server is not None  # the loop ends with a server or returns
         if self.closing:
             route.release(server)
             return
@@ -744,7 +745,7 @@ class ClientConnection(asyncio.Protocol):
         splitter.feed(data)
         buf = splitter.buffer
         statements = self.statements
-        out: list[bytes] = []
+        out: list[bytes | bytearray] = []
         run_start = run_end = -1  # a run of bytes forwarded unchanged
         terminate = False
         try:
@@ -828,12 +829,13 @@ class ClientConnection(asyncio.Protocol):
         server.statements.sent_sync()
         return statements.on_query(buf, start + 5, end, server.statements)
 
-    def _send_to(self, server: ServerConnection, payload: bytes) -> bool:
+    def _send_to(self, server: ServerConnection, payload: bytes | bytearray) -> bool:
         """Write client bytes to the server; False if it is already closing (gone: its
         connection_lost comes next)."""
-        if server.transport.is_closing():
+        transport = server.transport
+        if transport is None or transport.is_closing():
             return False
-        server.transport.write(payload)
+        transport.write(payload)
         if self.route is not None:
             self.route.stats.bytes_received += len(payload)
         return True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pooler import __version__
@@ -20,8 +21,9 @@ from pooler.protocol import build
 
 if TYPE_CHECKING:
     from pooler.config import Rule
+    from pooler.server.backend import ServerConnection
     from pooler.server.client import ClientConnection
-    from pooler.server.pool import Route
+    from pooler.server.pool import Route, Secret
     from pooler.server.worker import Worker
 
 OIDS = {"text": 25, "int4": 23, "int8": 20, "bool": 16, "timestamptz": 1184, "numeric": 1700}
@@ -190,7 +192,9 @@ def client_rows(worker: Worker) -> list[tuple[Any, ...]]:
     return rows
 
 
-def _stamp(fmt: Any, mono: float, now_mono: float, now_wall: float) -> str | None:
+def _stamp(
+    fmt: Callable[[float], str | None], mono: float, now_mono: float, now_wall: float
+) -> str | None:
     return fmt(_wall(mono, now_mono, now_wall))
 
 
@@ -288,7 +292,7 @@ class AdminState:
         original = type(route).acquire
         admin = self
 
-        async def acquire(password: str | None) -> Any:
+        async def acquire(password: Secret) -> ServerConnection:
             while admin.is_paused(route):
                 await admin.changed.wait()
             return await original(route, password)

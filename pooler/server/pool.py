@@ -168,12 +168,12 @@ class Route:
                 self._want_slot()
                 try:
                     if deadline is None:
-                        server = await waiter
+                        handed = await waiter
                     else:
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
                             raise TimeoutError
-                        server = await asyncio.wait_for(waiter, remaining)
+                        handed = await asyncio.wait_for(waiter, remaining)
                 except (TimeoutError, asyncio.CancelledError) as exc:
                     if waiter in self.waiters:
                         self.waiters.remove(waiter)
@@ -182,9 +182,9 @@ class Route:
                     if isinstance(exc, TimeoutError):
                         raise PoolTimeout from None
                     raise
-                if server is None:  # a slot was granted to us
+                if handed is None:  # a slot was granted to us
                     return await self.connect(password)
-                return server  # handed over by release(), already counted busy
+                return handed  # handed over by release(), already counted busy
         finally:
             self.record_wait(started)
 
@@ -295,7 +295,7 @@ class Route:
         server: ServerConnection | None = None
         try:
             async with asyncio.timeout(timeout):
-                if endpoint.unix_socket_path:
+                if endpoint.host is None:
                     _, server = await loop.create_unix_connection(
                         lambda: ServerConnection(self, endpoint), endpoint.unix_socket_path
                     )

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pooler.protocol import build, messages
+from pooler.protocol.errors import ProtocolError
 
 CLOSE_NOTHING = "pooler_never_prepared"
 EMPTY_PARSE = build.parse("", "")  # stands in for a Parse the server already has
@@ -94,7 +95,7 @@ def _bind_statement(body: bytes | bytearray) -> tuple[int, int]:
     portal_end = body.find(b"\0")
     name_end = body.find(b"\0", portal_end + 1) if portal_end >= 0 else -1
     if name_end < 0:
-        raise messages.ProtocolError("invalid message format: missing string terminator")
+        raise ProtocolError("invalid message format: missing string terminator")
     return portal_end + 1, name_end
 
 
@@ -216,8 +217,11 @@ class ClientStatements:
         self.counters.server_parses += 1
         return build.parse(statement.server_name, statement.query, statement.param_types)
 
-    def rewrite(self, msg_type: int, body: bytes, server: ServerStatements) -> bytes | None:
+    def rewrite(
+        self, msg_type: int, body: bytes | bytearray, server: ServerStatements
+    ) -> bytes | None:
         """The bytes to send instead of this client message, or None to send it as is."""
+        statement: Statement | None
         if msg_type == messages.PARSE:
             name, statement = parse_of(body if type(body) is bytes else bytes(body))
             self.statements[name] = statement  # "" too: the unnamed one is cached

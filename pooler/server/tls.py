@@ -278,7 +278,7 @@ async def upgrade(
         raise TLSHandshakeError(describe_ssl_error(exc)) from None
     if new is None:
         raise TLSHandshakeError("connection closed during TLS handshake")
-    return new  # type: ignore[return-value]
+    return new
 
 
 class _AnswerReader(asyncio.Protocol):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 import socket
@@ -83,7 +84,7 @@ class Worker:
         for listen, sock in sockets:
             unix = sock.family == socket.AF_UNIX
             server = await loop.create_server(
-                lambda listen=listen, unix=unix: ClientConnection(self, listen, unix),
+                functools.partial(ClientConnection, self, listen, unix),
                 sock=sock,
                 backlog=listen.backlog,
             )
@@ -211,7 +212,7 @@ class Worker:
     # --- routes -----------------------------------------------------------------------
 
     def storage_of(self, rule: Rule) -> Storage:
-        storage = self.config.storage(rule.storage)
+        storage = self.config.storage(rule.storage) if rule.storage is not None else None
         assert storage is not None, "validated config: every rule names a storage"
         return storage
 

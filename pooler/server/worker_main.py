@@ -145,7 +145,12 @@ async def serve(index: int, ipc_fd: int, listen_fds: list[int]) -> int:
     ]
     await worker.start(sockets)
     log.info("config", f"worker {index} applied generation {config.generation}")
-    loop.add_signal_handler(signal.SIGTERM, lambda: link.stop.done() or link.stop.set_result(True))
+
+    def stop() -> None:
+        if not link.stop.done():
+            link.stop.set_result(True)
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
     reporter = worker.spawn(_report(worker, link.channel), "stats reporter")
     graceful = await link.stop
     reporter.cancel()

@@ -287,7 +287,7 @@ class Supervisor:
     async def _catch_up_pause(self, handle: WorkerHandle) -> None:
         await self.ask(handle, "resume", None)
         state = self.paused_state()
-        for db in [None] if state is True else sorted(state):
+        for db in [None] if isinstance(state, bool) else sorted(state):
             await self.ask(handle, "pause", db, timeout=3600)
 
     def paused_state(self) -> set[str] | bool:

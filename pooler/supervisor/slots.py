@@ -17,10 +17,10 @@ supervisor sends them. Tested without processes.
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
-RouteKey = Hashable
+RouteKey = tuple[Any, ...]  # (birth generation, rule identity, db, user) or ("clients", ...)
 
 
 @dataclass(frozen=True, slots=True)

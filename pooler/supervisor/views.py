@@ -265,7 +265,7 @@ def show_pools_extended(routes: list[dict[str, Any]], quantiles: tuple[float, ..
             types += "n"
 
     def qs(route_list: list[dict[str, Any]]) -> list[float]:
-        out = []
+        out: list[float] = []
         for hist in ("query_hist", "xact_hist", "wait_hist"):
             merged = merge_histograms(r.get(hist, {}) for r in route_list)
             out.extend(round(quantile(merged, q), 1) for q in quantiles)
@@ -585,7 +585,7 @@ def show_config(config: Any) -> Result:
     for f in fields(config):
         if f.name in _CONFIG_SKIP:
             continue
-        default = f.default if f.default is not f.default_factory else None  # type: ignore[misc]
+        default = f.default if f.default is not f.default_factory else None
         rows.append(
             (
                 f.name,

@@ -135,4 +135,4 @@ class OdysseyTextArea(TextArea):
             if spans:
                 highlights[index].extend(spans)
         for index in getattr(self, "_error_lines", ()):
-            highlights[index].append((0, None, ERROR))  # type: ignore[arg-type]
+            highlights[index].append((0, None, ERROR))

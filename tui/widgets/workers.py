@@ -59,7 +59,7 @@ def worker_rows(workers: Sequence[schema.WorkerInfo]) -> list[Row]:
 
 class WorkersTable(LiveTable):
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(COLUMNS, **kwargs)  # type: ignore[arg-type]
+        super().__init__(COLUMNS, **kwargs)
 
     def show(self, workers: Sequence[schema.WorkerInfo]) -> None:
         self.set_rows(worker_rows(workers))
