@@ -364,6 +364,13 @@ class Pooler:
         self.check_log = True  # the fixture fails the test on a Traceback in the log
         self.config_text = ""
         self.write_config(config)
+        # sd_notify(3) datagrams (READY=1, RELOADING=1, STOPPING=1) from the supervisor:
+        # start() waits for READY=1, i.e. until every worker serves
+        self.notify_address = f"@pooler-test-{os.getpid()}-{id(self):x}"
+        self._notify_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify_socket.bind("\0" + self.notify_address[1:])
+        self._notify_socket.setblocking(False)
+        self.notifications: list[str] = []
 
     # config ----------------------------------------------------------------------------
 
@@ -405,7 +412,15 @@ class Pooler:
             raise RuntimeError("pooler is already running")
         timeout = self.start_timeout if timeout is None else timeout
         argv = [arg.replace("{config}", str(self.config_path)) for arg in self.command]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **self.env}
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONFAULTHANDLER": "1",
+            "NOTIFY_SOCKET": self.notify_address,
+            **self.env,
+        }
+        self.notified()
+        self.notifications.clear()
         offset = self.log_offset()
         self.start_failed = False
         with self.log_path.open("ab") as log:
@@ -420,7 +435,7 @@ class Pooler:
             )
         try:
             wait_until(
-                lambda: self.proc.poll() is not None or is_listening(self.port),
+                lambda: self.proc.poll() is not None or "READY=1" in self.notified(),
                 timeout=timeout,
                 interval=0.01,
             )
@@ -428,8 +443,7 @@ class Pooler:
             self.start_failed = True
             self.stop()
             raise PoolerStartError(
-                f"pooler did not listen on {HOST}:{self.port} within {timeout} s "
-                f"({' '.join(argv)})",
+                f"pooler was not ready on {HOST}:{self.port} within {timeout} s ({' '.join(argv)})",
                 None,
                 self.log_text(offset),
             ) from None
@@ -443,6 +457,15 @@ class Pooler:
                 self.log_text(offset),
             )
         return self
+
+    def notified(self) -> list[str]:
+        """Every sd_notify line received since the last start, in order."""
+        while True:
+            try:
+                datagram = self._notify_socket.recv(4096)
+            except BlockingIOError:
+                return self.notifications
+            self.notifications.extend(datagram.decode().splitlines())
 
     def signal(self, sig: int) -> None:
         """Send a signal to the main (supervisor) process."""
@@ -497,6 +520,7 @@ class Pooler:
     def close(self) -> None:
         """stop() and give the port back."""
         self.stop()
+        self._notify_socket.close()
         if self._own_port:
             release_port(self.port)
 

@@ -81,6 +81,7 @@ class SupervisorLink:
                 self.first_config.set_result((args[0], args[1], args[2], paused))
             elif worker is not None:
                 worker.apply_config(args[0], args[2])  # a reload: the sockets stay as they are
+                self.channel.send("applied", args[0].generation)
             else:  # a reload that came before the worker was built: build it with that
                 _config, listens, _births, paused = self.first_config.result()
                 self.first_config = asyncio.get_running_loop().create_future()
@@ -145,6 +146,7 @@ async def serve(index: int, ipc_fd: int, listen_fds: list[int]) -> int:
     ]
     await worker.start(sockets)
     log.info("config", f"worker {index} applied generation {config.generation}")
+    link.channel.send("applied", config.generation)  # readiness: this worker serves
 
     def stop() -> None:
         if not link.stop.done():

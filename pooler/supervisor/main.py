@@ -38,6 +38,7 @@ from pooler.logs import log
 from pooler.server.stats import quantile
 from pooler.supervisor import views
 from pooler.supervisor.listen import Bound, bind_listeners, describe
+from pooler.supervisor.notify import notify, reloading
 from pooler.supervisor.reload import Outcome, Reloader, file_hash, write_atomically
 from pooler.supervisor.slots import Action, Grant, Shed, SlotBroker
 from pooler.supervisor.unimplemented import unimplemented
@@ -62,6 +63,7 @@ class WorkerHandle:
     cpu_ticks: tuple[float, int] | None = None  # (monotonic time, utime+stime ticks)
     cpu_percent: float = 0.0
     paused_at_start: set[str] | bool = False  # the PAUSE state sent with its first config
+    generation: int | None = None  # the config generation it serves (None: still starting)
 
 
 def _proc_stat(pid: int) -> tuple[int, int] | None:
@@ -108,6 +110,8 @@ class Supervisor:
         self.db_rates: dict[str, views.Rates] = {}
         self.last_stats: schema.StatsEvent | None = None
         self._metrics_server: asyncio.AbstractServer | None = None
+        self._ready: asyncio.Event | None = None  # set once every worker serves
+        self._reloading: int | None = None  # generation whose application systemd awaits
 
     # --- workers ----------------------------------------------------------------------
 
@@ -139,6 +143,7 @@ class Supervisor:
         handle.paused_at_start = self.paused_state()
         channel.send("config", self.config, listens, self.reloader.births, handle.paused_at_start)
         handle.process, handle.channel = process, channel
+        handle.generation = None
         handle.started_at = time.time()
         log.info("supervisor", f"worker {index} started, pid {process.pid}")
         self._spawn(self._watch(handle, process), f"watch worker {index}")
@@ -148,6 +153,7 @@ class Supervisor:
         if handle.process is not process:
             return
         handle.process = None
+        handle.generation = None
         if handle.channel is not None:
             handle.channel.close()
             handle.channel = None
@@ -183,6 +189,11 @@ class Supervisor:
             owner = self.workers.get((pid >> 24) - 1)
             if owner is not None and owner.channel is not None:
                 owner.channel.send("cancel", pid, secret)
+        elif kind == "applied":  # the worker serves this generation (started or reloaded)
+            handle = self.workers.get(index)
+            if handle is not None:
+                handle.generation = args[0]
+                self._check_ready()
         elif kind == "stats":
             handle = self.workers.get(index)
             if handle is not None:
@@ -210,6 +221,20 @@ class Supervisor:
         handle = self.workers.get(index)
         if handle is not None and handle.channel is not None:
             handle.channel.send("reply", request_id, items)
+
+    def _check_ready(self) -> None:
+        """Readiness: every worker has applied the config (at start, and after a reload)."""
+        live = [h for h in self.workers.values() if not h.retiring]
+        if len(live) < self.config.workers:
+            return
+        generation = self.config.generation
+        if any(h.generation is None or h.generation < generation for h in live):
+            return
+        if self._ready is not None and not self._ready.is_set():
+            self._ready.set()
+        elif self._reloading is not None and self._reloading <= generation:
+            self._reloading = None
+            notify("READY=1", f"STATUS=serving generation {generation}")
 
     # --- asking workers -----------------------------------------------------------------
 
@@ -533,9 +558,12 @@ class Supervisor:
         `text` is a proposed config (control `config apply` writes it first)."""
         log.info("config", f"importing changes from '{self.path}' ({trigger})")
         running = self.config
+        told_systemd = self._ready is not None and self._ready.is_set() and reloading()
         try:
             plan = self.reloader.plan(running, text)
         except ConfigError as exc:
+            if told_systemd:
+                notify("READY=1", f"STATUS=reload failed, serving generation {running.generation}")
             outcome = self.reloader.record_failure(running, trigger, exc)
             for error in outcome.error_lines:
                 log.error("config", f"reload failed: {error}")
@@ -555,6 +583,9 @@ class Supervisor:
         for change in plan.restart_required:
             log.error("config", f"restart required: {change}")
         log.info("config", f"reloaded, generation {new.generation}")
+        if told_systemd:  # READY=1 again once every worker has applied it
+            self._reloading = new.generation
+            self._check_ready()
         return _reload_result(outcome)
 
     def _apply_pool_sizes(self, config: Config, births: dict[Any, int]) -> None:
@@ -620,6 +651,7 @@ class Supervisor:
         if self.stopping and graceful:
             return
         self.stopping = True
+        notify("STOPPING=1")
         log.info("supervisor", "termination signal received, shutting down")
         self.broadcast("shutdown", graceful)
         if not graceful:
@@ -638,6 +670,7 @@ class Supervisor:
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
         self._done = asyncio.Event()
+        self._ready = asyncio.Event()
         # Signals first: the listen sockets are open already, so clients (and operators)
         # may be acting on the pooler while its workers start.
         loop.add_signal_handler(signal.SIGTERM, self.shutdown, True)
@@ -665,11 +698,20 @@ class Supervisor:
             except OSError as exc:
                 log.error("metrics", f"cannot serve /metrics: {exc}")
         self._spawn(self._stats_loop(), "stats")
-        log.info(
-            "supervisor",
-            f"pooler ready, {self.config.workers} workers, listening on {describe(self.config)}",
+        # ready means every worker has applied the config and accepts on its socket
+        ready, done = (
+            asyncio.ensure_future(self._ready.wait()),
+            asyncio.ensure_future(self._done.wait()),
         )
-        await self._done.wait()
+        await asyncio.wait([ready, done], return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if self._ready.is_set() and not self.stopping:
+            log.info(
+                "supervisor",
+                f"pooler ready, {self.config.workers} workers, listening on {describe(self.config)}",
+            )
+            notify("READY=1", f"STATUS=serving generation {self.config.generation}")
+        await done
         self._watch_stop.set()
         if self.control is not None:
             await self.control.close()

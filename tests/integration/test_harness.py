@@ -36,7 +36,7 @@ from harness import (
 from pooler.pgcluster import PgCluster, port_is_free
 
 FAKE_SERVER = r"""
-import re, signal, socket, sys, time
+import os, re, signal, socket, sys, time
 conf = open(sys.argv[1]).read()
 print("fake server starting", flush=True)
 if "CRASH" in conf:
@@ -55,6 +55,10 @@ if "IGNORE_TERM" in conf:
 else:
     signal.signal(signal.SIGTERM, lambda *a: (print("terminating", flush=True), sys.exit(0)))
 print(f"listening on {port}", flush=True)
+if os.environ.get("NOTIFY_SOCKET", "").startswith("@"):  # sd_notify, as pooler serve does
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(
+        b"READY=1", "\0" + os.environ["NOTIFY_SOCKET"][1:]
+    )
 if "TRACEBACK" in conf:
     print("Traceback (most recent call last):\n  ...\nRuntimeError: kaboom", flush=True)
 while True:
@@ -254,7 +258,7 @@ def test_exit_during_start_raises_with_log(fake) -> None:
 
 def test_no_listen_within_timeout_raises(fake) -> None:
     p = fake("# NOLISTEN\n", start_timeout=0.3)
-    with pytest.raises(PoolerStartError, match="did not listen") as ei:
+    with pytest.raises(PoolerStartError, match="was not ready") as ei:
         p.start()
     assert ei.value.returncode is None
     assert "fake server starting" in ei.value.log
