@@ -226,7 +226,7 @@ ROUTE_DEFINING_KEYS = frozenset(
     }
 )
 
-RuleIdentity = tuple[str | None, str | None, bool, str | None, str]
+RuleIdentity = tuple[str | None, str | None, bool, str | None, str, bool]
 
 
 def rule_births(

@@ -171,8 +171,12 @@ class Rule:
         return text
 
     @property
-    def identity(self) -> tuple[str | None, str | None, bool, str | None, str]:
-        return (self.database, self.user, self.group, self.address, self.conn_type)
+    def identity(self) -> tuple[str | None, str | None, bool, str | None, str, bool]:
+        """What makes two rules the same rule. An internal rule (auth_query, watchdog) and a
+        client-visible one for the same user are two rules (odyssey routes each kind of client
+        to its own)."""
+        internal = self.pool_routing == "internal"
+        return (self.database, self.user, self.group, self.address, self.conn_type, internal)
 
 
 @dataclass(frozen=True)

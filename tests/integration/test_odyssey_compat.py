@@ -43,3 +43,14 @@ def test_sigusr2_is_ignored_when_online_restart_is_off(pooler):
     assert p.is_running()
     assert p.sql("select 1", dbname="p0") == [(1,)]
     assert len(worker_pids(p.pid)) == 1
+
+
+def test_internal_rule_beside_the_client_rule_for_the_same_user(pooler):
+    """The common odyssey pattern: an internal rule for auth_query/watchdog and the client rule
+    for the same user. Clients go to the client-visible one."""
+    internal = route("p0", "postgres", pool="session", pool_routing="internal")
+    visible = route("p0", "postgres", pool="transaction")
+    p = pooler(make_config([internal, visible]))
+    assert p.sql("select current_database()", dbname="p0") == [("p0",)]
+    assert p.log_contains(r"route 'p0\.postgres' to 'p0\.postgres'")
+    assert not p.log_contains("is redefined")

@@ -347,6 +347,21 @@ def test_duplicate_user_block_first_wins() -> None:
         assert any("is redefined" in str(w) for w in c.warnings)
 
 
+def test_internal_and_client_visible_rule_for_one_user_are_both_kept() -> None:
+    rules = (
+        'database "db" { user "u" { authentication "none" storage "pg" pool "session" '
+        'pool_routing "internal" } '
+        'user "u" { authentication "none" storage "pg" pool "transaction" } }\n'
+    )
+    for strict in (False, True):
+        c = ok(conf(rules=rules), strict=strict)
+        assert [(r.pool_routing, r.pool) for r in c.rules] == [
+            ("internal", "session"),
+            ("client_visible", "transaction"),
+        ]
+        assert not any("is redefined" in str(w) for w in c.warnings)
+
+
 def test_databases_accumulate() -> None:
     rules = (
         'database "db" { user "a" { authentication "none" storage "pg" pool "session" } }\n'
