@@ -66,12 +66,17 @@ class SupervisorCollector:
                 fam.add_metric([db], get(rate))
             yield fam
 
-        labels = ["user", "database"]
+        # a route is named by what its clients ask for; its backend, rule and generation
+        # keep every series' labels unique (views.route_extra)
+        labels = ["user", "database", *views.ROUTE_EXTRA_NAMES]
+
+        def who(r: dict[str, Any]) -> list[str]:
+            return [r["user"], r["database"], *(str(v) for v in views.route_extra(r))]
 
         def route_gauge(name: str, help_: str, get: Any) -> GaugeMetricFamily:
             fam = g(name, help_, labels=labels)
             for r in routes:
-                fam.add_metric([r["backend_user"], r["backend_db"]], get(r))
+                fam.add_metric(who(r), get(r))
             return fam
 
         yield route_gauge(
@@ -91,10 +96,9 @@ class SupervisorCollector:
         state = g("odyssey_server_pool_state_route", "servers by state", labels=[*labels, "state"])
         mode = g("odyssey_route_pool_mode_info", "pool mode", labels=[*labels, "mode"])
         for r in routes:
-            who = [r["backend_user"], r["backend_db"]]
             for s in ("active", "idle", "login"):
-                state.add_metric([*who, s], r[f"sv_{s}"])
-            mode.add_metric([*who, r["mode"]], 1)
+                state.add_metric([*who(r), s], r[f"sv_{s}"])
+            mode.add_metric([*who(r), r["mode"]], 1)
         yield state
         yield mode
         c = CounterMetricFamily
@@ -107,8 +111,8 @@ class SupervisorCollector:
         ):
             counter = c(name, key.replace("_", " "), labels=labels)
             for r in routes:
-                counter.add_metric([r["backend_user"], r["backend_db"]], r.get(key, 0))
-            yield fam
+                counter.add_metric(who(r), r.get(key, 0))
+            yield counter
         for name, hist in (
             ("odyssey_route_query_duration_seconds", "query_hist"),
             ("odyssey_route_transaction_duration_seconds", "xact_hist"),
@@ -118,7 +122,7 @@ class SupervisorCollector:
             for r in routes:
                 for q in QUANTILES:
                     fam.add_metric(
-                        [r["backend_user"], r["backend_db"], f"{q:g}"],
+                        [*who(r), f"{q:g}"],
                         quantile(r.get(hist, {}), q) / 1e6,
                     )
             yield fam

@@ -212,10 +212,12 @@ class WorkerInfo:
 
 @dataclass
 class PoolInfo:
-    database: str  # rule names (default_db / default_user for wildcards)
+    database: str  # what the route's clients ask for (pooler.server.stats.route_names)
     user: str
     backend_db: str
     backend_user: str
+    rule: str  # the rule it came from: `db.user selector`
+    generation: int  # the config generation the rule was born in
     mode: str
     pool_size: int
     obsolete: bool

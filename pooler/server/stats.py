@@ -10,6 +10,31 @@ a server), so assignments are counted there too.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pooler.config.model import Rule
+
+
+def route_names(rule: Rule, backend_db: str, backend_user: str) -> tuple[str, str]:
+    """The database and user a route's clients ask for: what the console, the stats lines,
+    the metric labels and the dashboard call the route. A `default` rule (or a group) gives
+    one route per client database/user unless storage_db/storage_user folds them into one,
+    which is then called by the rule's name (default_db, default_user, group_<name>)."""
+    if rule.database is not None:
+        database = rule.database
+    else:
+        database = rule.db_name if rule.storage_db else backend_db
+    if rule.user is not None and not rule.group:
+        user = rule.user
+    else:
+        user = rule.user_name if rule.storage_user else backend_user
+    return database, user
+
+
+def rule_label(rule: Rule) -> str:
+    """The rule a route came from, as `db.user selector` (`default_db.default_user all`)."""
+    return f"{rule.name} {rule.selector}"
 
 
 def bucket_of(us: int) -> int:

@@ -25,6 +25,7 @@ from pooler.server.backend import (
 from pooler.server.client import ClientConnection
 from pooler.server.pool import Route, RouteKey
 from pooler.server.router import ClientKey, Router
+from pooler.server.stats import route_names, rule_label
 
 if TYPE_CHECKING:
     from pooler.server.worker_main import SupervisorLink
@@ -347,11 +348,14 @@ class Worker:
                 ),
                 default=now,
             )
+            database, user = route_names(route.rule, route.backend_db, route.backend_user)
             routes.append(
                 {
                     "key": key,
-                    "database": route.rule.db_name,
-                    "user": route.rule.user_name,
+                    "database": database,
+                    "user": user,
+                    "rule": rule_label(route.rule),
+                    "generation": key[0],
                     "backend_db": route.backend_db,
                     "backend_user": route.backend_user,
                     "mode": route.mode,

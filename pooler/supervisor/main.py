@@ -401,6 +401,8 @@ class Supervisor:
                     user=r["user"],
                     backend_db=r["backend_db"],
                     backend_user=r["backend_user"],
+                    rule=r.get("rule", ""),
+                    generation=views.route_extra(r)[3],
                     mode=r["mode"],
                     pool_size=r["pool_size"],
                     obsolete=bool(r.get("obsolete")),

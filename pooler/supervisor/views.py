@@ -143,10 +143,49 @@ def sum_counters(routes: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def by_database(routes: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Routes grouped by the database their clients ask for."""
     out: dict[str, list[dict[str, Any]]] = {}
     for route in routes:
-        out.setdefault(route["backend_db"], []).append(route)
+        out.setdefault(route["database"], []).append(route)
     return out
+
+
+# --- route names ----------------------------------------------------------------------
+#
+# A route is called by the database and user its clients ask for (pgbouncer's `database`
+# and `user`), everywhere: console rows, stats lines, metric labels, the dashboard. What it
+# connects to and the rule it came from are extra columns/labels; with the generation the
+# rule was born in (an obsolete route keeps its own) they make every route's identity unique.
+
+ROUTE_EXTRA_NAMES = ["backend_database", "backend_user", "rule", "generation"]
+ROUTE_EXTRA_TYPES = "sssi"
+
+
+def route_extra(route: dict[str, Any]) -> tuple[str, str, str, int]:
+    return (
+        route["backend_db"],
+        route["backend_user"],
+        route.get("rule", ""),
+        route.get("generation", route["key"][0]),
+    )
+
+
+def route_titles(routes: list[dict[str, Any]]) -> dict[Any, str]:
+    """A unique display name per route key: `db.user`, `obsolete` for an old generation, and
+    the rule (then the generation) only where routes would otherwise share a name."""
+    titles = {}
+    for r in routes:
+        title = f"{r['database']}.{r['user']}"
+        titles[r["key"]] = f"{title} obsolete" if r.get("obsolete") else title
+    for extra in ("rule", "generation"):
+        seen: dict[str, int] = {}
+        for title in titles.values():
+            seen[title] = seen.get(title, 0) + 1
+        for r in routes:
+            if seen[titles[r["key"]]] > 1:
+                value = r.get("rule", "") if extra == "rule" else route_extra(r)[3]
+                titles[r["key"]] += f" ({extra} {value})"
+    return titles
 
 
 # --- stats_interval lines -------------------------------------------------------------
@@ -157,11 +196,10 @@ def stats_lines(
 ) -> list[str]:
     """odyssey's per-interval lines (odyssey.md §2.12): `clients N` then one line per route."""
     lines = [f"clients {clients}"]
+    titles = route_titles(routes)
     for route in routes:
         r = rates(route, previous.get(route["key"]), seconds)
-        name = f"{route['database']}.{route['user']}"
-        if route.get("obsolete"):
-            name += " obsolete"
+        name = titles[route["key"]]
         lines.append(
             f"[{name}] {route['clients']} clients, {route['sv_active']} active servers, "
             f"{route['sv_idle']} idle servers, {round(r.xact_per_sec)} transactions/sec "
@@ -181,8 +219,8 @@ def show_pools(routes: list[dict[str, Any]]) -> Result:
         wait = r.get("maxwait_us", 0) if r.get("cl_waiting") else 0
         rows.append(
             (
-                r["backend_db"],
-                r["backend_user"],
+                r["database"],
+                r["user"],
                 r["cl_active"],
                 r["cl_waiting"],
                 0,
@@ -198,10 +236,11 @@ def show_pools(routes: list[dict[str, Any]]) -> Result:
                 wait % 1_000_000,
                 r["mode"],
                 r.get("load_balance_hosts"),
+                *route_extra(r),
             )
         )
     return _result(
-        "ssiiiiiiiiiiiiiss",
+        "ssiiiiiiiiiiiiiss" + ROUTE_EXTRA_TYPES,
         [
             "database",
             "user",
@@ -220,6 +259,7 @@ def show_pools(routes: list[dict[str, Any]]) -> Result:
             "maxwait_us",
             "pool_mode",
             "load_balance_hosts",
+            *ROUTE_EXTRA_NAMES,
         ],
         rows,
     )
@@ -258,11 +298,13 @@ def show_pools_extended(routes: list[dict[str, Any]], quantiles: tuple[float, ..
         "bytes_sent",
         "tcp_conn_count",
     ]
-    types = "sqqqqqqqqqqsqqq"
+    types = "ss" + "q" * 9 + "s" + "qqq"
     for kind in ("query", "transaction", "wait"):
         for q in quantiles:
             names.append(f"{kind}_{_qname(q)}")
             types += "n"
+    names += ROUTE_EXTRA_NAMES
+    types += ROUTE_EXTRA_TYPES
 
     def qs(route_list: list[dict[str, Any]]) -> list[float]:
         out: list[float] = []
@@ -276,8 +318,8 @@ def show_pools_extended(routes: list[dict[str, Any]], quantiles: tuple[float, ..
         wait = r.get("maxwait_us", 0) if r.get("cl_waiting") else 0
         rows.append(
             (
-                r["backend_db"],
-                r["backend_user"],
+                r["database"],
+                r["user"],
                 r["cl_active"],
                 r["cl_waiting"],
                 r["sv_active"],
@@ -292,6 +334,7 @@ def show_pools_extended(routes: list[dict[str, Any]], quantiles: tuple[float, ..
                 r.get("bytes_sent", 0),
                 r.get("server_connects", 0),
                 *qs([r]),
+                *route_extra(r),
             )
         )
     total = sum_counters(routes)
@@ -304,6 +347,7 @@ def show_pools_extended(routes: list[dict[str, Any]], quantiles: tuple[float, ..
             total.get("bytes_sent", 0),
             total.get("server_connects", 0),
             *qs(routes),
+            *([None] * len(ROUTE_EXTRA_NAMES)),
         )
     )
     return _result(types, names, rows)
@@ -359,7 +403,7 @@ def _avg_row(r: Rates) -> tuple[int, ...]:
 def show_stats(
     routes: list[dict[str, Any]], db_rates: dict[str, Rates], kind: str = "stats"
 ) -> Result:
-    """SHOW STATS / STATS_TOTALS / STATS_AVERAGES: one row per backend database."""
+    """SHOW STATS / STATS_TOTALS / STATS_AVERAGES: one row per database clients ask for."""
     rows = []
     for db, members in sorted(by_database(routes).items()):
         totals = _totals_row(sum_counters(members))

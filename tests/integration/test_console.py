@@ -59,7 +59,8 @@ def test_exporter_column_lists(pooler):
     p = pooler(two_worker_config())
     p.sql("select 1", dbname="p0")
     names, _ = show(p, "pools")
-    assert names == POOLS_COLUMNS
+    # pgbouncer's columns, then the route's backend, rule and generation (issue 17)
+    assert names == [*POOLS_COLUMNS, "backend_database", "backend_user", "rule", "generation"]
     names, _ = show(p, "stats")
     assert names == STATS_COLUMNS
     names, _ = show(p, "databases")
@@ -78,7 +79,7 @@ def test_types_are_pgbouncers(pooler):
     with console(p) as conn:
         cur = conn.execute("show pools")
         types = [d.type_code for d in cur.description]
-        assert types[:2] == [25, 25] and set(types[2:15]) == {23} and types[15:] == [25, 25]
+        assert types[:2] == [25, 25] and set(types[2:15]) == {23} and types[15:17] == [25, 25]
         cur = conn.execute("show stats")
         assert {d.type_code for d in cur.description[1:]} == {20}
 

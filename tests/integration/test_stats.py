@@ -109,3 +109,66 @@ def test_metrics_endpoint_is_valid_prometheus_text(pooler):
         assert len(workers) == 2 and all(s.value > 0 for s in workers)
     finally:
         release_port(port)
+
+
+def test_routes_on_one_backend_have_one_name_each_everywhere(pooler):
+    """A session and a transaction route to the same backend database (issue 17): SHOW POOLS,
+    POOLS_EXTENDED and STATS name them by what clients ask for, /metrics has no two series
+    with the same labels, the stats lines name both."""
+    port = free_port()
+    try:
+        cfg = make_config(
+            [
+                route("bench_s", "default", pool="session", storage_db="p0"),
+                route("bench_t", "default", pool="transaction", storage_db="p0", pool_size=2),
+            ],
+            workers=2,
+            stats_interval=1,
+            promhttp_server_port=port,
+        )
+        p = pooler(cfg)
+        for db in ("bench_s", "bench_t"):
+            for _ in range(3):
+                p.sql("select 1", dbname=db)
+        with p.connect("console", "admin") as conn:
+
+            def pools(command):
+                cur = conn.execute(command, prepare=False)
+                names = [c.name for c in cur.description]
+                rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+                return [r for r in rows if r["database"] not in ("aggregated", "console")]
+
+            wait_until(lambda: len(pools("SHOW POOLS")) >= 2)  # snapshots come every second
+            for command in ("SHOW POOLS", "SHOW POOLS_EXTENDED"):
+                rows = pools(command)
+                assert sorted((r["database"], r["user"]) for r in rows) == [
+                    ("bench_s", "postgres"),
+                    ("bench_t", "postgres"),
+                ], command
+                assert {(r["backend_database"], r["backend_user"]) for r in rows} == {
+                    ("p0", "postgres")
+                }
+            stats = conn.execute("SHOW STATS").fetchall()
+            assert {"bench_s", "bench_t"} <= {r[0] for r in stats}
+            assert "p0" not in {r[0] for r in stats}
+
+        def scrape():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return r.read().decode()
+
+        def route_series():
+            return [
+                (s.name, tuple(sorted(s.labels.items())))
+                for f in text_string_to_metric_families(scrape())
+                for s in f.samples
+                if "database" in s.labels and s.labels["database"].startswith("bench")
+            ]
+
+        series = wait_until(route_series)
+        assert len(series) == len(set(series)), [s for s in series if series.count(s) > 1]
+        assert {dict(labels)["database"] for _, labels in series} == {"bench_s", "bench_t"}
+        since = p.log_offset()
+        p.wait_for_log(r"\[bench_t\.postgres\] ", since=since)
+        p.wait_for_log(r"\[bench_s\.postgres\] ", since=since)
+    finally:
+        release_port(port)

@@ -47,7 +47,8 @@ T0 = 1_760_000_000.0  # a fixed unix time
 
 def pool(database: str, user: str, mode: str, size: int, tps: float, **kw: Any) -> schema.PoolInfo:
     base: dict[str, Any] = dict(
-        database=database, user=user, backend_db=database, backend_user=user, mode=mode,
+        database=database, user=user, backend_db=database, backend_user=user,
+        rule=f"{database}.{user} all", generation=0, mode=mode,
         pool_size=size, obsolete=False, clients=12, cl_active=8, cl_waiting=0, sv_active=6,
         sv_idle=2, sv_login=0, maxwait_us=0, xact_count=120_000, query_count=360_000,
         bytes_received=9_000_000, bytes_sent=31_000_000, tps=tps, qps=tps * 3,

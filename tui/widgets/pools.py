@@ -31,27 +31,43 @@ COLUMNS = (
 
 
 def pool_key(pool: schema.PoolInfo) -> str:
-    """Unique per pool: a rule with `default` db/user has one pool per backend db/user."""
-    key = f"{pool.database}.{pool.user}>{pool.backend_db}.{pool.backend_user}"
-    return f"{key} (old)" if pool.obsolete else key
+    """Unique per pool: the client-facing name, the rule it came from and its generation."""
+    return f"{pool.database}.{pool.user} {pool.rule} #{pool.generation}"
 
 
 def pool_label(pool: schema.PoolInfo) -> str:
-    """`db.user` as the server sees it; `*` when a `default` rule matched it."""
-    label = f"{pool.backend_db}.{pool.backend_user}"
-    if (pool.database, pool.user) != (pool.backend_db, pool.backend_user):
-        label += "*"
+    """`db.user` as clients ask for it (`(old)` for a route of an older config)."""
+    label = f"{pool.database}.{pool.user}"
     return f"{label} (old)" if pool.obsolete else label
+
+
+def pool_labels(pools: Sequence[schema.PoolInfo]) -> dict[str, str]:
+    """A unique label per pool key: the rule is added where two routes share a name."""
+    labels = {pool_key(p): pool_label(p) for p in pools}
+    counts: dict[str, int] = {}
+    for label in labels.values():
+        counts[label] = counts.get(label, 0) + 1
+    for p in pools:
+        key = pool_key(p)
+        if counts[labels[key]] > 1:
+            labels[key] += f" ({p.rule} #{p.generation})"
+    return labels
+
+
+def pool_detail(pool: schema.PoolInfo) -> str:
+    """Where the route goes: `server user@db, rule db.user selector`."""
+    return f"server {pool.backend_user}@{pool.backend_db}, rule {pool.rule}"
 
 
 def pool_rows(
     pools: Sequence[schema.PoolInfo], history: Mapping[str, Sequence[float]]
 ) -> list[Row]:
     rows = []
+    labels = pool_labels(pools)
     for p in pools:
         key = pool_key(p)
         waiting = Text(f"{p.cl_active}/{p.cl_waiting}", style="bold yellow" if p.cl_waiting else "")
-        route = Text(pool_label(p), style="dim" if p.obsolete else "")
+        route = Text(labels[key], style="dim" if p.obsolete else "")
         rows.append(
             Row(
                 key=key,
@@ -69,7 +85,7 @@ def pool_rows(
                     Text(fmt.spark(history.get(key, ()), 10), style="green"),
                 ),
                 values=(
-                    pool_label(p),
+                    labels[key],
                     p.mode,
                     p.pool_size,
                     p.sv_active + p.sv_idle + p.sv_login,
@@ -81,7 +97,7 @@ def pool_rows(
                     p.maxwait_us,
                     sum(history.get(key, ())),
                 ),
-                search=f"{key} {p.backend_db} {p.backend_user} {p.mode}",
+                search=f"{labels[key]} {pool_detail(p)} {p.mode}",
             )
         )
     return rows
@@ -120,7 +136,8 @@ class PoolsPane(Vertical):
         self, pools: Sequence[schema.PoolInfo], history: Mapping[str, Sequence[float]]
     ) -> None:
         self._pools, self._history = list(pools), history
-        self._labels = {pool_key(p): f"{pool_label(p)} (rule {p.database}.{p.user})" for p in pools}
+        labels = pool_labels(pools)
+        self._labels = {pool_key(p): f"{labels[pool_key(p)]} ({pool_detail(p)})" for p in pools}
         self.table.set_rows(pool_rows(pools, history))
         self._show_spark()
 

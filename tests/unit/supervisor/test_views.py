@@ -12,7 +12,9 @@ def snap(**counters):
     route = {
         "key": (0, 1, "app", "bob"),
         "database": "app",
-        "user": "default_user",
+        "user": "bob",
+        "rule": "app.default_user all",
+        "generation": 0,
         "backend_db": "app",
         "backend_user": "bob",
         "mode": "transaction",
@@ -55,7 +57,7 @@ def test_stats_line_is_odysseys_format():
     lines = views.stats_lines(views.merge_routes([new]), {old["key"]: old}, 3.0, 3)
     assert lines == [
         "clients 3",
-        "[app.default_user obsolete] 3 clients, 1 active servers, 2 idle servers, "
+        "[app.bob obsolete] 3 clients, 1 active servers, 2 idle servers, "
         "100 transactions/sec (1000 usec) 200 queries/sec (500 usec) 1000 in bytes/sec, "
         "2000 out bytes/sec",
     ]
@@ -94,3 +96,75 @@ def test_schema_round_trip_and_errors():
     assert exc.value.code == "bad_version" and exc.value.request_id == 1
     with pytest.raises(schema.ProtocolError):
         schema.decode_request(b"[1]")
+
+
+# --- one name per route -------------------------------------------------------------------
+
+
+def two_routes_on_one_backend():
+    """A session and a transaction route to the same backend bench|bench (issue 17)."""
+    session = snap()["routes"][0] | {
+        "key": (0, ("bench_s", None, False, None, "default"), "bench", "bench"),
+        "database": "bench_s", "user": "bench", "rule": "bench_s.default_user all",
+        "backend_db": "bench", "backend_user": "bench", "mode": "session",
+    }  # fmt: skip
+    xact = session | {
+        "key": (0, ("bench_t", None, False, None, "default"), "bench", "bench"),
+        "database": "bench_t", "rule": "bench_t.default_user all", "mode": "transaction",
+    }  # fmt: skip
+    return views.merge_routes([{"clients": 6, "routes": [session, xact]}])
+
+
+def test_pools_name_routes_by_the_client_database_and_keep_the_backend():
+    for result in (
+        views.show_pools(two_routes_on_one_backend()),
+        views.show_pools_extended(two_routes_on_one_backend(), (0.5,)),
+    ):
+        names = [c for c, _ in result.columns]
+        rows = [dict(zip(names, row, strict=True)) for row in result.rows]
+        rows = [r for r in rows if r["database"] != "aggregated"]
+        assert [(r["database"], r["user"]) for r in rows] == [
+            ("bench_s", "bench"),
+            ("bench_t", "bench"),
+        ]
+        assert {(r["backend_database"], r["backend_user"]) for r in rows} == {("bench", "bench")}
+        identities = [
+            tuple(v for k, v in r.items() if k in ("database", "user", "rule", "generation"))
+            for r in rows
+        ]
+        assert len(set(identities)) == len(rows)
+
+
+def test_stats_rows_are_per_client_database():
+    routes = two_routes_on_one_backend()
+    result = views.show_stats(routes, {}, "totals")
+    assert [row[0] for row in result.rows] == ["bench_s", "bench_t"]
+
+
+def test_stats_lines_give_routes_sharing_a_name_their_rule_then_generation():
+    a = snap()["routes"][0]
+    b = a | {"key": (0, 2, "app", "bob"), "rule": "app.default_user 10.0.0.0/8"}
+    c = a | {"key": (3, 1, "app", "bob"), "generation": 3}
+    lines = views.stats_lines(views.merge_routes([{"routes": [a, b, c]}]), {}, 1.0, 9)
+    names = [line.split("]")[0] + "]" for line in lines[1:]]
+    assert len(set(names)) == 3, names
+    assert "[app.bob (rule app.default_user 10.0.0.0/8)]" in names
+    assert "[app.bob (rule app.default_user all) (generation 3)]" in names
+
+
+def test_route_names_are_what_clients_ask_for():
+    from pooler.config import parse_text
+    from pooler.server.stats import route_names, rule_label
+
+    config = parse_text(
+        'log_format "%m" listen { host "*" port 1 }\n'
+        'storage "s" { type "remote" host "h" port 5432 }\n'
+        'database "app" { user "bob" { authentication "none" storage "s" storage_db "real" storage_user "ro" pool "transaction" } }\n'
+        'database default { user default { authentication "none" storage "s" pool "session" } }\n'
+        'database "folded" { user default { authentication "none" storage "s" storage_user "ro" pool "session" } }\n'
+    )
+    named, default, folded = config.rules
+    assert route_names(named, "real", "ro") == ("app", "bob")
+    assert route_names(default, "shop", "alice") == ("shop", "alice")
+    assert route_names(folded, "folded", "ro") == ("folded", "default_user")
+    assert rule_label(default) == "default_db.default_user all"
