@@ -451,13 +451,26 @@ class ClientConnection(asyncio.Protocol):
     def _init_params(self, startup: dict[str, str], rule: Rule) -> None:
         if not rule.maintain_params:
             self.params = {}
-            return
-        wanted = {k: v for k, v in startup.items() if k not in _NOT_SESSION_PARAMS}
-        if "application_name" not in wanted and "fallback_application_name" in startup:
-            wanted["application_name"] = startup["fallback_application_name"]
-        for name, value in rule.options:
-            wanted[name] = value
-        self.params = wanted
+        else:
+            wanted = {k: v for k, v in startup.items() if k not in _NOT_SESSION_PARAMS}
+            if "application_name" not in wanted and "fallback_application_name" in startup:
+                wanted["application_name"] = startup["fallback_application_name"]
+            for name, value in rule.options:
+                wanted[name] = value
+            self.params = wanted
+        if rule.application_name_add_host:
+            app = self.params.get("application_name") or startup.get("application_name")
+            self.params["application_name"] = f"{app or 'unknown'} - {self.peer_name()}"
+
+    def peer_name(self, *, port: bool = True) -> str:
+        """The client's address as odyssey prints it: `1.2.3.4:5678`, `[::1]:5678`, or
+        `<unix socket>`."""
+        if self.peer is None:
+            return "<unix socket>"
+        host, peer_port = self.peer
+        if not port:
+            return host
+        return f"[{host}]:{peer_port}" if ":" in host else f"{host}:{peer_port}"
 
     def _finish_login(self, reported: dict[str, str]) -> None:
         out = [build.auth_ok(), _parameter_statuses(tuple(reported.items()))]

@@ -28,7 +28,7 @@ ROUTE = frozenset(
         "ldap_endpoint_name", "ldap_storage_credentials_attr", "ldap_pool_size",
         "ldap_pool_timeout", "ldap_pool_ttl", "pool_pin_on_listen", "pool_attach_check",
         "pool_acquire_fail_fast", "pool_notice_after_waiting_ms", "shared_pool",
-        "application_name_add_host", "catchup_timeout", "catchup_checks", "keepalive",
+        "catchup_timeout", "catchup_checks", "keepalive",
         "keepalive_keep_interval", "keepalive_probes", "keepalive_usr_timeout",
         "watchdog_lag_query", "watchdog_lag_interval", "group_query", "group_query_user",
         "group_query_db",

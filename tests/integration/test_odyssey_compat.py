@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 
 import pytest
 from harness import PoolerStartError, make_config, route
 from test_supervisor import worker_pids
+
+
+def local_port(conn) -> int:
+    """The client-side port of a psycopg connection (what the pooler sees as the peer's)."""
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        return sock.getsockname()[1]
 
 
 def test_unopenable_log_file_is_one_error_line_naming_it(pooler):
@@ -54,3 +61,21 @@ def test_internal_rule_beside_the_client_rule_for_the_same_user(pooler):
     assert p.sql("select current_database()", dbname="p0") == [("p0",)]
     assert p.log_contains(r"route 'p0\.postgres' to 'p0\.postgres'")
     assert not p.log_contains("is redefined")
+
+
+@pytest.mark.parametrize("pool", ["session", "transaction"])
+def test_application_name_add_host(pooler, pool):
+    """odyssey 1.5.3: `AAA - 127.0.0.1:PORT` on the server, and reported to the client."""
+    p = pooler(make_config(route("p0", "postgres", pool=pool, application_name_add_host=True)))
+    with p.connect("p0", application_name="AAA") as conn:
+        expected = f"AAA - 127.0.0.1:{local_port(conn)}"
+        row = conn.execute(
+            "select application_name from pg_stat_activity where pid = pg_backend_pid()"
+        ).fetchone()
+        assert row == (expected,)
+        assert conn.execute("show application_name").fetchone() == (expected,)
+        assert conn.info.parameter_status("application_name") == expected
+    with p.connect("p0") as conn:  # none given: "unknown"
+        assert (
+            conn.execute("show application_name").fetchone()[0].startswith("unknown - 127.0.0.1:")
+        )
