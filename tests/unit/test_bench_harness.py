@@ -1,0 +1,182 @@
+"""bench/ (the benchmark harness): target lists, peer binaries, rendered configs, tables.
+
+The harness is a measurement tool; these check its pure parts, not timings."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import report  # noqa: E402
+import scenarios  # noqa: E402
+import targets  # noqa: E402
+
+from pooler.config import parse_text  # noqa: E402
+
+
+def names(wanted: list[targets.Wanted]) -> list[str]:
+    return [w.name for w in wanted]
+
+
+def test_odyssey_expands_to_each_worker_count_and_pooler_takes_workers() -> None:
+    wanted = targets.wanted_targets(
+        "direct,pgbouncer,odyssey,pooler,splice,pooler4",
+        workers=2,
+        odyssey_workers=[1, 2],
+        splice_workers=1,
+    )
+    assert names(wanted) == [
+        "direct", "pgbouncer", "odyssey1", "odyssey2", "pooler", "splice", "pooler4"
+    ]  # fmt: skip
+    by_name = {w.name: w for w in wanted}
+    assert by_name["pooler"].workers == 2 and by_name["pooler4"].workers == 4
+    assert by_name["odyssey2"].kind == "odyssey" and by_name["odyssey2"].workers == 2
+
+
+def test_a_target_named_twice_runs_once() -> None:
+    wanted = targets.wanted_targets(
+        "odyssey1,odyssey", workers=1, odyssey_workers=[1, 2], splice_workers=1
+    )
+    assert names(wanted) == ["odyssey1", "odyssey2"]
+
+
+@pytest.mark.parametrize("spec", ["pgbouncer118", "odyssey0", "pgpool", "pooler,bouncer"])
+def test_unknown_targets_are_refused(spec: str) -> None:
+    with pytest.raises(ValueError, match="unknown target"):
+        targets.wanted_targets(spec, workers=1, odyssey_workers=[1], splice_workers=1)
+
+
+def test_scaling_runs_pooler_and_odyssey_at_each_count_and_pgbouncer_once() -> None:
+    wanted = targets.scaling_targets(targets.parse_counts("4, 1,2,8,2"))
+    assert names(wanted) == [
+        "direct", "pgbouncer",
+        "pooler1", "odyssey1", "pooler2", "odyssey2", "pooler4", "odyssey4", "pooler8", "odyssey8",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", ["", "0,1", "1,x", "-2"])
+def test_bad_worker_counts_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        targets.parse_counts(text)
+
+
+def test_scaling_scenarios_get_enough_clients_and_threads() -> None:
+    a = scenarios.for_scaling(scenarios.SCENARIOS["a"], clients=64, jobs=4)
+    assert (a.clients, a.jobs) == (64, 4) and "64 clients (-j 4)" in a.title
+    e = scenarios.for_scaling(scenarios.SCENARIOS["e"], clients=64, jobs=4)
+    assert (e.clients, e.jobs) == (500, 4)
+    g = scenarios.for_scaling(scenarios.SCENARIOS["g"], clients=64, jobs=4)
+    assert (g.clients, g.jobs) == (1, 1)  # one client: the point of g
+
+
+def test_pooler_and_odyssey_share_one_config_that_pooler_accepts() -> None:
+    text = targets.render_odyssey(16001, 15432, 4)
+    config = parse_text(text)
+    assert config.workers == 4
+    [rule] = config.rules
+    assert rule.pool == "transaction" and rule.pool_size == 20
+    assert rule.pool_reserve_prepared_statement  # odyssey's default is no: said explicitly
+    assert not rule.pool_discard
+
+
+def test_pgbouncer_ini_has_protocol_level_prepared_statements(tmp_path: Path) -> None:
+    ini = targets.render_pgbouncer(16002, 15432, tmp_path)
+    assert "max_prepared_statements = 200" in ini
+    assert "pool_mode = transaction" in ini and "default_pool_size = 20" in ini
+
+
+@pytest.mark.parametrize(
+    ("version", "ok"),
+    [("PgBouncer 1.25.2", True), ("PgBouncer 1.21.0", True), ("PgBouncer 1.18.0", False)],
+)
+def test_pgbouncer_older_than_1_21_is_refused(version: str, ok: bool) -> None:
+    if ok:
+        targets.check_pgbouncer(version)
+    else:
+        with pytest.raises(RuntimeError, match="PGBOUNCER_BIN"):
+            targets.check_pgbouncer(version)
+
+
+def _executable(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\necho 'PgBouncer 1.25.2'\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_the_shared_build_above_the_repository_is_found(tmp_path: Path) -> None:
+    shared = _executable(tmp_path / "shared" / "peers" / "pgbouncer")
+    repo = tmp_path / "wt" / "perf"
+    repo.mkdir(parents=True)
+    found = targets.find_peer("pgbouncer", "NO_SUCH_BIN_VAR", path_ok=False, start=repo)
+    assert found == shared
+    assert targets.peer_version(found) == "PgBouncer 1.25.2"
+
+
+def test_pgbouncer_on_path_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _executable(tmp_path / "bin" / "pgbouncer")  # think Debian's /usr/sbin/pgbouncer
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    with pytest.raises(RuntimeError, match="no pgbouncer binary: set NO_SUCH_BIN_VAR"):
+        targets.find_peer("pgbouncer", "NO_SUCH_BIN_VAR", path_ok=False, start=tmp_path / "repo")
+    # odyssey has no distribution package: PATH is fine for it
+    _executable(tmp_path / "bin" / "odyssey")
+    found = targets.find_peer("odyssey", "NO_SUCH_BIN_VAR", path_ok=True, start=tmp_path / "r")
+    assert found == tmp_path / "bin" / "odyssey"
+
+
+def test_the_environment_names_the_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    binary = _executable(tmp_path / "mine" / "pgbouncer")
+    monkeypatch.setenv("MY_PGBOUNCER", str(binary))
+    assert targets.find_peer("pgbouncer", "MY_PGBOUNCER", path_ok=False) == binary
+    (tmp_path / "not-exec").write_text("")
+    monkeypatch.setenv("MY_PGBOUNCER", str(tmp_path / "not-exec"))
+    with pytest.raises(RuntimeError, match="not an executable"):
+        targets.find_peer("pgbouncer", "MY_PGBOUNCER", path_ok=False)
+
+
+def test_a_binary_that_does_not_run_says_why(tmp_path: Path) -> None:
+    broken = tmp_path / "pgbouncer"
+    broken.write_text("#!/bin/sh\necho 'error while loading shared libraries' >&2\nexit 127\n")
+    broken.chmod(0o755)
+    with pytest.raises(RuntimeError, match="run-time libraries"):
+        targets.peer_version(broken)
+
+
+def _run(scen: str, target: str, rnd: int, tps: float, cpu_s: float = 0.0) -> report.Run:
+    run = report.Run(scen, target, rnd, tps=tps, lat_ms=1.0, wall=1.0, xacts=int(tps))
+    run.cpu = {"pooler": cpu_s} if cpu_s else {}
+    return run
+
+
+def test_scaling_table_takes_ratios_within_a_round() -> None:
+    runs = [
+        # round 1: a slow round for everybody; round 2: a fast one
+        _run("a", "pgbouncer", 1, 1000, 0.02), _run("a", "pgbouncer", 2, 2000, 0.04),
+        _run("a", "direct", 1, 1500), _run("a", "direct", 2, 3000),
+        _run("a", "pooler1", 1, 900, 0.03), _run("a", "pooler1", 2, 1800, 0.06),
+        _run("a", "odyssey1", 1, 800, 0.03), _run("a", "odyssey1", 2, 1600, 0.06),
+        _run("a", "pooler2", 1, 1200, 0.04), _run("a", "pooler2", 2, 2400, 0.08),
+        _run("a", "odyssey2", 1, 1000, 0.04), _run("a", "odyssey2", 2, 2000, 0.08),
+    ]  # fmt: skip
+    table = report.scaling_table(runs, "a", [1, 2])
+    rows = [line for line in table.splitlines() if line.startswith("| a |")]
+    assert rows[0].split("|")[3:9] == [" 1350 ", " 1200 ", " 0.90 ", " 0.80 ", " 1.12 ", " 1.00 "]
+    assert rows[1].split("|")[3:10] == [
+        " 1800 ", " 1500 ", " 1.20 ", " 1.00 ", " 1.20 ", " 1.33 ", " 1.25 "
+    ]  # fmt: skip
+    assert "pgbouncer 1500 TPS" in table and "direct 2250 TPS" in table
+
+
+def test_main_table_compares_pooler_with_odyssey_of_the_same_workers() -> None:
+    runs = [_run("a", "pgbouncer", 1, 1000), _run("a", "odyssey1", 1, 800)]
+    runs += [_run("a", "odyssey2", 1, 500), _run("a", "pooler", 1, 1000, 0.03)]
+    table = report.build_table(runs, "a", ["pgbouncer", "odyssey1", "odyssey2", "pooler"],
+                               {"pooler": "odyssey1"})  # fmt: skip
+    [row] = [line for line in table.splitlines() if line.startswith("| a | pooler |")]
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[5:8] == ["-", "1.00", "1.25"]  # vs direct, vs pgbouncer, vs odyssey1
