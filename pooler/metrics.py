@@ -23,6 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from pooler import __version__
+from pooler.logs import log
 from pooler.server.stats import quantile
 from pooler.supervisor import views
 
@@ -148,12 +149,44 @@ class SupervisorCollector:
             for attr, fam in workers.items():
                 fam.add_metric([str(info.index)], getattr(info, attr))
         yield from workers.values()
+        held = {
+            "auth_cache_entries": g(
+                "pooler_worker_auth_cache_entries", "auth_query answers cached", labels=["worker"]
+            ),
+            "auth_cache_bytes": g(
+                "pooler_worker_auth_cache_bytes",
+                "memory of the auth_query cache",
+                labels=["worker"],
+            ),
+            "client_buffer_bytes": g(
+                "pooler_worker_client_buffer_bytes",
+                "bytes held for clients (partial messages, queued input)",
+                labels=["worker"],
+            ),
+        }
+        for snapshot in snapshots:
+            for key, fam in held.items():
+                fam.add_metric([str(snapshot.get("index", 0))], snapshot.get(key, 0))
+        yield from held.values()
 
 
 def render(sup: Supervisor) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SupervisorCollector(sup))
     return generate_latest(registry)
+
+
+def metrics_hosts(config: Any) -> list[str] | None:
+    """Where /metrics listens: `promhttp_server_host` (comma-separated, "*" = every
+    interface), else the TCP listen addresses (so a pooler listening on 127.0.0.1 does not
+    publish its metrics to the network), else 127.0.0.1. None means every interface."""
+    if config.promhttp_server_host is not None:
+        hosts = [h.strip() for h in config.promhttp_server_host.split(",") if h.strip()]
+    else:
+        hosts = [listen.host for listen in config.listens if listen.host is not None]
+    if "*" in hosts:
+        return None
+    return list(dict.fromkeys(hosts)) or ["127.0.0.1"]
 
 
 async def serve_metrics(sup: Supervisor, port: int) -> asyncio.AbstractServer:
@@ -182,7 +215,16 @@ async def serve_metrics(sup: Supervisor, port: int) -> asyncio.AbstractServer:
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
 
-    return await asyncio.start_server(handle, host=None, port=port, reuse_address=True)
+    hosts = metrics_hosts(sup.config)
+    server = await asyncio.start_server(handle, host=hosts, port=port, reuse_address=True)
+    where = ", ".join(_address(sock.getsockname()) for sock in server.sockets)
+    log.info("metrics", f"serving /metrics on {where}")
+    return server
+
+
+def _address(name: Any) -> str:
+    host, port = name[0], name[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 __all__ = ["__version__", "render", "serve_metrics"]

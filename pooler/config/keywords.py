@@ -44,6 +44,7 @@ GLOBAL_STR = [
     "log_syslog_facility",
     "cpu_affinity",
     "hba_file",
+    "promhttp_server_host",  # pooler only
 ]
 GLOBAL_INT = [
     "priority",

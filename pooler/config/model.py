@@ -316,6 +316,9 @@ class Config:
     log_general_stats_prom: bool = False
     log_route_stats_prom: bool = False
     promhttp_server_port: int | None = None
+    # pooler only: /metrics addresses (comma-separated, "*" = every interface); unset = the
+    # TCP listen addresses (127.0.0.1 when there are only unix sockets)
+    promhttp_server_host: str | None = None
     stats_interval: int = 3
     resolvers: int = 1
     readahead: int = 4096

@@ -75,7 +75,12 @@ def _without_parse_completes(data: bytes, ends: list[int]) -> bytes:
 
 
 def quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    """A string literal that means `value` whatever the session's standard_conforming_strings
+    (with a backslash inside, an E'' literal, as PostgreSQL's own quote_literal does)."""
+    quoted = "'" + value.replace("'", "''") + "'"
+    if "\\" in value:
+        return "E" + quoted.replace("\\", "\\\\")
+    return quoted
 
 
 def quote_ident(name: str) -> str:
@@ -376,12 +381,25 @@ class ServerConnection(asyncio.Protocol):
         if error is not None:
             raise error
 
-    async def fetch_row(self, sql: str) -> list[str | None] | None:
-        """Run a query of our own; its first row as text (None when there is no row)."""
+    async def fetch_row(
+        self, sql: str, params: tuple[str, ...] | None = None
+    ) -> list[str | None] | None:
+        """Run a query of our own; its first row as text (None when there is no row).
+        With `params` it goes through the extended protocol, the values bound as $1, $2...
+        in text format: they never become part of the SQL text."""
         self.scanner.wanted = INTERNAL_WANTED
         self._inbox.clear()
         outer, self.internal = self.internal, True
-        self.send(build.query(sql))
+        if params is None:
+            self.send(build.query(sql))
+        else:
+            values = [value.encode() for value in params]
+            self.send(
+                build.parse("", sql)
+                + build.bind("", "", (), values)
+                + build.execute()
+                + build.sync()
+            )
         value: list[str | None] | None = None
         error: BackendError | None = None
         while True:

@@ -15,12 +15,12 @@ from pooler.config import Config, Endpoint, Listen, Rule, Storage
 from pooler.config.diff import RuleIdentity
 from pooler.logs import log
 from pooler.protocol import build
+from pooler.server.auth_cache import AuthQueryCache
 from pooler.server.backend import (
     IDLE,
     BackendError,
     ServerConnection,
     ServerGone,
-    quote_literal,
 )
 from pooler.server.client import ClientConnection
 from pooler.server.pool import Route, RouteKey
@@ -29,9 +29,6 @@ from pooler.server.stats import route_names, rule_label
 
 if TYPE_CHECKING:
     from pooler.server.worker_main import SupervisorLink
-
-
-AUTH_QUERY_CACHE_SECONDS = 10
 
 
 class Worker:
@@ -59,7 +56,7 @@ class Worker:
         self._key_counter = 0
         self.errors: dict[str, int] = {}  # login refusals by kind (SHOW ERRORS)
         self._recovery: dict[Endpoint, tuple[bool, float]] = {}
-        self._auth_cache: dict[tuple[str | None, ...], tuple[str | None, float]] = {}
+        self.auth_cache = AuthQueryCache()
         self.stopping = False
 
     # --- tasks ------------------------------------------------------------------------
@@ -239,10 +236,9 @@ class Worker:
         """The password (or secret) of `user` as the rule's auth_query returns it, looked up
         through an internal connection as auth_query_user@auth_query_db; cached briefly."""
         key = (rule.auth_query, rule.auth_query_db, rule.auth_query_user, user)
-        now = time.monotonic()
-        cached = self._auth_cache.get(key)
-        if cached is not None and now - cached[1] < AUTH_QUERY_CACHE_SECONDS:
-            return cached[0]
+        found, cached = self.auth_cache.get(key, time.monotonic())
+        if found:
+            return cached
         db, internal_user = rule.auth_query_db or "", rule.auth_query_user or ""
         internal = self.router.match(ClientKey(db, internal_user, None, internal=True))
         if internal is None:
@@ -251,17 +247,17 @@ class Worker:
             log.error("auth_query", f"no route for auth_query user '{db}.{internal_user}'")
             return None
         route = self.route_for(internal, db, internal_user)
-        sql = (rule.auth_query or "").replace("$1", quote_literal(user))
+        sql = rule.auth_query or ""
         server = await route.acquire(self.storage_password(internal))
-        try:
-            row = await server.fetch_row(sql)
+        try:  # the user name is bound as $1 (odyssey's placeholder), never put in the text
+            row = await server.fetch_row(sql, (user,) if "$1" in sql else ())
         except (BackendError, ServerGone) as exc:
             log.error("auth_query", f"auth_query failed: {exc}")
             route.discard(server)
             return None
         route.release(server)
         password = row[1] if row is not None and len(row) > 1 else None
-        self._auth_cache[key] = (password, now)
+        self.auth_cache.put(key, password, time.monotonic())
         return password
 
     async def in_recovery(self, server: ServerConnection, storage: Storage) -> bool | None:
@@ -329,7 +325,9 @@ class Worker:
         """Gauges and counters of this worker, per route (sent to the supervisor)."""
         now = time.monotonic()
         per_route: dict[RouteKey, dict[str, int]] = {}
+        held = 0  # bytes held for clients: partial messages, input queued for a server
         for client in self.clients:
+            held += client.splitter.pending + client.queued_bytes + len(client.buf)
             route = client.route
             if route is None:
                 continue
@@ -378,6 +376,9 @@ class Worker:
             "clients": len(self.clients),
             "servers": sum(r.size for r in self.routes.values()),
             "routes": routes,
+            "auth_cache_entries": len(self.auth_cache),
+            "auth_cache_bytes": self.auth_cache.memory_bytes(),
+            "client_buffer_bytes": held,
         }
 
     # --- cron -------------------------------------------------------------------------
@@ -386,6 +387,7 @@ class Worker:
         while True:
             await asyncio.sleep(1)
             now = time.monotonic()
+            self.auth_cache.expire(now)
             for key, route in list(self.routes.items()):
                 route.expire_idle()
                 if route.obsolete and route.clients == 0 and route.size == 0:

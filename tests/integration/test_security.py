@@ -9,6 +9,7 @@ test_stat_role_cannot_run_admin_commands below).
 from __future__ import annotations
 
 import base64
+import re
 import socket
 import statistics
 import struct
@@ -24,8 +25,11 @@ from harness import (
     PLAIN_USER,
     SCRAM_PW,
     SCRAM_USER,
+    free_port,
     make_config,
+    release_port,
     route,
+    wait_until,
 )
 from wire import error_fields, read_until, startup_packet
 
@@ -198,3 +202,95 @@ def test_stat_role_cannot_run_admin_commands(pooler):
         conn.execute("show pools")  # still fine
     assert p.is_running()
     assert p.sql("select 1", dbname="p0") == [(1,)]
+
+
+# -- auth_query --------------------------------------------------------------------------------
+
+AQ_READER = "aq_reader_nosc"  # its sessions run with standard_conforming_strings = off
+CRAFTED_USER = "zz\\' UNION SELECT $$zz$$, $$hunter2$$ --"
+
+
+@pytest.fixture
+def aq_reader(pg):
+    pg.create_role(AQ_READER, method="trust", superuser=True)
+    pg.psql(f"ALTER ROLE {AQ_READER} SET standard_conforming_strings = off")
+    yield AQ_READER
+    pg.psql(f"DROP ROLE IF EXISTS {AQ_READER}")
+
+
+def test_auth_query_user_name_is_a_bound_parameter(pooler, aq_reader):
+    # With standard_conforming_strings off, a backslash escapes a quote: a user name pasted
+    # into the SQL text as a quoted literal breaks out of it and makes the auth_query return
+    # a password of the attacker's choice. Bound as $1, it is only ever a value.
+    internal = route("postgres", aq_reader, pool="session", pool_routing="internal")
+    users = route("p0", "default", authentication="clear_text", auth_query=AUTH_QUERY,
+                  auth_query_db="postgres", auth_query_user=aq_reader, storage_user="postgres",
+                  pool="transaction")  # fmt: skip
+    p = pooler(make_config([internal, users]))
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        p.connect("p0", CRAFTED_USER, "hunter2")
+    # the auth_query still works for real users (and ran with the setting off)
+    with p.connect("p0", PLAIN_USER, PLAIN_PW) as conn:
+        assert conn.execute("select current_user").fetchone()[0] == "postgres"
+
+
+# -- /metrics --------------------------------------------------------------------------------
+
+
+def _answers_http(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            return sock.recv(12).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("configured", [None, "127.0.0.2"])
+def test_metrics_listen_only_where_told(pooler, configured):
+    # Listening on 127.0.0.1, /metrics must not answer on another address (127.0.0.2 is
+    # loopback too, so this needs no network: a wildcard bind would answer there).
+    port = free_port()
+    try:
+        extra = {"promhttp_server_port": port}
+        if configured:
+            extra["promhttp_server_host"] = configured
+        p = pooler(make_config(**extra))
+        where = configured or "127.0.0.1"
+        elsewhere = "127.0.0.1" if configured else "127.0.0.2"
+        p.wait_for_log(rf"serving /metrics on {re.escape(where)}:{port}")
+        assert _answers_http(where, port)
+        assert not _answers_http(elsewhere, port)
+    finally:
+        release_port(port)
+
+
+def _metric(port: int, name: str) -> float | None:
+    """The sum of a metric's samples on /metrics (None when it is not there)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{")]
+    return sum(values) if values else None
+
+
+def test_auth_query_cache_forgets_failures_and_is_counted(pooler):
+    # 20,000 failed logins with 4,000-character user names used to add 85 MB to a worker
+    # for good: failures are kept briefly, the cache is bounded and shows in /metrics.
+    port = free_port()
+    try:
+        internal = route("postgres", "postgres", pool="session", pool_routing="internal")
+        users = route("p0", "default", authentication="md5", auth_query=AUTH_QUERY,
+                      auth_query_db="postgres", auth_query_user="postgres", pool="transaction")  # fmt: skip
+        p = pooler(make_config([internal, users], promhttp_server_port=port, stats_interval=1))
+        for i in range(40):
+            user = f"nobody{i}_" + "x" * 4000
+            assert _md5_login(p, user, "whatever")[1] == "E"
+        wait_until(lambda: _metric(port, "pooler_worker_auth_cache_entries") == 40, timeout=10)
+        assert _metric(port, "pooler_worker_auth_cache_bytes") < 40 * 1000  # not 40 × 4 KB
+        wait_until(lambda: _metric(port, "pooler_worker_auth_cache_entries") == 0, timeout=10)
+        with p.connect("p0", MD5_USER, MD5_PW) as conn:  # a real user still logs in
+            assert conn.execute("select current_user").fetchone()[0] == MD5_USER
+    finally:
+        release_port(port)

@@ -17,7 +17,8 @@ def test_grammar_file_is_found_and_lists_every_keyword() -> None:
     text = grammar_text()
     for word in kw.KEYWORDS:
         assert f" {kw.terminal(word)}" in text, word
-    assert len(kw.KEYWORDS) == 187  # odyssey's 186 reserved words + legacy load_module
+    # odyssey's 186 reserved words + legacy load_module + pooler's promhttp_server_host
+    assert len(kw.KEYWORDS) == 188
 
 
 def test_config_package_imports_no_server_stack() -> None:
@@ -76,6 +77,12 @@ def test_client_max_zero_means_unset_in_legacy() -> None:
 def test_promhttp_server_port_is_supported_and_range_checked() -> None:
     assert ok(conf(top="promhttp_server_port 9127")).promhttp_server_port == 9127
     assert "between 1 and 65535" in one_error(conf(top="promhttp_server_port 0"))
+
+
+def test_pooler_only_key_promhttp_server_host() -> None:
+    config = ok(conf(top='promhttp_server_host "127.0.0.1, ::1"'))
+    assert config.promhttp_server_host == "127.0.0.1, ::1"
+    assert ok(conf()).promhttp_server_host is None
 
 
 def test_global_validation_errors_are_collected() -> None:
