@@ -101,6 +101,7 @@ class ServerConnection(asyncio.Protocol):
         "holds_slot",
         "id",
         "internal",
+        "login_notices",
         "login_params",
         "params",
         "pending",
@@ -127,6 +128,7 @@ class ServerConnection(asyncio.Protocol):
         self.client: ClientConnection | None = None
         self.params: dict[str, str] = {}
         self.login_params: dict[str, str] = {}
+        self.login_notices: list[bytes] = []  # NoticeResponses of the login, not yet passed on
         self.backend_key = (0, 0)
         self.status = IDLE  # transaction status of the last ReadyForQuery
         self.pending = 0  # ReadyForQuery messages still owed to the linked client
@@ -325,6 +327,8 @@ class ServerConnection(asyncio.Protocol):
                 self.params[name] = value
             elif msg_type == K:
                 self.backend_key = messages.decode_backend_key_data(body)
+            elif msg_type == N:  # e.g. a WARNING about a role's setting or a collation version
+                self.login_notices.append(b"N" + (len(body) + 4).to_bytes(4, "big") + body)
             elif msg_type == E:
                 raise BackendError(messages.decode_error_fields(body))
             elif msg_type == Z:

@@ -395,6 +395,7 @@ class ClientConnection(asyncio.Protocol):
         if route.shares_statements:
             self.statements = ClientStatements(route.stats, route.known_statements)
         self._init_params(params, rule)
+        notices: list[bytes] = []  # what a server said at its login, passed on (as odyssey)
         if self.mode == "session":
             server = await self._acquire_for_login(route)
             try:
@@ -404,16 +405,19 @@ class ClientConnection(asyncio.Protocol):
                 raise
             server.link(self, time.monotonic())
             self.server = server
+            notices, server.login_notices = server.login_notices, []
             reported = dict(server.params)
         else:
             if route.server_params is None:
-                route.release(await self._acquire_for_login(route))
+                server = await self._acquire_for_login(route)
+                notices, server.login_notices = server.login_notices, []
+                route.release(server)
             reported = dict(route.server_params or {})
             reported.update(self.params)
         for name in TRACKED_PARAMS:
             if name in reported:
                 self.params.setdefault(name, reported[name])
-        self._finish_login(reported)
+        self._finish_login(reported, notices)
 
     async def _acquire_for_login(self, route: Route) -> ServerConnection:
         """A server during login (session pool, or a route's first login, which learns the
@@ -472,8 +476,8 @@ class ClientConnection(asyncio.Protocol):
             return host
         return f"[{host}]:{peer_port}" if ":" in host else f"{host}:{peer_port}"
 
-    def _finish_login(self, reported: dict[str, str]) -> None:
-        out = [build.auth_ok(), _parameter_statuses(tuple(reported.items()))]
+    def _finish_login(self, reported: dict[str, str], notices: list[bytes]) -> None:
+        out = [build.auth_ok(), *notices, _parameter_statuses(tuple(reported.items()))]
         self.key = self.worker.register_cancel_key(self)
         out.append(build.backend_key_data(*self.key))
         out.append(build.ready_for_query("I"))

@@ -8,8 +8,9 @@ import signal
 import socket
 
 import pytest
-from harness import PoolerStartError, make_config, route
+from harness import HOST, PoolerStartError, make_config, route
 from test_supervisor import worker_pids
+from wire import error_fields, read_until, startup_packet
 
 
 def local_port(conn) -> int:
@@ -79,3 +80,30 @@ def test_application_name_add_host(pooler, pool):
         assert (
             conn.execute("show application_name").fetchone()[0].startswith("unknown - 127.0.0.1:")
         )
+
+
+@pytest.fixture
+def login_warning(pg):
+    """PostgreSQL WARNs at every login of postgres into p2 (an invalid per-role setting)."""
+    pg.psql("alter role postgres in database p2 set default_tablespace = 'nosuch'")
+    try:
+        yield 'invalid value for parameter "default_tablespace": "nosuch"'
+    finally:
+        pg.psql("alter role postgres in database p2 reset default_tablespace")
+
+
+def login_messages(p, database: str) -> list[tuple[int, bytes]]:
+    with socket.create_connection((HOST, p.port), timeout=10) as sock:
+        sock.sendall(startup_packet("postgres", database))
+        return read_until(sock, b"ZE", timeout=10)
+
+
+@pytest.mark.parametrize("pool", ["session", "transaction"])
+def test_login_warning_of_the_server_is_passed_on(pooler, login_warning, pool):
+    """A WARNING PostgreSQL sends at login reaches the client whose login opened that server,
+    in session and transaction pools (odyssey 1.5.3 does the same)."""
+    p = pooler(make_config(route("p2", "postgres", pool=pool)))
+    found = login_messages(p, "p2")
+    assert found[-1][0] == ord("Z")
+    notices = [error_fields(body) for kind, body in found if kind == ord("N")]
+    assert [(n["S"], n["M"]) for n in notices] == [("WARNING", login_warning)]
