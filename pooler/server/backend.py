@@ -36,8 +36,8 @@ PARSE_COMPLETE = ord("1")
 OWED_ANSWERS = frozenset((Z, E, G, PARSE_COMPLETE))  # never sent by an idle server unasked
 RELAY_WANTED = frozenset((Z, S, E, G))
 RELAY_WANTED_PREPARED = RELAY_WANTED | {PARSE_COMPLETE}
+RELAY_WANTED_XACT = RELAY_WANTED_PREPARED | {C}  # and CommandComplete: was it a ROLLBACK?
 MAX_STATEMENTS = 1000  # per server connection; the least recently used go beyond that
-CACHED_PLAN_ERROR = "cached plan must not change result type"
 INTERNAL_WANTED = frozenset(ord(c) for c in "RSKZENCTDGHIAn123st")
 
 SMART_DISCARD = (
@@ -197,8 +197,8 @@ class ServerConnection(asyncio.Protocol):
                     drop.append(end)
                 continue
             if msg_type == Z:
-                self.statements.on_ready()
                 status = self.status = body[0] if body else IDLE
+                self.statements.on_ready(status)
                 self.copy_in = False
                 now = time.monotonic()
                 stats.record_query(int((now - self.query_started) * 1e6))
@@ -216,7 +216,12 @@ class ServerConnection(asyncio.Protocol):
             elif msg_type == G:
                 self.copy_in = True
             elif msg_type == E and body is not None:
+                self.statements.on_error()
                 client.server_error(self, body)
+            elif msg_type == C and body is not None:
+                self.statements.on_command_complete(body)
+        if bool(self.statements.in_xact) != (self.relay_wanted is RELAY_WANTED_XACT):
+            self._watch_transaction()
         if drop:
             data = _without_parse_completes(data, drop)
         if not client.transport.is_closing():  # closed, its connection_lost not yet run
@@ -224,6 +229,12 @@ class ServerConnection(asyncio.Protocol):
         stats.bytes_sent += len(data)
         if ready and not self.unsynced:
             client.server_ready(self)
+
+    def _watch_transaction(self) -> None:
+        """Look at CommandComplete tags only while statements prepared in the open
+        transaction could be doomed by a ROLLBACK."""
+        wanted = RELAY_WANTED_XACT if self.statements.in_xact else RELAY_WANTED_PREPARED
+        self.relay_wanted = self.scanner.wanted = wanted
 
     # --- internal mode ----------------------------------------------------------------
 
@@ -448,7 +459,7 @@ class ServerConnection(asyncio.Protocol):
             if msg_type == PARSE_COMPLETE:
                 statements.on_parse_complete()  # a Parse the client sent succeeded
             elif msg_type == Z:
-                statements.on_ready()  # Parses still unanswered at a ReadyForQuery failed
+                statements.on_ready(body[0] if body else IDLE)  # unanswered Parses failed
                 if found:
                     self.status = body[0] if body else IDLE
                     break
@@ -497,6 +508,7 @@ class ServerConnection(asyncio.Protocol):
             if not rule.pool_rollback:
                 return False
             await self.query("ROLLBACK")
+        self.statements.reset()  # (dooms what a transaction we rolled back prepared)
         reset_sql = self.route.reset_query
         if reset_sql:
             self.params = dict(self.login_params)
@@ -508,21 +520,30 @@ class ServerConnection(asyncio.Protocol):
         """Does `tidy_statements` have work to do before the server is lent again?"""
         statements = self.statements
         return (
-            statements.plan_epoch != self.route.plan_epoch or len(statements.names) > MAX_STATEMENTS
+            statements.plan_epoch != self.route.plan_epoch
+            or len(statements.names) > MAX_STATEMENTS
+            or bool(statements.doomed)
         )
 
     async def tidy_statements(self) -> None:
         """Drop prepared statements that a schema change made stale (the route's plan epoch
-        moved) or that exceed the per-connection cache."""
+        moved), that a rolled-back transaction doomed, or that exceed the per-connection
+        cache."""
         statements = self.statements
         if statements.plan_epoch != self.route.plan_epoch:
             if statements.names:
                 await self.query("DEALLOCATE ALL")
             statements.forget_all()
             statements.plan_epoch = self.route.plan_epoch
-        elif len(statements.names) > MAX_STATEMENTS:
+            return
+        names = [name for name in statements.doomed if name in statements.names]
+        for name in names:
+            del statements.names[name]
+        statements.doomed.clear()
+        if len(statements.names) > MAX_STATEMENTS:
             excess = len(statements.names) - MAX_STATEMENTS * 3 // 4
-            names = [statements.names.popitem(last=False)[0] for _ in range(excess)]
+            names += [statements.names.popitem(last=False)[0] for _ in range(excess)]
+        if names:
             await self.query(";".join(f"DEALLOCATE {name}" for name in names))
 
     def link(self, client: ClientConnection, now: float) -> None:

@@ -33,7 +33,6 @@ from pooler.protocol.framing import (
 )
 from pooler.server import tls as tls_support
 from pooler.server.backend import (
-    CACHED_PLAN_ERROR,
     IDLE,
     BackendError,
     ServerConnection,
@@ -41,7 +40,7 @@ from pooler.server.backend import (
 )
 from pooler.server.hba import hba_allows
 from pooler.server.pool import ConnectFailed, HandOff, PoolTimeout, Route
-from pooler.server.prepared import ClientStatements
+from pooler.server.prepared import ClientStatements, is_stale_statement_error
 from pooler.server.router import ClientKey
 
 if TYPE_CHECKING:
@@ -882,14 +881,15 @@ class ClientConnection(asyncio.Protocol):
 
     def server_error(self, server: ServerConnection, body: bytes) -> None:
         """An ErrorResponse went by: count it; after a schema change made a shared
-        prepared statement's plan stale, every server of the route re-prepares."""
+        prepared statement stale (its result type changed, a type it names is gone), every
+        server of the route re-prepares."""
         route = self.route
         if route is None:
             return
         route.stats.error("server")
-        if route.shares_statements and b"0A000" in body:
+        if route.shares_statements and (b"0A000" in body or b"XX000" in body):
             fields = messages.decode_error_fields(body)
-            if fields.get("C") == "0A000" and CACHED_PLAN_ERROR in fields.get("M", ""):
+            if is_stale_statement_error(fields):
                 route.plan_epoch += 1
 
     def server_lost(self, server: ServerConnection) -> None:

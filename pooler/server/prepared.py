@@ -34,10 +34,23 @@ from pooler.protocol import build, messages
 from pooler.protocol.errors import ProtocolError
 
 CLOSE_NOTHING = "pooler_never_prepared"
+IDLE = ord("I")  # ReadyForQuery's transaction status outside a transaction
 EMPTY_PARSE = build.parse("", "")  # stands in for a Parse the server already has
 _DEALLOCATE = re.compile(r"\s*deallocate\s+(?:prepare\s+)?(\"(?:[^\"]|\"\")+\"|\w+)\s*;?\s*$", re.I)
 _MAYBE_DROP = re.compile(rb"\s*[dD]")  # could be DEALLOCATE or DISCARD
 _DROP_ALL = re.compile(r"\s*(?:deallocate\s+(?:prepare\s+)?all|discard\s+all)\s*;?\s*$", re.I)
+
+
+CACHED_PLAN_ERROR = "cached plan must not change result type"
+
+
+def is_stale_statement_error(fields: dict[str, str]) -> bool:
+    """Does PostgreSQL reject a prepared statement that a schema change made stale: its
+    result type changed, or a type it was prepared with is gone?"""
+    code, message = fields.get("C"), fields.get("M", "")
+    if code == "0A000":
+        return CACHED_PLAN_ERROR in message
+    return code == "XX000" and message.startswith("cache lookup failed for type")
 
 
 def server_name(query: str, param_types: tuple[int, ...]) -> str:
@@ -130,6 +143,13 @@ class ServerStatements:
     _batches_sent: int = 0  # Sync/Query messages sent: each ends a batch with a ReadyForQuery
     _batches_done: int = 0
     plan_epoch: int = 0
+    # Statements prepared inside a transaction may name objects created in it (a type, a
+    # table): if it rolls back they are `doomed`, dropped before the server is lent again.
+    _confirmed: list[str] = field(default_factory=list)  # prepared since the last ReadyForQuery
+    in_xact: list[str] = field(default_factory=list)  # prepared inside the open transaction
+    doomed: set[str] = field(default_factory=set)
+    _rolled_back: bool = False  # a ROLLBACK (or ROLLBACK TO) completed since the last one
+    _failed: bool = False  # an ErrorResponse since the last ReadyForQuery
 
     @property
     def swallowing(self) -> bool:
@@ -156,23 +176,53 @@ class ServerStatements:
         forward, name, _batch = self._parses.popleft()
         if name is not None:
             self.known.add(name)
+            self._confirmed.append(name)
         return forward
 
-    def on_ready(self) -> None:
-        """A ReadyForQuery: Parses of finished batches that got no answer failed."""
+    def on_error(self) -> None:
+        self._failed = True
+
+    def on_command_complete(self, tag: bytes) -> None:
+        """A CommandComplete (looked at while `in_xact` holds statements)."""
+        if tag.startswith(b"ROLLBACK"):  # ROLLBACK, ROLLBACK TO, COMMIT of a failed one
+            self._rolled_back = True
+
+    def on_ready(self, status: int = IDLE) -> None:
+        """A ReadyForQuery: Parses of finished batches that got no answer failed; statements
+        prepared in a transaction that rolled back (an explicit one, or the implicit one of
+        a failed batch) are doomed."""
         self._batches_done += 1
         while self._parses and self._parses[0][2] < self._batches_done:
             _forward, name, _batch = self._parses.popleft()
             if name is not None:
                 self.names.pop(name, None)
+        if self._confirmed:
+            self.in_xact += self._confirmed
+            self._confirmed.clear()
+        if self.in_xact:
+            if self._rolled_back or (self._failed and status == IDLE):
+                self.doomed.update(name for name in self.in_xact if name in self.names)
+                self.in_xact.clear()
+            elif status == IDLE:  # committed: what it created stays
+                self.in_xact.clear()
+        self._rolled_back = self._failed = False
 
     def reset(self) -> None:
-        """Between clients: nothing is in flight any more."""
+        """Between clients: nothing is in flight any more; a transaction still counted as
+        open ended without our seeing how (the pooler's own ROLLBACK): its statements are
+        doomed."""
         self._parses.clear()
         self._batches_sent = self._batches_done = 0
+        self.in_xact += self._confirmed
+        self.doomed.update(name for name in self.in_xact if name in self.names)
+        self._confirmed.clear()
+        self.in_xact.clear()
+        self._rolled_back = self._failed = False
 
     def forget_all(self) -> None:
         self.names.clear()
+        self.doomed.clear()
+        self.in_xact.clear()
 
 
 class ClientStatements:

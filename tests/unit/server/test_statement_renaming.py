@@ -164,3 +164,59 @@ def test_long_query_texts_are_renamed_without_being_memoised():
     assert kind == messages.PARSE
     assert messages.decode_parse(payload).name == server_name(text, ())
     assert (_cached_parse.cache_info().currsize, _cached_statement.cache_info().currsize) == before
+
+
+T, E_ = ord("T"), ord("E")
+
+
+def _prepared_in(server: ServerStatements, client: ClientStatements, status: bytes) -> str:
+    """A client Parse+Sync answered ParseComplete+ReadyForQuery(status): the server name."""
+    out = rewrite(client, build.parse("", "insert into t values ($1::ty[])"), server)
+    name = messages.decode_parse(body(out)[1]).name
+    server.sent_sync()
+    assert server.on_parse_complete() is True
+    server.on_ready(status[0])
+    return name
+
+
+def test_statements_prepared_in_a_rolled_back_transaction_are_doomed():
+    server = ServerStatements()
+    client = ClientStatements(Counters(), KNOWN)
+    server.on_ready(T)  # BEGIN
+    name = _prepared_in(server, client, b"T")
+    assert server.in_xact == [name] and not server.doomed
+    server.sent_sync()
+    server.on_command_complete(b"ROLLBACK\0")
+    server.on_ready(ord("I"))
+    assert server.doomed == {name} and not server.in_xact
+
+
+def test_statements_prepared_in_a_committed_transaction_stay():
+    server = ServerStatements()
+    client = ClientStatements(Counters(), KNOWN)
+    name = _prepared_in(server, client, b"T")
+    server.sent_sync()
+    server.on_command_complete(b"COMMIT\0")
+    server.on_ready(ord("I"))
+    assert not server.doomed and not server.in_xact and server.has(name)
+
+
+def test_a_failed_batch_dooms_what_it_prepared():
+    server = ServerStatements()
+    client = ClientStatements(Counters(), KNOWN)
+    rewrite(client, build.parse("", "select $1::ty"), server)
+    server.sent_sync()
+    server.on_parse_complete()
+    server.on_error()  # its Execute failed: the implicit transaction rolled back
+    server.on_ready(ord("I"))
+    assert len(server.doomed) == 1
+
+
+def test_a_transaction_the_pooler_rolled_back_dooms_its_statements():
+    server = ServerStatements()
+    client = ClientStatements(Counters(), KNOWN)
+    name = _prepared_in(server, client, b"T")
+    server.reset()  # the client left mid-transaction; the reset ran ROLLBACK
+    assert server.doomed == {name}
+    server.forget_all()
+    assert not server.doomed
