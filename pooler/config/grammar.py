@@ -21,14 +21,10 @@ from pooler.config.keywords import KEYWORD_SET
 GRAMMAR_NAME = "odyssey.lark"
 
 
-class LexError(Exception):
-    """A character or token the scanner cannot accept (position is 1-based)."""
-
-    def __init__(self, message: str, line: int, column: int) -> None:
-        super().__init__(message)
-        self.message = message
-        self.line = line
-        self.column = column
+# Tokens no grammar rule accepts, so that the parser reports them where they stand and
+# goes on (pooler.config.transform): a number run into letters (`3x`, `10ms`), a character
+# odyssey rejects, a string without its closing quote (the rest of the file).
+BAD_NUMBER, BAD_CHAR, BAD_STRING = "BAD_NUMBER", "BAD_CHAR", "BAD_STRING"
 
 
 def grammar_path() -> Path:
@@ -54,7 +50,7 @@ _TOKEN_RE_DEFAULT = re.compile(
     (?P<ws>[ \t\r\n\f\v]+)
   | (?P<comment>\#[^\n]*)
   | (?P<string>"(?:[^"\\]|\\[\s\S])*")
-  | (?P<number>-?[0-9]+)(?P<suffix>[kKmMgG][bB]?|[bB])?
+  | (?P<number>-?[0-9]+)(?P<suffix>[kKmMgG][bB]?|[bB])?(?P<tail>[A-Za-z0-9_]*)
   | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<lbrace>\{)
   | (?P<rbrace>\})
@@ -66,7 +62,7 @@ _TOKEN_RE_STRICT = re.compile(
     (?P<ws>[ \t\r\n]+)
   | (?P<comment>\#[^\n]*)
   | (?P<string>"(?:[^"]|(?<=\\)")*")
-  | (?P<number>-?[0-9]+)(?P<suffix>[kKmMgG][bB]?|[bB])?
+  | (?P<number>-?[0-9]+)(?P<suffix>[kKmMgG][bB]?|[bB])?(?P<tail>[A-Za-z0-9_]*)
   | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<lbrace>\{)
   | (?P<rbrace>\})
@@ -76,10 +72,10 @@ _TOKEN_RE_STRICT = re.compile(
 
 
 def scan(text: str, strict: bool) -> Iterator[Token]:
-    """Yield Lark tokens for `text`; raise LexError on a character odyssey would reject.
+    """Yield Lark tokens for `text`; what odyssey would reject comes as a BAD_* token.
 
     STRING tokens carry the string *value* (quotes removed; strict: `\\"` unescaped, default:
-    raw as the legacy reader keeps it). NUMBER/SIZE tokens carry the source text.
+    raw as the legacy reader keeps it). NUMBER/SIZE/BAD_* tokens carry the source text.
     """
     token_re = _TOKEN_RE_STRICT if strict else _TOKEN_RE_DEFAULT
     match = token_re.match
@@ -91,14 +87,16 @@ def scan(text: str, strict: bool) -> Iterator[Token]:
         m = match(text, pos)
         if m is None:
             column = pos - line_start + 1
-            ch = text[pos]
-            if ch == '"':
-                raise LexError("unterminated string", line, column)
-            raise LexError(f"unexpected character {ch!r}", line, column)
+            if text[pos] == '"':  # unterminated: the rest of the file is in the string
+                yield Token(BAD_STRING, text[pos:], pos, line, column, line, column + 1, end)
+                return
+            yield Token(BAD_CHAR, text[pos], pos, line, column, line, column + 1, pos + 1)
+            pos += 1
+            continue
         kind = m.lastgroup
         stop = m.end()
         column = pos - line_start + 1
-        if kind == "suffix":
+        if kind in ("suffix", "tail"):
             kind = "number"
         if kind == "ws" or kind == "comment":
             pass
@@ -123,6 +121,8 @@ def scan(text: str, strict: bool) -> Iterator[Token]:
             yield Token("STRING", value, pos, line, column, line + nl, end_column, stop)
         elif kind == "number":
             ttype = "SIZE" if m.group("suffix") else "NUMBER"
+            if m.group("tail"):
+                ttype = BAD_NUMBER
             yield Token(ttype, m.group(), pos, line, column, line, column + stop - pos, stop)
         elif kind == "lbrace":
             yield Token("_LBRACE", "{", pos, line, column, line, column + 1, stop)

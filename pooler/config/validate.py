@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from pooler.config.errors import Diagnostic, Pos
+from pooler.config.errors import Diagnostic, Pos, did_you_mean
 from pooler.config.model import Config, Rule, Storage
 
 TLS_MODES = ("disable", "allow", "prefer", "require", "verify_ca", "verify_full")
@@ -16,6 +16,14 @@ STORAGE_TYPES = ("remote", "local")
 AUTH_MODES = ("none", "block", "clear_text", "md5", "scram-sha-256", "cert", "external")
 POOL_MODES = ("session", "transaction", "statement")
 POOL_ROUTINGS = ("client_visible", "internal")
+
+
+def hint(value: str | None, choices: tuple[str, ...] | list[str]) -> str:
+    """`; did you mean 'x'?` for a value close to one of `choices`, else ''."""
+    best = did_you_mean(value, choices) if value else None
+    return f"; did you mean '{best}'?" if best is not None else ""
+
+
 ROLES = ("admin", "stat", "notallow")
 TSA_VALUES = ("read-write", "read-only", "prefer-standby", "any")
 BALANCING_METHODS = ("roundrobin", "leastconn")
@@ -34,6 +42,9 @@ class _Validator:
         self.strict = strict
         self.errors: list[Diagnostic] = []
         self.warnings: list[Diagnostic] = []
+
+    def storage_names(self) -> list[str]:
+        return [s.name for s in self.c.storages]
 
     def error(self, pos: Pos | None, message: str) -> None:
         self.errors.append(Diagnostic(pos, message))
@@ -103,7 +114,8 @@ class _Validator:
                 self.error(listen.pos, "listen host is not set and no unix_socket_dir is specified")
             if listen.tls not in TLS_MODES:
                 self.error(
-                    listen.key_pos.get("tls", listen.pos), f"unknown tls mode '{listen.tls}'"
+                    listen.key_pos.get("tls", listen.pos),
+                    f"unknown tls mode '{listen.tls}'{hint(listen.tls, TLS_MODES)}",
                 )
             if listen.target_session_attrs is not None and (
                 listen.target_session_attrs not in TSA_VALUES
@@ -122,7 +134,8 @@ class _Validator:
             for name in listen.storage:
                 if c.storage(name) is None:
                     self.error(
-                        listen.key_pos.get("storage", listen.pos), f"unknown storage '{name}'"
+                        listen.key_pos.get("storage", listen.pos),
+                        f"unknown storage '{name}'{hint(name, self.storage_names())}",
                     )
 
     # -------------------------------------------------------------------- storages
@@ -139,11 +152,17 @@ class _Validator:
         if s.type is None:
             self.error(s.pos, f"{prefix}: no type is specified")
         elif s.type not in STORAGE_TYPES:
-            self.error(s.key_pos.get("type", s.pos), f"{prefix}: unknown type '{s.type}'")
+            self.error(
+                s.key_pos.get("type", s.pos),
+                f"{prefix}: unknown type '{s.type}'{hint(s.type, STORAGE_TYPES)}",
+            )
         if s.type == "remote" and s.host is None and self.c.unix_socket_dir is None:
             self.error(s.pos, f"{prefix}: no host specified and unix_socket_dir is not set")
         if s.tls not in TLS_MODES:
-            self.error(s.key_pos.get("tls", s.pos), f"{prefix}: unknown storage tls mode '{s.tls}'")
+            self.error(
+                s.key_pos.get("tls", s.pos),
+                f"{prefix}: unknown storage tls mode '{s.tls}'{hint(s.tls, TLS_MODES)}",
+            )
         if s.watchdog is not None:
             self.check_rule(s.watchdog)
 
@@ -173,13 +192,18 @@ class _Validator:
         else:
             storage = c.storage(r.storage)
             if storage is None:
-                self.error(at("storage"), f"{prefix}: no rule storage '{r.storage}' found")
+                self.error(
+                    at("storage"),
+                    f"{prefix}: no rule storage '{r.storage}' found"
+                    f"{hint(r.storage, self.storage_names())}",
+                )
         if r.authentication is None:
             self.error(r.pos, f"{prefix}: authentication mode is not defined")
         elif r.authentication not in AUTH_MODES:
             self.error(
                 at("authentication"),
-                f"{prefix}: has unknown authentication mode '{r.authentication}'",
+                f"{prefix}: has unknown authentication mode '{r.authentication}'"
+                f"{hint(r.authentication, AUTH_MODES)}",
             )
         if r.role is not None:
             if r.role not in ROLES:
@@ -193,10 +217,14 @@ class _Validator:
         if r.pool is None:
             self.error(r.pos, f"{prefix}: pooling mode is not set")
         elif r.pool not in POOL_MODES:
-            self.error(at("pool"), f"{prefix}: unknown pooling mode '{r.pool}'")
+            self.error(
+                at("pool"), f"{prefix}: unknown pooling mode '{r.pool}'{hint(r.pool, POOL_MODES)}"
+            )
         if r.pool_routing not in POOL_ROUTINGS:
             self.error(
-                at("pool_routing"), f"{prefix}: unknown pool routing mode '{r.pool_routing}'"
+                at("pool_routing"),
+                f"{prefix}: unknown pool routing mode '{r.pool_routing}'"
+                f"{hint(r.pool_routing, POOL_ROUTINGS)}",
             )
         elif r.pool_routing == "internal" and r.address is not None:
             self.error(

@@ -22,6 +22,10 @@ CAUSE_OVERRIDES = {
     "failed to open config file '/tests/hba/odyssey_hba.conf'": (
         "failed to open hba file '/tests/hba/odyssey_hba.conf'"
     ),
+    # then the key and the token as written: `expected a number for resolvers, found "10"`
+    "expected 'number'": "expected a number for",
+    "expected 'string'": "expected a string for",
+    "expected 'yes/no'": "expected yes or no for",
 }
 
 
