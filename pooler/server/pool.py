@@ -395,9 +395,9 @@ class Route:
             if (ttl and now - server.released_at > ttl) or self._expired(server, now):
                 server.close()
 
-    async def fill_min_pool(self) -> None:
-        """Open servers until the route has min_pool_size of them, then leave them idle."""
-        want = self.rule.min_pool_size
+    async def fill_min_pool(self, want: int) -> None:
+        """Open servers until the route has `want` of them (its worker's part of min_pool_size),
+        then leave them idle."""
         held: list[ServerConnection] = []
         try:
             async with asyncio.timeout(5):

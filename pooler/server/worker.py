@@ -383,8 +383,33 @@ class Worker:
 
     # --- cron -------------------------------------------------------------------------
 
+    def min_pool_share(self, rule: Rule) -> int:
+        """This worker's part of the rule's min_pool_size (odyssey's pool is one for the whole
+        process: the workers open min_pool_size servers between them, not each)."""
+        workers = max(1, self.config.workers)
+        share, extra = divmod(rule.min_pool_size, workers)
+        return share + (self.index < extra)
+
+    def _open_min_pools(self) -> None:
+        """Routes of rules with a min_pool_size exist from the start (and from the reload that
+        adds or raises one), without waiting for a first client, as in odyssey; the cron
+        fills them. A rule whose backend database or user depends on the client (a `default`
+        one without storage_db/storage_user) has no route until a client comes."""
+        for rule in self.config.rules:
+            if not self.min_pool_share(rule) or self.storage_of(rule).type != "remote":
+                continue
+            database = rule.storage_db or rule.database
+            user = rule.storage_user or (None if rule.group else rule.user)
+            if database is not None and user is not None:
+                self.route_for(rule, database, user)
+
     async def _cron_loop(self) -> None:
         while True:
+            self._open_min_pools()
+            for route in self.routes.values():
+                want = self.min_pool_share(route.rule)
+                if want and not route.obsolete and route.size < want:
+                    self.spawn(route.fill_min_pool(want), f"min_pool {route.name}")
             await asyncio.sleep(1)
             now = time.monotonic()
             self.auth_cache.expire(now)
@@ -392,9 +417,6 @@ class Worker:
                 route.expire_idle()
                 if route.obsolete and route.clients == 0 and route.size == 0:
                     del self.routes[key]
-                    continue
-                if route.rule.min_pool_size and route.size < route.rule.min_pool_size:
-                    self.spawn(route.fill_min_pool(), f"min_pool {route.name}")
             for client in list(self.clients):
                 self._check_client_timeouts(client, now)
 

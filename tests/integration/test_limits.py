@@ -303,9 +303,10 @@ def test_min_pool_size_opens_idle_servers(pooler, pg):
         )
     )
     where = f"datname = 'p2' and usename = '{PLAIN_USER}'"
+    # opened at start (the backend user is storage_user): no client needed, as in odyssey
+    wait_until(lambda: len(pids_of(pg, where)) >= 3, timeout=6, message="3 idle servers")
     with p.connect("p2", "anyone") as conn:
         assert conn.execute("select 1").fetchone()[0] == 1
-    wait_until(lambda: len(pids_of(pg, where)) >= 3, timeout=6, message="3 idle servers")
     assert len(pids_of(pg, where)) == 3
     assert pids_of(pg, f"{where} and state = 'idle'") == pids_of(pg, where)
 

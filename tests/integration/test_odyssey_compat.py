@@ -8,7 +8,7 @@ import signal
 import socket
 
 import pytest
-from harness import HOST, PoolerStartError, make_config, route
+from harness import HOST, PoolerStartError, make_config, route, wait_until
 from test_supervisor import worker_pids
 from wire import error_fields, read_until, startup_packet
 
@@ -107,3 +107,24 @@ def test_login_warning_of_the_server_is_passed_on(pooler, login_warning, pool):
     assert found[-1][0] == ord("Z")
     notices = [error_fields(body) for kind, body in found if kind == ord("N")]
     assert [(n["S"], n["M"]) for n in notices] == [("WARNING", login_warning)]
+
+
+def test_min_pool_size_servers_open_at_start_and_on_a_raising_reload(pooler, pg):
+    """odyssey pre-opens min_pool_size servers without waiting for a client; with several
+    workers they open that many between them (odyssey's pool is one per process)."""
+    where = "datname = 'p1' and usename = 'postgres' and backend_type = 'client backend'"
+
+    def servers() -> int:
+        return int(pg.psql(f"select count(*) from pg_stat_activity where {where}").split()[-1])
+
+    def config(size: int) -> str:
+        rule = route("p1", "postgres", pool="transaction", pool_size=8, min_pool_size=size)
+        return make_config(rule, workers=2)
+
+    p = pooler(config(3))
+    wait_until(lambda: servers() == 3, timeout=10, message="3 servers opened at start")
+    p.write_config(config(5))
+    p.reload()
+    wait_until(lambda: servers() == 5, timeout=10, message="5 servers after the reload")
+    assert p.sql("select 1", dbname="p1") == [(1,)]
+    assert servers() == 5
