@@ -13,7 +13,9 @@ pool exchange recorded bytes through stand-in transports that only count what is
 - waiting: the same with 1 server for the 4 clients, so three of them wait and are handed
   the server in turn;
 - login: one `pgbench -C` cycle (startup, login with authentication "none", one select,
-  Terminate) per connection.
+  Terminate) per connection;
+- to the write: one client and one server, the median µs from a chunk's `data_received` to
+  the `write` that relays it, each direction (the relay's share of a round trip's latency).
 
 It prints µs per transaction (best of 5 repetitions). It measures the pooler's own code
 only; bench/run measures the whole system. A development tool, not a test.
@@ -22,6 +24,7 @@ only; bench/run measures the whole system. A development tool, not a test.
 from __future__ import annotations
 
 import asyncio
+import statistics
 import struct
 import sys
 import time
@@ -98,10 +101,12 @@ class CountingTransport:
         self.parse_sent = False
         self.closing = False
         self.protocol: Any = None
+        self.written_at = 0.0  # perf_counter() at the last write
 
     def write(self, data: bytes) -> None:
         self.written += len(data)
         self.parse_sent = data[:1] == b"P"  # (a server's answer starts with ParseComplete)
+        self.written_at = time.perf_counter()
 
     def is_closing(self) -> bool:
         return self.closing
@@ -174,6 +179,28 @@ def relay(transactions: int, servers: int, query: bytes = QUERY, answer: bytes =
     return best
 
 
+def to_write(
+    transactions: int, query: bytes = QUERY, answer: bytes = ANSWER
+) -> tuple[float, float]:
+    """Median µs from a chunk's data_received to the write that relays it, client → server
+    and server → client: the relay's own share of a round trip's latency (the rest of the
+    callback runs after the peer has its bytes)."""
+    worker, route = make_worker()
+    server = add_server(route)
+    client = ready_client(worker, route)
+    up, down = [], []
+    clock = time.perf_counter
+    for _ in range(transactions):
+        started = clock()
+        client.data_received(query)
+        up.append(server.transport.written_at - started)  # type: ignore[attr-defined]
+        parsed = server.transport.parse_sent  # type: ignore[attr-defined]
+        started = clock()
+        server.data_received(build.PARSE_COMPLETE + answer if parsed else answer)
+        down.append(client.transport.written_at - started)  # type: ignore[attr-defined]
+    return statistics.median(up) * 1e6, statistics.median(down) * 1e6
+
+
 def startup_packet(**params: str) -> bytes:
     body = struct.pack("!i", 196608)
     body += b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
@@ -213,6 +240,10 @@ def main() -> None:
     extended = relay(transactions, 4, EXTENDED_QUERY, EXTENDED_ANSWER)
     print(f"extended: {extended:5.2f} µs per transaction, Parse/Bind/Describe/Execute/Sync")
     print(f"waiting: {relay(transactions, servers=1):5.2f} µs per transaction, 4 clients, 1 server")
+    up, down = to_write(transactions)
+    print(f"to the write: {up:5.2f} µs client → server, {down:5.2f} µs server → client (select)")
+    up, down = to_write(transactions, EXTENDED_QUERY, EXTENDED_ANSWER)
+    print(f"to the write: {up:5.2f} µs client → server, {down:5.2f} µs server → client (extended)")
     per_login = uvloop.run(login(transactions // 10))
     print(f"login:   {per_login:5.1f} µs per connect + login + select + Terminate")
 

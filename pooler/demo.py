@@ -2,15 +2,19 @@
 
 The PostgreSQL cluster lives in a temp dir (initdb as the ``postgres`` OS user when run as root)
 and is made to match the storage of sample.conf: role ``readonly`` (SCRAM) and database
-``order`` with a small ``orders`` table. If a port of sample.conf (PostgreSQL 15432, listen
-6432) is taken, a free one is used and a temporary copy of the config is served instead.
-Ctrl-C (or SIGTERM) stops the pooler and PostgreSQL and removes the temp dir.
+``order`` with a small ``orders`` table. A copy of the config in a temp dir is served (the
+dashboard's editor writes to it, never to the file in the checkout); if a port of sample.conf
+(PostgreSQL 15432, listen 6432) is taken, the copy uses a free one. The commands printed run
+as shown: `pooler` is the path of this installation's script unless that is what PATH finds.
+Ctrl-C (or SIGTERM) stops the pooler and PostgreSQL and removes the temp dirs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -84,6 +88,25 @@ def rewrite_ports(text: str, pg_port: int, listen_port: int) -> str:
     return re.sub(_LISTEN_PORT, rf"\g<1>{listen_port}", text, count=1)
 
 
+def pooler_command() -> str:
+    """How to run this installation's `pooler` from a shell: `pooler` when PATH finds this
+    one, else the script's path (a venv not activated), else `python -m pooler`."""
+    script = Path(sys.executable).parent / "pooler"
+    found = shutil.which("pooler")
+    if found is not None and script.is_file() and os.path.samefile(found, script):
+        return "pooler"
+    if script.is_file():
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m pooler"
+
+
+def psql_command(bindir: Path) -> str:
+    """`psql` when PATH has it, else the one next to the PostgreSQL binaries in use."""
+    if shutil.which("psql") is not None:
+        return "psql"
+    return shlex.quote(str(bindir / "psql"))
+
+
 def _say(text: str = "") -> None:
     print(text, flush=True)
 
@@ -134,16 +157,14 @@ def run_demo(
     try:
         pg_port = _pick_port(want_pg)
         listen_port = _pick_port(want_listen)
-        conf = sample_conf
-        if (pg_port, listen_port) != (want_pg, want_listen):
-            tmpdir = Path(tempfile.mkdtemp(prefix="pooler-demo-"))
-            conf = tmpdir / sample_conf.name
-            conf.write_text(rewrite_ports(text, pg_port, listen_port))
-            if pg_port != want_pg:
-                echo(f"port {want_pg} is taken: PostgreSQL will use {pg_port}")
-            if listen_port != want_listen:
-                echo(f"port {want_listen} is taken: pooler will listen on {listen_port}")
-            echo(f"serving a copy of {sample_conf.name} with these ports: {conf}")
+        if pg_port != want_pg:
+            echo(f"port {want_pg} is taken: PostgreSQL will use {pg_port}")
+        if listen_port != want_listen:
+            echo(f"port {want_listen} is taken: pooler will listen on {listen_port}")
+        tmpdir = Path(tempfile.mkdtemp(prefix="pooler-demo-"))
+        conf = tmpdir / sample_conf.name
+        conf.write_text(rewrite_ports(text, pg_port, listen_port))
+        echo(f"serving a copy of {sample_conf}: {conf}")
 
         echo(f"starting a throwaway PostgreSQL on 127.0.0.1:{pg_port} ...")
         t0 = time.monotonic()
@@ -158,23 +179,29 @@ def run_demo(
         )
 
         argv = [*(serve_command or SERVE_COMMAND), str(conf)]
-        echo(f"starting: pooler serve {conf}")
+        pooler = pooler_command()
+        echo(f"starting: {pooler} serve {shlex.quote(str(conf))}")
         serve = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
         while serve.poll() is None and not _listening(listen_port):
             time.sleep(0.05)
         if serve.poll() is None:
             echo("")
+            psql = psql_command(cluster.bindir)
+            quoted = shlex.quote(str(conf))
             echo(f"pooler is listening on 127.0.0.1:{listen_port}. Try:")
             echo(
-                f'  psql "host=127.0.0.1 port={listen_port} dbname={ROUTE_DB} '
+                f'  {psql} "host=127.0.0.1 port={listen_port} dbname={ROUTE_DB} '
                 f'user={ROUTE_USER} password={ROUTE_PASSWORD}" -c "select * from orders"'
             )
             echo(
-                f'  psql "host=127.0.0.1 port={listen_port} dbname={CONSOLE_DB} user={CONSOLE_USER}"'
+                f'  {psql} "host=127.0.0.1 port={listen_port} dbname={CONSOLE_DB} '
+                f'user={CONSOLE_USER}" -c "show pools"'
             )
-            echo(f"  pooler tui {conf}")
+            echo(f"  {pooler} tui {quoted}")
+            echo(f"  {pooler} reload {quoted}")
             echo(
-                f'  (PostgreSQL directly: psql "{cluster.dsn(storage_db, storage_user, storage_password)}")'
+                f"  (PostgreSQL directly: {psql} "
+                f'"{cluster.dsn(storage_db, storage_user, storage_password)}")'
             )
             echo("Press Ctrl-C to stop and remove everything.")
             echo("")

@@ -189,6 +189,11 @@ class ServerConnection(asyncio.Protocol):
             self._wake()
             return
         stats = self.route.stats
+        # Nothing to cut out of the chunk (no Parse of ours in flight): the client gets it
+        # first, the bookkeeping below runs after (issue 19: latency per round trip).
+        forwarded = not self.statements.swallowing
+        if forwarded and not client.transport.is_closing():
+            client.transport.write(data)
         ready = False
         drop: list[int] = []  # ends of ParseCompletes answering Parses the pooler injected
         for msg_type, body, end in events:
@@ -224,8 +229,8 @@ class ServerConnection(asyncio.Protocol):
             self._watch_transaction()
         if drop:
             data = _without_parse_completes(data, drop)
-        if not client.transport.is_closing():  # closed, its connection_lost not yet run
-            client.transport.write(data)
+        if not forwarded and not client.transport.is_closing():  # (closing: its
+            client.transport.write(data)  # connection_lost has not run yet)
         stats.bytes_sent += len(data)
         if ready and not self.unsynced:
             client.server_ready(self)

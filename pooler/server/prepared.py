@@ -213,10 +213,11 @@ class ServerStatements:
         doomed."""
         self._parses.clear()
         self._batches_sent = self._batches_done = 0
-        self.in_xact += self._confirmed
-        self.doomed.update(name for name in self.in_xact if name in self.names)
-        self._confirmed.clear()
-        self.in_xact.clear()
+        if self._confirmed or self.in_xact:  # (rare: checked first, as this runs per link)
+            self.in_xact += self._confirmed
+            self.doomed.update(name for name in self.in_xact if name in self.names)
+            self._confirmed.clear()
+            self.in_xact.clear()
         self._rolled_back = self._failed = False
 
     def forget_all(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -363,7 +364,16 @@ def test_demo_runs_and_cleans_up_on_ctrl_c(tmp_path: Path, fake_command: list[st
             in out
         )
         assert f'psql "host=127.0.0.1 port={listen_port} dbname=console user=admin"' in out
-        assert f"pooler tui {conf}" in out
+        # the commands run as printed (issue 17): the pooler command of this installation, a
+        # copy of the config (the dashboard's editor must not rewrite the user's file)
+        tui_line = next(line for line in lines if " tui " in line)
+        argv = shlex.split(tui_line)
+        assert argv[1] == "tui" and Path(argv[2]) != conf
+        assert Path(argv[2]).read_text() == conf.read_text()
+        helped = subprocess.run([*argv[:2], "--help"], capture_output=True, text=True, timeout=30)
+        assert helped.returncode == 0 and "[CONFIG]" in helped.stdout, helped
+        reload_line = next(line for line in lines if " reload " in line)
+        assert shlex.split(reload_line) == [argv[0], "reload", argv[2]]
         dsn = re.search(r'PostgreSQL directly: psql "([^"]+)"', out).group(1)
         assert f"port={pg_port}" in dsn and "user=readonly" in dsn
         with psycopg.connect(dsn) as conn:
@@ -375,7 +385,8 @@ def test_demo_runs_and_cleans_up_on_ctrl_c(tmp_path: Path, fake_command: list[st
         reader.join(5)
         out = "".join(lines)
         assert "demo stopped; temp files removed" in out, out
-        assert not datadir.exists()
+        assert not datadir.exists() and not Path(argv[2]).exists()
+        assert conf.read_text() == rewrite_ports(SAMPLE_CONF.read_text(), pg_port, listen_port)
         assert port_is_free(pg_port) and port_is_free(listen_port)
     finally:
         if proc.poll() is None:

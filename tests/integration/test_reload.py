@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import re
 import signal
+import subprocess
 import sys
 
 import psycopg
@@ -151,3 +152,40 @@ def test_control_validate_and_apply(pooler, tmp_path):
     asyncio.run(scenario())
     assert "pool_size 7" in p.config_path.read_text()
     wait_until(lambda: pool_size_of(p) == 7)
+
+
+def pooler_reload(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pooler", "reload", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_pooler_reload_prints_the_diff_or_every_error(pooler, tmp_path):
+    """`pooler reload CONFIG` reloads this pooler only, through its control socket (issue 17)."""
+    p = pooler(config(pool_size=2))
+    p.write_config(config(pool_size=5))
+    done = pooler_reload(str(p.config_path))
+    assert done.returncode == 0, done.stderr
+    assert 'route "app"."postgres": pool_size 2 -> 5' in done.stdout
+    assert re.search(r"serving generation [1-9]", done.stdout)
+    assert pool_size_of(p) == 5
+
+    broken = config(pool_size=5).replace("pool_size 5", "pool_size 3x\n\t\tbogus 1")
+    p.write_config(broken)
+    failed = pooler_reload(str(p.config_path))
+    assert failed.returncode == 1
+    errors = failed.stderr.splitlines()
+    assert re.fullmatch(
+        rf"{re.escape(str(p.config_path))}:\d+:\d+: expected a number for pool_size, found '3x'"
+        r' \(in user "postgres" of database "app"\)',
+        errors[0],
+    ), errors
+    assert "unknown parameter 'bogus'" in errors[1]
+    assert errors[-1].startswith("reload failed: nothing changed, still serving generation")
+    assert pool_size_of(p) == 5
+
+    nobody = pooler_reload("--control", str(tmp_path / "none.sock"))
+    assert nobody.returncode == 2 and "no pooler answers on" in nobody.stderr

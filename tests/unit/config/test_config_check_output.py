@@ -94,3 +94,13 @@ def test_did_you_mean_for_modes_and_storage_names() -> None:
 
 def test_a_valid_config_still_parses() -> None:
     assert ok(conf(route="pool_size 3")).rules[0].pool_size == 3
+
+
+def test_config_is_optional_in_the_help_of_demo_tui_and_reload() -> None:
+    for command in ("demo", "tui", "reload"):
+        result = CliRunner().invoke(main, [command, "--help"])
+        assert result.exit_code == 0
+        assert f"Usage: main {command} [OPTIONS] [CONFIG]" in result.output, result.output
+    assert (
+        "Usage: main check [OPTIONS] CONFIG\n" in CliRunner().invoke(main, ["check", "-h"]).output
+    )
