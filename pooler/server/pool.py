@@ -99,7 +99,9 @@ class Route:
         self.waiters: deque[Waiter] = deque()
         self._releasing = False  # a release is handing a server over (see `release`)
         self.slot_requested = False  # one slot request at a time goes to the supervisor
+        self.opened: set[ServerConnection] = set()  # logged-in servers the supervisor knows
         self.shed_pending = 0  # slots the supervisor asked us to give back
+        self.shed_spare = 0  # ... but only servers no client of ours waits for
         self.clients = 0
         self.stats = RouteStats()
         self.server_params: dict[str, str] | None = None  # a login's ParameterStatus set
@@ -229,14 +231,29 @@ class Route:
                 return
         self.worker.slots.release(self.key)
 
-    def on_shed(self) -> None:
-        """The supervisor wants a slot back: close an idle server now or the next released."""
+    def on_shed(self, spare: bool = False) -> None:
+        """The supervisor wants a slot back for another worker: close an idle server now,
+        or the next one released (`spare`: the next one released that no client waits for).
+        Its connection_lost returns the slot."""
         while self.idle:
             server = self.idle.popleft()
             if not server.closed:
-                server.close()  # connection_lost returns the slot
+                server.close()
                 return
-        self.shed_pending += 1
+        if spare:
+            self.shed_spare += 1
+        else:
+            self.shed_pending += 1
+
+    def _shed(self, server: ServerConnection) -> bool:
+        """Close a released server for a shed the supervisor asked for?"""
+        if self.shed_pending:
+            self.shed_pending -= 1
+            return True
+        if self.shed_spare and not any(not waiter.done() for waiter in self.waiters):
+            self.shed_spare -= 1
+            return True
+        return False
 
     async def connect(self, password: Secret) -> ServerConnection:
         """A new logged-in server, on a slot the caller holds (a route without pool_size, or
@@ -277,6 +294,8 @@ class Route:
                 self.worker.slots.release(self.key)
             raise failure or ConnectFailed(f"storage '{self.storage.name}' has no hosts")
         server.holds_slot = self.limited  # from now on, closing returns the slot
+        self.opened.add(server)
+        self.worker.slots.opened(self.key, server.endpoint, *server.backend_key)
         self.stats.server_connects += 1
         if self.server_params is None:
             self.server_params = dict(server.params)
@@ -339,11 +358,9 @@ class Route:
         if (
             server.closed
             or server.desynced
-            or self.shed_pending
             or self._expired(server, server.released_at)
+            or ((self.shed_pending or self.shed_spare) and self._shed(server))
         ):
-            if self.shed_pending and not server.closed:
-                self.shed_pending -= 1
             self.discard(server)
             return
         if self._releasing:
@@ -375,9 +392,13 @@ class Route:
         self.busy.discard(server)
         with contextlib.suppress(ValueError):
             self.idle.remove(server)
+        if server in self.opened:
+            self.opened.discard(server)
+            self.worker.slots.closed(self.key, server.backend_key[0], server.holds_slot)
         if server.holds_slot:
             server.holds_slot = False
-            self.worker.slots.release(self.key)
+            if self.waiters and not self.idle:  # (it was shed): the waiters need another
+                self._want_slot()
 
     def _expired(self, server: ServerConnection, now: float) -> bool:
         if self.obsolete and not self.waiters:

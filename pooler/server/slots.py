@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Hashable
 
+from pooler.config import Endpoint
 from pooler.ipc import Channel
 
 
@@ -15,7 +17,18 @@ class SupervisorSlots:
         self._channel = channel
 
     def request(self, key: Hashable, limit: int) -> None:
-        self._channel.send("acquire", key, limit)
+        """One more slot for a client that begins to wait now (the broker serves the
+        longest waiting first, over all workers)."""
+        self._channel.send("acquire", key, limit, time.monotonic())
 
     def release(self, key: Hashable) -> None:
+        """A slot granted but not used (or a client_max slot) goes back."""
         self._channel.send("release", key)
+
+    def opened(self, key: Hashable, endpoint: Endpoint, pid: int, secret: int) -> None:
+        """A server logged in: should this worker die, the supervisor ends its backend."""
+        self._channel.send("backend_opened", key, endpoint, pid, secret)
+
+    def closed(self, key: Hashable, pid: int, holds_slot: bool) -> None:
+        """A server's connection is gone (and with `holds_slot`, its slot is free)."""
+        self._channel.send("backend_closed", key, pid, holds_slot)

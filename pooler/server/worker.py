@@ -283,10 +283,10 @@ class Worker:
         else:
             route.on_grant()
 
-    def on_shed(self, key: RouteKey) -> None:
+    def on_shed(self, key: RouteKey, spare: bool) -> None:
         route = self.routes.get(key)
         if route is not None:
-            route.on_shed()
+            route.on_shed(spare)
 
     def give_back_now(self, server: ServerConnection) -> None:
         """Release a server the client no longer needs; reset it first if required."""

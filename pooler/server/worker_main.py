@@ -91,7 +91,7 @@ class SupervisorLink:
         elif kind == "grant":
             worker.on_grant(args[0])
         elif kind == "shed":
-            worker.on_shed(args[0])
+            worker.on_shed(args[0], args[1])
         elif kind == "cancel":
             worker.spawn(worker.cancel(args[0], args[1]), "forwarded cancel")
         elif kind == "shutdown":

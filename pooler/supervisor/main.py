@@ -29,12 +29,13 @@ from typing import Any
 import uvloop
 
 from pooler import __version__, logs
-from pooler.config import Config, ConfigError, Diagnostic, load
+from pooler.config import Config, ConfigError, Diagnostic, Endpoint, load
 from pooler.control import schema
 from pooler.control.client import default_control_path
 from pooler.control.server import Connection, ControlServer
 from pooler.ipc import Channel, Message
 from pooler.logs import log
+from pooler.protocol import build
 from pooler.server.stats import quantile
 from pooler.supervisor import views
 from pooler.supervisor.listen import Bound, bind_listeners, describe
@@ -48,6 +49,8 @@ EXIT_INVALID = 1
 EXIT_STARTUP_FAILED = 3
 RESTART_DELAY = 0.2  # seconds before a dead worker is started again
 KILL_GRACE = 5.0  # seconds past graceful_shutdown_timeout_ms before workers are killed
+CANCEL_TIMEOUT = 2.0  # seconds for a CancelRequest to a dead worker's server (no cancel_timeout_ms)
+BACKEND_EXIT_GRACE = 0.5  # seconds for a cancelled backend to find its client gone and exit
 
 
 @dataclass
@@ -64,6 +67,24 @@ class WorkerHandle:
     cpu_percent: float = 0.0
     paused_at_start: set[str] | bool = False  # the PAUSE state sent with its first config
     generation: int | None = None  # the config generation it serves (None: still starting)
+    # its logged-in server connections, (route key, pid) -> (endpoint, secret): when it dies,
+    # the supervisor cancels and waits them out before their slots count as free
+    backends: dict[tuple[Any, int], tuple[Endpoint, int]] = field(default_factory=dict)
+
+
+async def _cancel(endpoint: Endpoint, pid: int, secret: int, timeout: float) -> None:
+    """A CancelRequest to one server; PostgreSQL closes the connection once it signalled."""
+    try:
+        async with asyncio.timeout(timeout):
+            if endpoint.unix_socket_path:
+                reader, writer = await asyncio.open_unix_connection(endpoint.unix_socket_path)
+            else:
+                reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+            writer.write(build.cancel_request(pid, secret))
+            await reader.read()
+            writer.close()
+    except (OSError, TimeoutError) as exc:
+        log.error("cancel", f"cancel request to server pid {pid} failed: {exc!r}")
 
 
 def _proc_stat(pid: int) -> tuple[int, int] | None:
@@ -157,7 +178,15 @@ class Supervisor:
         if handle.channel is not None:
             handle.channel.close()
             handle.channel = None
-        self._deliver(self.broker.worker_gone(handle.index))
+        ghost = ("exited", handle.index, process.pid)
+        self._deliver(self.broker.worker_gone(handle.index, ghost))
+        backends, handle.backends = handle.backends, {}
+        self._spawn(
+            self._end_backends(
+                ghost, [(e, pid, secret) for (_, pid), (e, secret) in backends.items()]
+            ),
+            f"drain worker {handle.index}",
+        )
         if self.stopping or handle.retiring:
             self.workers.pop(handle.index, None)
             if not self.workers and self._done is not None:
@@ -170,14 +199,40 @@ class Supervisor:
         if not self.stopping:
             await self.start_worker(handle.index)
 
+    async def _end_backends(self, ghost: Any, backends: list[tuple[Endpoint, int, int]]) -> None:
+        """A worker exited: PostgreSQL runs its server connections on until they notice
+        (an idle one at once, a busy one when its query ends). Cancel their queries so they
+        notice now; their slots stay counted until then (pool_size holds in PostgreSQL)."""
+        if backends:
+            timeout = self.config.cancel_timeout_ms / 1000 or CANCEL_TIMEOUT
+            await asyncio.gather(*(_cancel(e, pid, secret, timeout) for e, pid, secret in backends))
+            log.info(
+                "supervisor",
+                f"cancelled {len(backends)} server connections of {ghost[0]} worker {ghost[1]}",
+            )
+        await asyncio.sleep(BACKEND_EXIT_GRACE)  # they exit at their next read of the socket
+        self._deliver(self.broker.worker_drained(ghost))
+
     # --- messages from workers ----------------------------------------------------------
 
     def _on_message(self, index: int, message: Message) -> None:
         kind, *args = message
         if kind == "acquire":
-            self._deliver(self.broker.acquire(index, args[0], args[1]))
+            self._deliver(self.broker.acquire(index, *args))
         elif kind == "release":
             self._deliver(self.broker.release(index, args[0]))
+        elif kind == "backend_opened":
+            key, endpoint, pid, secret = args
+            handle = self.workers.get(index)
+            if handle is not None:
+                handle.backends[key, pid] = (endpoint, secret)
+        elif kind == "backend_closed":
+            key, pid, holds_slot = args
+            handle = self.workers.get(index)
+            if handle is not None:
+                handle.backends.pop((key, pid), None)
+            if holds_slot:
+                self._deliver(self.broker.release(index, key))
         elif kind == "client_slot":  # client_max, global or per route, over all workers
             request_id, key, limit = args
             handle = self.workers.get(index)
@@ -540,7 +595,7 @@ class Supervisor:
             if isinstance(action, Grant):
                 handle.channel.send("grant", action.key)
             elif isinstance(action, Shed):
-                handle.channel.send("shed", action.key)
+                handle.channel.send("shed", action.key, action.spare)
 
     def broadcast(self, *message: Any) -> None:
         for handle in self.workers.values():

@@ -2,13 +2,22 @@
 
 Every server connection of a route with `pool_size > 0` holds one slot. Workers ask for a
 slot only when they have a waiting client and no idle server; they keep at most one request
-per route outstanding. The broker grants while slots are free and queues requests first
-come, first served. When a worker holding fewer slots than its fair share
-(pool_size // workers that want the route) is queued, the broker asks the worker holding the
-most slots above its share to *shed* one: that worker closes an idle server now, or the
-next one it releases, instead of handing it to a local waiter, and returns the slot. So no
-worker starves, and under even load nothing churns: a worker at its fair share just waits
-for its own servers.
+per route outstanding, stamped with when its client began to wait (CLOCK_MONOTONIC is one
+clock for every process of the host). The broker grants while slots are free; a freed slot
+goes to the queued worker holding the fewest slots, the longest waiting first.
+
+When every slot is taken, a queued worker is *owed* one when it holds none at all (pool_size
+smaller than the number of workers is ordinary: `workers "auto"` on a big host) or fewer
+than its fair share (pool_size // workers that want the route, rounded down). The broker
+then asks a worker holding more (the one granted longest ago among the richest) to *shed*
+one: that worker closes an idle server now, or the next one it releases, instead of handing
+it to a local waiter, and returns the slot, which goes to the owed worker. So slots take
+turns between workers when they are scarcer than workers, no waiting client starves
+whichever worker it landed on, and under even load nothing churns: a worker at its fair
+share just waits for its own servers.
+
+A worker that dies keeps its slots counted (`draining`) until the supervisor has ended its
+server connections (`worker_drained`): PostgreSQL still runs them until they notice.
 
 Methods return the actions to perform (`Grant` / `Shed` messages to workers); the
 supervisor sends them. Tested without processes.
@@ -16,11 +25,13 @@ supervisor sends them. Tested without processes.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+import itertools
+from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-RouteKey = tuple[Any, ...]  # (birth generation, rule identity, db, user) or ("clients", ...)
+RouteKey = tuple[Any, ...]  # a route key, or ("clients", ...) for client_max
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +42,12 @@ class Grant:
 
 @dataclass(frozen=True, slots=True)
 class Shed:
+    """Give a slot back: close an idle server now, or the next one released. `spare`: only
+    a server no client of the worker waits for (it did not ask for more slots)."""
+
     worker: int
     key: RouteKey
+    spare: bool = False
 
 
 Action = Grant | Shed
@@ -42,12 +57,14 @@ Action = Grant | Shed
 class _Route:
     limit: int
     held: Counter[int] = field(default_factory=Counter)
-    queue: deque[int] = field(default_factory=deque)  # workers, FIFO, at most once each
+    queue: dict[int, float] = field(default_factory=dict)  # worker -> its client waits since
     shedding: Counter[int] = field(default_factory=Counter)  # sheds asked, not yet done
+    granted: dict[int, int] = field(default_factory=dict)  # worker -> sequence of last grant
+    draining: Counter[object] = field(default_factory=Counter)  # dead workers' slots
 
     @property
     def used(self) -> int:
-        return sum(self.held.values())
+        return sum(self.held.values()) + sum(self.draining.values())
 
 
 class SlotBroker:
@@ -55,6 +72,7 @@ class SlotBroker:
 
     def __init__(self) -> None:
         self._routes: dict[RouteKey, _Route] = {}
+        self._sequence = itertools.count()
 
     def route_keys(self) -> list[RouteKey]:
         return list(self._routes)
@@ -65,25 +83,25 @@ class SlotBroker:
             return 0
         return route.used if worker is None else route.held[worker]
 
-    def acquire(self, worker: int, key: RouteKey, limit: int) -> list[Action]:
-        """A worker wants one more slot for `key` (limit = the route's pool_size)."""
+    def queued(self, key: RouteKey) -> list[int]:
         route = self._routes.get(key)
-        if route is None:
-            route = self._routes[key] = _Route(limit)
-        route.limit = limit
+        return [] if route is None else list(route.queue)
+
+    def acquire(
+        self, worker: int, key: RouteKey, limit: int, since: float | None = None
+    ) -> list[Action]:
+        """A worker wants one more slot for `key` (limit = the route's pool_size) for a
+        client waiting since `since` (monotonic; None: now, after every earlier request)."""
+        route = self._route(key, limit)
         if route.used < limit and not route.queue:
-            route.held[worker] += 1
-            return [Grant(worker, key)]
+            return [self._grant(route, worker, key)]
         if worker not in route.queue:
-            route.queue.append(worker)
-        return self._balance(key, route)
+            route.queue[worker] = next(self._sequence) if since is None else since
+        return self._grant_queued(key, route)
 
     def try_acquire(self, worker: int, key: RouteKey, limit: int) -> bool:
         """A slot now or never (client_max counts clients this way): no queueing."""
-        route = self._routes.get(key)
-        if route is None:
-            route = self._routes[key] = _Route(limit)
-        route.limit = limit
+        route = self._route(key, limit)
         if route.used >= limit:
             return False
         route.held[worker] += 1
@@ -92,8 +110,8 @@ class SlotBroker:
     def cancel(self, worker: int, key: RouteKey) -> list[Action]:
         """The worker no longer needs the slot it asked for."""
         route = self._routes.get(key)
-        if route is not None and worker in route.queue:
-            route.queue.remove(worker)
+        if route is not None:
+            route.queue.pop(worker, None)
         return []
 
     def release(self, worker: int, key: RouteKey) -> list[Action]:
@@ -102,8 +120,9 @@ class SlotBroker:
         if route is None or route.held[worker] <= 0:
             return []
         route.held[worker] -= 1
-        if route.shedding[worker] > 0:
+        if route.shedding[worker] > 0:  # it was shed for another worker: not back to it
             route.shedding[worker] -= 1
+            return self._grant_queued(key, route, shed_by=worker)
         return self._grant_queued(key, route)
 
     def set_limit(self, key: RouteKey, limit: int) -> list[Action]:
@@ -114,47 +133,97 @@ class SlotBroker:
         route.limit = limit
         actions = self._grant_queued(key, route)
         excess = route.used - sum(route.shedding.values()) - limit
-        while excess > 0:
-            victim = max(route.held, key=lambda w: route.held[w] - route.shedding[w])
+        while excess > 0 and any(self._keeps(route, w) > 0 for w in route.held):
+            victim = max(route.held, key=lambda w: self._keeps(route, w))
             route.shedding[victim] += 1
             actions.append(Shed(victim, key))
             excess -= 1
         return actions
 
-    def worker_gone(self, worker: int) -> list[Action]:
-        """A worker died: everything it held or asked for is returned."""
+    def worker_gone(self, worker: int, ghost: object) -> list[Action]:
+        """A worker died. Its requests and sheds are void; the slots it held stay counted
+        under `ghost` until `worker_drained(ghost)` (its servers may still be running)."""
         actions: list[Action] = []
         for key, route in self._routes.items():
+            if route.held[worker] > 0:
+                route.draining[ghost] += route.held[worker]
             route.held.pop(worker, None)
             route.shedding.pop(worker, None)
-            if worker in route.queue:
-                route.queue.remove(worker)
+            route.granted.pop(worker, None)
+            route.queue.pop(worker, None)
             actions += self._grant_queued(key, route)
         return actions
 
-    def _grant_queued(self, key: RouteKey, route: _Route) -> list[Action]:
+    def worker_drained(self, ghost: object) -> list[Action]:
+        """The dead worker's servers are gone: its slots are free."""
         actions: list[Action] = []
-        while route.queue and route.used < route.limit:
-            worker = route.queue.popleft()
-            route.held[worker] += 1
-            actions.append(Grant(worker, key))
-        if route.queue:
-            actions += self._balance(key, route)
+        for key, route in self._routes.items():
+            if route.draining.pop(ghost, 0):
+                actions += self._grant_queued(key, route)
         return actions
 
-    def _balance(self, key: RouteKey, route: _Route) -> list[Action]:
-        """Ask the richest worker to shed a slot for the first starved queued worker."""
+    # --- policy -------------------------------------------------------------------------
+
+    def _route(self, key: RouteKey, limit: int) -> _Route:
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = _Route(limit)
+        route.limit = limit
+        return route
+
+    def _grant(self, route: _Route, worker: int, key: RouteKey) -> Grant:
+        route.held[worker] += 1
+        route.granted[worker] = next(self._sequence)
+        return Grant(worker, key)
+
+    @staticmethod
+    def _keeps(route: _Route, worker: int) -> int:
+        """Slots the worker holds and has not been asked to give back."""
+        return route.held[worker] - route.shedding[worker]
+
+    def _grant_queued(
+        self, key: RouteKey, route: _Route, shed_by: int | None = None
+    ) -> list[Action]:
+        """Free slots to the queued workers holding fewest, longest waiting first (a slot
+        just shed goes to another worker than the one that shed it); then make room for the
+        owed ones."""
+        actions: list[Action] = []
+        granted: set[int] = set()
+        while route.queue and route.used < route.limit:
+            others = [w for w in route.queue if w != shed_by] or list(route.queue)
+            worker = min(others, key=lambda w: (route.held[w], route.queue[w]))
+            del route.queue[worker]
+            granted.add(worker)
+            actions.append(self._grant(route, worker, key))
+        if route.queue:
+            actions += self._balance(key, route, granted)
+        return actions
+
+    def _balance(self, key: RouteKey, route: _Route, granted: Collection[int] = ()) -> list[Action]:
+        """Every slot is taken and workers queue: make room, one shed per queued worker.
+        A worker that queues for nothing holds slots it does not need now (idle, or busy
+        with no client waiting behind): it gives one back first. Else a queued worker holding
+        none, or fewer than its fair share, takes one from a richer worker."""
         wanting = {w for w, n in route.held.items() if n > 0} | set(route.queue)
-        fair = max(1, route.limit // max(1, len(wanting)))
-        for worker in route.queue:
-            if route.held[worker] >= fair:
-                continue
-            outstanding = sum(route.shedding.values())
-            if outstanding >= len([w for w in route.queue if route.held[w] < fair]):
-                return []  # enough sheds already on their way
-            richest = max(route.held, key=lambda w: route.held[w] - route.shedding[w])
-            if route.held[richest] - route.shedding[richest] <= fair:
-                return []
-            route.shedding[richest] += 1
-            return [Shed(richest, key)]
-        return []
+        fair = route.limit // max(1, len(wanting))
+        actions: list[Action] = []
+        queued = sorted(route.queue, key=lambda w: (route.held[w], route.queue[w]))
+        for worker in queued[sum(route.shedding.values()) :]:
+            holders = [v for v in route.held if v != worker and self._keeps(route, v) > 0]
+            # (a worker granted just now has a client waiting: not spare)
+            spare = [v for v in holders if v not in route.queue and v not in granted]
+            if not spare and 0 < route.held[worker] >= fair:
+                break  # at its fair share: it waits for its own servers
+            candidates = spare or [
+                v
+                for v in holders
+                if route.held[worker] == 0 or self._keeps(route, v) > route.held[worker] + 1
+            ]
+            if not candidates:
+                break
+            victim = max(
+                candidates, key=lambda v: (self._keeps(route, v), -route.granted.get(v, 0))
+            )
+            route.shedding[victim] += 1
+            actions.append(Shed(victim, key, spare=victim in spare))
+        return actions

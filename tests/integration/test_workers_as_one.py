@@ -3,8 +3,14 @@ slot fairness when pool_size < workers, worker death, changing `workers`."""
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
+import time
+from pathlib import Path
 
+import psycopg
+import pytest
 from harness import make_config, route, wait_until
 
 
@@ -14,6 +20,54 @@ def config(pool_size: int, workers: int, **extra) -> str:
         workers=workers,
         log_session=False,
     )
+
+
+def worker_pid(supervisor_pid: int, index: int) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            title = (entry / "cmdline").read_text().strip("\0")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if (
+            int(fields[1]) == supervisor_pid
+            and fields[0] != "Z"
+            and title == f"pooler: worker {index}"
+        ):
+            return int(entry.name)
+    return None
+
+
+def worker_of(conn: psycopg.Connection) -> int:
+    """The worker index our BackendKeyData encodes."""
+    return (conn.info.backend_pid >> 24) - 1
+
+
+def backends(pg, db: str) -> int:
+    out = pg.psql(
+        "select count(*) from pg_stat_activity "
+        f"where datname = '{db}' and backend_type = 'client backend'"
+    )
+    return int(out.split()[-1])
+
+
+def connect_to_worker(
+    p, index: int, db: str = "p0", keep: list | None = None
+) -> psycopg.Connection:
+    """A client that landed on worker `index` (the kernel spreads them; others are kept open
+    in `keep` or closed)."""
+    for _ in range(200):
+        conn = p.connect(db)
+        if worker_of(conn) == index:
+            return conn
+        if keep is not None:
+            keep.append(conn)
+        else:
+            conn.close()
+    raise AssertionError(f"no client landed on worker {index}")
 
 
 def test_ready_means_every_worker_serves(pooler):
@@ -38,3 +92,115 @@ def test_ready_means_every_worker_serves(pooler):
     p.signal(signal.SIGTERM)
     assert p.wait_exit(timeout=20) == 0
     assert p.notified()[-1] == "STOPPING=1"
+
+
+def test_pool_size_below_workers_serves_every_worker(pooler, pg):
+    """pool_size 1, workers 2, 4 busy clients: 10 fresh clients each log in and run a query
+    within pool_timeout, whichever worker they land on (it used to be 5 of 10: a worker with
+    no slot never got one)."""
+    p = pooler(config(1, workers=2, pool_timeout=8000))
+    stop = threading.Event()
+    busy = [connect_to_worker(p, index % 2) for index in range(4)]
+    failures: list[BaseException] = []
+
+    def keep_busy(conn: psycopg.Connection) -> None:
+        try:
+            while not stop.is_set():
+                conn.execute("select pg_sleep(0.02)")
+        except BaseException as exc:
+            failures.append(exc)
+
+    def fresh(results: list) -> None:
+        try:
+            with p.connect("p0", connect_timeout=20) as conn:
+                results.append((worker_of(conn), conn.execute("select 1").fetchone()[0]))
+        except BaseException as exc:
+            results.append(exc)
+
+    loops = [threading.Thread(target=keep_busy, args=(c,)) for c in busy]
+    results: list = []
+    clients = [threading.Thread(target=fresh, args=(results,)) for _ in range(10)]
+    try:
+        for t in loops:
+            t.start()
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(timeout=30)
+    finally:
+        stop.set()
+        for t in loops:
+            t.join(timeout=30)
+        for conn in busy:
+            conn.close()
+    assert not failures, failures
+    assert len(results) == 10
+    assert all(isinstance(r, tuple) and r[1] == 1 for r in results), results
+    assert {r[0] for r in results} == {0, 1}, results  # both workers had fresh clients
+
+
+def test_dead_workers_servers_count_until_gone(pooler, pg):
+    """SIGKILL of a worker whose clients run long queries: its servers are cancelled at once,
+    and PostgreSQL never sees more than pool_size backends for the route meanwhile (it saw
+    pool_size more while the dead worker's queries ran on)."""
+    p = pooler(config(3, workers=2))
+    others: list[psycopg.Connection] = []
+    victims = [connect_to_worker(p, 0, keep=others) for _ in range(3)]
+    others = [c for c in others if worker_of(c) == 1] + [connect_to_worker(p, 1) for _ in range(3)]
+
+    def sleep(conn: psycopg.Connection) -> None:
+        try:
+            conn.execute("select pg_sleep(60)")
+        except psycopg.Error:
+            pass  # its worker is killed under it
+
+    sleepers = [threading.Thread(target=sleep, args=(c,)) for c in victims]
+    for t in sleepers:
+        t.start()
+    wait_until(lambda: sleeping(pg) == 3)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, backends(pg, "p0"))
+            stop.wait(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.monotonic()
+    try:
+        os.kill(worker_pid(p.pid, 0), signal.SIGKILL)
+        # worker 1's clients want servers now: they get them once the dead one's are gone
+        results: list = []
+
+        def query(conn: psycopg.Connection) -> None:
+            try:
+                results.append(conn.execute("select 2").fetchone()[0])
+            except BaseException as exc:
+                results.append(exc)
+
+        threads = [threading.Thread(target=query, args=(c,)) for c in others]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert results == [2] * len(others), results
+        wait_until(lambda: sleeping(pg) == 0, timeout=10)
+        ended = time.monotonic() - started
+    finally:
+        stop.set()
+        sampler.join()
+        for t in sleepers:
+            t.join(timeout=60)
+        for conn in victims + others:
+            conn.close()
+    assert peak <= 3, peak
+    assert ended < 10, ended  # cancelled, not left to run their 60 s
+    assert p.log_contains("cancelled 3 server connections")
+
+
+def sleeping(pg) -> int:
+    out = pg.psql("select count(*) from pg_stat_activity where query = 'select pg_sleep(60)'")
+    return int(out.split()[-1])
