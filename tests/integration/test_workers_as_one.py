@@ -3,6 +3,7 @@ slot fairness when pool_size < workers, worker death, changing `workers`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -10,7 +11,6 @@ import time
 from pathlib import Path
 
 import psycopg
-import pytest
 from harness import make_config, route, wait_until
 
 
@@ -149,10 +149,8 @@ def test_dead_workers_servers_count_until_gone(pooler, pg):
     others = [c for c in others if worker_of(c) == 1] + [connect_to_worker(p, 1) for _ in range(3)]
 
     def sleep(conn: psycopg.Connection) -> None:
-        try:
+        with contextlib.suppress(psycopg.Error):  # its worker is killed under it
             conn.execute("select pg_sleep(60)")
-        except psycopg.Error:
-            pass  # its worker is killed under it
 
     sleepers = [threading.Thread(target=sleep, args=(c,)) for c in victims]
     for t in sleepers:
