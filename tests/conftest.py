@@ -33,13 +33,17 @@ from harness import (
 from pooler.pgcluster import PgCluster
 
 PG_FIXTURES = {"pg", "pooler"}
+UNIT = Path(__file__).resolve().parent / "unit"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that use a PostgreSQL fixture get the `pg` marker (so `-m "not pg"` works)."""
+    """Tests that use a PostgreSQL fixture get the `pg` marker (so `-m "not pg"` works);
+    tests/unit holds none (it is the fast stage of .ci/run)."""
     for item in items:
         if PG_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.pg)
+        if item.get_closest_marker("pg") and UNIT in item.path.parents:
+            raise pytest.UsageError(f"{item.nodeid} needs PostgreSQL: move it to tests/integration")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -17,7 +17,7 @@ import time
 
 import psycopg
 import pytest
-from harness import HOST, make_config, route, wait_until
+from harness import HOST, make_config, patience, route, wait_until
 
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 GSSENC_REQUEST = struct.pack("!ii", 8, 80877104)
@@ -61,8 +61,9 @@ def error_fields(body: bytes) -> dict[str, str]:
 
 
 def ended(sock: socket.socket, timeout: float = 5) -> bytes:
-    """Everything the pooler sends until it closes the connection (raises on timeout)."""
-    sock.settimeout(timeout)
+    """Everything the pooler sends until it closes the connection (raises after
+    `patience(timeout)` s)."""
+    sock.settimeout(patience(timeout))
     data = b""
     while True:
         try:
@@ -248,9 +249,7 @@ def test_garbage_startup_gets_error_or_close(pooler, name):
         with socket.create_connection((HOST, p.port), timeout=5) as sock:
             sock.sendall(GARBAGE[name])
             sock.shutdown(socket.SHUT_WR)  # nothing more is coming
-            started = time.monotonic()
-            reply = ended(sock, timeout=5)
-        assert time.monotonic() - started < 4
+            reply = ended(sock)
         assert reply == b"" or reply[:1] == b"E", reply
         if reply:
             length = struct.unpack("!i", reply[1:5])[0]
@@ -291,10 +290,11 @@ def test_slow_startup_is_closed_after_client_login_timeout(pooler, sent):
         started = time.monotonic()
         if sent:
             sock.sendall(sent)
-        reply = ended(sock, timeout=5)
+        reply = ended(sock)
         elapsed = time.monotonic() - started
-    assert 0.3 < elapsed < 3, elapsed
+    assert elapsed > 0.3, elapsed  # not before the timeout
     assert reply == b"" or reply[:1] == b"E", reply
+    p.wait_for_log("client login timed out")  # and by it
     with p.connect("p0") as conn:
         assert conn.execute("select 1").fetchone()[0] == 1
 
@@ -310,9 +310,8 @@ def test_slow_password_is_closed_after_client_login_timeout(pooler):
         sock.sendall(startup_packet(user="bob"))
         messages = read_messages(sock, until=b"R")
         assert messages[0][0] == b"R"  # asked for a password, which never comes
-        started = time.monotonic()
-        ended(sock, timeout=5)
-        assert time.monotonic() - started < 3
+        ended(sock)
+    p.wait_for_log("client login timed out")
 
 
 def test_many_slow_clients_do_not_block_a_good_one(pooler):

@@ -6,7 +6,7 @@ import threading
 
 import psycopg
 import pytest
-from harness import make_config, route, wait_until
+from harness import make_config, patience, route, wait_until
 
 POOLS_COLUMNS = [
     "database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req",
@@ -242,7 +242,7 @@ def test_pause_holds_a_worker_restarted_during_it(pooler):
     finally:
         with console(p) as conn:
             conn.execute("resume")
-        t.join(5)
+        t.join(patience(5))
     assert result["rows"] == [(6,)]
 
 
@@ -264,7 +264,7 @@ def test_pause_resume_reconnect(pooler):
         wait_until(lambda: waiting_clients(p) == 1, timeout=10, interval=0.1)
         assert t.is_alive() and not result
         conn.execute("resume p0")
-        t.join(5)
+        t.join(patience(5))
         assert result["rows"] == [(5,)]
         conn.execute("reconnect")
         conn.execute("resume")

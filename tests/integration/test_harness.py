@@ -6,7 +6,6 @@ the harness, not the proxy. `test_serve_exit_at_start_is_reported` runs the real
 
 from __future__ import annotations
 
-import importlib
 import re
 import shlex
 import signal
@@ -14,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import psycopg
@@ -65,14 +63,6 @@ if "TRACEBACK" in conf:
 while True:
     signal.pause()
 """
-
-
-def _importable(module: str, attr: str) -> bool:
-    """True when ``module.attr`` imports (guards tests of code still being written)."""
-    try:
-        return hasattr(importlib.import_module(module), attr)
-    except Exception:
-        return False
 
 
 @pytest.fixture
@@ -201,7 +191,6 @@ def test_placeholders_are_rendered(tmp_path: Path) -> None:
         p.close()
 
 
-@pytest.mark.skipif(not _importable("pooler.config", "load"), reason="pooler.config.load not ready")
 def test_make_config_passes_pooler_check(tmp_path: Path) -> None:
     conf = tmp_path / "t.conf"
     conf.write_text(make_config().replace("{port}", "6432").replace("{pg_port}", "5432"))
@@ -243,9 +232,7 @@ def test_restart_gives_a_new_process_on_the_same_port(fake) -> None:
 
 def test_stop_escalates_to_sigkill(fake) -> None:
     p = fake("# IGNORE_TERM\n").start()
-    t0 = time.monotonic()
     assert p.stop(timeout=0.3) == -signal.SIGKILL
-    assert time.monotonic() - t0 < 5
 
 
 def test_exit_during_start_raises_with_log(fake) -> None:

@@ -11,7 +11,7 @@ import struct
 import threading
 import time
 
-from harness import HOST, make_config, route, wait_until
+from harness import HOST, make_config, patience, route, wait_until
 from wire import read_until, rss_kb, startup_packet, workers
 
 from pooler.protocol import build
@@ -19,37 +19,36 @@ from pooler.protocol import build
 STALLED = int(os.environ.get("STALLED_CLIENTS", "300"))
 
 
+def closed(s: socket.socket) -> bool:
+    """The pooler closed `s` (what it sent first is read and dropped)."""
+    s.settimeout(0.001)
+    try:
+        while s.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
 def test_stalled_half_startups_do_not_delay_logins(pooler):
-    p = pooler(make_config(route(pool="transaction"), listen={"client_login_timeout": 1500}))
+    p = pooler(make_config(route(pool="transaction"), listen={"client_login_timeout": 8000}))
     half = startup_packet()[:7]
     socks = []
     try:
-        opened = time.monotonic()
         for i in range(STALLED):
             s = socket.create_connection((HOST, p.port), timeout=5)
             s.sendall(half if i % 3 else struct.pack("!i", 64))  # half a packet / a length
             socks.append(s)
-        # another client logs in at once, repeatedly, while they all stall
-        logins = []
+        # another client logs in, repeatedly, while they all stall: each login is done
+        # before any stalled one is closed (a login that waited behind them would not be)
         for _ in range(5):
-            t0 = time.monotonic()
             with p.connect("p0") as conn:
                 assert conn.execute("select 1").fetchone()[0] == 1
-            logins.append(time.monotonic() - t0)
-        assert max(logins) < 0.5, logins
+        assert not any(closed(s) for s in socks)
 
         # all are closed after client_login_timeout (counted from each accept)
-        def closed(s: socket.socket) -> bool:
-            s.settimeout(0.001)
-            try:
-                while s.recv(65536):
-                    pass
-            except TimeoutError:
-                return False
-            except OSError:
-                pass
-            return True
-
         pending = list(socks)
 
         def all_closed() -> bool:
@@ -57,8 +56,6 @@ def test_stalled_half_startups_do_not_delay_logins(pooler):
             return not pending
 
         wait_until(all_closed, timeout=10, interval=0.1, message=lambda: f"{len(pending)} open")
-        took = time.monotonic() - opened
-        assert took < 1.5 + 5, took
     finally:
         for s in socks:
             s.close()
@@ -80,15 +77,12 @@ def test_client_that_stops_reading_does_not_grow_memory(pooler):
             # ~200 MB of result; we never read it
             sock.sendall(build.query("select repeat('x', 1000000) from generate_series(1, 200)"))
             samples = []
-            answers = 0
-            deadline = time.monotonic() + 3
-            while time.monotonic() < deadline:
-                answers += other.execute("select 42").fetchone()[0] == 42
+            for _ in range(60):  # the other client is answered all along (3 s or more)
+                assert other.execute("select 42").fetchone()[0] == 42
                 samples.append(rss_kb(pid))
                 time.sleep(0.05)
             growth_mb = (max(samples) - base) / 1024
             assert growth_mb < 32, (base, samples)
-            assert answers >= 20
         # the reader left mid-result: its server is cancelled/closed, the pool carries on
         for _ in range(3):
             assert other.execute("select 43").fetchone()[0] == 43
@@ -118,11 +112,11 @@ def test_slow_reader_does_not_stall_its_worker(pooler):
     t.start()
     try:
         with p.connect("p0") as other:
-            assert reading.wait(10)  # the result is flowing, at a crawl
-            t0 = time.monotonic()
+            assert reading.wait(patience(10))  # the result is flowing, at a crawl
             for i in range(50):
                 assert other.execute(f"select {i}").fetchone()[0] == i
-            assert time.monotonic() - t0 < 3
+            # done while the 200 MB result still crawls (at 2 MB/s it takes 100 s)
+            assert t.is_alive()
     finally:
         stop.set()
         t.join(10)

@@ -13,7 +13,17 @@ import threading
 
 import psycopg
 import pytest
-from harness import HOST, MD5_PW, MD5_USER, PLAIN_PW, PLAIN_USER, make_config, route, wait_until
+from harness import (
+    HOST,
+    MD5_PW,
+    MD5_USER,
+    PLAIN_PW,
+    PLAIN_USER,
+    make_config,
+    patience,
+    route,
+    wait_until,
+)
 
 
 def startup_error(port: int, database: str, user: str) -> dict[str, str]:
@@ -187,7 +197,7 @@ def test_pool_size_is_respected(pooler, pg):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(20)
+        t.join(patience(20))
     done.set()
     watcher.join(10)
     assert not errors, errors

@@ -6,7 +6,7 @@ import threading
 
 import psycopg
 import pytest
-from harness import make_config, route, wait_until
+from harness import make_config, patience, route, wait_until
 
 
 def backend_pid(conn: psycopg.Connection) -> int:
@@ -337,7 +337,7 @@ def test_waiting_clients_are_handed_the_released_server_in_turn(pooler):
         wait_until(lambda: waiting() == 2, timeout=10)
         holder.execute("commit")
         for t in threads:
-            t.join(10)
+            t.join(patience(10))
         assert answers["tokyo"] == "Asia/Tokyo"
         assert answers["plain"] != "Asia/Tokyo"
         assert holder.execute("show TimeZone").fetchone()[0] != "Asia/Tokyo"

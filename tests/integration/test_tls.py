@@ -16,7 +16,6 @@ import socket
 import ssl
 import struct
 import subprocess
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -366,10 +365,8 @@ def test_storage_require_against_a_server_without_ssl(pooler, pg):
     p = pooler(
         make_config(route(storage="plain"), storages=[storage("plain", tls="require")]),
     )
-    started = time.monotonic()
     with pytest.raises(psycopg.OperationalError, match="server does not support SSL"):
         p.connect("p0")
-    assert time.monotonic() - started < 5
     q = pooler(make_config(route(storage="plain"), storages=[storage("plain", tls="prefer")]))
     with q.connect("p0") as conn:
         assert conn.execute("select 1").fetchone()[0] == 1

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import SERVE_COMMAND, Pooler, make_config, route, wait_until
+from harness import SERVE_COMMAND, Pooler, make_config, patience, route, wait_until
 from textual.pilot import Pilot
 
 
@@ -30,8 +30,8 @@ def start_pooler(pooler: Callable[..., Pooler], **config: Any) -> tuple[Pooler, 
 async def until(
     pilot: Pilot[Any], predicate: Callable[[], Any], timeout: float = 10.0, what: str = ""
 ) -> Any:
-    """Let the app run until `predicate()` is truthy (fails after `timeout` seconds)."""
-    deadline = time.monotonic() + timeout
+    """Let the app run until `predicate()` is truthy (fails after `patience(timeout)` s)."""
+    deadline = time.monotonic() + patience(timeout)
     t0 = time.monotonic()
     while True:
         value = predicate()

@@ -21,6 +21,9 @@ from tui.widgets.stats_log import StatsLogPane
 
 SIZE = (80, 24)
 
+# a dozen waits on a live pooler, each sized for a loaded machine (see harness.WAIT_SCALE)
+pytestmark = pytest.mark.timeout(180)
+
 
 TRAFFIC = """
 import sys, time, psycopg
