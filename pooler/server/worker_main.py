@@ -86,6 +86,9 @@ class SupervisorLink:
                 _config, listens, _births, paused = self.first_config.result()
                 self.first_config = asyncio.get_running_loop().create_future()
                 self.first_config.set_result((args[0], listens, args[2], paused))
+        elif kind == "shutdown":  # (also before the worker is built: it stops once started)
+            if not self.stop.done():
+                self.stop.set_result(bool(args[0]))
         elif worker is None:
             return
         elif kind == "grant":
@@ -94,9 +97,6 @@ class SupervisorLink:
             worker.on_shed(args[0], args[1])
         elif kind == "cancel":
             worker.spawn(worker.cancel(args[0], args[1]), "forwarded cancel")
-        elif kind == "shutdown":
-            if not self.stop.done():
-                self.stop.set_result(bool(args[0]))
         elif kind == "reopen_log":
             try:
                 log.reopen()

@@ -167,6 +167,8 @@ class Supervisor:
         handle.generation = None
         handle.started_at = time.time()
         log.info("supervisor", f"worker {index} started, pid {process.pid}")
+        if self.stopping:  # the shutdown began while it started (a reload raised `workers`)
+            channel.send("shutdown", True)
         self._spawn(self._watch(handle, process), f"watch worker {index}")
 
     async def _watch(self, handle: WorkerHandle, process: asyncio.subprocess.Process) -> None:

@@ -128,3 +128,15 @@ def test_min_pool_size_servers_open_at_start_and_on_a_raising_reload(pooler, pg)
     wait_until(lambda: servers() == 5, timeout=10, message="5 servers after the reload")
     assert p.sql("select 1", dbname="p1") == [(1,)]
     assert servers() == 5
+
+
+def test_sigterm_right_after_a_reload_that_adds_workers_exits_at_once(pooler):
+    """With no client, a graceful shutdown has nothing to wait for, even when it comes while a
+    worker that the reload added is starting (that worker used to miss the shutdown order and
+    was killed after graceful_shutdown_timeout_ms, 30 s, plus the kill grace)."""
+    p = pooler(make_config(route(pool="transaction"), workers=1))
+    p.write_config(make_config(route(pool="transaction"), workers=2))
+    p.reload()
+    p.signal(signal.SIGTERM)
+    assert p.wait_exit(timeout=15) == 0
+    assert p.log_contains(r"worker 1 started")
