@@ -1,9 +1,10 @@
-"""The `pooler` command line: serve, check, demo, tui."""
+"""The `pooler` command line: serve, check, reload, demo, tui."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -11,6 +12,7 @@ from pooler import __version__
 
 EXIT_OK = 0
 EXIT_INVALID = 1
+EXIT_UNREACHABLE = 2
 EXIT_STARTUP_FAILED = 3
 
 
@@ -64,29 +66,86 @@ def serve(config_path: str, test_only: bool, strict: bool, control_path: str | N
 
 
 @main.command()
-@click.argument("config_path", metavar="CONFIG", required=False, type=click.Path(dir_okay=False))
+@click.argument("config_path", metavar="[CONFIG]", required=False, type=click.Path(dir_okay=False))
 def demo(config_path: str | None) -> None:
-    """Start a throwaway PostgreSQL and serve sample.conf in front of it (Ctrl-C stops)."""
+    """Start a throwaway PostgreSQL and serve a copy of CONFIG (default: sample.conf) in front
+    of it (Ctrl-C stops and removes both)."""
     from pooler.demo import default_sample_conf, run_demo
 
     sys.exit(run_demo(Path(config_path) if config_path else default_sample_conf()))
 
 
-@main.command()
-@click.argument("config_path", metavar="CONFIG", required=False, type=click.Path(dir_okay=False))
-@click.option(
-    "--control",
-    "control_path",
-    type=click.Path(dir_okay=False),
-    help="Control socket of the running pooler (default: .<config name>.control next to CONFIG).",
-)
-def tui(config_path: str | None, control_path: str | None) -> None:
-    """The dashboard, attached to a running `pooler serve CONFIG` through its control socket."""
-    if control_path is None and config_path is None:
+def _control_option(f: Any) -> Any:
+    f = click.option(
+        "--control",
+        "control_path",
+        type=click.Path(dir_okay=False),
+        help="Control socket of the running pooler (default: .<config name>.control next to "
+        "CONFIG).",
+    )(f)
+    return click.argument(
+        "config_path", metavar="[CONFIG]", required=False, type=click.Path(dir_okay=False)
+    )(f)
+
+
+def _control_socket(config_path: str | None, control_path: str | None) -> Path:
+    if control_path is not None:
+        return Path(control_path)
+    if config_path is None:
         raise click.UsageError("give the CONFIG of the running pooler or --control PATH")
     from pooler.control.client import default_control_path
 
-    path = Path(control_path) if control_path else default_control_path(config_path)  # type: ignore[arg-type]
+    return default_control_path(config_path)
+
+
+@main.command()
+@_control_option
+def tui(config_path: str | None, control_path: str | None) -> None:
+    """The dashboard, attached to a running `pooler serve CONFIG` through its control socket."""
+    path = _control_socket(config_path, control_path)
     from tui.app import run
 
     run(path)
+
+
+@main.command()
+@_control_option
+def reload(config_path: str | None, control_path: str | None) -> None:
+    """Reload the config of the running `pooler serve CONFIG` (through its control socket,
+    this pooler only); print what changed, or every error (then nothing changed)."""
+    import asyncio
+
+    from pooler.control.client import ControlClient, ControlError
+
+    path = _control_socket(config_path, control_path)
+
+    async def ask() -> tuple[Any, list[Any]]:
+        async with ControlClient(path) as client:
+            return await client.reload(), await client.reloads()
+
+    try:
+        result, history = asyncio.run(ask())
+    except (OSError, ControlError) as exc:
+        click.echo(f"pooler reload: no pooler answers on {path}: {exc}", err=True)
+        sys.exit(EXIT_UNREACHABLE)
+    if not result.ok:
+        for error in result.errors:
+            click.echo(error, err=True)
+        click.echo(
+            f"reload failed: nothing changed, still serving generation {result.generation}",
+            err=True,
+        )
+        sys.exit(EXIT_INVALID)
+    changes, restart_required = result.changes, result.restart_required
+    before = history[-2] if len(history) >= 2 and history[-1].at == result.at else None
+    if not changes and not restart_required and before is not None and before.trigger == "file":
+        # the file watcher was quicker: what this reload would have printed is its diff
+        click.echo(f"applied already by the file watcher (generation {before.generation}):")
+        changes, restart_required = before.changes, before.restart_required
+    for change in changes:
+        click.echo(change)
+    for what in restart_required:
+        click.echo(f"{what} (needs a restart)")
+    if not changes and not restart_required:
+        click.echo("no changes")
+    click.echo(f"serving generation {result.generation}")
