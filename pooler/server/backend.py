@@ -17,7 +17,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from pooler.config import Endpoint
+from pooler.config import Endpoint, Storage
 from pooler.logs import LogContext, log
 from pooler.protocol import auth, build, messages
 from pooler.protocol.scanner import MessageScanner, StreamError
@@ -112,14 +112,16 @@ class ServerConnection(asyncio.Protocol):
         "scanner",
         "statements",
         "status",
+        "storage",
         "transport",
         "unsynced",
         "xact_started",
     )
 
-    def __init__(self, route: Route, endpoint: Endpoint) -> None:
+    def __init__(self, route: Route, endpoint: Endpoint, storage: Storage | None = None) -> None:
         self.route = route
         self.endpoint = endpoint
+        self.storage = storage or route.storage  # a listen's fallback storage, or the rule's
         self.id = f"s{os.getpid() & 0xFFFF:04x}{next(_server_ids):08x}"
         self.transport: asyncio.Transport | None = None
         self.scanner = MessageScanner(INTERNAL_WANTED)
@@ -279,7 +281,7 @@ class ServerConnection(asyncio.Protocol):
         rule = self.route.rule
         params = {"user": user, "database": database}
         params.update(dict(rule.backend_startup_options))
-        if tls_support.storage_wants_tls(self.route.storage, bool(self.endpoint.unix_socket_path)):
+        if tls_support.storage_wants_tls(self.storage, bool(self.endpoint.unix_socket_path)):
             await self._start_tls()
         self.send(build.startup_message(params))
         scram: auth.ScramClient | None = None
@@ -360,7 +362,7 @@ class ServerConnection(asyncio.Protocol):
         assert self.transport is not None
         try:
             transport = await tls_support.negotiate_storage(
-                self.transport, self, self.route.storage, self.endpoint.host
+                self.transport, self, self.storage, self.endpoint.host
             )
         except (tls_support.TLSConfigError, tls_support.TLSHandshakeError) as exc:
             message = f"failed to connect to remote server {self.endpoint}: {exc}"

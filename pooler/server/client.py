@@ -18,7 +18,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
-from pooler.config import Listen, Rule
+from pooler.config import Listen, Rule, Storage
 from pooler.logs import LogContext, log
 from pooler.protocol import AuthFailed, ProtocolError, auth, build, messages
 from pooler.protocol.framing import (
@@ -423,9 +423,22 @@ class ClientConnection(asyncio.Protocol):
         server's parameters); meanwhile the client counts as waiting, as in pgbouncer."""
         self.waiting_login = True
         try:
-            return await route.acquire(self.backend_password())
+            return await route.acquire(self.backend_password(), self.fallback_storages())
         finally:
             self.waiting_login = False
+
+    def fallback_storages(self) -> tuple[Storage, ...]:
+        """The client's listen `storage` list: storages tried in order when the rule's own
+        cannot be reached (odyssey; one of another type than the rule's is skipped)."""
+        names = self.listen.storage
+        if not names or self.route is None:
+            return ()
+        config = self.worker.config
+        primary = self.route.storage
+        found = (config.storage(name) for name in names)
+        return tuple(
+            s for s in found if s is not None and s.type == primary.type and s.name != primary.name
+        )
 
     async def _start_tls(self) -> bool:
         """Answer an SSLRequest with S and run the handshake (contexts: server/tls.py)."""
@@ -710,9 +723,13 @@ class ClientConnection(asyncio.Protocol):
                 if server is None:
                     if slot:
                         slot = False
-                        server = await route.connect(self.backend_password())
+                        server = await route.connect(
+                            self.backend_password(), self.fallback_storages()
+                        )
                     else:
-                        server = await route.acquire(self.backend_password())
+                        server = await route.acquire(
+                            self.backend_password(), self.fallback_storages()
+                        )
             except PoolTimeout:
                 self._pool_timeout()
                 return

@@ -20,7 +20,7 @@ from pooler.logs import log
 from pooler.protocol import build
 
 if TYPE_CHECKING:
-    from pooler.config import Rule
+    from pooler.config import Rule, Storage
     from pooler.server.backend import ServerConnection
     from pooler.server.client import ClientConnection
     from pooler.server.pool import Route, Secret
@@ -292,10 +292,12 @@ class AdminState:
         original = type(route).acquire
         admin = self
 
-        async def acquire(password: Secret) -> ServerConnection:
+        async def acquire(
+            password: Secret, fallbacks: tuple[Storage, ...] = ()
+        ) -> ServerConnection:
             while admin.is_paused(route):
                 await admin.changed.wait()
-            return await original(route, password)
+            return await original(route, password, fallbacks)
 
         route.acquire = acquire  # type: ignore[method-assign]
 

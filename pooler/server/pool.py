@@ -145,11 +145,15 @@ class Route:
     def size(self) -> int:
         return len(self.idle) + len(self.busy) + self.connecting
 
-    async def acquire(self, password: Secret) -> ServerConnection:
+    async def acquire(
+        self, password: Secret, fallbacks: tuple[Storage, ...] = ()
+    ) -> ServerConnection:
         """A logged-in server for a client: idle, new, or the next one released.
 
         With a pool_size, a new server needs a slot from the supervisor (global limit over
         all workers); meanwhile a server released in this worker serves the waiter too.
+        `fallbacks`: storages to try, in order, when no host of the rule's storage can be
+        reached (the client's listen `storage` list).
         """
         started = time.monotonic()
         timeout_ms = self.rule.pool_timeout
@@ -162,7 +166,7 @@ class Route:
                         self.busy.add(server)
                         return server
                 if not self.limited:
-                    return await self.connect(password)
+                    return await self.connect(password, fallbacks)
                 waiter: asyncio.Future[ServerConnection | None] = (
                     asyncio.get_running_loop().create_future()
                 )
@@ -185,7 +189,7 @@ class Route:
                         raise PoolTimeout from None
                     raise
                 if handed is None:  # a slot was granted to us
-                    return await self.connect(password)
+                    return await self.connect(password, fallbacks)
                 return handed  # handed over by release(), already counted busy
         finally:
             self.record_wait(started)
@@ -255,19 +259,28 @@ class Route:
             return True
         return False
 
-    async def connect(self, password: Secret) -> ServerConnection:
+    async def connect(
+        self, password: Secret, fallbacks: tuple[Storage, ...] = ()
+    ) -> ServerConnection:
         """A new logged-in server, on a slot the caller holds (a route without pool_size, or
         one granted to `acquire` or to a `HandOff`): the storage's hosts are tried in turn
         (round robin start), skipping hosts down or not of the wanted kind
-        (target_session_attrs)."""
+        (target_session_attrs), then the hosts of each `fallbacks` storage."""
         self.connecting += 1
         failure: ConnectFailed | None = None
         server: ServerConnection | None = None
         candidate: ServerConnection | None = None
+        tried = [(self.storage, endpoint) for endpoint in self._endpoint_order()]
+        for fallback in fallbacks:
+            tried.extend((fallback, endpoint) for endpoint in fallback.endpoints)
         try:
-            for endpoint in self._endpoint_order():
+            previous = self.storage
+            for storage, endpoint in tried:
+                if storage is not previous:
+                    log.info("server", f"trying fallback storage '{storage.name}'")
+                    previous = storage
                 try:
-                    candidate = await self._connect_to(endpoint, password)
+                    candidate = await self._connect_to(endpoint, password, storage)
                 except ConnectFailed as exc:
                     failure = exc
                     if exc.fields:  # the server refused us (auth...): another host won't help
@@ -308,7 +321,9 @@ class Route:
         start = endpoints.index(first)
         return endpoints[start:] + endpoints[:start]
 
-    async def _connect_to(self, endpoint: Endpoint, password: Secret) -> ServerConnection:
+    async def _connect_to(
+        self, endpoint: Endpoint, password: Secret, storage: Storage
+    ) -> ServerConnection:
         loop = asyncio.get_running_loop()
         timeout = self.worker.config.backend_connect_timeout_ms / 1000 or None
         server: ServerConnection | None = None
@@ -316,11 +331,13 @@ class Route:
             async with asyncio.timeout(timeout):
                 if endpoint.host is None:
                     _, server = await loop.create_unix_connection(
-                        lambda: ServerConnection(self, endpoint), endpoint.unix_socket_path
+                        lambda: ServerConnection(self, endpoint, storage), endpoint.unix_socket_path
                     )
                 else:
                     _, server = await loop.create_connection(
-                        lambda: ServerConnection(self, endpoint), endpoint.host, endpoint.port
+                        lambda: ServerConnection(self, endpoint, storage),
+                        endpoint.host,
+                        endpoint.port,
                     )
                 await server.login(self.backend_user, self.backend_db, password)
                 return server

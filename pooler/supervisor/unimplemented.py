@@ -34,7 +34,7 @@ ROUTE = frozenset(
         "group_query_db",
     }
 )  # fmt: skip
-LISTEN = frozenset({"catchup_timeout", "balancing_method", "storage", "compression"})
+LISTEN = frozenset({"catchup_timeout", "balancing_method", "compression"})
 STORAGE = frozenset({"server_max_routing", "watchdog", "balancing"})
 
 

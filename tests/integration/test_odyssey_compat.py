@@ -8,7 +8,16 @@ import signal
 import socket
 
 import pytest
-from harness import HOST, PoolerStartError, make_config, route, wait_until
+from harness import (
+    HOST,
+    PoolerStartError,
+    free_port,
+    make_config,
+    release_port,
+    route,
+    storage,
+    wait_until,
+)
 from test_supervisor import worker_pids
 from wire import error_fields, read_until, startup_packet
 
@@ -140,3 +149,21 @@ def test_sigterm_right_after_a_reload_that_adds_workers_exits_at_once(pooler):
     p.signal(signal.SIGTERM)
     assert p.wait_exit(timeout=15) == 0
     assert p.log_contains(r"worker 1 started")
+
+
+@pytest.mark.parametrize("pool", ["session", "transaction"])
+def test_listen_storage_list_is_the_fallback_when_the_rules_storage_is_down(pooler, pool):
+    """listen { storage "up" }: clients of that listener whose rule's storage cannot be
+    reached are served by the listed storages, in order (odyssey master)."""
+    down = free_port()  # nothing listens there
+    try:
+        config = make_config(
+            route("p0", "postgres", storage="down", pool=pool, pool_size=2),
+            storages=[storage("down", port=down), storage("up")],
+            listen={"storage": "up"},
+        )
+        p = pooler(config)
+        assert p.sql("select current_database()", dbname="p0") == [("p0",)]
+        assert p.log_contains("trying fallback storage 'up'")
+    finally:
+        release_port(down)
