@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from typing import Any
 
 from pooler.config.diff import Change, diff
 from pooler.config.errors import ConfigError, Diagnostic, Pos
@@ -54,12 +53,6 @@ __all__ = [
 ]
 
 
-def _parse_file_items(text: str, path: str, strict: bool) -> list[Any]:
-    from pooler.config.transform import parse_items
-
-    return parse_items(text, path, strict)
-
-
 def load(path: str | os.PathLike[str], *, strict: bool = False) -> Config:
     """Read, parse and validate the config file at `path` (and its includes)."""
     from pooler.config.transform import read_text_file
@@ -74,10 +67,16 @@ def load(path: str | os.PathLike[str], *, strict: bool = False) -> Config:
 
 def parse_text(text: str, path: str = "<text>", *, strict: bool = False) -> Config:
     """Parse and validate config text; `path` is used in messages and for relative includes."""
-    from pooler.config.transform import Builder, parse_hba, read_text_file, resolve_relative
+    from pooler.config.transform import (
+        Builder,
+        parse_hba,
+        parse_items,
+        read_text_file,
+        resolve_relative,
+    )
     from pooler.config.validate import validate
 
-    items = _parse_file_items(text, path, strict)
+    items = parse_items(text, path, strict)
     builder = Builder(strict)
     builder.process(items, path, 0)
     config = builder.config(None if path.startswith("<") else path, Pos(path, 1, 1))

@@ -719,8 +719,6 @@ class Builder:
         return number
 
     def include(self, item: Include, file: str, depth: int) -> None:
-        from pooler.config import _parse_file_items
-
         pos = self.pos(item.key_token)
         if depth + 1 > INCLUDE_DEPTH_LIMIT:
             self.error(
@@ -731,7 +729,7 @@ class Builder:
         path = resolve_relative(str(item.path.value), file)
         try:
             text = read_text_file(path)
-            items = _parse_file_items(text, path, self.strict)
+            items = parse_items(text, path, self.strict)
         except ConfigError as exc:
             for d in exc.diagnostics:
                 if d.pos is None:

@@ -149,8 +149,6 @@ def _sock(transport: Any, which: str) -> tuple[str, int]:
 
 def client_rows(worker: Worker) -> list[tuple[Any, ...]]:
     """SHOW CLIENTS rows (peers.md §2.1 SOCKET columns) of this worker's logged-in clients."""
-    from pooler.supervisor.views import timestamp
-
     now_mono, now_wall = time.monotonic(), time.time()
     rows = []
     for c in worker.clients:
@@ -192,6 +190,13 @@ def client_rows(worker: Worker) -> list[tuple[Any, ...]]:
     return rows
 
 
+def timestamp(epoch: float | None) -> str | None:
+    """timestamptz text as PostgreSQL prints it with DateStyle ISO (UTC)."""
+    if epoch is None:
+        return None
+    return time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(epoch))
+
+
 def _stamp(
     fmt: Callable[[float], str | None], mono: float, now_mono: float, now_wall: float
 ) -> str | None:
@@ -200,8 +205,6 @@ def _stamp(
 
 def server_rows(worker: Worker) -> list[tuple[Any, ...]]:
     """SHOW SERVERS rows: busy servers `active` (linked) or `used` (resetting), idle `idle`."""
-    from pooler.supervisor.views import timestamp
-
     now_mono, now_wall = time.monotonic(), time.time()
     rows = []
     for route in worker.routes.values():

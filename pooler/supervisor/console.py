@@ -7,13 +7,34 @@ Words are matched case-insensitively; `SHOW POOLS;` and `show pools` are the sam
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pooler.supervisor import views
 from pooler.supervisor.views import Result
 
 if TYPE_CHECKING:
-    from pooler.supervisor.main import Supervisor
+    from pooler.config import Config
+    from pooler.control import schema
+
+
+class Supervisor(Protocol):
+    """What the console needs of the supervisor (pooler.supervisor.main.Supervisor), which
+    imports this module, not the other way round."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def db_rates(self) -> dict[str, views.Rates]: ...
+    def snapshots(self) -> list[dict[str, Any]]: ...
+    def paused_state(self) -> set[str] | bool: ...
+    def quantiles(self) -> tuple[float, ...]: ...
+    def obsolete_rules(self) -> list[Any]: ...
+    async def gather(self, what: str) -> list[Any]: ...
+    def reload(self, trigger: str = ..., text: str | None = ...) -> schema.ReloadResult: ...
+    async def admin_action(self, verb: str, db: str | None) -> None: ...
+    async def kill_client(self, client_id: str) -> bool: ...
+    def shutdown_soon(self, graceful: bool) -> None: ...
+
 
 ROLE_ERROR = ("42501", "Unsuitable user role to emit console command")
 ADMIN_COMMANDS = frozenset(

@@ -33,10 +33,10 @@ from pooler.config import Config, ConfigError, Diagnostic, Endpoint, load
 from pooler.control import schema
 from pooler.control.client import default_control_path
 from pooler.control.server import Connection, ControlServer
+from pooler.histogram import quantile
 from pooler.ipc import Channel, Message
 from pooler.logs import log
 from pooler.protocol import build
-from pooler.server.stats import quantile
 from pooler.supervisor import views
 from pooler.supervisor.listen import Bound, bind_listeners, describe
 from pooler.supervisor.notify import notify, reloading
@@ -585,7 +585,7 @@ class Supervisor:
         raise schema.ProtocolError("unknown_type", f"unknown request type {kind!r}")
 
     async def start_metrics(self, port: int) -> None:
-        from pooler.metrics import serve_metrics
+        from pooler.supervisor.metrics import serve_metrics
 
         self._metrics_server = await serve_metrics(self, port)
 

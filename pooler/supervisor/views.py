@@ -8,12 +8,11 @@ types are pgbouncer 1.25's where pgbouncer has the command (peers.md §2.1, `src
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pooler import __version__
-from pooler.server.stats import merge_histograms, quantile, subtract_histogram
+from pooler.histogram import merge_histograms, quantile, subtract_histogram
 
 TEXT, INT4, INT8, BOOL, TIMESTAMPTZ, NUMERIC = (
     "text",
@@ -807,13 +806,6 @@ SOCKET_COLUMNS = [
     ("prepared_statements", INT4),
     ("id", TEXT),
 ]
-
-
-def timestamp(epoch: float | None) -> str | None:
-    """timestamptz text as PostgreSQL prints it with DateStyle ISO (UTC)."""
-    if epoch is None:
-        return None
-    return time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(epoch))
 
 
 def show_sockets(rows: list[tuple[Any, ...]]) -> Result:

@@ -5,7 +5,7 @@ asking first when there are unsaved edits."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from rich.text import Text
 from textual import on, work
@@ -17,11 +17,19 @@ from textual.widgets import Static, TextArea
 
 from pooler.control import schema
 from tui.screens.confirm import ConfirmScreen
-from tui.source import ApplyResult, ConfigProblem, Validation, text_hash
+from tui.source import ApplyResult, ConfigProblem, Source, Validation, text_hash
 from tui.widgets.odyssey_text import OdysseyTextArea
 
-if TYPE_CHECKING:
-    from tui.app import PoolerDashboard
+
+class Dashboard(Protocol):
+    """What the pane needs of the app (tui.app.PoolerDashboard, which imports this module)."""
+
+    source: Source
+    connected: bool
+
+    def refresh_soon(self) -> object: ...
+    def refresh_config(self) -> object: ...
+
 
 VALIDATE_DELAY = 0.35  # seconds of quiet typing before the text is sent for validation
 
@@ -62,7 +70,7 @@ class ConfigPane(Vertical):
             yield Static("", id="config-details")
 
     @property
-    def dashboard(self) -> PoolerDashboard:
+    def dashboard(self) -> Dashboard:
         return self.app  # type: ignore[return-value]
 
     @property

@@ -3,7 +3,8 @@ inline it for speed)."""
 
 import pytest
 
-from pooler.server.stats import RouteStats, bucket_bounds, bucket_of
+from pooler.histogram import bucket_bounds, bucket_of
+from pooler.server.stats import RouteStats
 
 DURATIONS = [0, 1, 15, 16, 17, 31, 32, 100, 999, 1000, 65_535, 65_536, 10**6, 3_600 * 10**6]
 

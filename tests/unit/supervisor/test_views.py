@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pooler.control import schema
-from pooler.server.stats import RouteStats, quantile
+from pooler.histogram import quantile
+from pooler.server.stats import RouteStats
 from pooler.supervisor import views
 from pooler.supervisor.console import split_statements
 

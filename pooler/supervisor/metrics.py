@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -23,12 +23,27 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from pooler import __version__
+from pooler.histogram import quantile
 from pooler.logs import log
-from pooler.server.stats import quantile
 from pooler.supervisor import views
 
 if TYPE_CHECKING:
-    from pooler.supervisor.main import Supervisor
+    from pooler.config import Config
+    from pooler.control import schema
+
+
+class Supervisor(Protocol):
+    """What /metrics reads of the supervisor (pooler.supervisor.main.Supervisor), which
+    imports this module, not the other way round."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def db_rates(self) -> dict[str, views.Rates]: ...
+    def snapshots(self) -> list[dict[str, Any]]: ...
+    def paused_state(self) -> set[str] | bool: ...
+    def worker_infos(self) -> list[schema.WorkerInfo]: ...
+
 
 QUANTILES = (0.5, 0.95, 0.99)
 

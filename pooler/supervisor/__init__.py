@@ -1,0 +1,1 @@
+"""The process tree: listen sockets, workers, signals, reload, slot broker, console, stats."""
