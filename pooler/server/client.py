@@ -609,10 +609,10 @@ class ClientConnection(asyncio.Protocol):
             return False  # the slow path prepares it first
         route.idle.pop()
         route.busy.add(server)
-        route.stats.record_wait(0)
         server.link(self, self.last_activity)  # the client's bytes came in just now
         self.server = server
         self._forward(server, data)
+        route.stats.record_wait(0)  # after the write: the server has the bytes sooner
         return True
 
     def _fits_as_is(self, server: ServerConnection) -> bool:

@@ -1,0 +1,135 @@
+"""The relay writes a server's answer to its client before its own bookkeeping (issue 19:
+latency per round trip), except when it must first cut a ParseComplete of its own out.
+
+Real worker, route, client and server objects; stand-in transports record what is written.
+"""
+
+from __future__ import annotations
+
+import struct
+import types
+
+import pytest
+
+from pooler.config import parse_text
+from pooler.protocol import build
+from pooler.server.backend import ServerConnection
+from pooler.server.client import ClientConnection
+from pooler.server.prepared import ClientStatements
+from pooler.server.router import ClientKey
+from pooler.server.stats import RouteStats
+from pooler.server.worker import Worker
+
+CONFIG = """
+log_format "%m\\n"
+log_session no
+listen { host "127.0.0.1" port 6432 }
+storage "pg" { type "remote" host "127.0.0.1" port 5432 }
+database default {
+    user default {
+        authentication "none"
+        storage "pg"
+        pool "transaction"
+        pool_size 2
+    }
+}
+"""
+
+QUERY = build.query("SELECT 1")
+_ROW = struct.pack("!h", 1) + b"x\0" + struct.pack("!ihihih", 0, 0, 23, 4, -1, 0)
+ANSWER = (
+    b"T" + struct.pack("!i", len(_ROW) + 4) + _ROW
+    + b"D\x00\x00\x00\x0b\x00\x01\x00\x00\x00\x011"
+    + build.command_complete("SELECT 1")
+    + build.ready_for_query("I")
+)  # fmt: skip
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def idle_pair() -> tuple[ServerConnection, ClientConnection]:
+    """A ready client of a transaction pool and one idle server, not linked yet."""
+    config = parse_text(CONFIG)
+    slots = types.SimpleNamespace(request=lambda *a: None, release=lambda *a: None)
+    worker = Worker(config, 0, types.SimpleNamespace(slots=slots))  # type: ignore[arg-type]
+    rule = worker.router.match(ClientKey("app", "postgres", "127.0.0.1"))
+    assert rule is not None
+    route = worker.route_for(rule, "app", "postgres")
+    server = ServerConnection(route, route.storage.endpoints[0])
+    server.transport = Transport()  # type: ignore[assignment]
+    server.internal = False
+    server.scanner.wanted = server.relay_wanted
+    route.idle.append(server)
+    client = ClientConnection(worker, worker.config.listens[0], False)
+    client.transport = Transport()  # type: ignore[assignment]
+    client.state, client.route, client.rule, client.mode = "ready", route, rule, "transaction"
+    client.statements = ClientStatements(route.stats, route.known_statements)
+    return server, client
+
+
+def linked_pair() -> tuple[ServerConnection, ClientConnection]:
+    server, client = idle_pair()
+    client.data_received(QUERY)  # links the idle server and relays the query
+    assert client.server is server and server.transport.writes == [QUERY]  # type: ignore[attr-defined]
+    return server, client
+
+
+@pytest.mark.timeout(10)
+async def test_the_query_is_written_before_the_wait_is_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server, client = idle_pair()
+    seen: list[int] = []
+    record_wait = RouteStats.record_wait
+
+    def record(stats: RouteStats, us: int) -> None:
+        seen.append(len(server.transport.writes))  # type: ignore[attr-defined]
+        record_wait(stats, us)
+
+    monkeypatch.setattr(RouteStats, "record_wait", record)
+    client.data_received(QUERY)
+    assert server.transport.writes == [QUERY]  # type: ignore[attr-defined]
+    assert seen == [1]  # the server had the query when the (zero) wait was counted
+
+
+@pytest.mark.timeout(10)
+async def test_the_answer_is_written_before_the_bookkeeping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server, client = linked_pair()
+    seen: list[int] = []
+    record_query = RouteStats.record_query
+
+    def record(stats: RouteStats, us: int) -> None:
+        seen.append(len(client.transport.writes))  # type: ignore[attr-defined]
+        record_query(stats, us)
+
+    monkeypatch.setattr(RouteStats, "record_query", record)
+    server.data_received(ANSWER)
+    assert client.transport.writes == [ANSWER]  # type: ignore[attr-defined]
+    assert seen == [1]  # the client had its answer when the query was counted
+    assert client.server is None  # and the server was given back
+
+
+@pytest.mark.timeout(10)
+async def test_a_parse_complete_of_ours_is_cut_out_before_the_write() -> None:
+    server, client = linked_pair()
+    server.statements.sent_parse(False, "S_1")  # a Parse the pooler injected
+    server.data_received(build.PARSE_COMPLETE + ANSWER)
+    assert client.transport.writes == [ANSWER]  # type: ignore[attr-defined]
+    assert client.server is None
