@@ -31,7 +31,7 @@ from pooler.protocol.framing import (
     iter_messages,
     read_startup,
 )
-from pooler.server import tls as tls_support
+from pooler.server import tls as tls_support, virtual
 from pooler.server.backend import (
     IDLE,
     BackendError,
@@ -138,6 +138,8 @@ class ClientConnection(asyncio.Protocol):
         self.connected_at = time.monotonic()
         self.last_activity = self.connected_at
         self.log_ctx = LogContext(client_id=self.id)
+        self.intercepts = False  # some simple queries are answered or rewritten (virtual.py)
+        self.tsa_hint: str | None = None  # SET odyssey.target_session_attrs
 
     # --- asyncio.Protocol -------------------------------------------------------------
 
@@ -159,6 +161,8 @@ class ClientConnection(asyncio.Protocol):
         if self.state == "ready":
             self.last_activity = time.monotonic()
             server = self.server
+            if self.intercepts and data[0] == Q and self._virtual(server, data):
+                return
             if server is not None:
                 self._forward(server, data)
             else:
@@ -394,6 +398,8 @@ class ClientConnection(asyncio.Protocol):
         if route.shares_statements:
             self.statements = ClientStatements(route.stats, route.known_statements)
         self._init_params(params, rule)
+        if config.query_parsing.mode != "disabled":
+            self.intercepts = config.virtual_processing or rule.application_name_add_host
         notices: list[bytes] = []  # what a server said at its login, passed on (as odyssey)
         if self.mode == "session":
             server = await self._acquire_for_login(route)
@@ -683,6 +689,54 @@ class ClientConnection(asyncio.Protocol):
         self.queued_bytes = 0
         self.resume_reading()
         self._forward(server, data)
+
+    def _virtual(self, server: ServerConnection | None, data: bytes) -> bool:
+        """A lone simple Query the pooler answers or rewrites (pooler/server/virtual.py):
+        True when it was taken care of here."""
+        if len(data) != 1 + int.from_bytes(data[1:5]) or not self.splitter.at_boundary():
+            return False  # not exactly one whole Query
+        if server is not None and (server.pending or server.unsynced or server.copy_in):
+            return False  # answers are owed first
+        if self.queued or self._handoff is not None or self._attach_task is not None:
+            return False
+        statement = virtual.parse(_query_text(data, 0, len(data)))
+        rule = self.rule
+        if statement is None or rule is None:
+            return False
+        status = server.status if server is not None else IDLE
+        if statement.name == virtual.TARGET_SESSION_ATTRS and self.worker.config.virtual_processing:
+            if statement.verb == "show":
+                answer = virtual.show_answer(statement.name, self.target_session_attrs(), status)
+            elif (statement.value or "").lower() in virtual.TSA_VALUES:
+                self.tsa_hint = (statement.value or "").lower()
+                answer = virtual.set_answer(status)
+            else:
+                answer = virtual.set_refused(statement.name, statement.value or "", status)
+            self._send(answer)
+            return True
+        if (
+            statement.verb == "set"
+            and statement.name == "application_name"
+            and rule.application_name_add_host
+        ):
+            sql = virtual.application_name_query(statement.value or "", self.peer_name(port=False))
+            if server is not None:
+                self._forward(server, build.query(sql))
+            else:
+                self._queue(build.query(sql))
+            return True
+        return False
+
+    def target_session_attrs(self) -> str:
+        """The client's own (SET odyssey.target_session_attrs), else its listen's, else its
+        rule's, else `any` (odyssey's order)."""
+        rule = self.rule
+        return (
+            self.tsa_hint
+            or self.listen.target_session_attrs
+            or (rule.target_session_attrs if rule is not None else None)
+            or "any"
+        )
 
     def _answer_locally(self, data: bytes) -> bool:
         """Parse + Sync of statements the route already knows need no server: answer them

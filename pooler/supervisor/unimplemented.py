@@ -19,7 +19,7 @@ GLOBAL = frozenset(
         "max_sigterms_to_die", "cancel_queue_timeout_ms", "cancel_max_inflight", "dns_cache_ttl",
         "enable_online_restart", "bindwith_reuseport", "enable_host_watcher",
         "smart_search_path_enquoting", "disable_nolinger", "cpu_affinity",
-        "group_checker_interval", "virtual_processing", "virtual_transaction",
+        "group_checker_interval", "virtual_transaction",
     }
 )  # fmt: skip
 ROUTE = frozenset(

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 
+import psycopg
 import pytest
 from harness import (
     HOST,
@@ -167,3 +168,34 @@ def test_listen_storage_list_is_the_fallback_when_the_rules_storage_is_down(pool
         assert p.log_contains("trying fallback storage 'up'")
     finally:
         release_port(down)
+
+
+@pytest.mark.parametrize("pool", ["session", "transaction"])
+def test_virtual_processing_answers_odyssey_target_session_attrs(pooler, pool):
+    p = pooler(make_config(route("p0", "postgres", pool=pool), virtual_processing=True))
+    with p.connect("p0") as conn:
+        notices: list[str] = []
+        conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+        assert conn.execute("show odyssey.target_session_attrs").fetchone() == ("any",)
+        conn.execute("SET odyssey.target_session_attrs TO 'read-only'")
+        assert conn.execute("SHOW odyssey.target_session_attrs").fetchone() == ("read-only",)
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+            conn.execute("set odyssey.target_session_attrs = 'bad'")
+        assert 'invalid value for parameter "odyssey.target_session_attrs": "bad"' in str(
+            refused.value
+        )
+        assert notices == ["processed virtually by pooler"] * 4
+        with conn.transaction():  # answered inside a transaction too, its status kept
+            conn.execute("select 1")
+            assert conn.execute("show odyssey.target_session_attrs").fetchone() == ("read-only",)
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        assert conn.execute("select 2").fetchone() == (2,)
+
+
+def test_set_application_name_gets_the_host_added(pooler):
+    """odyssey rewrites `SET application_name` under application_name_add_host: the address
+    is added (without the port it adds at login)."""
+    p = pooler(make_config(route("p0", "postgres", application_name_add_host=True)))
+    with p.connect("p0", application_name="AAA") as conn:
+        conn.execute("set application_name = 'BBB'")
+        assert conn.execute("show application_name").fetchone() == ("BBB - 127.0.0.1",)
