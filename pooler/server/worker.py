@@ -6,6 +6,7 @@ import asyncio
 import functools
 import os
 import secrets
+import select
 import socket
 import time
 from collections.abc import Coroutine
@@ -29,6 +30,15 @@ from pooler.server.stats import route_names, rule_label
 
 if TYPE_CHECKING:
     from pooler.server.worker_main import SupervisorLink
+
+
+def between_transactions(client: ClientConnection) -> bool:
+    """Nothing of the client's is in flight: no transaction open, no query sent and waiting
+    for a server (closing it now cuts nothing)."""
+    if client.queued:
+        return False
+    server = client.server
+    return server is None or (server.status == IDLE and server.pending == 0)
 
 
 class Worker:
@@ -58,6 +68,8 @@ class Worker:
         self._recovery: dict[Endpoint, tuple[bool, float]] = {}
         self.auth_cache = AuthQueryCache()
         self.stopping = False
+        self._retiring: asyncio.Task[None] | None = None
+        self._listening: list[socket.socket] = []
 
     # --- tasks ------------------------------------------------------------------------
 
@@ -79,6 +91,7 @@ class Worker:
     async def start(self, sockets: list[tuple[Listen, socket.socket]]) -> None:
         """Accept clients on the listen sockets inherited from the supervisor."""
         loop = asyncio.get_running_loop()
+        self._listening = [sock for _, sock in sockets]
         for listen, sock in sockets:
             unix = sock.family == socket.AF_UNIX
             server = await loop.create_server(
@@ -94,6 +107,39 @@ class Worker:
             server.close()
         self._servers.clear()
 
+    def retire(self) -> None:
+        """`workers` was lowered and this worker is one too many. The supervisor steers new
+        connections to the other workers' sockets; this one accepts what was queued in its
+        own, serves its clients until they leave (or, past graceful_shutdown_timeout_ms,
+        closes them between transactions) and exits when it has none."""
+        if self._retiring is None:
+            log.info("supervisor", f"worker {self.index} retires: {len(self.clients)} clients")
+            self._retiring = self.spawn(self._retire(), "retire")
+
+    def stay(self) -> None:
+        """`workers` grew again before this retiring worker was gone: it goes on serving."""
+        if self._retiring is not None:
+            self._retiring.cancel()
+            self._retiring = None
+            log.info("supervisor", f"worker {self.index} stays")
+
+    async def _retire(self) -> None:
+        timeout_ms = self.config.graceful_shutdown_timeout_ms
+        deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
+        while self.clients or self._connections_queued():
+            await asyncio.sleep(0.05)
+            if deadline is not None and time.monotonic() > deadline:
+                for client in list(self.clients):
+                    if between_transactions(client):
+                        client.fatal("08006", "pooler is shutting down")
+        log.info("supervisor", f"worker {self.index} retired")
+        self.link.retired()
+
+    def _connections_queued(self) -> bool:
+        """Connections waiting in this worker's own (TCP) listen sockets."""
+        socks = [s for s in self._listening if s.family != socket.AF_UNIX]
+        return bool(socks and not self.stopping and select.select(socks, [], [], 0)[0])
+
     async def shutdown(self, timeout_ms: int) -> None:
         """Graceful: stop accepting, drop idle clients, let transactions finish."""
         self.stopping = True
@@ -101,8 +147,7 @@ class Worker:
         deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
         while self.clients:
             for client in list(self.clients):
-                server = client.server
-                if server is None or (server.status == IDLE and server.pending == 0):
+                if between_transactions(client):
                     client.fatal("08006", "pooler is shutting down")
             if deadline is not None and time.monotonic() > deadline:
                 break

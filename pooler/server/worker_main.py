@@ -39,6 +39,7 @@ class SupervisorLink:
             tuple[Config, list[Listen], dict[Any, int], set[str] | bool]
         ] = loop.create_future()
         self.stop: asyncio.Future[bool] = loop.create_future()  # result: graceful?
+        self.retire_when_started = False
         self._requests: dict[int, asyncio.Future[Any]] = {}
         self._next_request = 0
 
@@ -69,6 +70,11 @@ class SupervisorLink:
             payload = ("error", repr(exc))
         self.channel.send("answer", request_id, payload)
 
+    def retired(self) -> None:
+        """A retiring worker is done: leave (gracefully, with nothing left to drain)."""
+        if not self.stop.done():
+            self.stop.set_result(True)
+
     def forward_cancel(self, pid: int, secret: int) -> None:
         self.channel.send("cancel", pid, secret)
 
@@ -89,6 +95,8 @@ class SupervisorLink:
         elif kind == "shutdown":  # (also before the worker is built: it stops once started)
             if not self.stop.done():
                 self.stop.set_result(bool(args[0]))
+        elif kind in ("retire", "stay") and worker is None:  # still starting
+            self.retire_when_started = kind == "retire"
         elif worker is None:
             return
         elif kind == "grant":
@@ -97,6 +105,10 @@ class SupervisorLink:
             worker.on_shed(args[0], args[1])
         elif kind == "cancel":
             worker.spawn(worker.cancel(args[0], args[1]), "forwarded cancel")
+        elif kind == "retire":
+            worker.retire()
+        elif kind == "stay":
+            worker.stay()
         elif kind == "reopen_log":
             try:
                 log.reopen()
@@ -147,6 +159,8 @@ async def serve(index: int, ipc_fd: int, listen_fds: list[int]) -> int:
     await worker.start(sockets)
     log.info("config", f"worker {index} applied generation {config.generation}")
     link.channel.send("applied", config.generation)  # readiness: this worker serves
+    if link.retire_when_started:
+        worker.retire()
 
     def stop() -> None:
         if not link.stop.done():

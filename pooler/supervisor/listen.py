@@ -10,8 +10,10 @@ balanced that way and are shared by all workers.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
+import struct
 
 from pooler.config import Config, Listen
 
@@ -64,3 +66,38 @@ def bind_listeners(config: Config, workers: int) -> list[Bound]:
 
 def describe(config: Config) -> str:
     return ", ".join(f"{listen.host or 'unix'}:{listen.port}" for listen in config.listens)
+
+
+SO_ATTACH_REUSEPORT_CBPF = 51  # linux/asm-generic/socket.h
+_BPF_LD_W_ABS, _BPF_ALU_MOD_K, _BPF_JEQ_K, _BPF_RET_K = 0x20, 0x94, 0x15, 0x06
+_SKF_AD_RANDOM = (-0x1000 + 56) & 0xFFFFFFFF  # SKF_AD_OFF + SKF_AD_RANDOM
+
+
+def _steering_program(slots: list[int]) -> bytes:
+    """cBPF: A = random % len(slots); return slots[A] (one jeq per slot)."""
+    code = [(_BPF_LD_W_ABS, 0, 0, _SKF_AD_RANDOM), (_BPF_ALU_MOD_K, 0, 0, len(slots))]
+    for position, slot in enumerate(slots):
+        code += [(_BPF_JEQ_K, 0, 1, position), (_BPF_RET_K, 0, 0, slot)]
+    code.append((_BPF_RET_K, 0, 0, slots[0]))
+    return b"".join(struct.pack("HBBI", *instruction) for instruction in code)
+
+
+def steer(per_worker: list[Bound], serving: list[int]) -> bool:
+    """New TCP connections go only to the sockets of the `serving` worker indexes (each
+    SO_REUSEPORT group: one listen address). False when the kernel refused (connections are
+    then spread over every socket, as without a program)."""
+    if not per_worker or not serving:
+        return False
+    ok = True
+    for position, (_listen, sock) in enumerate(per_worker[0]):
+        if sock.family == socket.AF_UNIX:
+            continue  # one socket shared by all workers
+        program = ctypes.create_string_buffer(_steering_program(sorted(serving)))
+        fprog = struct.pack("HL", 2 + 2 * len(serving) + 1, ctypes.addressof(program))
+        try:
+            per_worker[0][position][1].setsockopt(
+                socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog
+            )
+        except OSError:
+            ok = False
+    return ok

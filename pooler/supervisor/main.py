@@ -38,7 +38,7 @@ from pooler.ipc import Channel, Message
 from pooler.logs import log
 from pooler.protocol import build
 from pooler.supervisor import views
-from pooler.supervisor.listen import Bound, bind_listeners, describe
+from pooler.supervisor.listen import Bound, bind_listeners, describe, steer
 from pooler.supervisor.notify import notify, reloading
 from pooler.supervisor.reload import Outcome, Reloader, file_hash, write_atomically
 from pooler.supervisor.slots import Action, Grant, Shed, SlotBroker
@@ -132,6 +132,7 @@ class Supervisor:
         self.last_stats: schema.StatsEvent | None = None
         self._metrics_server: asyncio.AbstractServer | None = None
         self._ready: asyncio.Event | None = None  # set once every worker serves
+        self._resizing = asyncio.Lock()  # one change of `workers` at a time
         self._reloading: int | None = None  # generation whose application systemd awaits
 
     # --- workers ----------------------------------------------------------------------
@@ -180,6 +181,7 @@ class Supervisor:
         if handle.channel is not None:
             handle.channel.close()
             handle.channel = None
+        self._steer()  # while it is down, its socket receives nothing new
         ghost = ("exited", handle.index, process.pid)
         self._deliver(self.broker.worker_gone(handle.index, ghost))
         backends, handle.backends = handle.backends, {}
@@ -249,6 +251,9 @@ class Supervisor:
         elif kind == "applied":  # the worker serves this generation (started or reloaded)
             handle = self.workers.get(index)
             if handle is not None:
+                if handle.generation is None:
+                    handle.generation = args[0]
+                    self._steer()  # it serves: new connections may come to it
                 handle.generation = args[0]
                 self._check_ready()
         elif kind == "stats":
@@ -633,7 +638,7 @@ class Supervisor:
         self.broadcast("config", new, None, plan.births)
         self._apply_pool_sizes(new, plan.births)
         if plan.workers_changed:
-            self._spawn(self._resize(new.workers), "resize workers")
+            self._spawn(self._resize(), "resize workers")
         outcome = self.reloader.record_success(plan, trigger)
         for change in plan.changes:
             log.info("config", change)
@@ -659,19 +664,38 @@ class Supervisor:
             if rule is not None and births.get(identity) == birth and rule.pool_size > 0:
                 self._deliver(self.broker.set_limit(key, rule.pool_size))
 
-    async def _resize(self, wanted: int) -> None:
-        """`workers` changed: start the missing workers, retire the extra ones gracefully."""
-        for index in sorted(self.workers):
-            if index >= wanted and not self.workers[index].retiring:
-                handle = self.workers[index]
-                handle.retiring = True
-                if handle.channel is not None:
-                    handle.channel.send("shutdown", True)
-        for index in range(wanted):
-            if index not in self.workers:
-                if index >= len(self.sockets):
-                    self.sockets.extend(bind_listeners(self.config, index + 1 - len(self.sockets)))
-                await self.start_worker(index)
+    async def _resize(self) -> None:
+        """`workers` changed: start the missing workers, retire the extra ones. A retiring
+        worker is steered around first (its socket receives no new connection), accepts what
+        was queued, serves its clients until they leave (see Worker.retire) and exits; one
+        still retiring when `workers` grows again just stays."""
+        async with self._resizing:
+            wanted = self.config.workers
+            for index, handle in sorted(self.workers.items()):
+                if index >= wanted and not handle.retiring:
+                    handle.retiring = True
+                elif index < wanted and handle.retiring and handle.channel is not None:
+                    handle.retiring = False
+                    handle.channel.send("stay")
+            self._steer()
+            for handle in self.workers.values():
+                if handle.retiring and handle.channel is not None:
+                    handle.channel.send("retire")
+            for index in range(wanted):
+                if index not in self.workers:
+                    if index >= len(self.sockets):
+                        more = index + 1 - len(self.sockets)
+                        self.sockets.extend(bind_listeners(self.config, more))
+                    await self.start_worker(index)
+
+    def _steer(self) -> None:
+        """New connections go to the sockets of serving workers that are not retiring."""
+        serving = [
+            i for i, h in self.workers.items() if h.generation is not None and not h.retiring
+        ]
+        if not serving:  # none up yet (or all restarting): they queue for the wanted ones
+            serving = [i for i in range(min(self.config.workers, len(self.sockets)))]
+        steer(self.sockets, serving)
 
     def validate(self, text: str) -> dict[str, Any]:
         """Control `config validate`: the errors with positions, or the diff it would apply."""

@@ -202,3 +202,63 @@ def test_dead_workers_servers_count_until_gone(pooler, pg):
 def sleeping(pg) -> int:
     out = pg.psql("select count(*) from pg_stat_activity where query = 'select pg_sleep(60)'")
     return int(out.split()[-1])
+
+
+def test_fewer_workers_lose_no_login_and_cut_no_transaction(pooler, pg):
+    """A reload from 3 to 2 workers under load: the retired worker's socket stops receiving
+    before it closes (every one of 40 new logins is served; 17 used to time out) and its
+    clients go on until they leave (they used to get FATAL between transactions)."""
+    p = pooler(config(10, workers=3))
+    loaders = [connect_to_worker(p, index % 3) for index in range(6)]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    done = [0] * len(loaders)
+
+    def load(n: int, conn: psycopg.Connection) -> None:
+        try:
+            while not stop.is_set():
+                with conn.transaction():
+                    conn.execute("select pg_sleep(0.005)")
+                done[n] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=(n, c)) for n, c in enumerate(loaders)]
+    for t in threads:
+        t.start()
+    logins: list = []
+
+    def login() -> None:
+        try:
+            with p.connect("p0", connect_timeout=10) as conn:
+                logins.append((worker_of(conn), conn.execute("select 1").fetchone()[0]))
+        except BaseException as exc:
+            logins.append(exc)
+
+    try:
+        wait_until(lambda: all(done))
+        p.write_config(config(10, workers=2))
+        p.reload()
+        p.wait_for_log("worker 1 applied generation 1")
+        for _ in range(4):
+            batch = [threading.Thread(target=login) for _ in range(10)]
+            for t in batch:
+                t.start()
+            for t in batch:
+                t.join(timeout=30)
+        before = list(done)
+        wait_until(lambda: all(d > b for d, b in zip(done, before, strict=True)))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert not errors, errors
+    assert len(logins) == 40
+    assert all(isinstance(r, tuple) and r[1] == 1 for r in logins), logins
+    assert {r[0] for r in logins} == {0, 1}
+    # the retiring worker leaves once its clients have gone
+    assert worker_pid(p.pid, 2) is not None
+    for conn in loaders:
+        conn.close()
+    wait_until(lambda: worker_pid(p.pid, 2) is None, timeout=20)
+    assert p.log_contains("worker 2 retired")
