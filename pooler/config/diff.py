@@ -7,9 +7,10 @@ unix socket settings, pid file, log sinks, daemonize and the other start-up keys
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
+from pooler.config.keywords import SECRET_KEYS
 from pooler.config.model import Config, Rule
 
 #: Global keys odyssey applies on reload (HEAD, odyssey.md §2.10) plus hba_file.
@@ -38,9 +39,6 @@ LIVE_GLOBAL_KEYS = frozenset(
         "hba_rules",
     ]
 )
-SECRET_KEYS = frozenset(
-    {"password", "storage_password", "ldapbindpasswd", "ldap_storage_credentials"}
-)
 _NOT_COMPARED = frozenset(
     {"path", "generation", "warnings", "pos", "key_pos", "includes", "order", "workers_auto"}
 )
@@ -67,6 +65,13 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+def _holds_secret(value: Any) -> bool:
+    """A block (or a tuple of blocks, e.g. ldap_storage_credentials) with a secret key."""
+    if isinstance(value, tuple):
+        return any(_holds_secret(v) for v in value)
+    return is_dataclass(value) and any(f.name in SECRET_KEYS for f in fields(value))
+
+
 def _field_changes(old: Any, new: Any, skip: frozenset[str] = frozenset()) -> list[str]:
     """`key old -> new` for every differing field (secrets: `key changed`)."""
     out = []
@@ -77,7 +82,7 @@ def _field_changes(old: Any, new: Any, skip: frozenset[str] = frozenset()) -> li
         a, b = getattr(old, name), getattr(new, name)
         if a == b:
             continue
-        if name in SECRET_KEYS:
+        if name in SECRET_KEYS or _holds_secret(a) or _holds_secret(b):
             out.append(f"{name} changed")
         else:
             out.append(f"{name} {_show(a)} -> {_show(b)}")

@@ -285,6 +285,10 @@ DEPRECATED = frozenset(
     ]
 )
 
+#: Keys whose values are secrets (in whichever block they appear): a config diff says only
+#: that one changed, and the model handed out over the control socket has them blanked.
+SECRET_KEYS = frozenset({"password", "storage_password", "ldapbindpasswd", "ldap_storage_password"})
+
 
 def terminal(word: str) -> str:
     """Name of the Lark terminal for a keyword (`pool_size` -> `POOL_SIZE`)."""

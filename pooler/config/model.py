@@ -8,10 +8,12 @@ and `key_pos` maps each key that was set to where it was set (not compared, not 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from types import MappingProxyType
+from typing import Any
 
 from pooler.config.errors import Diagnostic, Pos
+from pooler.config.keywords import SECRET_KEYS
 
 NO_POS = Pos("<default>", 0, 0)
 
@@ -371,3 +373,22 @@ class Config:
             if pool.name == name:
                 return pool
         return None
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The model as plain dicts and lists (the control API's `config_get`), every secret
+    blanked."""
+    plain: dict[str, Any] = _plain("", config)
+    return plain
+
+
+def _plain(key: str, value: Any) -> Any:
+    if key in SECRET_KEYS:
+        return None if value is None else "********"
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(f.name, getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):  # key_pos and the like: keys are names, not secrets
+        return {k: _plain("", v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain("", v) for v in value]
+    return value

@@ -554,7 +554,6 @@ RANGES: dict[str, tuple[int, int]] = {
     "interval_ms": (1, INT_MAX),
 }
 REPEATABLE = frozenset({"storage@listen", "auth_common_name@route"})
-SECRET_KEYS = frozenset({"password", "storage_password", "ldapbindpasswd", "ldap_storage_password"})
 
 
 class Builder:

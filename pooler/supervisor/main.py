@@ -30,6 +30,7 @@ import uvloop
 
 from pooler import __version__, logs
 from pooler.config import Config, ConfigError, Diagnostic, Endpoint, load
+from pooler.config.model import redacted
 from pooler.control import schema
 from pooler.control.client import default_control_path
 from pooler.control.server import Connection, ControlServer
@@ -560,14 +561,11 @@ class Supervisor:
             conn.topics.difference_update(request.topics)  # type: ignore[attr-defined]
             return kind, sorted(conn.topics)
         if kind == "config_get":
-            from dataclasses import asdict
-
             try:
                 text = self.path.read_text()
             except OSError:
                 text = ""
-            model = asdict(self.config)
-            _redact(model)
+            model = redacted(self.config)
             return kind, schema.ConfigInfo(
                 str(self.path), self.config.generation, text, model, file_hash(self.path)
             )
@@ -881,20 +879,6 @@ def _daemonize() -> None:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
-
-
-def _redact(model: Any) -> None:
-    """Blank secrets in a config model turned into plain dicts (config get)."""
-    if isinstance(model, dict):
-        for key, value in model.items():
-            if key in ("password", "storage_password", "ldapbindpasswd", "ldap_storage_password"):
-                if value is not None:
-                    model[key] = "********"
-            else:
-                _redact(value)
-    elif isinstance(model, list | tuple):
-        for value in model:
-            _redact(value)
 
 
 def run(config_path: Path, *, strict: bool = False, control: Path | None = None) -> int:
