@@ -161,12 +161,26 @@ def count_syscalls(pg: PgCluster, t: Target, txns: int, workdir: Path) -> dict[s
     finally:
         tracer.send_signal(signal.SIGINT)
         tracer.wait(30)
+    if not out.exists():
+        raise RuntimeError("strace wrote no summary (no ptrace rights?)")
+    return strace_summary(out.read_text(), txns)
+
+
+def strace_summary(text: str, txns: int) -> dict[str, float]:
+    """Calls per transaction by syscall from `strace -c` output, most frequent first."""
     calls: dict[str, float] = {}
-    for line in out.read_text().splitlines():
+    for line in text.splitlines():
         parts = line.split()
         # % time, seconds, usecs/call, calls, [errors], syscall
-        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+        if (
+            len(parts) >= 5
+            and parts[0][0].isdigit()
+            and parts[3].isdigit()
+            and parts[-1] != "total"
+        ):
             calls[parts[-1]] = int(parts[3]) / txns
+    if not calls:
+        raise RuntimeError("strace counted no syscalls")
     return dict(sorted(calls.items(), key=lambda kv: -kv[1]))
 
 
@@ -264,6 +278,8 @@ def phases(script: str, txns: int) -> dict[str, float]:
             preempted_gaps += 1
             continue
         gaps[key].append(b.enter - a.exit)
+    if not calls:
+        raise RuntimeError("perf recorded no syscalls (perf_event_paranoid, or no tracepoints?)")
     kinds = collections.Counter(c.kind for c in calls)
     all_switches = [s for per in switches.values() for s in per]
     out: dict[str, float] = {
@@ -394,10 +410,16 @@ def main() -> int:
                 continue
             if tools["strace"]:
                 say(f"strace {t.name}")
-                results[t.name].syscalls = count_syscalls(pg, t, txns, tmp)
+                try:
+                    results[t.name].syscalls = count_syscalls(pg, t, txns, tmp)
+                except RuntimeError as exc:
+                    results[t.name].notes.append(f"syscalls: {exc}")
             if tools["perf"]:
                 say(f"perf {t.name}")
-                results[t.name].phases = record_phases(pg, t, txns, tmp)
+                try:
+                    results[t.name].phases = record_phases(pg, t, txns, tmp)
+                except RuntimeError as exc:
+                    results[t.name].notes.append(f"phases: {exc}")
     finally:
         for t in objs:
             with contextlib.suppress(Exception):

@@ -12,6 +12,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
+import latency  # noqa: E402
 import report  # noqa: E402
 import scenarios  # noqa: E402
 import targets  # noqa: E402
@@ -180,3 +181,62 @@ def test_main_table_compares_pooler_with_odyssey_of_the_same_workers() -> None:
     [row] = [line for line in table.splitlines() if line.startswith("| a | pooler |")]
     cells = [c.strip() for c in row.split("|")]
     assert cells[5:8] == ["-", "1.00", "1.25"]  # vs direct, vs pgbouncer, vs odyssey1
+
+
+STRACE_SUMMARY = """\
+% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 53.96    0.042130          10      4014           write
+ 24.76    0.019335           4      4035           epoll_pwait
+ 13.45    0.010501           2      4024         2 read
+  0.22    0.000174           2        82           getpid
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.072140           5     12155         2 total
+"""
+
+
+def test_strace_summary_is_calls_per_transaction() -> None:
+    calls = latency.strace_summary(STRACE_SUMMARY, 2000)
+    assert list(calls) == ["epoll_pwait", "read", "write", "getpid"]
+    assert calls["write"] == pytest.approx(2.007) and calls["getpid"] == pytest.approx(0.041)
+    with pytest.raises(RuntimeError):
+        latency.strace_summary(
+            "strace: attach: ptrace(PTRACE_SEIZE, 1): Operation not permitted", 1
+        )
+
+
+def _perf_lines(tid: int, start_us: float) -> list[str]:
+    """One relayed round trip as perf script prints it: poll, read client, write server,
+    poll, read server, write client; preempted once after the second write."""
+    events = [
+        (0, "enter", 281, 4), (30, "exit", 281, None),
+        (31, "enter", 0, 7), (32, "exit", 0, None),
+        (35, "enter", 1, 8), (40, "exit", 1, None),
+        (42, "enter", 281, 4), (90, "exit", 281, None),
+        (91, "enter", 0, 8), (92, "exit", 0, None),
+        (94, "enter", 1, 7), (100, "exit", 1, None),
+        (101, "switch", "R", None),
+    ]  # fmt: skip
+    lines = []
+    for at, what, nr, fd in events:
+        stamp = f"{(start_us + at) / 1e6:.9f}"
+        if what == "switch":
+            lines.append(f"  {tid} {stamp}: sched:sched_switch: prev_comm=w prev_pid={tid} "
+                         f"prev_prio=120 prev_state={nr} ==> next_comm=pgbench next_pid=9")  # fmt: skip
+        elif what == "enter":
+            lines.append(f"  {tid} {stamp}: raw_syscalls:sys_enter: NR {nr} ({fd:x}, 0, 0)")
+        else:
+            lines.append(f"  {tid} {stamp}:  raw_syscalls:sys_exit: NR {nr} = 1")
+    return lines
+
+
+def test_phases_count_loop_iterations_and_time_between_relay_syscalls() -> None:
+    script = "\n".join(_perf_lines(11, 1000.0) + _perf_lines(11, 2000.0))
+    out = latency.phases(script, txns=2)
+    assert out["polls (loop iterations)"] == 2 and out["reads"] == 2 and out["writes"] == 2
+    assert out["preempted"] == 1 and out["sleeps"] == 0
+    assert out["on-CPU µs read→write fd 7"] == pytest.approx(3.0)  # 32 → 35
+    assert out["on-CPU µs read→write fd 8"] == pytest.approx(2.0)  # 92 → 94
+    assert out["on-CPU µs poll→read"] == pytest.approx(1.0)
+    with pytest.raises(RuntimeError, match="no syscalls"):
+        latency.phases("", txns=1)
