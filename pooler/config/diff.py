@@ -37,6 +37,7 @@ LIVE_GLOBAL_KEYS = frozenset(
         "graceful_shutdown_timeout_ms",
         "hba_file",
         "hba_rules",
+        "client_max_buffer",  # new clients
     ]
 )
 _NOT_COMPARED = frozenset(

@@ -77,6 +77,7 @@ GLOBAL_INT = [
     "cache_chunk",
     "packet_read_size",
     "packet_write_queue",
+    "client_max_buffer",  # pooler only
 ]
 GLOBAL_SPECIAL = [
     "workers",

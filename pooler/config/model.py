@@ -321,6 +321,7 @@ class Config:
     # pooler only: /metrics addresses (comma-separated, "*" = every interface); unset = the
     # TCP listen addresses (127.0.0.1 when there are only unix sockets)
     promhttp_server_host: str | None = None
+    client_max_buffer: int = 4 * 1024 * 1024  # pooler only: bytes held for one client
     stats_interval: int = 3
     resolvers: int = 1
     readahead: int = 4096

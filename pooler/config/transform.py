@@ -523,7 +523,7 @@ def resolve_relative(path: str, including_file: str | None) -> str:
 # Builder
 # --------------------------------------------------------------------------------------------
 
-SIZE_KEYS = frozenset({"limit", "mem_limit"})
+SIZE_KEYS = frozenset({"limit", "mem_limit", "client_max_buffer"})
 LEGACY_SUFFIXES = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
 HEAD_SUFFIXES = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 NON_NEGATIVE = frozenset(
@@ -548,6 +548,7 @@ NON_NEGATIVE = frozenset(
 RANGES: dict[str, tuple[int, int]] = {
     "port": (1, 65535),
     "promhttp_server_port": (1, 65535),
+    "client_max_buffer": (64 * 1024, 1 << 30),
     "ldapport": (0, 65535),
     "endpoints_status_poll_interval": (1, INT_MAX),
     "rate": (1, INT_MAX),
@@ -624,7 +625,7 @@ class Builder:
                         f"unexpected size '{text}' for '{key}': expected 'number' "
                         "(size suffixes are B, KB, MB, GB)",
                     )
-            if key in SIZE_KEYS:
+            if key in SIZE_KEYS and key not in RANGES:
                 return number
             if not INT_MIN <= number <= INT_MAX:
                 self.error(token, f"value for option '{key}' is out of int range")

@@ -21,7 +21,9 @@ indexing ``splitter.buffer``:
     the body is ``buffer[start + 5:end]``.
 ``HEAD``
     the beginning of a message larger than ``max_buffered`` that is not complete yet:
-    ``buffer[start:end]`` holds the 5-byte header plus whatever body bytes have arrived.
+    ``buffer[start:end]`` holds the 5-byte header plus whatever body bytes have arrived,
+    at least ``head_size`` bytes of the message (so a consumer can read a bounded prefix:
+    a statement name, a first keyword).
     The message is *not* accumulated: the rest of it is passed through as ``CHUNK`` events.
     ``splitter.remaining`` is the number of body bytes still to come.
 ``CHUNK``
@@ -41,19 +43,21 @@ treat the three kinds alike and look only at the few messages it cares about::
                 tx_status = buf[start + 5]  # b"I", b"T" or b"E" as an int
             out.write(buf[start:end])     # or memoryview(buf)[start:end]
 
-Positions stay valid until the next :meth:`MessageSplitter.feed`. If the consumer stops
+Positions stay valid until the next :meth:`MessageSplitter.feed` (or
+:meth:`MessageSplitter.forget_reported`). If the consumer stops
 iterating early (``break``), the events not yet seen are produced again by the next
 iteration; nothing is lost. Complete messages are always reported as ``MESSAGE``, even
 if larger than ``max_buffered`` (they are already in memory); types listed in
 ``always_buffer`` (e.g. Parse, ErrorResponse) are never streamed, only bounded by
-``max_length``.
+``max_length``. ``max_lengths`` gives some types a lower limit (PostgreSQL's 10,000 bytes
+for Sync, Describe...); a type given a negative limit is not accepted at all.
 
 :func:`iter_messages` is the simple, allocating variant for tests and cold paths.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from struct import Struct
 
@@ -238,13 +242,17 @@ class MessageSplitter:
     this is streamed as HEAD + CHUNK events instead of being accumulated.
     ``max_length``: largest accepted length field; above it (or below 4) ProtocolError.
     ``always_buffer``: message types that are never streamed (their bodies get parsed).
+    ``head_size``: a streamed message is reported (HEAD) once this many of its bytes are in.
+    ``max_lengths``: per-type limits below ``max_length``; a negative one refuses the type.
     """
 
     __slots__ = (
         "_always",
+        "_limits",
         "_pos",
         "_stream_type",
         "buffer",
+        "head_size",
         "max_buffered",
         "max_length",
         "remaining",
@@ -255,9 +263,15 @@ class MessageSplitter:
         max_buffered: int = 64 * 1024,
         max_length: int = MAX_MESSAGE_LENGTH,
         always_buffer: Iterable[int] = (),
+        head_size: int = 0,
+        max_lengths: Mapping[int, int] | None = None,
     ) -> None:
         self.max_buffered = max_buffered
         self.max_length = max_length
+        self.head_size = head_size
+        self._limits = [max_length] * 256
+        for mtype, limit in (max_lengths or {}).items():
+            self._limits[mtype] = min(limit, max_length)
         self._always = frozenset(always_buffer)
         #: bytes or bytearray the event positions refer to; replaced by feed().
         self.buffer: bytes | bytearray = b""
@@ -280,6 +294,13 @@ class MessageSplitter:
         """True when everything fed so far has been reported and ends a message."""
         return self.remaining == 0 and self._pos == len(self.buffer)
 
+    def forget_reported(self) -> None:
+        """Drop the buffer if every byte in it was reported (a large chunk is not kept
+        alive while its client is idle)."""
+        if self._pos == len(self.buffer) and self._pos:
+            self.buffer = b""
+            self._pos = 0
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append a chunk. ``bytes`` are kept by reference when nothing is pending."""
         buf = self.buffer
@@ -300,7 +321,7 @@ class MessageSplitter:
         n = len(buf)
         pos = self._pos
         unpack = _u32_from
-        max_length = self.max_length
+        limits = self._limits
         while True:
             if self.remaining:
                 if pos >= n:
@@ -317,7 +338,9 @@ class MessageSplitter:
                 return
             mtype = buf[pos]
             (length,) = unpack(buf, pos + 1)
-            if length < 4 or length > max_length:
+            if length < 4 or length > limits[mtype]:
+                if limits[mtype] < 0:
+                    raise ProtocolError(f"invalid frontend message type {mtype}")
                 raise ProtocolError(
                     f"invalid message length {length} for message type {mtype:#04x}"
                 )
@@ -326,7 +349,11 @@ class MessageSplitter:
                 self._pos = end
                 yield MESSAGE, mtype, pos, end
                 pos = end
-            elif length + 1 > self.max_buffered and mtype not in self._always:
+            elif (
+                length + 1 > self.max_buffered
+                and mtype not in self._always
+                and n - pos >= self.head_size
+            ):
                 self._stream_type = mtype
                 self.remaining = end - n
                 self._pos = n

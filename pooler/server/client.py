@@ -22,6 +22,7 @@ from pooler.config import Listen, Rule, Storage
 from pooler.logs import LogContext, log
 from pooler.protocol import AuthFailed, ProtocolError, auth, build, messages
 from pooler.protocol.framing import (
+    HEAD,
     MESSAGE,
     CancelRequest,
     GSSENCRequest,
@@ -50,7 +51,6 @@ Q, S, F, X, P, B, E, D, C, H = (ord(c) for c in "QSFXPBEDCH")
 COPY_DATA, COPY_DONE, COPY_FAIL = ord("d"), ord("c"), ord("f")
 PASSWORD = ord("p")
 EXTENDED = frozenset((P, B, E, D, C))
-PARSED = (P, B, D, C, Q)  # never streamed: their bodies may be rewritten
 STATEMENT = ord("S")  # Describe/Close of a statement, not of a portal
 
 # Session parameters re-applied when a client moves to another server connection.
@@ -69,6 +69,21 @@ _NOT_SESSION_PARAMS = frozenset(
 MAX_STARTUP_WAIT_BUFFER = 1 << 16
 MAX_LOGIN_MESSAGE = 1 << 16
 MAX_QUEUED = 1 << 20
+# A message larger than client_max_buffer is streamed to the server; its first HEAD_SIZE
+# bytes are read (a Bind's names, a Query's first keyword) before any of it goes.
+HEAD_SIZE = 8192
+# PostgreSQL's own limits (postgres.c SocketBackend): a message of these types longer than
+# PQ_SMALL_MESSAGE_LIMIT is refused, and a type PostgreSQL does not know after the login
+# closes the connection; we do the same without troubling a server.
+SMALL_MESSAGE_LIMIT = 10000
+FRONTEND_LIMITS = {mtype: -1 for mtype in range(256) if mtype not in b"QFXBPCDEHSdcf"} | {
+    mtype: SMALL_MESSAGE_LIMIT for mtype in b"XCDEHScf"
+}
+
+
+def _length(buf: bytes | bytearray, start: int) -> int:
+    """The length field of the message at buf[start]."""
+    return int.from_bytes(buf[start + 1 : start + 5])
 
 
 def _query_text(buf: bytes | bytearray, start: int, end: int) -> str:
@@ -117,7 +132,11 @@ class ClientConnection(asyncio.Protocol):
         self._login_timer: asyncio.TimerHandle | None = None
         self.queued: list[bytes] = []
         self.queued_bytes = 0
-        self.splitter = MessageSplitter(always_buffer=PARSED)
+        self.splitter = MessageSplitter(
+            max_buffered=worker.config.client_max_buffer,
+            head_size=HEAD_SIZE,
+            max_lengths=FRONTEND_LIMITS,
+        )
         self.statements: ClientStatements | None = None  # named prepared statements
         self.log_queries = worker.config.log_query
         self.route: Route | None = None
@@ -133,6 +152,7 @@ class ClientConnection(asyncio.Protocol):
         self.client_slots: list[tuple[object, ...]] = []  # client_max counts we hold
         self.mode: str | None = "session"  # the rule's pool (never None once validated)
         self.paused = False
+        self.writing_paused = False  # the client's transport is full (pause_writing)
         self.closing = False
         self.waiting_login = False  # waits for a server during login (counts as cl_waiting)
         self.connected_at = time.monotonic()
@@ -197,6 +217,11 @@ class ClientConnection(asyncio.Protocol):
                 self.worker.spawn(
                     self.worker.give_back(server, client_gone=True), f"release {server.id}"
                 )
+        # what it held goes back now, not when a garbage collection breaks the cycles
+        self.splitter.buffer = b""
+        self.queued.clear()
+        self.queued_bytes = 0
+        self.buf = bytearray()
         if self.route is not None:
             self.route.clients -= 1
         for key in self.client_slots:
@@ -211,12 +236,15 @@ class ClientConnection(asyncio.Protocol):
             )
 
     def pause_writing(self) -> None:
+        self.writing_paused = True
         if self.server is not None and self.server.transport is not None:
             self.server.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
         if self.server is not None and self.server.transport is not None:
             self.server.transport.resume_reading()
+        self._wake()  # a console session waiting for the client to read (`drained`)
 
     def pause_reading(self) -> None:
         if not self.paused and not self.closing:
@@ -277,6 +305,19 @@ class ClientConnection(asyncio.Protocol):
             self._waiter = None
         if self.closing:
             raise ClientGone
+
+    async def drained(self) -> None:
+        """Wait while the client's transport is full (it does not read what we write): a
+        session answering from the pooler itself (the console) stops reading its requests
+        meanwhile, as the relay does."""
+        if not self.writing_paused:
+            return
+        self.pause_reading()
+        try:
+            while self.writing_paused:
+                await self._more()
+        finally:
+            self.resume_reading()
 
     async def _read_startup(self) -> object:
         while True:
@@ -869,6 +910,8 @@ class ClientConnection(asyncio.Protocol):
                     elif msg_type == X:
                         terminate = True
                         break
+                elif kind == HEAD:
+                    replacement = self._head_goes(server, msg_type, buf, start, end)
                 if replacement is None:
                     if run_start < 0:
                         run_start = start
@@ -883,12 +926,48 @@ class ClientConnection(asyncio.Protocol):
             return
         if run_start >= 0:
             out.append(buf[run_start:run_end])
+        splitter.forget_reported()
         if out and not self._send_to(server, out[0] if len(out) == 1 else b"".join(out)):
             return
         if terminate:
             self.close()
         elif server.pending == 0 and not server.unsynced:
             self._release_if_owed_nothing(server)
+
+    def _head_goes(
+        self, server: ServerConnection, msg_type: int, buf: bytes | bytearray, start: int, end: int
+    ) -> bytes | None:
+        """The first bytes (buf[start:end], at least HEAD_SIZE) of a message larger than
+        client_max_buffer; the rest follows as it arrives, never held. Counted like a whole
+        message; only a Bind's statement name may be rewritten. The bytes to send instead,
+        or None."""
+        if msg_type in (Q, F):
+            if server.pending == 0:
+                server.query_started = time.monotonic()
+            server.pending += 1
+            if msg_type == Q:
+                if self.log_queries:
+                    text = bytes(buf[start + 5 : end]).decode("utf-8", "replace")
+                    log.info("query", f"{text}... ({_length(buf, start)} bytes)", self.log_ctx)
+                if self.statements is not None:  # too long to be a DEALLOCATE or DISCARD
+                    self.statements.statements.pop("", None)
+                    server.statements.sent_sync()
+            return None
+        if msg_type not in EXTENDED:
+            return None  # CopyData
+        server.unsynced = True
+        statements = self.statements
+        if statements is None:
+            return None
+        if msg_type == P:  # shared statements are named after their whole text
+            raise ProtocolError(
+                f"a Parse of {_length(buf, start)} bytes is larger than client_max_buffer "
+                f"({self.splitter.max_buffered}): statements shared by the pool are read whole",
+                "54000",
+            )
+        return statements.rewrite_bind_head(
+            buf[start + 5 : end], _length(buf, start), server.statements
+        )
 
     def _forward_query(self, server: ServerConnection, data: bytes) -> None:
         """`_forward` of the most common chunk: exactly one simple Query."""

@@ -91,7 +91,7 @@ class ConsoleSession:
         client.key = self.worker.register_cancel_key(client)
         out.append(build.backend_key_data(*client.key))
         out.append(build.ready_for_query("I"))
-        client.transport.write(b"".join(out))
+        await self._write(b"".join(out))
         failed = False  # inside a failed extended-protocol batch: wait for Sync
         while not client.closing:
             msg_type, body = await client._read_message()
@@ -103,10 +103,10 @@ class ConsoleSession:
                 await self.query(body.rstrip(b"\0").decode("utf-8", "replace"))
             elif msg_type == S:
                 failed = False
-                client.transport.write(build.ready_for_query("I"))
+                await self._write(build.ready_for_query("I"))
             elif not failed and msg_type != ord("H"):
                 failed = True
-                client.transport.write(
+                await self._write(
                     build.error_response("ERROR", "0A000", f"unsupported request '{chr(msg_type)}'")
                 )
 
@@ -129,8 +129,16 @@ class ConsoleSession:
                 out.append(build.error_response("ERROR", item[1], item[2]))
                 break
         out.append(build.ready_for_query("I"))
-        if not client.closing:
-            client.transport.write(b"".join(out))
+        await self._write(b"".join(out))
+
+    async def _write(self, data: bytes) -> None:
+        """Answer the client; while it does not read, read no more of its requests (its
+        answers would pile up in the worker's memory)."""
+        client = self.client
+        if client.closing:
+            return
+        client.transport.write(data)
+        await client.drained()
 
 
 # --- the worker's answers to the supervisor -----------------------------------------------

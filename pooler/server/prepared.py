@@ -308,6 +308,22 @@ class ClientStatements:
             return self.on_query(body, 0, len(body), server)
         return None
 
+    def rewrite_bind_head(
+        self, head: bytes | bytearray, length: int, server: ServerStatements
+    ) -> bytes | None:
+        """The first bytes of a Bind too large to hold (`head`: the start of its body,
+        `length`: its length field), rewritten like `rewrite` does a whole one: the bytes
+        to send instead of the head (the rest of the Bind follows as it is), or None."""
+        start, end = _bind_statement(head)
+        name = head[start:end].decode("utf-8", "surrogateescape") if end > start else ""
+        statement = self.statements.get(name)
+        if statement is None:
+            return None
+        self.counters.binds += 1
+        renamed = head[:start] + statement.server_name_z + head[end + 1 :]
+        header = bytes((messages.BIND,)) + (length + len(renamed) - len(head)).to_bytes(4)
+        return self._ensure(statement, server) + header + renamed
+
     def on_query(
         self, buf: bytes | bytearray, start: int, end: int, server: ServerStatements
     ) -> bytes | None:

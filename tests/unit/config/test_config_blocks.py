@@ -17,8 +17,9 @@ def test_grammar_file_is_found_and_lists_every_keyword() -> None:
     text = grammar_text()
     for word in kw.KEYWORDS:
         assert f" {kw.terminal(word)}" in text, word
-    # odyssey's 186 reserved words + legacy load_module + pooler's promhttp_server_host
-    assert len(kw.KEYWORDS) == 188
+    # odyssey's 186 reserved words + legacy load_module + pooler's promhttp_server_host and
+    # client_max_buffer
+    assert len(kw.KEYWORDS) == 189
 
 
 def test_config_package_imports_no_server_stack() -> None:
@@ -60,7 +61,7 @@ def test_every_top_level_key_parses() -> None:
         if key not in ("hba_file", "unix_socket_mode", "availability_zone"):
             lines.append(f'{key} "x"')
     for key in kw.GLOBAL_INT:
-        lines.append(f"{key} 20")
+        lines.append(f"{key} {65536 if key == 'client_max_buffer' else 20}")
     lines.append('unix_socket_mode "0644"\navailability_zone "az1"\nbindwith_reuseport yes')
     config = ok(conf(top="\n".join(lines)))
     assert config.daemonize is True and config.pid_file == "x" and config.priority == 20
@@ -79,10 +80,13 @@ def test_promhttp_server_port_is_supported_and_range_checked() -> None:
     assert "between 1 and 65535" in one_error(conf(top="promhttp_server_port 0"))
 
 
-def test_pooler_only_key_promhttp_server_host() -> None:
-    config = ok(conf(top='promhttp_server_host "127.0.0.1, ::1"'))
+def test_pooler_only_keys_metrics_host_and_client_max_buffer() -> None:
+    config = ok(conf(top='promhttp_server_host "127.0.0.1, ::1"\nclient_max_buffer 8MB'))
     assert config.promhttp_server_host == "127.0.0.1, ::1"
-    assert ok(conf()).promhttp_server_host is None
+    assert config.client_max_buffer == 8 * 1024 * 1024
+    default = ok(conf())
+    assert default.promhttp_server_host is None and default.client_max_buffer == 4 << 20
+    assert "between 65536 and 1073741824" in one_error(conf(top="client_max_buffer 1000"))
 
 
 def test_global_validation_errors_are_collected() -> None:

@@ -280,3 +280,46 @@ def test_iter_messages_errors():
         iter_messages(b"Q\0\0\0\x10abc")
     with pytest.raises(ProtocolError):
         iter_messages(b"Q\0\0\0\x02")
+
+
+def test_a_streamed_message_is_reported_once_its_head_is_in():
+    msg = build.query("select " + "1" * 100_000)
+    sp = MessageSplitter(max_buffered=1024, head_size=512)
+    sp.feed(msg[:300])
+    assert list(sp) == []  # too little of it to read its beginning
+    sp.feed(msg[300:600])
+    buf = sp.buffer
+    [(kind, mtype, start, end)] = list(sp)
+    assert (kind, mtype, start, end) == (HEAD, ord("Q"), 0, 600)
+    assert buf[start:end] == msg[:600] and sp.remaining == len(msg) - 600
+    sp.feed(msg[600:])
+    assert [(k, s, e) for k, _t, s, e in sp] == [(CHUNK, 0, len(msg) - 600)]
+    assert sp.at_boundary()
+
+
+def test_per_type_limits_and_refused_types():
+    sp = MessageSplitter(max_lengths={ord("S"): 10000, ord("p"): -1})
+    sp.feed(b"S" + struct.pack("!i", 10001))
+    with pytest.raises(ProtocolError, match="invalid message length 10001"):
+        list(sp)
+    sp = MessageSplitter(max_lengths={ord("S"): 10000, ord("p"): -1})
+    sp.feed(build.sync() + b"p" + struct.pack("!i", 4))
+    events = iter(sp)
+    assert next(events)[0] == MESSAGE
+    with pytest.raises(ProtocolError, match="invalid frontend message type 112"):
+        next(events)
+    sp = MessageSplitter(max_lengths={ord("S"): 10000})
+    sp.feed(b"Q" + struct.pack("!i", 50_000_000) + b"select")  # others: max_length
+    assert [e[0] for e in sp] == [HEAD]
+
+
+def test_forget_reported_drops_the_buffer_only_when_all_is_reported():
+    sp = MessageSplitter()
+    sp.feed(build.sync() + build.query("x")[:3])
+    list(sp)
+    sp.forget_reported()
+    assert sp.pending == 3  # half a message is kept
+    sp.feed(build.query("x")[3:])
+    assert [e[0] for e in sp] == [MESSAGE]
+    sp.forget_reported()
+    assert sp.buffer == b"" and sp.pending == 0

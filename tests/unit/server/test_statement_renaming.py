@@ -220,3 +220,22 @@ def test_a_transaction_the_pooler_rolled_back_dooms_its_statements():
     assert server.doomed == {name}
     server.forget_all()
     assert not server.doomed
+
+
+def test_the_head_of_a_streamed_bind_is_renamed_like_a_whole_one():
+    client, server = ClientStatements(Counters(), KnownStatements()), ServerStatements()
+    rewrite(client, build.parse("s1", "select $1::bytea"), server)
+    bind = build.bind("portal", "s1", (1,), (b"z" * 50_000,))
+    whole = rewrite(client, bind, server)
+    head_len = 5 + 2000
+    head = client.rewrite_bind_head(bind[5:head_len], len(bind) - 1, server)
+    assert head is not None
+    assert head + bind[head_len:] == whole  # same name, same length field, rest unchanged
+    other = build.bind("", "unknown", (), (b"z" * 50_000,))
+    assert client.rewrite_bind_head(other[5:1000], len(other) - 1, server) is None
+
+
+def test_the_head_of_a_streamed_bind_needs_its_names():
+    client, server = ClientStatements(Counters(), KnownStatements()), ServerStatements()
+    with pytest.raises(ProtocolError):
+        client.rewrite_bind_head(b"portal\0" + b"s" * 100, 50_000, server)
