@@ -21,7 +21,7 @@ from pooler.config import Endpoint, Storage
 from pooler.logs import LogContext, log
 from pooler.protocol import auth, build, messages
 from pooler.protocol.scanner import MessageScanner, StreamError
-from pooler.server import tls as tls_support
+from pooler.server import sockopts, tls as tls_support
 from pooler.server.prepared import ServerStatements
 
 if TYPE_CHECKING:
@@ -151,6 +151,7 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sockopts.apply(transport, self.route.worker.tcp_options)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

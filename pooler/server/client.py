@@ -32,7 +32,7 @@ from pooler.protocol.framing import (
     iter_messages,
     read_startup,
 )
-from pooler.server import tls as tls_support, virtual
+from pooler.server import sockopts, tls as tls_support, virtual
 from pooler.server.backend import (
     IDLE,
     BackendError,
@@ -170,6 +170,8 @@ class ClientConnection(asyncio.Protocol):
             self.peer = (peer[0], peer[1])
             self.log_ctx.peer_host, self.log_ctx.peer_port = self.peer
         self.worker.client_connected(self)
+        if not self.unix:
+            sockopts.apply(transport, self.worker.tcp_options)
         timeout = self.listen.client_login_timeout
         if timeout:
             self._login_timer = asyncio.get_running_loop().call_later(
@@ -417,6 +419,8 @@ class ClientConnection(asyncio.Protocol):
             raise LoginRefused("3D000", f"route for '{self.database}.{self.user}' is not found")
         self.rule = rule
         self.mode = rule.pool
+        if rule.keepalive > 0 and not self.unix:  # the route's own keepalive (odyssey master)
+            sockopts.apply(self.transport, sockopts.TcpOptions.of(config, rule))
         if self.worker.config.log_session:
             log.info(
                 "startup", f"route '{self.database}.{self.user}' to '{rule.name}'", self.log_ctx

@@ -26,6 +26,7 @@ from pooler.server.backend import (
 from pooler.server.client import ClientConnection
 from pooler.server.pool import Route, RouteKey
 from pooler.server.router import ClientKey, Router
+from pooler.server.sockopts import TcpOptions
 from pooler.server.stats import route_names, rule_label
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class Worker:
         self.link = link
         self.slots = link.slots
         self.router = Router(config.rules, config.sequential_routing)
+        self.tcp_options = TcpOptions.of(config)  # of every client and server socket
         self.routes: dict[RouteKey, Route] = {}
         self.clients: set[ClientConnection] = set()
         self.cancel_keys: dict[int, ClientConnection] = {}
@@ -172,6 +174,7 @@ class Worker:
         self.config = config
         self.births = births
         self.router = Router(config.rules, config.sequential_routing)
+        self.tcp_options = TcpOptions.of(config)  # new sockets; open ones keep theirs
         rules = {rule.identity: rule for rule in config.rules}
         for key, route in self.routes.items():
             birth, identity = key[0], key[1]

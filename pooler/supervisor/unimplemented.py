@@ -12,8 +12,7 @@ GLOBAL = frozenset(
     {
         "priority", "locks_dir", "external_auth_socket_path", "availability_zone",
         "log_async", "log_queue_depth",
-        "log_general_stats_prom", "log_route_stats_prom", "resolvers", "readahead", "nodelay",
-        "keepalive", "keepalive_keep_interval", "keepalive_probes", "keepalive_usr_timeout",
+        "log_general_stats_prom", "log_route_stats_prom", "resolvers", "readahead",
         "cache_coroutine", "cache_msg_gc_size", "coroutine_stack_size",
         "system_coroutine_stack_size", "client_max_routing", "server_login_retry",
         "max_sigterms_to_die", "cancel_queue_timeout_ms", "cancel_max_inflight", "dns_cache_ttl",
@@ -28,8 +27,7 @@ ROUTE = frozenset(
         "ldap_endpoint_name", "ldap_storage_credentials_attr", "ldap_pool_size",
         "ldap_pool_timeout", "ldap_pool_ttl", "pool_pin_on_listen", "pool_attach_check",
         "pool_acquire_fail_fast", "pool_notice_after_waiting_ms", "shared_pool",
-        "catchup_timeout", "catchup_checks", "keepalive",
-        "keepalive_keep_interval", "keepalive_probes", "keepalive_usr_timeout",
+        "catchup_timeout", "catchup_checks",
         "watchdog_lag_query", "watchdog_lag_interval", "group_query", "group_query_user",
         "group_query_db",
     }

@@ -1,0 +1,74 @@
+"""TCP options of client and server sockets: `nodelay` and the `keepalive*` keys (odyssey).
+
+`keepalive` is the idle time in seconds before the first probe (0 turns keepalive off),
+`keepalive_keep_interval` the seconds between probes, `keepalive_probes` how many go
+unanswered before the kernel drops the connection, `keepalive_usr_timeout` TCP_USER_TIMEOUT
+in ms: 0 leaves the kernel's default, a negative value is computed as odyssey does,
+1000 × (keepalive + interval × probes) − 500. A dead peer behind a silent network is found in
+keepalive + interval × probes seconds instead of the kernel's two hours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass
+
+from pooler.config import Config, Rule
+from pooler.logs import log
+
+
+@dataclass(frozen=True, slots=True)
+class TcpOptions:
+    nodelay: bool = True
+    keepalive: int = 15
+    interval: int = 5
+    probes: int = 3
+    usr_timeout: int = 0  # ms
+
+    @classmethod
+    def of(cls, config: Config, rule: Rule | None = None) -> TcpOptions:
+        """The global keys, or a route's own when it sets `keepalive` (odyssey master: the
+        route's other keepalive keys then default to 0, the kernel's values)."""
+        if rule is not None and rule.keepalive > 0:
+            return cls(
+                config.nodelay,
+                rule.keepalive,
+                rule.keepalive_keep_interval,
+                rule.keepalive_probes,
+                rule.keepalive_usr_timeout,
+            )
+        return cls(
+            config.nodelay,
+            config.keepalive,
+            config.keepalive_keep_interval,
+            config.keepalive_probes,
+            config.keepalive_usr_timeout,
+        )
+
+    @property
+    def user_timeout_ms(self) -> int:
+        if self.usr_timeout < 0:
+            return max(0, 1000 * (self.keepalive + self.interval * self.probes) - 500)
+        return self.usr_timeout
+
+
+def apply(transport: asyncio.BaseTransport, options: TcpOptions) -> None:
+    """Set the options on a transport's socket (TCP only; a Unix socket is left alone)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(options.nodelay))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(options.keepalive > 0))
+        if options.keepalive > 0:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, options.keepalive)
+            if options.interval > 0:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, options.interval)
+            if options.probes > 0:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, options.probes)
+        timeout = options.user_timeout_ms
+        if timeout > 0:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout)
+    except OSError as exc:
+        log.error("socket", f"cannot set TCP options {options}: {exc}")
