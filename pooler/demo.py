@@ -27,7 +27,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pooler.pgcluster import PgCluster, PgError, PgNotInstalledError, port_is_free, quote_ident
+from pooler.pgcluster import PgCluster, PgError, PgNotInstalledError, port_is_free
+from pooler.sql import quote_ident
 
 SERVE_COMMAND = (sys.executable, "-m", "pooler", "serve")
 DEFAULT_PG_PORT = 15432

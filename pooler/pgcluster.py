@@ -33,6 +33,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Self
 
+from pooler.sql import quote_ident, quote_literal
+
 __all__ = [
     "PgCluster",
     "PgError",
@@ -40,8 +42,6 @@ __all__ = [
     "conninfo",
     "find_bindir",
     "port_is_free",
-    "quote_ident",
-    "quote_literal",
 ]
 
 SUPERUSER = "postgres"
@@ -105,14 +105,9 @@ def port_is_free(port: int, host: str = HOST) -> bool:
     return True
 
 
-def quote_ident(name: str) -> str:
-    """SQL identifier quoting: ``order`` -> ``"order"``."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(value: str) -> str:
-    """SQL string literal quoting (standard_conforming_strings on)."""
-    return "'" + value.replace("'", "''") + "'"
+def _conf_string(value: str) -> str:
+    """A postgresql.conf string value (quotes doubled; backslash is its escape character)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _conninfo_value(value: Any) -> str:
@@ -321,7 +316,7 @@ class PgCluster:
             elif isinstance(value, int | float):
                 text = str(value)
             else:
-                text = quote_literal(str(value))
+                text = _conf_string(str(value))
             lines.append(f"{name} = {text}")
         return lines
 

@@ -9,16 +9,15 @@ sending `reload`. Imports only `pooler.config` and `pooler.control`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pooler.config.files import write_atomically
 from pooler.control import schema
 from pooler.control.client import ControlClient, ControlError
 
@@ -252,17 +251,3 @@ def validate_text(text: str, path: str, current: str | None) -> Validation:
         else:
             changes = [str(c) for c in diff(old, new)]
     return Validation(True, [], changes, where="local")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

@@ -23,6 +23,7 @@ from pooler.protocol import auth, build, messages
 from pooler.protocol.scanner import MessageScanner, StreamError
 from pooler.server import sockopts, tls as tls_support
 from pooler.server.prepared import ServerStatements
+from pooler.sql import quote_ident, quote_literal
 
 if TYPE_CHECKING:
     from pooler.server.client import ClientConnection
@@ -72,19 +73,6 @@ def _without_parse_completes(data: bytes, ends: list[int]) -> bytes:
         start = end
     pieces.append(data[start:])
     return b"".join(pieces)
-
-
-def quote_literal(value: str) -> str:
-    """A string literal that means `value` whatever the session's standard_conforming_strings
-    (with a backslash inside, an E'' literal, as PostgreSQL's own quote_literal does)."""
-    quoted = "'" + value.replace("'", "''") + "'"
-    if "\\" in value:
-        return "E" + quoted.replace("\\", "\\\\")
-    return quoted
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 class ServerConnection(asyncio.Protocol):

@@ -30,6 +30,7 @@ import uvloop
 
 from pooler import __version__, logs
 from pooler.config import Config, ConfigError, Diagnostic, Endpoint, load
+from pooler.config.files import write_atomically
 from pooler.config.model import redacted
 from pooler.control import schema
 from pooler.control.client import default_control_path
@@ -41,7 +42,7 @@ from pooler.protocol import build
 from pooler.supervisor import views
 from pooler.supervisor.listen import Bound, bind_listeners, describe, steer
 from pooler.supervisor.notify import notify, reloading
-from pooler.supervisor.reload import Outcome, Reloader, file_hash, write_atomically
+from pooler.supervisor.reload import Outcome, Reloader, file_hash
 from pooler.supervisor.slots import Action, Grant, Shed, SlotBroker
 from pooler.supervisor.unimplemented import unimplemented
 

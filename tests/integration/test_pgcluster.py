@@ -19,8 +19,8 @@ from pooler.pgcluster import (
     PgNotInstalledError,
     find_bindir,
     port_is_free,
-    quote_literal,
 )
+from pooler.sql import quote_literal
 
 
 def _have_pg() -> bool:

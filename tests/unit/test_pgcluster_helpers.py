@@ -14,17 +14,17 @@ from pooler.pgcluster import (
     conninfo,
     find_bindir,
     port_is_free,
-    quote_ident,
-    quote_literal,
 )
 
 # -- pure helpers -----------------------------------------------------------------------
 
 
-def test_quoting() -> None:
-    assert quote_ident("order") == '"order"'
-    assert quote_ident('a"b') == '"a""b"'
-    assert quote_literal("it's") == "'it''s'"
+def test_postgresql_conf_strings_are_quoted(tmp_path: Path) -> None:
+    cluster = PgCluster(1, settings={"application_name": "it's a\\b"})
+    try:
+        assert "application_name = 'it''s a\\\\b'" in cluster._conf_lines()
+    finally:
+        cluster.remove()
 
 
 def test_conninfo_quotes_values() -> None:

@@ -8,7 +8,8 @@ import pytest
 
 from pooler.config import ConfigError, parse_text
 from pooler.config.diff import rule_births
-from pooler.supervisor.reload import Reloader, file_hash, write_atomically
+from pooler.config.files import write_atomically
+from pooler.supervisor.reload import Reloader, file_hash
 
 BASE = """
 log_format "%m\\n"
