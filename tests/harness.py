@@ -457,7 +457,8 @@ class Pooler:
             self.start_failed = True
             self.stop()
             raise PoolerStartError(
-                f"pooler was not ready on {HOST}:{self.port} within {timeout} s ({' '.join(argv)})",
+                f"pooler was not ready on {HOST}:{self.port} within {patience(timeout):g} s "
+                f"({' '.join(argv)})",
                 None,
                 self.log_text(offset),
             ) from None
@@ -602,7 +603,7 @@ class Pooler:
             user=user,
             password=password,
             sslmode=extra.pop("sslmode", "disable"),
-            connect_timeout=extra.pop("connect_timeout", 10),
+            connect_timeout=extra.pop("connect_timeout", round(patience(10))),
             **extra,
         )
 

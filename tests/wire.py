@@ -7,6 +7,8 @@ import socket
 import struct
 from typing import Any
 
+from harness import patience
+
 from pooler.control.client import ControlClient, default_control_path
 
 BACKEND_TYPES = frozenset(b"RSKZEDTCINnst123AGHWdcvV")
@@ -38,8 +40,9 @@ def error_fields(body: bytes) -> dict[str, str]:
 
 
 def read_until(sock: socket.socket, kinds: bytes, timeout: float = 5) -> list[tuple[int, bytes]]:
-    """Backend messages until one whose type is in ``kinds`` (or EOF)."""
-    sock.settimeout(timeout)
+    """Backend messages until one whose type is in ``kinds`` (or EOF); raises after
+    ``patience(timeout)`` seconds."""
+    sock.settimeout(patience(timeout))
     data = b""
     while True:
         messages, _ = split_messages(data)

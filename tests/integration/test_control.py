@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import SERVE_COMMAND, make_config, route, wait_until
+from harness import SERVE_COMMAND, make_config, patience, route, wait_until
 
 from pooler.control import schema
 from pooler.control.client import ControlClient, ControlError, default_control_path
@@ -71,7 +71,7 @@ async def test_every_request(pooler):
         await conn.close()
         # subscription: events every stats_interval, with odyssey's lines
         events = c.subscribe()
-        first = await asyncio.wait_for(events.__anext__(), 5)
+        first = await asyncio.wait_for(events.__anext__(), patience(5))
         assert first.lines and first.lines[0].startswith("clients ")
         # malformed requests: an error reply each, and the socket stays up
         bad = await c.raw(b"{not json")
