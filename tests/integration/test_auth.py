@@ -16,6 +16,7 @@ import socket
 import struct
 import subprocess
 
+import asyncpg
 import psycopg
 import pytest
 from harness import (
@@ -149,7 +150,6 @@ def test_client_password_methods(pooler, method, form):
 
 @pytest.mark.parametrize("method", ["clear_text", "md5", "scram-sha-256"])
 async def test_wrong_password_is_fatal_28p01(pooler, method):
-    asyncpg = pytest.importorskip("asyncpg")
     p = pooler(
         make_config(
             route("p0", CLIENT, authentication=method, password=CLIENT_PW, storage_user="postgres")
@@ -298,7 +298,6 @@ def test_no_password_for_server_login_is_an_error(pooler):
 
 
 async def test_asyncpg_scram_end_to_end(pooler):
-    asyncpg = pytest.importorskip("asyncpg")
     p = pooler(
         make_config(
             route(

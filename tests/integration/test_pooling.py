@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import asyncpg
 import psycopg
 import pytest
 from harness import make_config, patience, route, wait_until
@@ -105,7 +106,6 @@ def test_pipeline_mode_through_transaction_pool(pooler):
 
 
 async def test_asyncpg_with_statement_cache_in_session_pool(pooler):
-    asyncpg = pytest.importorskip("asyncpg")
     p = pooler(make_config(route(pool="session")))
     conn = await asyncpg.connect(host="127.0.0.1", port=p.port, user="postgres", database="p0")
     try:

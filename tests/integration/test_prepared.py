@@ -7,6 +7,7 @@ import re
 import subprocess
 import threading
 
+import asyncpg
 import psycopg
 import pytest
 from harness import HOST, make_config, route, wait_until
@@ -46,7 +47,6 @@ def test_psycopg_statement_cache_eviction_deallocates(pooler):
 
 
 def test_asyncpg_with_default_statement_cache(pooler):
-    asyncpg = pytest.importorskip("asyncpg")
     p = pooler(transaction_pool(pool_size=2))
 
     async def client(n: int) -> None:

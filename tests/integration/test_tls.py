@@ -21,11 +21,10 @@ from types import SimpleNamespace
 
 import psycopg
 import pytest
+import trustme
 from harness import HOST, Raw, free_port, make_config, release_port, require_pg, route, storage
 
 from pooler.pgcluster import PG_OS_USER, PgCluster
-
-trustme = pytest.importorskip("trustme")
 
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 
