@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.widgets import Footer, Static, TabbedContent, TabPane, Tabs
+from textual.widgets import Footer, Input, Static, TabbedContent, TabPane, Tabs, TextArea
 
 from pooler.control import schema
 from pooler.control.client import ControlError
@@ -29,6 +31,20 @@ from tui.widgets.sessions import ClientsTable, ServersTable
 from tui.widgets.stats_log import StatsLogPane
 from tui.widgets.workers import WorkersTable
 
+
+def since_launch() -> float:
+    """Seconds since this process started (Linux /proc, 10 ms ticks), for the start-up
+    figures: launch -> first frame -> first live numbers."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter()
+
+
 HISTORY = 180  # stats samples kept per pool (3 minutes at stats_interval 1)
 RETRY_DELAYS = (0.5, 1.0, 2.0)  # then every 2 s
 PANES = ("overview", "workers", "pools", "clients", "servers", "stats", "config")
@@ -39,17 +55,32 @@ class PoolerDashboard(App[None]):
     CSS_PATH = "pooler.tcss"
     TITLE = "pooler"
     BINDINGS = [  # noqa: RUF012
+        # 1-7 switch panes; while a text field has focus (the config editor, a filter) the
+        # digits are typed there, and alt+1-7 (priority: they reach the app from the editor)
+        # are the pane keys the footer shows instead
         *(
             Binding(str(n), f"show_pane('{pane}')", pane.title(), group=_TABS)
             for n, pane in enumerate(PANES, 1)
         ),
+        Binding(  # what the footer shows for the alt keys, only while typing
+            "alt+1", "jump_pane('overview', True)", "pane", key_display="alt+1…7", priority=True
+        ),
+        *(
+            Binding(f"alt+{n}", f"jump_pane('{pane}')", pane.title(), show=False, priority=True)
+            for n, pane in enumerate(PANES, 1)
+        ),
         Binding("r", "refresh", "Refresh"),
         Binding("t", "toggle_dark", "Dark/light", show=False),
+        Binding("f2", "screenshot", "Screenshot", show=False, priority=True),
         Binding("q", "quit", "Quit"),
     ]
 
-    def __init__(self, source: Source, *, watch_files: bool = True) -> None:
+    def __init__(
+        self, source: Source, *, watch_files: bool = True, startup_report: bool = False
+    ) -> None:
         super().__init__()
+        self.startup: dict[str, float] = {}  # seconds after launch: first_frame, first_live
+        self.startup_report = startup_report  # quit once the first live numbers are shown
         self.source = source
         self.follow_file = watch_files
         self.connected = False
@@ -83,6 +114,9 @@ class PoolerDashboard(App[None]):
             with TabPane("7 Config", id="config"):
                 yield ConfigPane(id="config-pane")
         yield Footer()
+
+    def on_ready(self) -> None:
+        self.startup.setdefault("first_frame", since_launch())
 
     def on_mount(self) -> None:
         self._show_connection("connecting…")
@@ -143,8 +177,16 @@ class PoolerDashboard(App[None]):
         )
         self.status, self.worker_info, self.pools = status, workers, pools
         self._show_data()
+        if "first_live" not in self.startup:
+            self.call_after_refresh(self._shown_live)
         await self._refresh_sessions()
         await self._load_config()
+
+    def _shown_live(self) -> None:
+        """The first live numbers are on screen."""
+        self.startup.setdefault("first_live", since_launch())
+        if self.startup_report:
+            self.exit()
 
     async def handle_stats(self, event: schema.StatsEvent) -> None:
         self.events += 1
@@ -223,6 +265,35 @@ class PoolerDashboard(App[None]):
 
     # -- actions ------------------------------------------------------------------------
 
+    def typing(self) -> bool:
+        """Does a text field have focus (so printable keys are typed into it)?"""
+        return isinstance(self.focused, TextArea | Input)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The footer shows 1-7 or alt+1-7 for the panes, whichever works with this focus;
+        r and q are typed into a text field, so they are not shown then either."""
+        if action in ("show_pane", "refresh", "quit"):
+            return not self.typing()
+        if action == "jump_pane" and parameters[1:]:  # the footer's alt+1…7
+            return self.typing()
+        return True
+
+    def action_jump_pane(self, pane: str, hint: bool = False) -> None:
+        self.action_show_pane(pane)
+
+    def deliver_screenshot(
+        self, filename: str | None = None, path: str | None = None, time_format: str | None = None
+    ) -> str | None:
+        """f2 and the palette's Screenshot: an SVG in the current directory (Textual's default,
+        ~/Downloads, fails where that does not exist)."""
+        try:
+            saved = self.save_screenshot(filename, path or os.getcwd(), time_format)
+        except OSError as exc:
+            self.notify(f"Screenshot not saved: {exc}", severity="error")
+            return None
+        self.notify(f"Screenshot saved: {saved}")
+        return saved
+
     def action_show_pane(self, pane: str) -> None:
         # Drop focus first: a focused widget in the pane being hidden would hand focus to its
         # neighbour, and TabbedContent re-activates the pane that holds the focus.
@@ -237,6 +308,7 @@ class PoolerDashboard(App[None]):
             "clients": "#clients-table",
             "servers": "#servers-table",
             "stats": "#stats-log",
+            "config": "#config-details-box",  # the pane's keys work; e enters the editor
         }.get(pane)
         if target:
             self.query_one(target).focus()
@@ -283,8 +355,15 @@ class PoolerDashboard(App[None]):
         self.refresh_soon()
 
 
-def run(control_path: str | Path) -> None:
-    PoolerDashboard(ControlSource(control_path)).run()
+def run(control_path: str | Path, *, startup_report: bool = False) -> None:
+    app = PoolerDashboard(ControlSource(control_path), startup_report=startup_report)
+    app.run(headless=startup_report)
+    if startup_report:
+        frame, live = app.startup.get("first_frame"), app.startup.get("first_live")
+        if frame is None or live is None:
+            print(f"no live numbers: {app._reason or 'the app stopped first'}")
+        else:
+            print(f"first frame {frame:.2f} s, first live numbers {live:.2f} s after launch")
 
 
 def build(control_path: str | Path, **kwargs: Any) -> PoolerDashboard:

@@ -40,13 +40,18 @@ class ConfigPane(Vertical):
     ConfigPane #config-state { height: 1; background: $boost; padding: 0 1; }
     ConfigPane #config-state.-invalid { background: $error 40%; }
     ConfigPane OdysseyTextArea { height: 1fr; border: none; padding: 0; }
+    ConfigPane OdysseyTextArea:focus { border-left: thick $accent; }
+    ConfigPane #config-state.-editing { background: $accent 30%; }
     ConfigPane #config-details-box { height: 6; border-top: solid $primary-muted; }
     ConfigPane #config-details { padding: 0 1; }
     """
     BINDINGS = [  # noqa: RUF012
+        # e (or tab) puts the focus in the editor, esc takes it out; the footer shows which
+        Binding("e", "edit", "Edit"),
+        Binding("escape", "leave_editor", "Leave", priority=True),
         Binding("ctrl+s", "apply", "Apply", priority=True),
-        Binding("ctrl+r", "revert", "Revert", priority=True),
-        Binding("f8", "next_error", "Next error"),
+        Binding("ctrl+r", "revert", "Revert", show=False, priority=True),  # (in the hint line)
+        Binding("f8", "next_error", "Next error", show=False),
     ]
 
     def __init__(self, **kwargs: object) -> None:
@@ -233,6 +238,29 @@ class ConfigPane(Vertical):
         self.editor.move_cursor((target, 0))
         self.editor.focus()
 
+    # -- focus --------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "edit":
+            return not self.editor.has_focus
+        if action == "leave_editor":
+            return self.editor.has_focus
+        return True
+
+    def action_edit(self) -> None:
+        self.editor.focus()
+
+    def action_leave_editor(self) -> None:
+        self.query_one("#config-details-box").focus()
+
+    def on_descendant_focus(self) -> None:
+        self._show_state()
+        self.refresh_bindings()
+
+    def on_descendant_blur(self) -> None:
+        self._show_state()
+        self.refresh_bindings()
+
     # -- display ------------------------------------------------------------------------
 
     def _show_state(self) -> None:
@@ -244,6 +272,11 @@ class ConfigPane(Vertical):
             state.append(f"  gen {self.generation}")
             if self.modified:
                 state.append("  ● modified", style="bold yellow")
+        editing = self.editor.has_focus
+        state.append(
+            "  ✎ editing (esc leaves)" if editing else "  e edits",
+            style="bold" if editing else "dim",
+        )
         v = self.validation
         invalid = False
         if self.applying:
@@ -259,6 +292,7 @@ class ConfigPane(Vertical):
                 state.append(f"  ✗ {n} error{'s' if n != 1 else ''}", style="bold red")
         self.query_one("#config-state", Static).update(state)
         self.query_one("#config-state", Static).set_class(invalid, "-invalid")
+        self.query_one("#config-state", Static).set_class(editing and not invalid, "-editing")
         self.query_one("#config-details", Static).update(self._details())
 
     def _details(self) -> Text:

@@ -48,8 +48,18 @@ class StatsLogPane(Vertical):
             self._held.extend(new)
             del self._held[:-MAX_LINES]
         else:
-            self.query_one(Log).write_lines(new)
+            self._write(new)
         self._update_state()
+
+    def _write(self, lines: list[str]) -> None:
+        log = self.query_one(Log)
+        pruned = log.line_count + len(lines) > MAX_LINES
+        log.write_lines(lines)
+        if pruned:
+            # Log repaints only the rows it appended; once it drops lines from the top every
+            # row on screen shows another line, so all of them are repainted (else the view
+            # stays on the lines of the moment the log filled up)
+            log.refresh()
 
     def _update_state(self) -> None:
         state = self.query_one("#stats-log-state", Static)
@@ -59,7 +69,7 @@ class StatsLogPane(Vertical):
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
         if not self.paused and self._held:
-            self.query_one(Log).write_lines(self._held)
+            self._write(self._held)
             self._held = []
         self._update_state()
 

@@ -1,0 +1,107 @@
+"""Issue 17's dashboard points, driven by Textual's pilot against a real `pooler serve`:
+the Stats pane follows past its 5,000 lines, the config editor's focus and keys, the
+screenshot key."""
+
+from __future__ import annotations
+
+import html
+
+from helpers import start_pooler, until
+from textual.widgets import Log, TabbedContent
+
+from tui.app import build
+from tui.widgets.config_editor import ConfigPane
+from tui.widgets.stats_log import MAX_LINES, StatsLogPane
+
+SIZE = (80, 24)
+
+
+def screen_text(app) -> str:
+    """What the terminal shows (the SVG screenshot's text)."""
+    return html.unescape(app.export_screenshot()).replace("\xa0", " ")
+
+
+def _footer(app) -> dict[str, str]:
+    """The keys the footer shows: key -> description."""
+    from textual.widgets import Footer
+
+    return {item.key_display: item.description for item in app.query_one(Footer).query("FooterKey")}
+
+
+async def test_stats_pane_follows_the_tail_past_max_lines(pooler):
+    _, path = start_pooler(pooler)
+    app = build(path, watch_files=False)
+    app.animation_level = "none"
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.connected, what="connected")
+        await pilot.press("6")
+        pane = app.query_one(StatsLogPane)
+        log = app.query_one("#stats-log", Log)
+        await until(pilot, lambda: pane.received > 0, what="stats lines")
+        # the log full, as after ~28 minutes at stats_interval 1
+        log.write_lines([f"filler {n}" for n in range(MAX_LINES)])
+        await pilot.pause()
+        events = app.events
+        await until(pilot, lambda: app.events >= events + 2, timeout=10, what="two more events")
+        await pilot.press("end")
+        await pilot.pause()
+        assert log.line_count == MAX_LINES
+        last = log.lines[-1]
+        assert not last.startswith("filler")
+        assert last[:70] in screen_text(app), (last, screen_text(app))
+
+
+async def test_config_editor_focus_and_keys(pooler):
+    _, path = start_pooler(pooler)
+    app = build(path, watch_files=False)
+    app.animation_level = "none"
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.connected, what="connected")
+        tabs = app.query_one(TabbedContent)
+        await pilot.press("7")
+        pane = app.query_one(ConfigPane)
+        editor = pane.editor
+        await until(pilot, lambda: pane.baseline is not None, what="config loaded")
+        # outside the editor: e enters it, and the footer says so
+        assert not editor.has_focus
+        assert _footer(app)["e"] == "Edit" and "7" in _footer(app)
+        assert "e edits" in str(pane.query_one("#config-state").render())
+        await pilot.press("e")
+        assert editor.has_focus
+        footer = _footer(app)
+        assert footer["esc"] == "Leave" and footer["alt+1…7"] == "pane" and "7" not in footer
+        assert "editing (esc leaves)" in str(pane.query_one("#config-state").render())
+        # digits are text in the editor, alt+digit switches panes
+        before = editor.text
+        editor.move_cursor((0, 0))
+        await pilot.press("7", "4")
+        assert editor.text == "74" + before and tabs.active == "config"
+        await pilot.press("backspace", "backspace")
+        assert editor.text == before
+        await pilot.press("alt+3")
+        assert tabs.active == "pools"
+        await pilot.press("alt+7")
+        assert tabs.active == "config"
+        # esc leaves the editor; the digits are pane keys again
+        await pilot.press("e")
+        assert editor.has_focus
+        await pilot.press("escape")
+        assert not editor.has_focus and _footer(app)["e"] == "Edit"
+        await pilot.press("2")
+        assert tabs.active == "workers" and editor.text == before
+
+
+async def test_f2_saves_an_svg_screenshot_in_the_current_directory(pooler, tmp_path, monkeypatch):
+    _, path = start_pooler(pooler)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home-without-downloads"))
+    app = build(path, watch_files=False)
+    app.animation_level = "none"
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.connected, what="connected")
+        await pilot.press("f2")
+        shots = await until(pilot, lambda: list(tmp_path.glob("*.svg")), what="a screenshot")
+        assert len(shots) == 1 and shots[0].read_text().startswith("<svg")
+        # from inside the editor too
+        await pilot.press("7", "e", "f2")
+        await until(pilot, lambda: len(list(tmp_path.glob("*.svg"))) == 2, what="a second one")
