@@ -100,12 +100,18 @@ def _control_socket(config_path: str | None, control_path: str | None) -> Path:
 
 @main.command()
 @_control_option
-def tui(config_path: str | None, control_path: str | None) -> None:
+@click.option(
+    "--startup-report",
+    is_flag=True,
+    help="Start without a terminal, print the seconds from launch to the first frame and to "
+    "the first live numbers, and quit.",
+)
+def tui(config_path: str | None, control_path: str | None, startup_report: bool) -> None:
     """The dashboard, attached to a running `pooler serve CONFIG` through its control socket."""
     path = _control_socket(config_path, control_path)
     from tui.app import run
 
-    run(path)
+    run(path, startup_report=startup_report)
 
 
 @main.command()

@@ -105,3 +105,27 @@ async def test_f2_saves_an_svg_screenshot_in_the_current_directory(pooler, tmp_p
         # from inside the editor too
         await pilot.press("7", "e", "f2")
         await until(pilot, lambda: len(list(tmp_path.glob("*.svg"))) == 2, what="a second one")
+
+
+def test_startup_report_measures_launch_to_first_frame_and_live_numbers(pooler):
+    """`pooler tui --startup-report`: the seconds from launch to the first frame and to the
+    first live numbers (issue 17 asked for the figures; docs/architecture.md states them)."""
+    import re
+    import subprocess
+    import sys
+
+    _, path = start_pooler(pooler)
+    done = subprocess.run(
+        [sys.executable, "-m", "pooler", "tui", "--control", str(path), "--startup-report"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    found = re.search(
+        r"first frame ([\d.]+) s, first live numbers ([\d.]+) s after launch", done.stdout
+    )
+    assert found, done.stdout + done.stderr
+    frame, live = float(found[1]), float(found[2])
+    assert 0 < frame <= live
+    print(f"\nstart-up: first frame {frame:.2f} s, first live numbers {live:.2f} s")
