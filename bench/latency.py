@@ -21,7 +21,10 @@ For every target, against one throwaway PostgreSQL (the targets and configs of b
    preempted (switched out while runnable), and the median on-CPU time from the end of each
    read to the write that relays it, from that write to the next syscall, and from a poll's
    return to the read. A gap in which the target was switched out is counted as preempted
-   and left out of the medians.
+   and left out of the medians. With sched_wakeup: the tasks the target wakes (its writes
+   wake pgbench or a backend), how many of them on the target's own CPU, and how long such a
+   task waits until the target sleeps or is preempted: on a shared CPU the work after the
+   write is latency too.
 
 strace slows the target several times over, so step 2 gives counts only; perf's tracepoints
 cost a few µs per event, so the phases are comparable between targets, not absolute. Needs
@@ -200,7 +203,7 @@ def record_phases(pg: PgCluster, t: Target, txns: int, workdir: Path) -> dict[st
     assert t.pid_root is not None
     data = workdir / f"perf-{t.name}.data"
     pids = ",".join(str(p) for p in tree_pids(t.pid_root))
-    events = "raw_syscalls:sys_enter,raw_syscalls:sys_exit,sched:sched_switch"
+    events = "raw_syscalls:sys_enter,raw_syscalls:sys_exit,sched:sched_switch,sched:sched_wakeup"
     recorder = subprocess.Popen(
         ["perf", "record", "-q", "-o", str(data), "-e", events, "-p", pids],
         stdout=subprocess.DEVNULL,
@@ -213,7 +216,7 @@ def record_phases(pg: PgCluster, t: Target, txns: int, workdir: Path) -> dict[st
         recorder.send_signal(signal.SIGINT)
         recorder.wait(60)
     script = subprocess.run(
-        ["perf", "script", "--ns", "-i", str(data), "-F", "tid,time,event,trace"],
+        ["perf", "script", "--ns", "-i", str(data), "-F", "tid,cpu,time,event,trace"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -221,7 +224,7 @@ def record_phases(pg: PgCluster, t: Target, txns: int, workdir: Path) -> dict[st
     return phases(script, txns)
 
 
-_EVENT = re.compile(r"\s*(\d+)\s+([\d.]+):\s+(\S+):\s*(.*)")
+_EVENT = re.compile(r"\s*(\d+)\s+(?:\[(\d+)\]\s+)?([\d.]+):\s+(\S+):\s*(.*)")
 
 
 def phases(script: str, txns: int) -> dict[str, float]:
@@ -229,14 +232,21 @@ def phases(script: str, txns: int) -> dict[str, float]:
     pending: dict[int, tuple[int, float, int | None]] = {}
     calls: list[Call] = []
     switches: dict[int, list[tuple[float, str]]] = collections.defaultdict(list)
+    wakeups: list[tuple[int, float, bool]] = []  # (waker tid, at, on the waker's own CPU)
     for line in script.splitlines():
         m = _EVENT.match(line)
         if not m:
             continue
-        tid, at, event, rest = int(m.group(1)), float(m.group(2)) * 1e6, m.group(3), m.group(4)
+        tid, cpu, at = int(m.group(1)), m.group(2), float(m.group(3)) * 1e6
+        event, rest = m.group(4), m.group(5)
         if event == "sched:sched_switch":
             state = re.search(r"prev_state=(\S+)", rest)
             switches[tid].append((at, state.group(1) if state else "?"))
+            continue
+        if event == "sched:sched_wakeup":
+            target = re.search(r"target_cpu=(\d+)", rest)
+            if cpu is not None and target and tid != int(re.search(r"pid=(\d+)", rest).group(1)):
+                wakeups.append((tid, at, int(target.group(1)) == int(cpu)))
             continue
         nr_m = re.search(r"NR (\d+)(?: \(([0-9a-f]+))?", rest)
         if not nr_m:
@@ -280,6 +290,13 @@ def phases(script: str, txns: int) -> dict[str, float]:
         gaps[key].append(b.enter - a.exit)
     if not calls:
         raise RuntimeError("perf recorded no syscalls (perf_event_paranoid, or no tracepoints?)")
+    # A task woken on our CPU runs when we sleep (or preempt us): how long it waited for that.
+    waits = []
+    for tid, at, same_cpu in wakeups:
+        mine = switches.get(tid, [])
+        i = bisect.bisect_right(mine, (at, "~"))
+        if same_cpu and i < len(mine):
+            waits.append(mine[i][0] - at)
     kinds = collections.Counter(c.kind for c in calls)
     all_switches = [s for per in switches.values() for s in per]
     out: dict[str, float] = {
@@ -291,6 +308,11 @@ def phases(script: str, txns: int) -> dict[str, float]:
         "preempted": sum(1 for _, st in all_switches if st.startswith("R")) / txns,
         "preempted between relay syscalls": preempted_gaps / txns,
     }
+    if wakeups:  # seen only with the CPU of each event (perf script -F cpu)
+        out["tasks woken"] = len(wakeups) / txns
+        out["… on the waker's CPU"] = sum(1 for w in wakeups if w[2]) / txns
+        if len(waits) > txns // 4:
+            out["µs such a task waits for the CPU (median)"] = statistics.median(waits)
     # the two relay directions, busiest fds first (client and server socket)
     relay = sorted((k for k in gaps if k.startswith("read→write")), key=lambda k: -len(gaps[k]))[:2]
     for k in [*relay, "write→next", "poll→read"]:
@@ -342,7 +364,7 @@ def report(results: dict[str, Result], header: list[str]) -> str:
         total = " | ".join(fmt(sum(results[n].syscalls.values()), ".2f") for n in traced)
         lines.append(f"| **total** | {total} |")
         rows = list(dict.fromkeys(k for n in traced for k in results[n].phases))
-        lines += ["", "## Phases per transaction (perf: syscall and sched_switch tracepoints)", ""]
+        lines += ["", "## Phases per transaction (perf: syscall and scheduler tracepoints)", ""]
         lines += ["| per txn | " + " | ".join(traced) + " |"]
         lines += ["|---|" + "---:|" * len(traced)]
         relay_rows = [k for k in rows if k.startswith("on-CPU µs read→write")]
