@@ -240,3 +240,18 @@ def test_phases_count_loop_iterations_and_time_between_relay_syscalls() -> None:
     assert out["on-CPU µs poll→read"] == pytest.approx(1.0)
     with pytest.raises(RuntimeError, match="no syscalls"):
         latency.phases("", txns=1)
+
+
+def test_phases_tell_how_long_a_task_woken_on_our_cpu_waits_for_it() -> None:
+    lines = [
+        "  11 [001] 0.000010000: raw_syscalls:sys_enter: NR 1 (7, 0, 0)",
+        "  11 [001] 0.000012000: sched:sched_wakeup: comm=pgbench pid=9 prio=120 target_cpu=001",
+        "  11 [001] 0.000016000:  raw_syscalls:sys_exit: NR 1 = 1",
+        "  11 [001] 0.000020000: raw_syscalls:sys_enter: NR 281 (4, 0, 0)",
+        "  11 [001] 0.000021000: sched:sched_switch: prev_comm=w prev_pid=11 prev_prio=120 "
+        "prev_state=S ==> next_comm=pgbench next_pid=9",
+        "  11 [000] 0.000050000: sched:sched_wakeup: comm=postgres pid=8 prio=120 target_cpu=001",
+    ]
+    out = latency.phases("\n".join(lines), txns=1)
+    assert out["tasks woken"] == 2 and out["… on the waker's CPU"] == 1
+    assert out["µs such a task waits for the CPU (median)"] == pytest.approx(9.0)  # 12 → 21
