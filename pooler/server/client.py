@@ -51,7 +51,10 @@ Q, S, F, X, P, B, E, D, C, H = (ord(c) for c in "QSFXPBEDCH")
 COPY_DATA, COPY_DONE, COPY_FAIL = ord("d"), ord("c"), ord("f")
 PASSWORD = ord("p")
 EXTENDED = frozenset((P, B, E, D, C))
-STATEMENT = ord("S")  # Describe/Close of a statement, not of a portal
+STATEMENT = ord("S")
+LISTEN_FIRST = frozenset(
+    b"LlUu"
+)  # a Query that may be LISTEN/UNLISTEN (`_listen`)  # Describe/Close of a statement, not of a portal
 
 # Session parameters re-applied when a client moves to another server connection.
 TRACKED_PARAMS = (
@@ -160,6 +163,10 @@ class ClientConnection(asyncio.Protocol):
         self.log_ctx = LogContext(client_id=self.id)
         self.intercepts = False  # some simple queries are answered or rewritten (virtual.py)
         self.tsa_hint: str | None = None  # SET odyssey.target_session_attrs
+        self.pinned = False  # ran LISTEN under pool_pin_on_listen: keeps its server
+        self._wait_timer: asyncio.TimerHandle | None = None  # pool_notice_after_waiting_ms
+        self._wait_started = 0.0
+        self._wait_noticed = False  # "waiting for free backend connection" was sent
 
     # --- asyncio.Protocol -------------------------------------------------------------
 
@@ -209,11 +216,13 @@ class ClientConnection(asyncio.Protocol):
             self._attach_task.cancel()
         if self._handoff is not None:
             self._stop_waiting()
+        if self._wait_timer is not None:
+            self._wait_timer.cancel()
         server = self.server
         if server is not None:
             self.server = None
             server.detach()  # at once: the reset below starts on a later loop iteration
-            if self.splitter.streaming:  # the server got half a message: unusable
+            if self.splitter.streaming or self.pinned:  # half a message, or still LISTENing
                 server.route.discard(server)
             else:
                 self.worker.spawn(
@@ -682,6 +691,7 @@ class ClientConnection(asyncio.Protocol):
         if route.idle or not route.limited or "acquire" in vars(route):
             return False
         self._handoff = route.wait(self._handed)
+        self._waiting()
         timeout_ms = route.rule.pool_timeout
         if timeout_ms:
             self._handoff_timer = asyncio.get_running_loop().call_later(
@@ -699,6 +709,31 @@ class ClientConnection(asyncio.Protocol):
         if not handoff.settled:
             self.route.stop_waiting(handoff)
         self.route.record_wait(handoff.started)
+        self._waited()
+
+    def _waiting(self) -> None:
+        """The client queues for a server: pool_notice_after_waiting_ms tells it so."""
+        rule = self.rule
+        if rule is not None and rule.pool_notice_after_waiting_ms >= 0 and not self._wait_timer:
+            self._wait_started = time.monotonic()
+            self._wait_timer = asyncio.get_running_loop().call_later(
+                rule.pool_notice_after_waiting_ms / 1000, self._waiting_notice
+            )
+
+    def _waiting_notice(self) -> None:
+        self._wait_timer = None
+        self._wait_noticed = True
+        self._send(build.notice_response("NOTICE", "00000", "waiting for free backend connection"))
+
+    def _waited(self) -> None:
+        """The wait is over (odyssey then says how long it took, if it said it waited)."""
+        if self._wait_timer is not None:
+            self._wait_timer.cancel()
+            self._wait_timer = None
+        if self._wait_noticed:
+            self._wait_noticed = False
+            took = int((time.monotonic() - self._wait_started) * 1000)
+            self._send(build.notice_response("NOTICE", "00000", f"waiting took {took} ms"))
 
     def _handoff_timed_out(self) -> None:
         self._handoff_timer = None
@@ -826,9 +861,13 @@ class ClientConnection(asyncio.Protocol):
                             self.backend_password(), self.fallback_storages()
                         )
                     else:
-                        server = await route.acquire(
-                            self.backend_password(), self.fallback_storages()
-                        )
+                        self._waiting()
+                        try:
+                            server = await route.acquire(
+                                self.backend_password(), self.fallback_storages()
+                            )
+                        finally:
+                            self._waited()
             except PoolTimeout:
                 self._pool_timeout()
                 return
@@ -993,11 +1032,36 @@ class ClientConnection(asyncio.Protocol):
         server.pending += 1
         if self.log_queries:
             log.info("query", _query_text(buf, start, end), self.log_ctx)
+        if buf[start + 5] in LISTEN_FIRST and self.mode != "session":
+            self._listen(buf, start, end)
         statements = self.statements
         if statements is None:
             return None
         server.statements.sent_sync()
         return statements.on_query(buf, start + 5, end, server.statements)
+
+    def _listen(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        """LISTEN/UNLISTEN in a transaction or statement pool. With pool_pin_on_listen the
+        client keeps its server (and gets its notifications) until `UNLISTEN *` or it leaves;
+        without, it is warned that notifications will not reach it (they would go to
+        whichever client has the server next, or nowhere)."""
+        words = _query_text(buf, start, end).replace(";", " ").split()
+        verb = words[0].lower() if words else ""
+        rule = self.rule
+        if verb == "listen" and rule is not None:
+            if rule.pool_pin_on_listen:
+                self.pinned = True
+            else:
+                self._send(
+                    build.notice_response(
+                        "WARNING",
+                        "01000",
+                        f"{self._prefix()}LISTEN in a {self.mode} pool: notifications will not "
+                        "be delivered (set pool_pin_on_listen to keep the server)",
+                    )
+                )
+        elif verb == "unlisten" and words[1:2] == ["*"]:
+            self.pinned = False
 
     def _send_to(self, server: ServerConnection, payload: bytes | bytearray) -> bool:
         """Write client bytes to the server; False if it is already closing (gone: its
@@ -1016,6 +1080,7 @@ class ClientConnection(asyncio.Protocol):
         it goes back now rather than stay pinned to a client that may say nothing more."""
         if (
             self.mode != "session"
+            and not self.pinned
             and self.server is server
             and server.status == IDLE
             and not server.copy_in
@@ -1028,7 +1093,7 @@ class ClientConnection(asyncio.Protocol):
         """The server owes nothing more: give it back unless the pool mode keeps it."""
         if self.mode == "session" or self.route is None or self.server is not server:
             return
-        if self.mode == "transaction" and server.status != IDLE:
+        if self.pinned or (self.mode == "transaction" and server.status != IDLE):
             return
         self.server = None
         self.worker.give_back_now(server)

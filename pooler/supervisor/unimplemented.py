@@ -25,8 +25,8 @@ ROUTE = frozenset(
     {
         "auth_module", "auth_pam_service", "enable_mdb_iamproxy_auth", "mdb_iamproxy_socket_path",
         "ldap_endpoint_name", "ldap_storage_credentials_attr", "ldap_pool_size",
-        "ldap_pool_timeout", "ldap_pool_ttl", "pool_pin_on_listen", "pool_attach_check",
-        "pool_acquire_fail_fast", "pool_notice_after_waiting_ms", "shared_pool",
+        "ldap_pool_timeout", "ldap_pool_ttl", "pool_attach_check",
+        "pool_acquire_fail_fast", "shared_pool",
         "catchup_timeout", "catchup_checks",
         "watchdog_lag_query", "watchdog_lag_interval", "group_query", "group_query_user",
         "group_query_db",
