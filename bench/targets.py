@@ -127,6 +127,22 @@ def wait_listening(proc: subprocess.Popen[Any], port: int, timeout: float, log: 
     raise RuntimeError(f"not listening on {port} after {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+def wait_logged(
+    proc: subprocess.Popen[Any], log: Path, offset: int, text: str, timeout: float
+) -> None:
+    """Wait until `text` appears in `log` after byte `offset`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with log.open("rb") as f:
+            f.seek(offset)
+            if text.encode() in f.read():
+                return
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)
+    raise RuntimeError(f"no {text!r} after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
 _next_port = 15432
 
 
@@ -381,7 +397,12 @@ class Pooler(Target):
     def start(self) -> None:
         argv = [a.replace("{config}", str(self.config)) for a in shlex.split(self.command)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        offset = self.log.stat().st_size if self.log.exists() else 0
         self.proc = spawn(argv, log=self.log, cwd=REPO, env=env)
+        # The supervisor binds the port before its workers have started: wait for its
+        # "pooler ready" (every worker accepting), or the workers' start-up CPU (seconds with
+        # `workers 8` on a small machine) lands in the first run.
+        wait_logged(self.proc, self.log, offset, "pooler ready", 60)
         wait_listening(self.proc, self.port, 30, self.log)
         self.pid_root = self.proc.pid
 

@@ -255,3 +255,23 @@ def test_phases_tell_how_long_a_task_woken_on_our_cpu_waits_for_it() -> None:
     out = latency.phases("\n".join(lines), txns=1)
     assert out["tasks woken"] == 2 and out["… on the waker's CPU"] == 1
     assert out["µs such a task waits for the CPU (median)"] == pytest.approx(9.0)  # 12 → 21
+
+
+@pytest.mark.timeout(30)
+def test_a_pooler_counts_as_started_when_it_says_ready(tmp_path: Path) -> None:
+    log = tmp_path / "pooler.log"
+    log.write_text("pooler ready, from an earlier start\n")  # before the offset: ignored
+    offset = log.stat().st_size
+    script = "import time; print('starting', flush=True); time.sleep(0.3); print('pooler ready')"
+    proc = targets.spawn([sys.executable, "-c", script], log=log, cwd=tmp_path)
+    try:
+        targets.wait_logged(proc, log, offset, "pooler ready", 20)
+        assert log.read_text().count("pooler ready") == 2
+    finally:
+        targets.stop_proc(proc)
+    died = targets.spawn([sys.executable, "-c", "raise SystemExit(3)"], log=log, cwd=tmp_path)
+    try:
+        with pytest.raises(RuntimeError, match="exited with 3"):
+            targets.wait_logged(died, log, log.stat().st_size, "pooler ready", 20)
+    finally:
+        targets.stop_proc(died)
