@@ -40,7 +40,7 @@ from pooler.server.backend import (
     ServerGone,
 )
 from pooler.server.hba import hba_allows
-from pooler.server.pool import ConnectFailed, HandOff, PoolTimeout, Route
+from pooler.server.pool import TOO_MANY_CONNECTIONS, ConnectFailed, HandOff, PoolTimeout, Route
 from pooler.server.prepared import ClientStatements, is_stale_statement_error
 from pooler.server.router import ClientKey
 
@@ -857,9 +857,21 @@ class ClientConnection(asyncio.Protocol):
                 if server is None:
                     if slot:
                         slot = False
-                        server = await route.connect(
-                            self.backend_password(), self.fallback_storages()
-                        )
+                        try:
+                            server = await route.connect(
+                                self.backend_password(), self.fallback_storages()
+                            )
+                        except ConnectFailed as exc:
+                            if (
+                                exc.fields.get("C") != TOO_MANY_CONNECTIONS
+                                or not route.rule.pool_timeout
+                            ):
+                                raise
+                            # server_login_retry: acquire tries again until pool_timeout
+                            await asyncio.sleep(self.worker.config.server_login_retry / 1000)
+                            server = await route.acquire(
+                                self.backend_password(), self.fallback_storages()
+                            )
                     else:
                         self._waiting()
                         try:

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from pooler.server.worker import Worker
 
 
+TOO_MANY_CONNECTIONS = "53300"
+
+
 class PoolTimeout(Exception):
     """No server became free within pool_timeout."""
 
@@ -166,7 +169,11 @@ class Route:
                         self.busy.add(server)
                         return server
                 if not self.limited:
-                    return await self.connect(password, fallbacks)
+                    try:
+                        return await self.connect(password, fallbacks)
+                    except ConnectFailed as exc:
+                        await self._login_retry(exc, deadline)
+                        continue
                 waiter: asyncio.Future[ServerConnection | None] = (
                     asyncio.get_running_loop().create_future()
                 )
@@ -189,10 +196,28 @@ class Route:
                         raise PoolTimeout from None
                     raise
                 if handed is None:  # a slot was granted to us
-                    return await self.connect(password, fallbacks)
+                    try:
+                        return await self.connect(password, fallbacks)
+                    except ConnectFailed as exc:
+                        await self._login_retry(exc, deadline)
+                        continue
                 return handed  # handed over by release(), already counted busy
         finally:
             self.record_wait(started)
+
+    async def _login_retry(self, failure: ConnectFailed, deadline: float | None) -> None:
+        """PostgreSQL refused a login for too many connections (53300): with a pool_timeout,
+        wait server_login_retry ms and try again for an idle or a new server, until the
+        pool_timeout (odyssey). Anything else, or no time left, is raised."""
+        delay = self.worker.config.server_login_retry / 1000
+        if (
+            failure.fields.get("C") != TOO_MANY_CONNECTIONS
+            or deadline is None
+            or time.monotonic() + delay >= deadline
+        ):
+            raise failure
+        log.info("server", f"{failure}: retrying in {delay * 1000:g} ms (server_login_retry)")
+        await asyncio.sleep(delay)
 
     def wait(self, deliver: Callable[[ServerConnection | None], None]) -> HandOff:
         """Queue a task-free waiter (the caller found no idle server): see `HandOff`."""

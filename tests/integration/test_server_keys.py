@@ -1,0 +1,64 @@
+"""Global keys about server connections: server_login_retry."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+from harness import HOST, make_config, route
+
+from pooler.pgcluster import conninfo
+
+
+@pytest.fixture
+def one_connection_role(pg):
+    """A role PostgreSQL lets log in once at a time (CONNECTION LIMIT 1): its second login is
+    refused with 53300 `too many connections for role`."""
+    name = "one_conn_user"
+    pg.psql(f"DROP ROLE IF EXISTS {name}")
+    pg.create_role(name, "one_pw", "md5", options="CONNECTION LIMIT 1")
+    pg.psql(f"GRANT ALL ON DATABASE p0 TO {name}")
+    try:
+        yield name, "one_pw"
+    finally:
+        pg.psql(f"REVOKE ALL ON DATABASE p0 FROM {name}; DROP ROLE IF EXISTS {name}")
+
+
+def test_server_login_retry_until_a_connection_slot_frees(pooler, pg, one_connection_role):
+    """odyssey: a backend login refused for too many connections is retried every
+    server_login_retry ms while the rule's pool_timeout lasts (it used to fail at once)."""
+    user, password = one_connection_role
+    rule = route("p0", user, pool="session", pool_timeout=20000, storage_password=password)
+    p = pooler(make_config(rule, server_login_retry=50))
+    direct = psycopg.connect(
+        conninfo(host=HOST, port=pg.port, dbname="p0", user=user, password=password)
+    )  # takes the role's only connection
+    result: list[object] = []
+
+    def client() -> None:
+        try:
+            with p.connect("p0", user) as conn:
+                result.append(conn.execute("select current_user").fetchone())
+        except psycopg.Error as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    p.wait_for_log(r"too many connections for role .*retrying in 50 ms \(server_login_retry\)")
+    assert not result
+    direct.close()
+    thread.join(20)
+    assert result == [(user,)]
+
+
+def test_without_pool_timeout_the_refusal_reaches_the_client(pooler, pg, one_connection_role):
+    user, password = one_connection_role
+    p = pooler(make_config(route("p0", user, pool="session", storage_password=password)))
+    with (
+        psycopg.connect(
+            conninfo(host=HOST, port=pg.port, dbname="p0", user=user, password=password)
+        ),
+        pytest.raises(psycopg.OperationalError, match="too many connections"),
+    ):
+        p.connect("p0", user)
