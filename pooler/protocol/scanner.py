@@ -38,6 +38,17 @@ class MessageScanner:
         """True when the stream so far ends exactly at a message boundary."""
         return self._need == 0 and not self._header
 
+    @property
+    def partial_len(self) -> int:
+        """How many of the last bytes fed belong to a message that is still incomplete and
+        may be wanted (a header not yet whole, or a wanted body being collected); a relay
+        that may drop wanted messages holds them back until the message is whole."""
+        if self._header:
+            return len(self._header)
+        if self._body is not None:
+            return 5 + len(self._body)
+        return 0
+
     def feed(self, data: bytes) -> list[tuple[int, bytes | None, int]]:
         """Consume a chunk; return (type, body, end) for every wanted message.
 

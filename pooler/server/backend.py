@@ -22,7 +22,13 @@ from pooler.logs import LogContext, log
 from pooler.protocol import auth, build, messages
 from pooler.protocol.scanner import MessageScanner, StreamError
 from pooler.server import sockopts, tls as tls_support
-from pooler.server.prepared import ServerStatements
+from pooler.server.prepared import (
+    FAIL_IN_PLACE,
+    NO_DATA,
+    STALE_PLAN_ERROR,
+    ServerStatements,
+    shape_of,
+)
 from pooler.sql import quote_ident, quote_literal
 
 if TYPE_CHECKING:
@@ -33,11 +39,20 @@ Z, S, E, G, N, R, K, C = (ord(c) for c in "ZSEGNRKC")
 D, T = ord("D"), ord("T")
 IDLE = ord("I")  # ReadyForQuery's transaction status outside a transaction
 EMPTY_QUERY = ord("I")
-PARSE_COMPLETE = ord("1")
+PARSE_COMPLETE, CLOSE_COMPLETE = ord("1"), ord("3")
+PARAMETER_DESCRIPTION, NO_DATA_MESSAGE = ord("t"), ord("n")
 OWED_ANSWERS = frozenset((Z, E, G, PARSE_COMPLETE))  # never sent by an idle server unasked
 RELAY_WANTED = frozenset((Z, S, E, G))
 RELAY_WANTED_PREPARED = RELAY_WANTED | {PARSE_COMPLETE}
-RELAY_WANTED_XACT = RELAY_WANTED_PREPARED | {C}  # and CommandComplete: was it a ROLLBACK?
+# while statements' descriptions or CloseCompletes are in flight, or a transaction that
+# prepared statements is open (was it a ROLLBACK?)
+RELAY_WANTED_WATCH = RELAY_WANTED_PREPARED | {
+    CLOSE_COMPLETE,
+    PARAMETER_DESCRIPTION,
+    T,
+    NO_DATA_MESSAGE,
+    C,
+}
 MAX_STATEMENTS = 1000  # per server connection; the least recently used go beyond that
 INTERNAL_WANTED = frozenset(ord(c) for c in "RSKZENCTDGHIAn123st")
 
@@ -65,13 +80,16 @@ class ServerGone(Exception):
     """The server connection closed or timed out."""
 
 
-def _without_parse_completes(data: bytes, ends: list[int]) -> bytes:
+def _edited(data: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
+    """`data` with each (start, end, replacement) applied (in order, not overlapping)."""
     pieces = []
-    start = 0
-    for end in ends:
-        pieces.append(data[start : max(start, end - 5)])
-        start = end
-    pieces.append(data[start:])
+    at = 0
+    for start, end, replacement in edits:
+        pieces.append(data[at:start])
+        if replacement:
+            pieces.append(replacement)
+        at = end
+    pieces.append(data[at:])
     return b"".join(pieces)
 
 
@@ -86,6 +104,7 @@ class ServerConnection(asyncio.Protocol):
         "created",
         "desynced",
         "endpoint",
+        "held",
         "holds_slot",
         "id",
         "internal",
@@ -101,6 +120,7 @@ class ServerConnection(asyncio.Protocol):
         "statements",
         "status",
         "storage",
+        "tail",
         "transport",
         "unsynced",
         "xact_started",
@@ -133,6 +153,9 @@ class ServerConnection(asyncio.Protocol):
         self.query_started = 0.0
         self.xact_started = 0.0
         self.statements = ServerStatements(route.known_statements)
+        # client output waiting for statement checks, one group per check (prepared.py)
+        self.held: deque[list[bytes | bytearray]] | None = None
+        self.tail = b""  # the start of an incomplete message that may be dropped or edited
         self.relay_wanted = RELAY_WANTED_PREPARED if route.shares_statements else RELAY_WANTED
 
     # --- asyncio.Protocol -------------------------------------------------------------
@@ -180,21 +203,27 @@ class ServerConnection(asyncio.Protocol):
             self._wake()
             return
         stats = self.route.stats
-        # Nothing to cut out of the chunk (no Parse of ours in flight): the client gets it
-        # first, the bookkeeping below runs after (issue 19: latency per round trip).
-        forwarded = not self.statements.swallowing
+        statements = self.statements
+        tail = self.tail
+        # Nothing to cut out of the chunk (no answer of ours in flight, nothing held back):
+        # the client gets it first, the bookkeeping below runs after (issue 19: latency per
+        # round trip).
+        forwarded = not (tail or statements.cutting)
         if forwarded and not client.transport.is_closing():
             client.transport.write(data)
+        elif tail:  # the start of a message held back from the last chunk
+            data = tail + data
+            events = [(t, b, end + len(tail)) for t, b, end in events]
         ready = False
-        drop: list[int] = []  # ends of ParseCompletes answering Parses the pooler injected
+        edits: list[tuple[int, int, bytes]] = []  # answers dropped or replaced
         for msg_type, body, end in events:
             if msg_type == PARSE_COMPLETE:
-                if not self.statements.on_parse_complete():
-                    drop.append(end)
+                if not statements.on_parse_complete():
+                    edits.append((end - 5, end, b""))
                 continue
             if msg_type == Z:
                 status = self.status = body[0] if body else IDLE
-                self.statements.on_ready(status)
+                statements.on_ready(status)
                 self.copy_in = False
                 now = time.monotonic()
                 stats.record_query(int((now - self.query_started) * 1e6))
@@ -212,25 +241,76 @@ class ServerConnection(asyncio.Protocol):
             elif msg_type == G:
                 self.copy_in = True
             elif msg_type == E and body is not None:
-                self.statements.on_error()
-                client.server_error(self, body)
-            elif msg_type == C and body is not None:
-                self.statements.on_command_complete(body)
-        if bool(self.statements.in_xact) != (self.relay_wanted is RELAY_WANTED_XACT):
-            self._watch_transaction()
-        if drop:
-            data = _without_parse_completes(data, drop)
-        if not forwarded and not client.transport.is_closing():  # (closing: its
-            client.transport.write(data)  # connection_lost has not run yet)
+                statements.on_error()
+                if statements.stale_errors_due:  # the answer to a FAIL_IN_PLACE
+                    statements.stale_errors_due -= 1
+                    edits.append((end - 5 - len(body), end, STALE_PLAN_ERROR))
+                else:
+                    client.server_error(self, body)
+                if self.held:
+                    for _check in range(statements.void_checks()):
+                        self._release_held(passed=True)  # the server skips them anyway
+            elif self.relay_wanted is RELAY_WANTED_WATCH:
+                if msg_type == C and body is not None:
+                    statements.on_command_complete(body)
+                elif msg_type == CLOSE_COMPLETE:
+                    if not statements.on_close_complete():
+                        edits.append((end - 5, end, b""))
+                elif msg_type == PARAMETER_DESCRIPTION and body is not None:
+                    if not statements.on_parameter_description():
+                        edits.append((end - 5 - len(body), end, b""))
+                elif msg_type in (T, NO_DATA_MESSAGE) and body is not None:
+                    forward, check = statements.on_shape(
+                        shape_of(body) if msg_type == T else NO_DATA
+                    )
+                    if not forward:
+                        edits.append((end - 5 - len(body), end, b""))
+                    if check is not None and self.held:
+                        self._release_held(passed=check)
+        if self.relay_wanted is not RELAY_WANTED:
+            if statements.watching != (self.relay_wanted is RELAY_WANTED_WATCH):
+                self.watch(statements.watching)
+            if not forwarded:
+                # an incomplete message that may have to be cut waits for its end
+                partial = self.scanner.partial_len
+                self.tail = data[len(data) - partial :] if partial else b""
+                if partial:
+                    data = data[: len(data) - partial]
+        if not forwarded:
+            if edits:
+                data = _edited(data, edits)
+            if data and not client.transport.is_closing():  # (closing: its
+                client.transport.write(data)  # connection_lost has not run yet)
         stats.bytes_sent += len(data)
         if ready and not self.unsynced:
             client.server_ready(self)
 
-    def _watch_transaction(self) -> None:
-        """Look at CommandComplete tags only while statements prepared in the open
-        transaction could be doomed by a ROLLBACK."""
-        wanted = RELAY_WANTED_XACT if self.statements.in_xact else RELAY_WANTED_PREPARED
-        self.relay_wanted = self.scanner.wanted = wanted
+    def watch(self, on: bool) -> None:
+        """Look at descriptions, CloseCompletes and CommandComplete tags too, or not."""
+        self.relay_wanted = self.scanner.wanted = (
+            RELAY_WANTED_WATCH if on else RELAY_WANTED_PREPARED
+        )
+
+    def hold(self) -> None:
+        """From now on the client's output waits for the answer to the check just sent."""
+        if self.held is None:
+            self.held = deque()
+        self.held.append([])
+
+    def _release_held(self, *, passed: bool) -> None:
+        """A check ended: send what waited for it; if the server's copy has another shape
+        than the one the client knows, its first message fails in place instead."""
+        held = self.held
+        assert held
+        group = held.popleft()
+        if not held:
+            self.held = None
+        if not passed and group:
+            first = group[0]
+            group[0] = FAIL_IN_PLACE + first[1 + int.from_bytes(first[1:5]) :]
+            self.statements.stale_errors_due += 1
+        if group and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(group))
 
     # --- internal mode ----------------------------------------------------------------
 
@@ -545,6 +625,8 @@ class ServerConnection(asyncio.Protocol):
     def link(self, client: ClientConnection, now: float) -> None:
         """Lend the server to `client` (at monotonic time `now`)."""
         self.statements.reset()
+        self.held = None
+        self.tail = b""
         self.client = client
         self.pending = 0
         self.xact_started = now  # query_started is set as the first query goes
@@ -552,6 +634,7 @@ class ServerConnection(asyncio.Protocol):
 
     def unlink(self) -> None:
         self.client = None
+        self.held = None
         self.released_at = time.monotonic()
 
     def detach(self) -> None:

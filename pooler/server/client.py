@@ -35,6 +35,7 @@ from pooler.protocol.framing import (
 from pooler.server import sockopts, tls as tls_support, virtual
 from pooler.server.backend import (
     IDLE,
+    RELAY_WANTED_WATCH,
     BackendError,
     ServerConnection,
     ServerGone,
@@ -976,12 +977,27 @@ class ClientConnection(asyncio.Protocol):
                     out.append(buf[run_start:run_end])
                     run_start = -1
                 out.append(replacement)
+                if statements is not None and server.statements.hold_at:
+                    # a statement check was injected: send it, hold the rest for its answer
+                    at = server.statements.hold_at
+                    server.statements.hold_at = 0
+                    out[-1] = replacement[:at]
+                    if not self._send_to(server, b"".join(out)):
+                        return
+                    server.hold()
+                    out = [replacement[at:]]
         except ProtocolError as exc:
             self.fatal(exc.sqlstate, f"invalid client message: {exc.message}")
             return
         if run_start >= 0:
             out.append(buf[run_start:run_end])
         splitter.forget_reported()
+        if (
+            statements is not None
+            and server.relay_wanted is not RELAY_WANTED_WATCH
+            and server.statements.watching
+        ):
+            server.watch(True)  # before the answers can come
         if out and not self._send_to(server, out[0] if len(out) == 1 else b"".join(out)):
             return
         if terminate:
@@ -1081,7 +1097,10 @@ class ClientConnection(asyncio.Protocol):
         transport = server.transport
         if transport is None or transport.is_closing():
             return False
-        transport.write(payload)
+        if server.held is None:
+            transport.write(payload)
+        else:  # waiting for a statement check (prepared.py)
+            server.held[-1].append(payload)
         if self.route is not None:
             self.route.stats.bytes_received += len(payload)
         return True

@@ -15,10 +15,23 @@ Everything stays in protocol order without tracking every message:
   statement), whose real ParseComplete the client then receives in the right place;
 - a Close of a statement is replaced by a Close of a name that never exists (PostgreSQL
   answers CloseComplete for those), the server keeps the shared statement;
-- ParseComplete is the only answer we remove, so a FIFO of the Parses sent says which ones
-  to drop. Parses skipped by the server after an error (up to the next Sync) are forgotten
-  at the next ReadyForQuery, and so is their optimistic entry in the server's table: a
-  failed Parse never poisons the mapping.
+- the answers we remove (ParseComplete, CloseComplete, a Describe's ParameterDescription
+  and RowDescription/NoData) are found by FIFOs of the messages sent. Messages skipped by
+  the server after an error (up to the next Sync) are forgotten at the next ReadyForQuery,
+  and so is a failed Parse's optimistic entry in the server's table: a failed Parse never
+  poisons the mapping.
+
+Statement copies differ in their result shape. PostgreSQL fixes a prepared statement's
+result type at its Parse and refuses ("cached plan must not change result type") to run it
+once a schema change alters it. A server's copy is the client's statement only if both have
+the same shape, so the shape of every copy (a Describe injected after each Parse) and the
+shape each client was described are recorded. A client that knows its statement's shape and
+lands on a server whose copy has another one, or none, gets a fresh copy checked first: the
+rest of its messages wait (`hold_at`) until the copy's description comes back; if it is not
+the shape the client knows, the client's message fails in place (`FAIL_IN_PLACE`, whose error
+is answered as PostgreSQL's own "cached plan must not change result type"), as its own
+statement would on a direct connection. Rows are never decoded with another shape's
+description.
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ from pooler.protocol import build, messages
 from pooler.protocol.errors import ProtocolError
 
 CLOSE_NOTHING = "pooler_never_prepared"
+FLUSH = build.flush()
 IDLE = ord("I")  # ReadyForQuery's transaction status outside a transaction
 EMPTY_PARSE = build.parse("", "")  # stands in for a Parse the server already has
 _DEALLOCATE = re.compile(r"\s*deallocate\s+(?:prepare\s+)?(\"(?:[^\"]|\"\")+\"|\w+)\s*;?\s*$", re.I)
@@ -42,6 +56,31 @@ _DROP_ALL = re.compile(r"\s*(?:deallocate\s+(?:prepare\s+)?all|discard\s+all)\s*
 
 
 CACHED_PLAN_ERROR = "cached plan must not change result type"
+
+
+# The error a stale statement gets from PostgreSQL (asyncpg knows it by its routine field).
+STALE_PLAN_ERROR = build.message(
+    ord("E"),
+    b"SERROR\0VERROR\0C0A000\0M"
+    + CACHED_PLAN_ERROR.encode()
+    + b"\0Fplancache.c\0RRevalidateCachedQuery\0\0",
+)
+FAIL_IN_PLACE = build.describe("S", CLOSE_NOTHING)  # fails where a stale statement would
+NO_DATA = b""  # the shape of a statement that returns no rows
+
+
+def shape_of(row_description: bytes) -> bytes:
+    """A RowDescription body without what PostgreSQL ignores when it compares result types
+    (each column's table OID and attribute number): names, types, typmods."""
+    count = int.from_bytes(row_description[:2])
+    out = bytearray(row_description[:2])
+    i = 2
+    for _ in range(count):
+        end = row_description.index(0, i) + 1
+        out += row_description[i:end]
+        out += row_description[end + 6 : end + 18]
+        i = end + 18
+    return bytes(out)
 
 
 def is_stale_statement_error(fields: dict[str, str]) -> bool:
@@ -134,12 +173,31 @@ class KnownStatements(OrderedDict[str, None]):
 
 
 @dataclass(slots=True)
+class Describing:
+    """A Describe of a statement in flight: the client's or one the pooler added."""
+
+    server_name: str | None  # None: not one of ours, sent as the client wrote it
+    forward: bool  # its answer goes to the client
+    batch: int
+    client: ClientStatements | None = None  # told the shape as the client's statement's
+    client_name: str = ""
+    statement: Statement | None = None
+    expected: bytes | None = None  # a check: the shape the client knows
+
+
+@dataclass(slots=True)
 class ServerStatements:
-    """What one server connection has prepared (LRU order) and the Parses in flight."""
+    """What one server connection has prepared (LRU order, with each copy's result shape,
+    None until described) and the messages in flight whose answers matter."""
 
     known: KnownStatements = field(default_factory=KnownStatements)  # the route's
-    names: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    names: OrderedDict[str, bytes | None] = field(default_factory=OrderedDict)
     _parses: deque[tuple[bool, str | None, int]] = field(default_factory=deque)
+    _closes: deque[tuple[bool, int]] = field(default_factory=deque)
+    _describes: deque[Describing] = field(default_factory=deque)
+    _shape_next: bool = False  # a ParameterDescription came: the shape comes next
+    hold_at: int = 0  # set by a rewrite: hold what follows this offset until a check ends
+    stale_errors_due: int = 0  # FAIL_IN_PLACE errors to answer as STALE_PLAN_ERROR
     _batches_sent: int = 0  # Sync/Query messages sent: each ends a batch with a ReadyForQuery
     _batches_done: int = 0
     plan_epoch: int = 0
@@ -155,6 +213,21 @@ class ServerStatements:
     def swallowing(self) -> bool:
         return bool(self._parses)
 
+    @property
+    def cutting(self) -> bool:
+        """May the relay have to drop or replace some of the server's next answers?"""
+        return bool(self._parses or self._describes or self._closes or self.stale_errors_due)
+
+    @property
+    def watching(self) -> bool:
+        """Does the relay need more than ParseComplete: descriptions and CloseCompletes in
+        flight, CommandComplete tags while a transaction prepared statements?"""
+        return bool(self._describes or self._closes or self.in_xact)
+
+    @property
+    def batch(self) -> int:
+        return self._batches_sent
+
     def has(self, name: str) -> bool:
         if name in self.names:
             self.names.move_to_end(name)
@@ -168,6 +241,54 @@ class ServerStatements:
 
     def sent_sync(self) -> None:
         self._batches_sent += 1
+
+    def sent_close(self, forward: bool) -> None:
+        self._closes.append((forward, self._batches_sent))
+
+    def sent_describe(self, describing: Describing) -> None:
+        self._describes.append(describing)
+
+    def on_close_complete(self) -> bool:
+        """A CloseComplete arrived: True to forward it to the client, False to drop it."""
+        return self._closes.popleft()[0] if self._closes else True
+
+    def on_parameter_description(self) -> bool:
+        """A ParameterDescription (the first answer to a Describe of a statement)."""
+        if not self._describes:
+            return True
+        self._shape_next = True
+        return self._describes[0].forward
+
+    def on_shape(self, shape: bytes) -> tuple[bool, bool | None]:
+        """A RowDescription (as `shape_of` it) or NoData (NO_DATA): (forward it?, the
+        outcome of the check it ends: None if none, else whether the shape is the one the
+        client knows)."""
+        if not self._shape_next:
+            return True, None  # a portal's or a query's description
+        self._shape_next = False
+        describing = self._describes.popleft()
+        name = describing.server_name
+        if name is not None and name in self.names:
+            self.names[name] = shape
+        client = describing.client
+        if client is not None and describing.statement is not None:
+            client.described(describing.client_name, describing.statement, shape)
+        if describing.expected is None:
+            return describing.forward, None
+        return describing.forward, shape == describing.expected
+
+    def void_checks(self) -> int:
+        """An ErrorResponse: the server skips what follows up to the next Sync, the checks
+        sent in this batch included; how many checks will never be answered."""
+        batch = self._batches_done
+        void = 0
+        for describing in self._describes:
+            if describing.batch > batch:
+                break
+            if describing.expected is not None:
+                describing.expected = None
+                void += 1
+        return void
 
     def on_parse_complete(self) -> bool:
         """A ParseComplete arrived: True to forward it to the client, False to drop it."""
@@ -192,10 +313,16 @@ class ServerStatements:
         prepared in a transaction that rolled back (an explicit one, or the implicit one of
         a failed batch) are doomed."""
         self._batches_done += 1
-        while self._parses and self._parses[0][2] < self._batches_done:
+        done = self._batches_done
+        while self._parses and self._parses[0][2] < done:
             _forward, name, _batch = self._parses.popleft()
             if name is not None:
                 self.names.pop(name, None)
+        while self._closes and self._closes[0][1] < done:
+            self._closes.popleft()
+        while self._describes and self._describes[0].batch < done:
+            self._describes.popleft()
+        self._shape_next = False
         if self._confirmed:
             self.in_xact += self._confirmed
             self._confirmed.clear()
@@ -212,6 +339,10 @@ class ServerStatements:
         open ended without our seeing how (the pooler's own ROLLBACK): its statements are
         doomed."""
         self._parses.clear()
+        self._closes.clear()
+        self._describes.clear()
+        self._shape_next = False
+        self.hold_at = self.stale_errors_due = 0
         self._batches_sent = self._batches_done = 0
         if self._confirmed or self.in_xact:  # (rare: checked first, as this runs per link)
             self.in_xact += self._confirmed
@@ -229,12 +360,22 @@ class ServerStatements:
 class ClientStatements:
     """A client's prepared statements (its names), rewritten for whichever server it has."""
 
-    __slots__ = ("counters", "known", "statements")
+    __slots__ = ("counters", "known", "shapes", "statements")
 
     def __init__(self, counters: Counters, known: KnownStatements) -> None:
         self.statements: dict[str, Statement] = {}
+        self.shapes: dict[str, bytes] = {}  # the shape each statement was described with
         self.counters = counters
         self.known = known
+
+    def described(self, name: str, statement: Statement, shape: bytes) -> None:
+        """The client was told its statement's result shape (the answer to its Describe)."""
+        if self.statements.get(name) is statement:
+            self.shapes[name] = shape
+
+    def _forget(self, name: str) -> None:
+        self.statements.pop(name, None)
+        self.shapes.pop(name, None)
 
     def answer_locally(self, found: list[tuple[int, bytes]]) -> bytes | None:
         """The answer to messages that are only Parses of known statements and Syncs (no
@@ -257,16 +398,43 @@ class ClientStatements:
             return None  # without a Sync the client expects nothing yet
         for name, statement in parsed:
             self.statements[name] = statement
+            self.shapes.pop(name, None)
             self.counters.client_parses += 1
         return b"".join(out)
 
-    def _ensure(self, statement: Statement, server: ServerStatements) -> bytes:
-        """A Parse to inject first if the server lacks the statement (answer swallowed)."""
-        if server.has(statement.server_name):
-            return b""
-        server.sent_parse(False, statement.server_name)
+    def _prepare(self, statement: Statement, server: ServerStatements, forward: bool) -> bytes:
+        """A Parse of the statement's copy on the server and a Describe that records the
+        copy's shape (its answer dropped)."""
+        name = statement.server_name
+        server.sent_parse(forward, name)
+        server.sent_describe(Describing(name, False, server.batch))
         self.counters.server_parses += 1
-        return build.parse(statement.server_name, statement.query, statement.param_types)
+        return build.parse(name, statement.query, statement.param_types) + build.describe("S", name)
+
+    def _ensure(
+        self, name: str, statement: Statement, server: ServerStatements, *, check: bool = True
+    ) -> bytes:
+        """What to send before the client's statement `name` is bound or described on this
+        server (answers dropped): nothing if the server's copy will do; else a fresh copy,
+        and, when the client knows its statement's shape, a check that the copy has it
+        (what follows waits for the answer: `hold_at`)."""
+        server_name = statement.server_name
+        expected = self.shapes.get(name) if check else None
+        prefix = b""
+        if server.has(server_name):
+            if expected is None or server.names[server_name] == expected:
+                return b""
+            server.sent_close(False)  # another shape (or not known yet): prepare it again
+            prefix = build.close("S", server_name)
+        if expected is None:
+            return self._prepare(statement, server, False)
+        server.sent_parse(False, server_name)
+        server.sent_describe(Describing(server_name, False, server.batch, expected=expected))
+        self.counters.server_parses += 1
+        prefix += build.parse(server_name, statement.query, statement.param_types)
+        prefix += build.describe("S", server_name) + FLUSH
+        server.hold_at = len(prefix)
+        return prefix
 
     def rewrite(
         self, msg_type: int, body: bytes | bytearray, server: ServerStatements
@@ -276,13 +444,12 @@ class ClientStatements:
         if msg_type == messages.PARSE:
             name, statement = parse_of(body if type(body) is bytes else bytes(body))
             self.statements[name] = statement  # "" too: the unnamed one is cached
+            self.shapes.pop(name, None)
             self.counters.client_parses += 1
             if server.has(statement.server_name):
                 server.sent_parse(True, None)
                 return EMPTY_PARSE
-            server.sent_parse(True, statement.server_name)
-            self.counters.server_parses += 1
-            return build.parse(statement.server_name, statement.query, statement.param_types)
+            return self._prepare(statement, server, True)
         if msg_type == messages.BIND:
             start, end = _bind_statement(body)
             name = body[start:end].decode("utf-8", "surrogateescape") if end > start else ""
@@ -291,18 +458,25 @@ class ClientStatements:
                 return None
             self.counters.binds += 1
             renamed = body[:start] + statement.server_name_z + body[end + 1 :]
-            return self._ensure(statement, server) + build.message(messages.BIND, renamed)
+            return self._ensure(name, statement, server) + build.message(messages.BIND, renamed)
         if msg_type == messages.DESCRIBE:
             kind, name = messages.decode_describe(body)
-            statement = self.statements.get(name) if kind == "S" else None
-            if statement is None:
-                return None
-            return self._ensure(statement, server) + build.describe("S", statement.server_name)
-        if msg_type == messages.CLOSE:
-            kind, name = messages.decode_close(body)
             if kind != "S":
                 return None
-            self.statements.pop(name, None)
+            statement = self.statements.get(name)
+            if statement is None:  # not one of ours: its answer goes through as it is
+                server.sent_describe(Describing(None, True, server.batch))
+                return None
+            prefix = self._ensure(name, statement, server)
+            server_name = statement.server_name
+            server.sent_describe(Describing(server_name, True, server.batch, self, name, statement))
+            return prefix + build.describe("S", server_name)
+        if msg_type == messages.CLOSE:
+            kind, name = messages.decode_close(body)
+            server.sent_close(True)
+            if kind != "S":
+                return None
+            self._forget(name)
             return build.close("S", CLOSE_NOTHING)
         if msg_type == messages.QUERY:
             return self.on_query(body, 0, len(body), server)
@@ -322,7 +496,9 @@ class ClientStatements:
         self.counters.binds += 1
         renamed = head[:start] + statement.server_name_z + head[end + 1 :]
         header = bytes((messages.BIND,)) + (length + len(renamed) - len(head)).to_bytes(4)
-        return self._ensure(statement, server) + header + renamed
+        # (no check of the copy's shape: holding the rest of a Bind this large until the
+        # check's answer would buffer what client_max_buffer bounds)
+        return self._ensure(name, statement, server, check=False) + header + renamed
 
     def on_query(
         self, buf: bytes | bytearray, start: int, end: int, server: ServerStatements
@@ -330,6 +506,7 @@ class ClientStatements:
         """A simple Query whose text is buf[start:end] (read in place: this runs for every
         query): the bytes to send instead, or None."""
         self.statements.pop("", None)  # a simple query replaces the unnamed statement
+        self.shapes.pop("", None)
         if end > start and not _MAYBE_DROP.match(buf, start):
             return None  # only DEALLOCATE / DISCARD concern us
         return self._rewrite_query(messages.decode_query(buf[start:end]), server)
@@ -337,6 +514,7 @@ class ClientStatements:
     def _rewrite_query(self, sql: str, server: ServerStatements) -> bytes | None:
         if _DROP_ALL.match(sql):
             self.statements.clear()
+            self.shapes.clear()
             server.forget_all()
             return None
         match = _DEALLOCATE.match(sql)
@@ -345,6 +523,7 @@ class ClientStatements:
         name = match[1]
         name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
         statement = self.statements.pop(name, None)
+        self.shapes.pop(name, None)
         if statement is None:
             return None  # not one of ours (SQL-level PREPARE): the server decides
         if server.has(statement.server_name):

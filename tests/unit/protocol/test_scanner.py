@@ -85,3 +85,17 @@ def test_oversized_wanted_body_is_reported_without_body():
 def test_bad_lengths_are_errors(length):
     with pytest.raises(StreamError):
         MessageScanner(WANTED).feed(b"Q" + struct.pack("!i", length))
+
+
+def test_partial_len_covers_an_incomplete_message_that_may_be_wanted():
+    wanted_message = msg("T", b"x" * 20)
+    scanner = MessageScanner({ord("T")})
+    scanner.feed(msg("Z", b"I") + wanted_message[:3])  # a header cut short
+    assert scanner.partial_len == 3
+    scanner.feed(wanted_message[3:12])  # header whole, body being collected
+    assert scanner.partial_len == 12
+    scanner.feed(wanted_message[12:])
+    assert scanner.partial_len == 0
+    unwanted = msg("D", b"y" * 20)
+    scanner.feed(unwanted[:10])  # an unwanted body is skipped, never held back
+    assert scanner.partial_len == 0

@@ -13,6 +13,7 @@ from pooler.server.prepared import (
     _cached_parse,
     _cached_statement,
     server_name,
+    shape_of,
 )
 from pooler.server.stats import RouteStats as Counters
 
@@ -29,6 +30,11 @@ def rewrite(client: ClientStatements, message: bytes, server: ServerStatements):
     return client.rewrite(msg_type, payload, server)
 
 
+def prepared(name: str, query: str, types=()) -> list[tuple[int, bytes]]:
+    """A Parse of the server's copy and the Describe that records its shape."""
+    return iter_messages(build.parse(name, query, types) + build.describe("S", name))
+
+
 def test_same_query_gets_the_same_server_name():
     assert server_name("select $1", (23,)) == server_name("select $1", (23,))
     assert server_name("select $1", (23,)) != server_name("select $1", (25,))
@@ -41,7 +47,7 @@ def test_first_parse_is_renamed_and_later_clients_reuse_it():
     a, b = ClientStatements(counters, KNOWN), ClientStatements(counters, KNOWN)
     sent = rewrite(a, build.parse("s1", "select $1", [23]), server)
     name = server_name("select $1", (23,))
-    assert iter_messages(sent) == iter_messages(build.parse(name, "select $1", [23]))
+    assert iter_messages(sent) == prepared(name, "select $1", [23])
     # another client, same text, other name: the server already has it
     sent = rewrite(b, build.parse("other", "select $1", [23]), server)
     assert iter_messages(sent) == iter_messages(build.parse("", ""))
@@ -56,9 +62,12 @@ def test_bind_on_a_server_without_the_statement_injects_a_parse_and_swallows_its
     sent = rewrite(client, build.bind("", "s1"), second)  # the client moved to `second`
     name = server_name("select 1", ())
     kinds = [m for m, _ in iter_messages(sent)]
-    assert kinds == [messages.PARSE, messages.BIND]
-    assert messages.decode_bind(iter_messages(sent)[1][1]).statement == name
+    assert kinds == [messages.PARSE, messages.DESCRIBE, messages.BIND]
+    assert messages.decode_bind(iter_messages(sent)[2][1]).statement == name
     assert second.on_parse_complete() is False  # the injected Parse's answer is dropped
+    assert second.on_parameter_description() is False  # and its Describe's
+    assert second.on_shape(b"shape") == (False, None)
+    assert second.names[name] == b"shape"
     assert counters.binds == 1
 
 
@@ -80,8 +89,7 @@ def test_failed_parse_does_not_poison_the_server_table():
     server.on_ready()  # ErrorResponse then ReadyForQuery: no ParseComplete came
     assert not server.has(server_name("selec 1", ()))
     sent = rewrite(client, build.parse("bad", "selec 1"), server)
-    assert body(sent)[0] == messages.PARSE
-    assert messages.decode_parse(body(sent)[1]).name == server_name("selec 1", ())
+    assert iter_messages(sent) == prepared(server_name("selec 1", ()), "selec 1")
 
 
 def test_unnamed_statements_are_cached_on_the_server():
@@ -91,7 +99,7 @@ def test_unnamed_statements_are_cached_on_the_server():
     # first time: prepared on the server under the shared name; its ParseComplete is the
     # client's; the Bind of the unnamed statement goes to the shared one
     sent = rewrite(client, build.parse("", "select $1", [23]), server)
-    assert iter_messages(sent) == iter_messages(build.parse(name, "select $1", [23]))
+    assert iter_messages(sent) == prepared(name, "select $1", [23])
     assert server.on_parse_complete() is True
     sent = rewrite(client, build.bind("", "", params=[b"1"]), server)
     assert messages.decode_bind(body(sent)[1]).statement == name
@@ -160,19 +168,17 @@ def test_long_query_texts_are_renamed_without_being_memoised():
     before = (_cached_parse.cache_info().currsize, _cached_statement.cache_info().currsize)
     client = ClientStatements(Counters(), KNOWN)
     sent = rewrite(client, build.parse("long", text), ServerStatements())
-    [(kind, payload)] = iter_messages(sent)
-    assert kind == messages.PARSE
-    assert messages.decode_parse(payload).name == server_name(text, ())
+    assert iter_messages(sent) == prepared(server_name(text, ()), text)
     assert (_cached_parse.cache_info().currsize, _cached_statement.cache_info().currsize) == before
 
 
-T, E_ = ord("T"), ord("E")
+T, B = ord("T"), ord("B")
 
 
 def _prepared_in(server: ServerStatements, client: ClientStatements, status: bytes) -> str:
     """A client Parse+Sync answered ParseComplete+ReadyForQuery(status): the server name."""
     out = rewrite(client, build.parse("", "insert into t values ($1::ty[])"), server)
-    name = messages.decode_parse(body(out)[1]).name
+    name = messages.decode_parse(iter_messages(out)[0][1]).name
     server.sent_sync()
     assert server.on_parse_complete() is True
     server.on_ready(status[0])
@@ -239,3 +245,72 @@ def test_the_head_of_a_streamed_bind_needs_its_names():
     client, server = ClientStatements(Counters(), KnownStatements()), ServerStatements()
     with pytest.raises(ProtocolError):
         client.rewrite_bind_head(b"portal\0" + b"s" * 100, 50_000, server)
+
+
+def _described(client: ClientStatements, server: ServerStatements, name: str, shape: bytes):
+    """The client prepares `name` (select * from t) on `server` and is described `shape`."""
+    rewrite(client, build.parse(name, "select * from t"), server)
+    rewrite(client, build.describe("S", name), server)
+    server.sent_sync()
+    assert server.on_parse_complete() is True
+    assert server.on_parameter_description() is False  # the pooler's own Describe
+    assert server.on_shape(shape) == (False, None)
+    assert server.on_parameter_description() is True  # the client's
+    assert server.on_shape(shape) == (True, None)
+    server.on_ready()
+    assert client.shapes[name] == shape
+
+
+def test_a_client_that_knows_its_shape_gets_a_checked_copy_elsewhere():
+    client = ClientStatements(Counters(), KNOWN)
+    first, second = ServerStatements(), ServerStatements()
+    _described(client, first, "s1", b"two columns")
+    name = server_name("select * from t", ())
+    sent = rewrite(client, build.bind("", "s1"), second)
+    kinds = [m for m, _ in iter_messages(sent)]
+    assert kinds == [messages.PARSE, messages.DESCRIBE, messages.FLUSH, messages.BIND]
+    # everything from the Bind on waits for the check
+    assert messages.decode_bind(body(sent[second.hold_at :])[1]).statement == name
+    assert second.on_parse_complete() is False
+    assert second.on_parameter_description() is False
+    assert second.on_shape(b"two columns") == (False, True)  # the same shape: go on
+    assert second.names[name] == b"two columns"
+    second.hold_at = 0
+    assert rewrite(client, build.bind("", "s1"), second) is not None
+    assert second.hold_at == 0  # the copy is known to fit now: no check
+
+
+def test_a_copy_of_another_shape_is_prepared_again_and_the_check_fails():
+    client = ClientStatements(Counters(), KNOWN)
+    first, second = ServerStatements(), ServerStatements()
+    _described(client, first, "s1", b"two columns")
+    other = ClientStatements(Counters(), KNOWN)
+    _described(other, second, "x", b"three columns")  # a schema change in between
+    sent = rewrite(client, build.bind("", "s1"), second)
+    kinds = [m for m, _ in iter_messages(sent)]
+    assert kinds == [messages.CLOSE, messages.PARSE, messages.DESCRIBE, messages.FLUSH, B]
+    assert second.on_close_complete() is False
+    assert second.on_parse_complete() is False
+    assert second.on_parameter_description() is False
+    assert second.on_shape(b"three columns") == (False, False)  # fails in place
+
+
+def test_an_error_voids_the_checks_of_its_batch():
+    client = ClientStatements(Counters(), KNOWN)
+    first, second = ServerStatements(), ServerStatements()
+    _described(client, first, "s1", b"two columns")
+    rewrite(client, build.bind("", "s1"), second)
+    second.sent_sync()
+    assert second.void_checks() == 1  # the server skips the check up to the Sync
+    assert second.void_checks() == 0
+    second.on_ready()
+    assert not second.watching
+
+
+def test_shape_ignores_the_columns_table_and_attribute_number():
+    def row_description(table_oid: int) -> bytes:
+        column = b"a\0" + table_oid.to_bytes(4) + (2).to_bytes(2) + (23).to_bytes(4)
+        return (1).to_bytes(2) + column + (4).to_bytes(2) + (-1).to_bytes(4, signed=True) + b"\0\0"
+
+    assert shape_of(row_description(16384)) == shape_of(row_description(99999))
+    assert shape_of(row_description(1)) != shape_of(row_description(1).replace(b"a\0", b"b\0"))
