@@ -158,7 +158,8 @@ class ClientConnection(asyncio.Protocol):
         self.paused = False
         self.writing_paused = False  # the client's transport is full (pause_writing)
         self.closing = False
-        self.waiting_login = False  # waits for a server during login (counts as cl_waiting)
+        self.waiting_login = False  # waits for a server during login (see waiting_since)
+        self.asked_at = 0.0  # when it last asked for a server (monotonic; see waiting_since)
         self.connected_at = time.monotonic()
         self.last_activity = self.connected_at
         self.log_ctx = LogContext(client_id=self.id)
@@ -483,6 +484,7 @@ class ClientConnection(asyncio.Protocol):
         """A server during login (session pool, or a route's first login, which learns the
         server's parameters); meanwhile the client counts as waiting, as in pgbouncer."""
         self.waiting_login = True
+        self.asked_at = time.monotonic()
         try:
             return await route.acquire(self.backend_password(), self.fallback_storages())
         finally:
@@ -644,6 +646,8 @@ class ClientConnection(asyncio.Protocol):
                 return  # (_answer_locally declines at once unless Parses and Syncs only)
             if self._attach_idle(data):
                 return
+        if not self.queued:
+            self.asked_at = self.last_activity  # (later bytes do not restart the wait)
         self.queued.append(data)
         self.queued_bytes += len(data)
         if self._attach_task is not None or self._handoff is not None:
@@ -658,6 +662,15 @@ class ClientConnection(asyncio.Protocol):
             self.pause_reading()
         if not self._wait_without_task():
             self._attach_task = self.worker.spawn(self._attach(), f"attach {self.id}")
+
+    @property
+    def waiting_since(self) -> float | None:
+        """When this client asked for a server it has not got yet; None when it is not
+        waiting. The one definition of waiting: cl_waiting and maxwait (SHOW POOLS, /metrics,
+        the dashboard) and the `waiting` state and wait of SHOW CLIENTS all come from it."""
+        if self.server is None and not self.closing and (self.queued or self.waiting_login):
+            return self.asked_at
+        return None
 
     def _attach_idle(self, data: bytes) -> bool:
         """The fast path: an idle server that needs no preparation is linked at once."""

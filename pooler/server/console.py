@@ -160,14 +160,14 @@ def client_rows(worker: Worker) -> list[tuple[Any, ...]]:
     now_mono, now_wall = time.monotonic(), time.time()
     rows = []
     for c in worker.clients:
-        if c.state not in ("ready", "console") or c.closing:
+        since = c.waiting_since  # (a login waiting for a server is listed too)
+        if c.closing or (c.state not in ("ready", "console") and since is None):
             continue
         server = c.server
-        waiting = server is None and bool(c.queued)
         state = "active" if server is not None or c.state == "console" else "idle"
-        if waiting:
+        if since is not None:
             state = "waiting"
-        waited = now_mono - c.last_activity if waiting else 0.0
+        waited = now_mono - since if since is not None else 0.0
         addr, port = c.peer if c.peer else ("unix", 0)
         local_addr, local_port = _sock(c.transport, "sockname")
         rows.append(

@@ -373,6 +373,7 @@ class Worker:
         """Gauges and counters of this worker, per route (sent to the supervisor)."""
         now = time.monotonic()
         per_route: dict[RouteKey, dict[str, int]] = {}
+        oldest_wait: dict[RouteKey, float] = {}  # per route: the longest waiting client's ask
         held = 0  # bytes held for clients: partial messages, input queued for a server
         for client in self.clients:
             held += client.splitter.pending + client.queued_bytes + len(client.buf)
@@ -380,20 +381,15 @@ class Worker:
             if route is None:
                 continue
             gauges = per_route.setdefault(route.key, {"cl_active": 0, "cl_waiting": 0})
+            since = client.waiting_since
             if client.server is not None:
                 gauges["cl_active"] += 1
-            elif client.queued or client.waiting_login:
+            elif since is not None:
                 gauges["cl_waiting"] += 1
+                oldest_wait[route.key] = min(oldest_wait.get(route.key, now), since)
         routes = []
         for key, route in self.routes.items():
-            oldest = min(
-                (
-                    c.last_activity
-                    for c in self.clients
-                    if c.route is route and c.queued and c.server is None
-                ),
-                default=now,
-            )
+            oldest = oldest_wait.get(key, now)
             database, user = route_names(route.rule, route.backend_db, route.backend_user)
             routes.append(
                 {

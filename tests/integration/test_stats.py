@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
 import threading
 import time
 import urllib.request
 
 import psycopg
-from harness import free_port, make_config, release_port, route, wait_until
+from harness import HOST, free_port, make_config, release_port, route, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 LINE = re.compile(
@@ -171,4 +173,135 @@ def test_routes_on_one_backend_have_one_name_each_everywhere(pooler):
         p.wait_for_log(r"\[bench_t\.postgres\] ", since=since)
         p.wait_for_log(r"\[bench_s\.postgres\] ", since=since)
     finally:
+        release_port(port)
+
+
+def _query(sql: str) -> bytes:
+    body = sql.encode() + b"\0"
+    return b"Q" + (len(body) + 4).to_bytes(4, "big") + body
+
+
+def test_waiting_means_the_same_everywhere_and_matches_pg_stat_activity(pooler, pg):
+    """One definition of waiting (issue 17): a client that asked for a server and has none.
+    With pgbench running through the pooler, two transaction-pool servers held in open
+    transactions and three clients asking for one (one of them sending its query in two
+    pieces), plus a session-pool login waiting for its server: SHOW POOLS, SHOW CLIENTS,
+    /metrics and the dashboard's pools agree, and pg_stat_activity shows the held servers and
+    no backend for a waiting query."""
+    from wire import control, read_until, startup_packet
+
+    port = free_port()
+    cfg = make_config(
+        [
+            route("t", "default", pool="transaction", pool_size=2, storage_db="p0"),
+            route("s", "default", pool="session", pool_size=1, storage_db="p0"),
+            route("bench", "default", pool="transaction", pool_size=4, storage_db="p0"),
+        ],
+        stats_interval=1,
+        promhttp_server_port=port,
+        log_session=False,
+    )
+    p = pooler(cfg)
+    pgbench = [pg.binary("pgbench"), "-h", HOST, "-p", str(p.port), "-U", "postgres", "-n"]
+    bench = subprocess.Popen(
+        [*pgbench, "-S", "-c", "4", "-T", "300", "bench"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    holders = [p.connect("t", autocommit=False) for _ in range(2)]
+    session_holder = p.connect("s")
+    waiters: list[socket.socket] = []
+    try:
+        for conn in holders:
+            conn.execute("select 'held'")  # a transaction stays open: the server is held
+        for n in range(3):
+            sock = socket.create_connection((HOST, p.port))
+            waiters.append(sock)
+            sock.sendall(startup_packet(database="t"))
+            read_until(sock, b"Z")
+            query = _query(f"select 'waited {n}'")
+            sock.sendall(query[:3] if n == 0 else query)  # the first one in two pieces
+        login = socket.create_connection((HOST, p.port))
+        waiters.append(login)
+        login.sendall(startup_packet(database="s"))  # its login waits for the held server
+
+        with p.connect("console", "admin") as console:
+
+            def rows(command):
+                cur = console.execute(command, prepare=False)
+                names = [c.name for c in cur.description]
+                return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+            def pool(database):
+                return next((r for r in rows("SHOW POOLS") if r["database"] == database), {})
+
+            wait_until(
+                lambda: pool("t").get("cl_waiting") == 3 and pool("s").get("cl_waiting") == 1
+            )
+            t, s = pool("t"), pool("s")
+            assert (t["cl_active"], t["sv_active"], t["sv_idle"]) == (2, 2, 0)
+            assert (s["cl_active"], s["sv_active"], s["sv_idle"]) == (1, 1, 0)
+            assert t["maxwait"] * 1_000_000 + t["maxwait_us"] > 0
+            assert s["maxwait"] * 1_000_000 + s["maxwait_us"] > 0
+
+            clients = rows("SHOW CLIENTS")
+            clients = [c for c in clients if c["database"] in ("s", "t")]  # (not pgbench's)
+            waiting = sorted(c["database"] for c in clients if c["state"] == "waiting")
+            assert waiting == ["s", "t", "t", "t"], clients
+            assert all(
+                c["wait"] * 1_000_000 + c["wait_us"] > 0 for c in clients if c["state"] == "waiting"
+            )
+
+            def families():
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+                return {f.name: f for f in text_string_to_metric_families(text)}
+
+            gauge = {
+                s.labels["database"]: s.value
+                for s in families()["odyssey_client_pool_waiting_route"].samples
+            }
+            assert (gauge["t"], gauge["s"]) == (3, 1)
+            pools = {x.database: x for x in control(p, "pools")}
+            assert (pools["t"].cl_waiting, pools["s"].cl_waiting) == (3, 1)
+            assert pools["t"].maxwait_us > 0 and pools["s"].maxwait_us > 0
+
+            activity = pg.psql(
+                "select state, query from pg_stat_activity where datname = 'p0' "
+                "and backend_type = 'client backend' and query like 'select ''%'"
+            )
+            assert activity.count("idle in transaction|select 'held'") == 2, activity
+            assert "waited" not in activity, activity
+
+            # more bytes of a waiting client do not restart its wait
+            first = waiters[0].getsockname()[1]
+
+            def wait_of_first():
+                row = next(c for c in rows("SHOW CLIENTS") if c["port"] == first)
+                return row["wait"] * 1_000_000 + row["wait_us"]
+
+            before = wait_until(lambda: (w := wait_of_first()) >= 200_000 and w)
+            waiters[0].sendall(_query("select 'waited 0'")[3:])
+            assert wait_of_first() >= before
+
+            # the servers come back: nobody waits, anywhere
+            for conn in holders:
+                conn.commit()
+            session_holder.close()
+            for sock in waiters:
+                read_until(sock, b"Z")
+            wait_until(lambda: pool("t")["cl_waiting"] == 0 and pool("s")["cl_waiting"] == 0)
+            assert not [
+                c
+                for c in rows("SHOW CLIENTS")
+                if c["state"] == "waiting" and c["database"] != "bench"
+            ]
+    finally:
+        for sock in waiters:
+            sock.close()
+        for conn in holders:
+            conn.close()
+        session_holder.close()
+        bench.terminate()
+        bench.wait()
         release_port(port)
