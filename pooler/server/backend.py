@@ -54,6 +54,7 @@ RELAY_WANTED_WATCH = RELAY_WANTED_PREPARED | {
     C,
 }
 MAX_STATEMENTS = 1000  # per server connection; the least recently used go beyond that
+TERMINATE_WAIT = 5.0  # seconds a closing server has to end its session before it is cut
 INTERNAL_WANTED = frozenset(ord(c) for c in "RSKZENCTDGHIAn123st")
 
 SMART_DISCARD = (
@@ -91,6 +92,12 @@ def _edited(data: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
         at = end
     pieces.append(data[at:])
     return b"".join(pieces)
+
+
+def _cut(transport: asyncio.Transport) -> None:
+    """A closing server did not end its session in time."""
+    if not transport.is_closing():
+        transport.abort()
 
 
 class ServerConnection(asyncio.Protocol):
@@ -182,6 +189,8 @@ class ServerConnection(asyncio.Protocol):
             self.client.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return  # closing: Terminate sent, waiting for the server to go
         try:
             events = self.scanner.feed(data)
         except StreamError as exc:
@@ -337,9 +346,17 @@ class ServerConnection(asyncio.Protocol):
         self.transport.write(data)
 
     def close(self) -> None:
-        if not self.closed and self.transport is not None:
+        transport = self.transport
+        if not self.closed and transport is not None:
             self.closed = True
-            self.transport.close()
+            if self.holds_slot and not transport.is_closing():
+                # Terminate: PostgreSQL ends the session (after a query it runs) and closes
+                # its end once the backend is gone; only then (connection_lost) is the slot
+                # returned, so a route never has more backends than pool_size.
+                transport.write(build.TERMINATE)
+                asyncio.get_running_loop().call_later(TERMINATE_WAIT, _cut, transport)
+            else:
+                transport.close()
             self._wake()
 
     def log_context(self) -> LogContext:

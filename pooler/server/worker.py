@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 def between_transactions(client: ClientConnection) -> bool:
     """Nothing of the client's is in flight: no transaction open, no query sent and waiting
     for a server (closing it now cuts nothing)."""
-    if client.queued:
-        return False
+    if client.queued or client.state not in ("ready", "console"):
+        return False  # a query waits for a server, or the login is not over
     server = client.server
     return server is None or (server.status == IDLE and server.pending == 0)
 
@@ -119,8 +119,9 @@ class Worker:
             self._retiring = self.spawn(self._retire(), "retire")
 
     def stay(self) -> None:
-        """`workers` grew again before this retiring worker was gone: it goes on serving."""
-        if self._retiring is not None:
+        """`workers` grew again before this retiring worker was gone: it goes on serving
+        (unless it stopped accepting already: it exits, and the supervisor starts another)."""
+        if self._retiring is not None and self._servers:
             self._retiring.cancel()
             self._retiring = None
             log.info("supervisor", f"worker {self.index} stays")
@@ -128,12 +129,16 @@ class Worker:
     async def _retire(self) -> None:
         timeout_ms = self.config.graceful_shutdown_timeout_ms
         deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
-        while self.clients or self._connections_queued():
-            await asyncio.sleep(0.05)
-            if deadline is not None and time.monotonic() > deadline:
-                for client in list(self.clients):
-                    if between_transactions(client):
-                        client.fatal("08006", "pooler is shutting down")
+        while True:
+            while self.clients or self._connections_queued():
+                await asyncio.sleep(0.05)
+                if deadline is not None and time.monotonic() > deadline:
+                    for client in list(self.clients):
+                        if between_transactions(client):
+                            client.fatal("08006", "pooler is shutting down")
+            await self.stop_accepting()
+            if not self.clients:
+                break  # (one accepted meanwhile is served out too)
         log.info("supervisor", f"worker {self.index} retired")
         self.link.retired()
 

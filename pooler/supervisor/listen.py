@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import socket
 import struct
 
@@ -101,3 +102,9 @@ def steer(per_worker: list[Bound], serving: list[int]) -> bool:
         except OSError:
             ok = False
     return ok
+
+
+def queued(bound: Bound) -> bool:
+    """Are connections waiting in these (TCP) sockets for a worker to accept them?"""
+    socks = [sock for _, sock in bound if sock.family != socket.AF_UNIX]
+    return bool(socks and select.select(socks, [], [], 0)[0])

@@ -40,7 +40,7 @@ from pooler.ipc import Channel, Message
 from pooler.logs import log
 from pooler.protocol import build
 from pooler.supervisor import views
-from pooler.supervisor.listen import Bound, bind_listeners, describe, steer
+from pooler.supervisor.listen import Bound, bind_listeners, describe, queued, steer
 from pooler.supervisor.notify import notify, reloading
 from pooler.supervisor.reload import Outcome, Reloader, file_hash
 from pooler.supervisor.slots import Action, Grant, Shed, SlotBroker
@@ -167,6 +167,8 @@ class Supervisor:
         handle.paused_at_start = self.paused_state()
         channel.send("config", self.config, listens, self.reloader.births, handle.paused_at_start)
         handle.process, handle.channel = process, channel
+        if handle.retiring:
+            channel.send("retire")
         handle.generation = None
         handle.started_at = time.time()
         log.info("supervisor", f"worker {index} started, pid {process.pid}")
@@ -193,14 +195,19 @@ class Supervisor:
             ),
             f"drain worker {handle.index}",
         )
-        if self.stopping or handle.retiring:
+        if self.stopping or (handle.retiring and not queued(self.sockets[handle.index])):
             self.workers.pop(handle.index, None)
             if not self.workers and self._done is not None:
                 self._done.set()
             return
         handle.restarts += 1
         handle.snapshot = {}
-        log.error("supervisor", f"worker {handle.index} exited with {code}, restarting")
+        if handle.retiring:  # (killed) with logins queued in its socket: one to accept them
+            log.error(
+                "supervisor", f"retiring worker {handle.index} exited with {code}, restarting"
+            )
+        else:
+            log.error("supervisor", f"worker {handle.index} exited with {code}, restarting")
         await asyncio.sleep(RESTART_DELAY)
         if not self.stopping:
             await self.start_worker(handle.index)

@@ -3,7 +3,7 @@
 `READY=1` once every worker serves, `RELOADING=1` (with `MONOTONIC_USEC`) when a reload
 starts and `READY=1` again when it is applied, `STOPPING=1` on shutdown. Without
 `NOTIFY_SOCKET` (not started by systemd) nothing is sent. A name starting with `@` is in the
-abstract namespace. Failures are ignored: readiness reporting never stops the pooler.
+abstract namespace. Failures (a full receiver included) are ignored: readiness reporting never stops the pooler.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ def notify(*states: str) -> bool:
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.setblocking(False)  # a receiver that does not read never blocks the pooler
             sock.sendto("\n".join(states).encode(), address)
     except OSError:
         return False
