@@ -166,6 +166,7 @@ class ClientConnection(asyncio.Protocol):
         self.intercepts = False  # some simple queries are answered or rewritten (virtual.py)
         self.tsa_hint: str | None = None  # SET odyssey.target_session_attrs
         self.pinned = False  # ran LISTEN under pool_pin_on_listen: keeps its server
+        self._routing = False  # holds one of the worker's client_max_routing places
         self._wait_timer: asyncio.TimerHandle | None = None  # pool_notice_after_waiting_ms
         self._wait_started = 0.0
         self._wait_noticed = False  # "waiting for free backend connection" was sent
@@ -377,6 +378,25 @@ class ClientConnection(asyncio.Protocol):
             self._connect_failed(exc)
         except (ServerGone, BackendError) as exc:
             self.fatal("08006", f"server login failed: {exc}")
+        finally:
+            self._leave_routing()
+
+    async def _enter_routing(self) -> None:
+        """client_max_routing: logins between their startup packet and the end of routing
+        (authentication included) at once; more wait their turn (odyssey stops accepting
+        meanwhile). A client that has not sent its whole startup packet holds no place."""
+        gate = self.worker.routing_gate
+        if gate is None:
+            return
+        if gate.locked():
+            log.info("client_max_routing", "client is waiting in routing queue", self.log_ctx)
+        await gate.acquire()
+        self._routing = True
+
+    def _leave_routing(self) -> None:
+        if self._routing and self.worker.routing_gate is not None:
+            self._routing = False
+            self.worker.routing_gate.release()
 
     async def _login_steps(self) -> None:
         tls = False
@@ -398,6 +418,7 @@ class ClientConnection(asyncio.Protocol):
                 return
             assert isinstance(message, StartupPacket)
             break
+        await self._enter_routing()
         if not tls and tls_support.listen_requires_tls(self.listen, self.unix):
             raise LoginRefused("08P01", "SSL is required")  # odyssey's words
         if message.minor_version > 0 or message.protocol_options:
@@ -437,6 +458,7 @@ class ClientConnection(asyncio.Protocol):
                 "startup", f"route '{self.database}.{self.user}' to '{rule.name}'", self.log_ctx
             )
         await self._authenticate(rule)
+        self._leave_routing()
         storage = self.worker.storage_of(rule)
         if storage.type == "local":
             await self.worker.console_login(self, rule)

@@ -59,6 +59,12 @@ class Worker:
         self.slots = link.slots
         self.router = Router(config.rules, config.sequential_routing)
         self.tcp_options = TcpOptions.of(config)  # of every client and server socket
+        # client_max_routing, this worker's share (sized at start, as in odyssey); unset (0):
+        # no limit (odyssey's 64 per worker would let stalled logins hold up everyone's)
+        routing = config.client_max_routing
+        self.routing_gate = (
+            asyncio.Semaphore(max(1, routing // max(1, config.workers))) if routing > 0 else None
+        )
         self.routes: dict[RouteKey, Route] = {}
         self.clients: set[ClientConnection] = set()
         self.cancel_keys: dict[int, ClientConnection] = {}

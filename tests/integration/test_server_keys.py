@@ -1,12 +1,14 @@
-"""Global keys about server connections: server_login_retry."""
+"""Global keys about logins and server connections: server_login_retry, client_max_routing."""
 
 from __future__ import annotations
 
+import socket
 import threading
 
 import psycopg
 import pytest
 from harness import HOST, make_config, route
+from wire import read_until, startup_packet
 
 from pooler.pgcluster import conninfo
 
@@ -62,3 +64,28 @@ def test_without_pool_timeout_the_refusal_reaches_the_client(pooler, pg, one_con
         pytest.raises(psycopg.OperationalError, match="too many connections"),
     ):
         p.connect("p0", user)
+
+
+def test_client_max_routing_queues_logins_beyond_it(pooler):
+    """client_max_routing 1: while one client sits in authentication, the next login waits in
+    the routing queue (odyssey's log line) and goes on when the first is through."""
+    p = pooler(
+        make_config(
+            [
+                route("p0", "postgres"),
+                route("p1", "postgres", authentication="clear_text", password="pw"),
+            ],
+            client_max_routing=1,
+        )
+    )
+    slow = socket.create_connection((HOST, p.port), timeout=10)
+    slow.sendall(startup_packet("postgres", "p1"))
+    assert read_until(slow, b"R")[-1][0] == ord("R")  # asked for a password: in routing
+    done: list[object] = []
+    thread = threading.Thread(target=lambda: done.append(p.sql("select 1", dbname="p0")))
+    thread.start()
+    p.wait_for_log(r"\(client_max_routing\) client is waiting in routing queue")
+    assert not done
+    slow.close()  # its place frees
+    thread.join(10)
+    assert done == [[(1,)]]
