@@ -129,3 +129,42 @@ def test_startup_report_measures_launch_to_first_frame_and_live_numbers(pooler):
     frame, live = float(found[1]), float(found[2])
     assert 0 < frame <= live
     print(f"\nstart-up: first frame {frame:.2f} s, first live numbers {live:.2f} s")
+
+
+async def test_pools_pane_names_routes_as_clients_ask_for_them(pooler):
+    """Two routes on one backend database (a session and a transaction route to p0): the
+    Pools pane shows each by the database its clients ask for, not `p0.postgres*` twice."""
+    from harness import SERVE_COMMAND, make_config, route, wait_until
+    from helpers import cell_texts
+
+    p = pooler(
+        make_config(
+            [
+                route("bench_s", "default", pool="session", storage_db="p0"),
+                route("bench_t", "default", pool="transaction", pool_size=2, storage_db="p0"),
+            ],
+            stats_interval=1,
+        ),
+        command=(*SERVE_COMMAND, "--control", "{workdir}/ctl.sock"),
+        start=False,
+    )
+    p.command = [a.replace("{workdir}", str(p.workdir)) for a in p.command]
+    p.start()
+    path = p.workdir / "ctl.sock"
+    wait_until(path.exists)
+    for db in ("bench_s", "bench_t"):
+        p.sql("select 1", dbname=db)
+    app = build(path, watch_files=False)
+    app.animation_level = "none"
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.connected, what="connected")
+        await pilot.press("3")
+        table = app.query_one("#pools-table")
+
+        def routes():
+            return sorted(r[0] for r in cell_texts(table) if r[0].startswith("bench"))
+
+        await until(pilot, lambda: len(routes()) == 2, what="both routes")
+        assert routes() == ["bench_s.postgres", "bench_t.postgres"]
+        spark = str(app.query_one("#pools-spark-label").render())
+        assert "server postgres@p0" in spark or "no route selected" in spark
