@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -108,7 +107,7 @@ class Route:
         self.clients = 0
         self.stats = RouteStats()
         self.server_params: dict[str, str] | None = None  # a login's ParameterStatus set
-        self._endpoints = itertools.cycle(storage.endpoints)
+        self._next_endpoint = 0  # round robin start
         self.mode = rule.pool
         self.reset_query = self._reset_query()
         # Named prepared statements are renamed and shared (transaction/statement pools).
@@ -341,10 +340,24 @@ class Route:
         return server
 
     def _endpoint_order(self) -> list[Endpoint]:
-        first = next(self._endpoints)
-        endpoints = list(self.storage.endpoints)
-        start = endpoints.index(first)
-        return endpoints[start:] + endpoints[:start]
+        """The storage's hosts in the order to try them (odyssey's balancing): round robin,
+        or with `balancing { method "leastconn" {} }` the host with the fewest servers of
+        this worker first (ties in round-robin order); hosts in the pooler's
+        `availability_zone` before the others unless `az_aware no`."""
+        storage = self.storage
+        endpoints = list(storage.endpoints)
+        if not endpoints:
+            return endpoints
+        start = self._next_endpoint % len(endpoints)
+        self._next_endpoint += 1
+        endpoints = endpoints[start:] + endpoints[:start]
+        if storage.balancing_method.lower() == "leastconn" and len(endpoints) > 1:
+            counts = self.worker.servers_per_endpoint()
+            endpoints.sort(key=lambda endpoint: counts.get(endpoint, 0))
+        zone = self.worker.config.availability_zone
+        if zone and storage.balancing_az_aware:
+            endpoints.sort(key=lambda endpoint: endpoint.availability_zone != zone)
+        return endpoints
 
     async def _connect_to(
         self, endpoint: Endpoint, password: Secret, storage: Storage

@@ -291,6 +291,14 @@ class Worker:
             self.routes[key] = route
         return route
 
+    def servers_per_endpoint(self) -> dict[Endpoint, int]:
+        """Open server connections of this worker by host (leastconn balancing)."""
+        counts: dict[Endpoint, int] = {}
+        for route in self.routes.values():
+            for server in (*route.idle, *route.busy):
+                counts[server.endpoint] = counts.get(server.endpoint, 0) + 1
+        return counts
+
     async def auth_query_password(self, rule: Rule, user: str) -> str | None:
         """The password (or secret) of `user` as the rule's auth_query returns it, looked up
         through an internal connection as auth_query_user@auth_query_db; cached briefly."""

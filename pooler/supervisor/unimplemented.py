@@ -10,7 +10,7 @@ from pooler.config import Config
 
 GLOBAL = frozenset(
     {
-        "priority", "locks_dir", "external_auth_socket_path", "availability_zone",
+        "priority", "locks_dir", "external_auth_socket_path",
         "log_async", "log_queue_depth",
         "log_general_stats_prom", "log_route_stats_prom", "resolvers", "readahead",
         "cache_coroutine", "cache_msg_gc_size", "coroutine_stack_size",
@@ -33,7 +33,7 @@ ROUTE = frozenset(
     }
 )  # fmt: skip
 LISTEN = frozenset({"catchup_timeout", "balancing_method", "compression"})
-STORAGE = frozenset({"server_max_routing", "watchdog", "balancing"})
+STORAGE = frozenset({"server_max_routing", "watchdog"})
 
 
 def unimplemented(config: Config) -> list[str]:
@@ -54,6 +54,8 @@ def unimplemented(config: Config) -> list[str]:
         found.update(f"storage.{key}" for key in storage.key_pos if key in STORAGE)
         if storage.watchdog is not None:
             found.add("storage.watchdog")
+        if storage.show_notice_messages:
+            found.add("storage.balancing.show_notice_messages")
     for rule in config.rules:
         found.update(f"route.{key}" for key in rule.key_pos if key in ROUTE)
         if rule.group:
