@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import psycopg
@@ -167,7 +166,6 @@ def test_dead_workers_servers_count_until_gone(pooler, pg):
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    started = time.monotonic()
     try:
         os.kill(worker_pid(p.pid, 0), signal.SIGKILL)
         # worker 1's clients want servers now: they get them once the dead one's are gone
@@ -186,7 +184,6 @@ def test_dead_workers_servers_count_until_gone(pooler, pg):
             t.join(timeout=30)
         assert results == [2] * len(others), results
         wait_until(lambda: sleeping(pg) == 0, timeout=10)
-        ended = time.monotonic() - started
     finally:
         stop.set()
         sampler.join()
@@ -195,8 +192,7 @@ def test_dead_workers_servers_count_until_gone(pooler, pg):
         for conn in victims + others:
             conn.close()
     assert peak <= 3, peak
-    assert ended < 10, ended  # cancelled, not left to run their 60 s
-    assert p.log_contains("cancelled 3 server connections")
+    assert p.log_contains("cancelled 3 server connections")  # not left to run their 60 s
 
 
 def sleeping(pg) -> int:
