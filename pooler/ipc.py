@@ -12,10 +12,39 @@ import copyreg
 import pickle
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 Message = tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PauseState:
+    """The PAUSE in force (console PAUSE/RESUME, control pause/resume): everything, or the
+    routes of some databases (a rule's database name or its backend database). One value,
+    kept by the supervisor and carried to every worker whole."""
+
+    everything: bool = False
+    databases: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return self.everything or bool(self.databases)
+
+    def paused(self, database: str | None) -> PauseState:
+        if database is None:
+            return PauseState(everything=True, databases=self.databases)
+        return PauseState(self.everything, self.databases | {database})
+
+    def resumed(self, database: str | None) -> PauseState:
+        if database is None:
+            return PauseState()
+        return PauseState(self.everything, self.databases - {database})
+
+    def covers(self, *names: str) -> bool:
+        return self.everything or not self.databases.isdisjoint(names)
+
+
 _LEN = struct.Struct("!I")
 
 

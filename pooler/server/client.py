@@ -724,7 +724,7 @@ class ClientConnection(asyncio.Protocol):
         pool_size and paused routes take the task path."""
         route = self.route
         assert route is not None
-        if route.idle or not route.limited or "acquire" in vars(route):
+        if route.idle or not route.limited or route.paused:
             return False
         self._handoff = route.wait(self._handed)
         self._waiting()

@@ -20,10 +20,10 @@ from pooler.logs import log
 from pooler.protocol import build
 
 if TYPE_CHECKING:
-    from pooler.config import Rule, Storage
-    from pooler.server.backend import ServerConnection
+    from pooler.config import Rule
+    from pooler.ipc import PauseState
     from pooler.server.client import ClientConnection
-    from pooler.server.pool import Route, Secret
+    from pooler.server.pool import Route
     from pooler.server.worker import Worker
 
 OIDS = {"text": 25, "int4": 23, "int8": 20, "bool": 16, "timestamptz": 1184, "numeric": 1700}
@@ -267,81 +267,33 @@ def _matches(route: Route, db: str | None) -> bool:
 
 
 class AdminState:
-    """PAUSE/RESUME/RECONNECT of one worker, kept outside pool.py.
-
-    A paused route's `acquire` is shadowed by an instance attribute that waits for RESUME
-    (new routes are gated too, through a wrapper on the worker's `route_for`); idle servers
-    are closed at once and busy ones as soon as they come back idle (checked every 50 ms while
-    a pause or reconnect is pending). Nothing here runs per message.
-    """
+    """PAUSE/RESUME/RECONNECT of one worker. The PAUSE in force is one `PauseState` the
+    supervisor sends whole; `Worker.set_pause` pauses the routes it covers (`Route.pause`:
+    acquire waits for RESUME, idle servers close) and new routes are paused as they are
+    made. PAUSE returns once the paused routes hold no server: busy ones close as they come
+    back idle (checked every 50 ms while a pause or reconnect is pending). Nothing here runs
+    per message."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
-        self.paused_all = False
-        self.paused: set[str] = set()
-        self.changed = asyncio.Event()  # replaced by a fresh one at every RESUME
         self.doomed: set[str] = set()  # server ids to close when idle (RECONNECT)
         self._sweeper: asyncio.Task[None] | None = None
-        original = worker.route_for
 
-        def route_for(rule: Any, database: str, user: str) -> Route:
-            route = original(rule, database, user)
-            if self.is_paused(route):
-                self._gate(route)
-            return route
-
-        worker.route_for = route_for  # type: ignore[method-assign]
-
-    def is_paused(self, route: Route) -> bool:
-        return (
-            self.paused_all or route.backend_db in self.paused or route.rule.db_name in self.paused
-        )
-
-    def _gate(self, route: Route) -> None:
-        if "acquire" in vars(route):
-            return
-        original = type(route).acquire
-        admin = self
-
-        async def acquire(
-            password: Secret, fallbacks: tuple[Storage, ...] = ()
-        ) -> ServerConnection:
-            while admin.is_paused(route):
-                await admin.changed.wait()
-            return await original(route, password, fallbacks)
-
-        route.acquire = acquire  # type: ignore[method-assign]
-
-    async def pause(self, db: str | None) -> int:
-        if db is None:
-            self.paused_all = True
-        else:
-            self.paused.add(db)
-        for route in self.worker.routes.values():
-            if _matches(route, db):
-                self._gate(route)
+    async def pause(self, state: PauseState) -> int:
+        self.worker.set_pause(state)
         # wait until the paused routes hold no server (pgbouncer's PAUSE returns then)
         while True:
             left = 0
             for route in self.worker.routes.values():
-                if self.is_paused(route):
+                if route.paused:
                     route.close_all()
                     left += len(route.idle) + len(route.busy) + route.connecting
-            if left == 0 or not (self.paused_all or self.paused):
+            if left == 0:
                 return 0
             await asyncio.sleep(0.05)
 
-    def resume(self, db: str | None) -> None:
-        if db is None:
-            self.paused_all = False
-            self.paused.clear()
-        else:
-            self.paused.discard(db)
-        for route in self.worker.routes.values():
-            if not self.is_paused(route) and "acquire" in vars(route):
-                del route.acquire
-        changed, self.changed = self.changed, asyncio.Event()
-        changed.set()
+    def resume(self, state: PauseState) -> None:
+        self.worker.set_pause(state)
 
     def reconnect(self, db: str | None) -> int:
         count = 0
@@ -389,7 +341,7 @@ async def handle_ask(worker: Worker, what: str, args: tuple[Any, ...]) -> Any:
         return server_rows(worker)
     if what == "kill_client":
         return kill_client(worker, args[0])
-    if what == "pause":
+    if what == "pause":  # args[0]: the whole PauseState in force
         return await admin_state(worker).pause(args[0])
     if what == "resume":
         admin_state(worker).resume(args[0])

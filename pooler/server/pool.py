@@ -102,6 +102,7 @@ class Route:
         self._releasing = False  # a release is handing a server over (see `release`)
         self.slot_requested = False  # one slot request at a time goes to the supervisor
         self.opened: set[ServerConnection] = set()  # logged-in servers the supervisor knows
+        self._resumed: asyncio.Event | None = None  # while PAUSEd: set by RESUME
         self.shed_pending = 0  # slots the supervisor asked us to give back
         self.shed_spare = 0  # ... but only servers no client of ours waits for
         self.clients = 0
@@ -136,6 +137,22 @@ class Route:
         self.reset_query = self._reset_query()
 
     @property
+    def paused(self) -> bool:
+        return self._resumed is not None
+
+    def pause(self) -> None:
+        """PAUSE: no server is lent until `resume` (acquire waits; clients take the task
+        path); idle servers close now, busy ones as they come back (console.py)."""
+        if self._resumed is None:
+            self._resumed = asyncio.Event()
+        self.close_all()
+
+    def resume(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.set()
+
+    @property
     def name(self) -> str:
         return self.rule.name
 
@@ -157,6 +174,8 @@ class Route:
         `fallbacks`: storages to try, in order, when no host of the rule's storage can be
         reached (the client's listen `storage` list).
         """
+        while self._resumed is not None:  # PAUSE: nothing is lent until RESUME
+            await self._resumed.wait()
         started = time.monotonic()
         timeout_ms = self.rule.pool_timeout
         deadline = started + timeout_ms / 1000 if timeout_ms else None

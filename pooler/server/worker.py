@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pooler.config import Config, Endpoint, Listen, Rule, Storage
 from pooler.config.diff import RuleIdentity
+from pooler.ipc import PauseState
 from pooler.logs import log
 from pooler.protocol import build
 from pooler.server.auth_cache import AuthQueryCache
@@ -77,6 +78,7 @@ class Worker:
         self.auth_cache = AuthQueryCache()
         self.stopping = False
         self._retiring: asyncio.Task[None] | None = None
+        self.pause = PauseState()
         self._listening: list[socket.socket] = []
 
     # --- tasks ------------------------------------------------------------------------
@@ -289,6 +291,8 @@ class Worker:
         if route is None:
             route = Route(self, key, rule, self.storage_of(rule), backend_db, backend_user)
             self.routes[key] = route
+            if self.pause.covers(route.backend_db, rule.db_name):
+                route.pause()  # a PAUSE in force holds new routes too
         return route
 
     def servers_per_endpoint(self) -> dict[Endpoint, int]:
@@ -298,6 +302,16 @@ class Worker:
             for server in (*route.idle, *route.busy):
                 counts[server.endpoint] = counts.get(server.endpoint, 0) + 1
         return counts
+
+    def set_pause(self, pause: PauseState) -> None:
+        """The PAUSE in force changed (or this worker starts under one): pause the routes it
+        covers, resume the others."""
+        self.pause = pause
+        for route in self.routes.values():
+            if pause.covers(route.backend_db, route.rule.db_name):
+                route.pause()
+            else:
+                route.resume()
 
     async def auth_query_password(self, rule: Rule, user: str) -> str | None:
         """The password (or secret) of `user` as the rule's auth_query returns it, looked up

@@ -18,7 +18,7 @@ import uvloop
 
 from pooler import logs
 from pooler.config import Config, Listen
-from pooler.ipc import Channel, Message
+from pooler.ipc import Channel, Message, PauseState
 from pooler.logs import log
 from pooler.server.slots import SupervisorSlots
 from pooler.server.worker import Worker
@@ -36,7 +36,7 @@ class SupervisorLink:
         loop = asyncio.get_running_loop()
         # (config, listen sections, route births, the PAUSE state in force)
         self.first_config: asyncio.Future[
-            tuple[Config, list[Listen], dict[Any, int], set[str] | bool]
+            tuple[Config, list[Listen], dict[Any, int], PauseState]
         ] = loop.create_future()
         self.stop: asyncio.Future[bool] = loop.create_future()  # result: graceful?
         self.retire_when_started = False
@@ -83,7 +83,7 @@ class SupervisorLink:
         worker = self.worker
         if kind == "config":
             if not self.first_config.done():
-                paused = args[3] if len(args) > 3 else False
+                paused = args[3]
                 self.first_config.set_result((args[0], args[1], args[2], paused))
             elif worker is not None:
                 worker.apply_config(args[0], args[2])  # a reload: the sockets stay as they are
@@ -148,11 +148,7 @@ async def serve(index: int, ipc_fd: int, listen_fds: list[int]) -> int:
         log.error("worker", f"failed to open log file '{config.log_file}': {exc}")
     worker = Worker(config, index, link, births)
     link.worker = worker
-    if paused:  # started (or restarted) during a PAUSE: gated before the first client
-        from pooler.server.console import admin_state
-
-        for db in [None] if paused is True else sorted(paused):
-            await admin_state(worker).pause(db)
+    worker.set_pause(paused)  # started (or restarted) during a PAUSE: from its first client
     sockets = [
         (listen, socket.socket(fileno=fd)) for listen, fd in zip(listens, listen_fds, strict=True)
     ]

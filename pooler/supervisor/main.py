@@ -36,7 +36,7 @@ from pooler.control import schema
 from pooler.control.client import default_control_path
 from pooler.control.server import Connection, ControlServer
 from pooler.histogram import quantile
-from pooler.ipc import Channel, Message
+from pooler.ipc import Channel, Message, PauseState
 from pooler.logs import log
 from pooler.protocol import build
 from pooler.supervisor import views
@@ -67,7 +67,7 @@ class WorkerHandle:
     fresh: asyncio.Future[None] | None = None  # resolved by the next "stats" message
     cpu_ticks: tuple[float, int] | None = None  # (monotonic time, utime+stime ticks)
     cpu_percent: float = 0.0
-    paused_at_start: set[str] | bool = False  # the PAUSE state sent with its first config
+    paused_at_start: PauseState = field(default_factory=PauseState)  # sent with its config
     generation: int | None = None  # the config generation it serves (None: still starting)
     # its logged-in server connections, (route key, pid) -> (endpoint, secret): when it dies,
     # the supervisor cancels and waits them out before their slots count as free
@@ -122,8 +122,7 @@ class Supervisor:
         self.control: ControlServer | None = None
         self.reloader = Reloader(path, config, strict=strict)
         self.old_configs: dict[int, Config] = {}
-        self.paused_all = False
-        self.paused_dbs: set[str] = set()
+        self.pause = PauseState()  # the PAUSE in force, sent whole to the workers
         self._asks: dict[int, asyncio.Future[Any]] = {}
         self._next_ask = 0
         # stats window (every stats_interval): previous merged routes and when they were taken
@@ -164,7 +163,7 @@ class Supervisor:
         channel = Channel(lambda message: self._on_message(index, message), lambda: None)
         await loop.create_unix_connection(lambda: channel, sock=parent)
         # a PAUSE in force holds a (re)started worker too, from its first client on
-        handle.paused_at_start = self.paused_state()
+        handle.paused_at_start = self.pause
         channel.send("config", self.config, listens, self.reloader.births, handle.paused_at_start)
         handle.process, handle.channel = process, channel
         if handle.retiring:
@@ -268,7 +267,7 @@ class Supervisor:
         elif kind == "stats":
             handle = self.workers.get(index)
             if handle is not None:
-                if not handle.snapshot and handle.paused_at_start != self.paused_state():
+                if not handle.snapshot and handle.paused_at_start != self.pause:
                     # PAUSE/RESUME came while it started (ask_all skipped it): catch up
                     self._spawn(self._catch_up_pause(handle), "pause state")
                 handle.snapshot = args[0]
@@ -364,30 +363,26 @@ class Supervisor:
             await asyncio.wait(waits, timeout=timeout)
 
     async def admin_action(self, verb: str, db: str | None) -> None:
+        """PAUSE/RESUME change the one PauseState in force, sent whole to every worker
+        (PAUSE returns once their paused routes hold no server)."""
         if verb == "pause":
-            if db is None:
-                self.paused_all = True
-            else:
-                self.paused_dbs.add(db)
-            await self.ask_all("pause", db, timeout=3600)
+            self.pause = self.pause.paused(db)
+            await self.ask_all("pause", self.pause, timeout=3600)
         elif verb == "resume":
-            if db is None:
-                self.paused_all = False
-                self.paused_dbs.clear()
-            else:
-                self.paused_dbs.discard(db)
-            await self.ask_all("resume", db)
+            self.pause = self.pause.resumed(db)
+            await self.ask_all("resume", self.pause)
         elif verb == "reconnect":
             await self.ask_all("reconnect", db)
 
     async def _catch_up_pause(self, handle: WorkerHandle) -> None:
-        await self.ask(handle, "resume", None)
-        state = self.paused_state()
-        for db in [None] if isinstance(state, bool) else sorted(state):
-            await self.ask(handle, "pause", db, timeout=3600)
+        await self.ask(handle, "pause", self.pause, timeout=3600)
+
+    @property
+    def paused_all(self) -> bool:
+        return self.pause.everything
 
     def paused_state(self) -> set[str] | bool:
-        return True if self.paused_all else set(self.paused_dbs)
+        return True if self.pause.everything else set(self.pause.databases)
 
     async def kill_client(self, client_id: str) -> bool:
         return any(await self.ask_all("kill_client", client_id))
