@@ -22,6 +22,7 @@ from pooler.logs import LogContext, log
 from pooler.protocol import auth, build, messages
 from pooler.protocol.scanner import MessageScanner, StreamError
 from pooler.server import sockopts, tls as tls_support
+from pooler.server.flow import PEER_FULL, ReadGate
 from pooler.server.prepared import (
     FAIL_IN_PLACE,
     NO_DATA,
@@ -55,6 +56,7 @@ RELAY_WANTED_WATCH = RELAY_WANTED_PREPARED | {
 }
 MAX_STATEMENTS = 1000  # per server connection; the least recently used go beyond that
 TERMINATE_WAIT = 5.0  # seconds a closing server has to end its session before it is cut
+STATEMENT_POOL_REFUSAL = "transaction blocks not allowed in statement pooling mode"  # pgbouncer
 INTERNAL_WANTED = frozenset(ord(c) for c in "RSKZENCTDGHIAn123st")
 
 SMART_DISCARD = (
@@ -120,6 +122,7 @@ class ServerConnection(asyncio.Protocol):
         "params",
         "pending",
         "query_started",
+        "reading",
         "relay_wanted",
         "released_at",
         "route",
@@ -139,6 +142,7 @@ class ServerConnection(asyncio.Protocol):
         self.storage = storage or route.storage  # a listen's fallback storage, or the rule's
         self.id = f"s{os.getpid() & 0xFFFF:04x}{next(_server_ids):08x}"
         self.transport: asyncio.Transport | None = None
+        self.reading = ReadGate()  # paused while the linked client lags
         self.scanner = MessageScanner(INTERNAL_WANTED)
         self._inbox: deque[tuple[int, bytes | None]] = deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -168,7 +172,7 @@ class ServerConnection(asyncio.Protocol):
     # --- asyncio.Protocol -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = self.reading.transport = transport  # type: ignore[assignment]
         sockopts.apply(transport, self.route.worker.tcp_options)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -182,11 +186,11 @@ class ServerConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.client is not None:
-            self.client.pause_reading()
+            self.client.reading.pause(PEER_FULL)
 
     def resume_writing(self) -> None:
         if self.client is not None:
-            self.client.resume_reading()
+            self.client.reading.resume(PEER_FULL)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -214,10 +218,11 @@ class ServerConnection(asyncio.Protocol):
         stats = self.route.stats
         statements = self.statements
         tail = self.tail
-        # Nothing to cut out of the chunk (no answer of ours in flight, nothing held back):
-        # the client gets it first, the bookkeeping below runs after (issue 19: latency per
-        # round trip).
-        forwarded = not (tail or statements.cutting)
+        # Nothing to cut out of the chunk (no answer of ours in flight, nothing held back;
+        # not a statement pool, where a ReadyForQuery saying a transaction is open is
+        # replaced): the client gets it first, the bookkeeping below runs after (issue 19:
+        # latency per round trip).
+        forwarded = not (tail or statements.cutting) and client.mode != "statement"
         if forwarded and not client.transport.is_closing():
             client.transport.write(data)
         elif tail:  # the start of a message held back from the last chunk
@@ -233,6 +238,12 @@ class ServerConnection(asyncio.Protocol):
             if msg_type == Z:
                 status = self.status = body[0] if body else IDLE
                 statements.on_ready(status)
+                if status != IDLE and client.mode == "statement":
+                    if end < 6:  # its start went with the previous chunk: too late to amend
+                        client.fatal("0A000", STATEMENT_POOL_REFUSAL)
+                        self.route.discard(self)
+                        return
+                    edits.append((end - 6, end, client.refusal(STATEMENT_POOL_REFUSAL)))
                 self.copy_in = False
                 now = time.monotonic()
                 stats.record_query(int((now - self.query_started) * 1e6))
@@ -455,7 +466,7 @@ class ServerConnection(asyncio.Protocol):
             log.error("server", message, self.log_context())
             raise BackendError({"C": "08006", "M": message}) from None
         if transport is not None:
-            self.transport = transport
+            self.transport = self.reading.transport = transport
 
     async def query(self, sql: str) -> None:
         """Run a simple query of our own and wait for its ReadyForQuery."""
@@ -645,19 +656,31 @@ class ServerConnection(asyncio.Protocol):
         self.held = None
         self.tail = b""
         self.client = client
+        if client.writing_paused:  # the client still has not taken its last answers
+            self.reading.pause(PEER_FULL)
         self.pending = 0
         self.xact_started = now  # query_started is set as the first query goes
         self.scanner.wanted = self.relay_wanted
 
     def unlink(self) -> None:
-        self.client = None
+        self._end_link()
         self.held = None
         self.released_at = time.monotonic()
+
+    def _end_link(self) -> None:
+        """The link to the client ends: whatever either side paused for the other ends
+        with it (the next user of either connection must find it reading)."""
+        client = self.client
+        self.client = None
+        if self.reading.causes:
+            self.reading.resume(PEER_FULL)
+        if client is not None and client.reading.causes & PEER_FULL:
+            client.reading.resume(PEER_FULL)
 
     def detach(self) -> None:
         """Take the server from its client for a reset of the pooler's own. From this moment
         its output is kept for the reset (which drains what is still owed), never relayed: a
         late ReadyForQuery relayed to the departed client would release the server a second
         time while the reset is still under way."""
-        self.client = None
+        self._end_link()
         self.internal = True

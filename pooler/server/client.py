@@ -32,14 +32,18 @@ from pooler.protocol.framing import (
     iter_messages,
     read_startup,
 )
+from pooler.protocol.options import SYNTAX_ERROR as OPTIONS_REFUSED, parse_options
+from pooler.protocol.sql import opens_transaction_block
 from pooler.server import sockopts, tls as tls_support, virtual
 from pooler.server.backend import (
     IDLE,
     RELAY_WANTED_WATCH,
+    STATEMENT_POOL_REFUSAL,
     BackendError,
     ServerConnection,
     ServerGone,
 )
+from pooler.server.flow import PEER_FULL, QUEUE_FULL, UNREAD_ANSWERS, ReadGate
 from pooler.server.hba import hba_allows
 from pooler.server.pool import TOO_MANY_CONNECTIONS, ConnectFailed, HandOff, PoolTimeout, Route
 from pooler.server.prepared import ClientStatements, is_stale_statement_error
@@ -155,7 +159,7 @@ class ClientConnection(asyncio.Protocol):
         self.key = (0, 0)
         self.client_slots: list[tuple[object, ...]] = []  # client_max counts we hold
         self.mode: str | None = "session"  # the rule's pool (never None once validated)
-        self.paused = False
+        self.reading = ReadGate()  # paused while the server lags or the queue is full
         self.writing_paused = False  # the client's transport is full (pause_writing)
         self.closing = False
         self.waiting_login = False  # waits for a server during login (see waiting_since)
@@ -174,7 +178,7 @@ class ClientConnection(asyncio.Protocol):
     # --- asyncio.Protocol -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = self.reading.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         if not self.unix and isinstance(peer, tuple):
             self.peer = (peer[0], peer[1])
@@ -251,24 +255,14 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
-        if self.server is not None and self.server.transport is not None:
-            self.server.transport.pause_reading()
+        if self.server is not None:
+            self.server.reading.pause(PEER_FULL)
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        if self.server is not None and self.server.transport is not None:
-            self.server.transport.resume_reading()
+        if self.server is not None:
+            self.server.reading.resume(PEER_FULL)
         self._wake()  # a console session waiting for the client to read (`drained`)
-
-    def pause_reading(self) -> None:
-        if not self.paused and not self.closing:
-            self.paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.paused and not self.closing:
-            self.paused = False
-            self.transport.resume_reading()
 
     # --- errors -----------------------------------------------------------------------
 
@@ -286,6 +280,14 @@ class ClientConnection(asyncio.Protocol):
         log.error("client", message, self.log_ctx)
         self._send(build.error_response("FATAL", sqlstate, text))
         self.transport.close()
+
+    def refusal(self, message: str) -> bytes:
+        """An ERROR and a ReadyForQuery outside a transaction: what a statement-pool client
+        gets instead of the ReadyForQuery that says its statement opened a transaction
+        block (BEGIN, START TRANSACTION, or a batch that does). The server is rolled back
+        by the reset as it goes back to the pool."""
+        error = build.error_response("ERROR", "0A000", self._prefix() + message)
+        return error + build.ready_for_query("I")
 
     def _send(self, data: bytes) -> None:
         """Write to the client unless its connection is already closing (a login step or a
@@ -326,12 +328,12 @@ class ClientConnection(asyncio.Protocol):
         meanwhile, as the relay does."""
         if not self.writing_paused:
             return
-        self.pause_reading()
+        self.reading.pause(UNREAD_ANSWERS)
         try:
             while self.writing_paused:
                 await self._more()
         finally:
-            self.resume_reading()
+            self.reading.resume(UNREAD_ANSWERS)
 
     async def _read_startup(self) -> object:
         while True:
@@ -378,6 +380,9 @@ class ClientConnection(asyncio.Protocol):
             self._connect_failed(exc)
         except (ServerGone, BackendError) as exc:
             self.fatal("08006", f"server login failed: {exc}")
+        except Exception as exc:  # a fault of ours: the client is closed, not left hanging
+            log.error("client", f"login failed: {exc!r}", self.log_ctx)
+            self.close()
         finally:
             self._leave_routing()
 
@@ -475,32 +480,45 @@ class ClientConnection(asyncio.Protocol):
         self.route = route
         if route.shares_statements:
             self.statements = ClientStatements(route.stats, route.known_statements)
-        self._init_params(params, rule)
+        from_options = self._init_params(params, rule)
         if config.query_parsing.mode != "disabled":
             self.intercepts = config.virtual_processing or rule.application_name_add_host
         notices: list[bytes] = []  # what a server said at its login, passed on (as odyssey)
         if self.mode == "session":
             server = await self._acquire_for_login(route)
-            try:
-                await self._sync(server)
-            except BaseException:
-                route.discard(server)
-                raise
+            await self._sync_for_login(route, server)
             server.link(self, time.monotonic())
             self.server = server
             notices, server.login_notices = server.login_notices, []
             reported = dict(server.params)
         else:
-            if route.server_params is None:
+            if route.server_params is None or from_options:
+                # (settings from `options` are tried now: one PostgreSQL refuses must
+                # refuse the login, not the client's first query)
                 server = await self._acquire_for_login(route)
                 notices, server.login_notices = server.login_notices, []
+                if from_options:
+                    await self._sync_for_login(route, server)
                 route.release(server)
             reported = dict(route.server_params or {})
-            reported.update(self.params)
+            for name in reported.keys() & self.params.keys():  # what PostgreSQL reports
+                reported[name] = self.params[name]
         for name in TRACKED_PARAMS:
             if name in reported:
                 self.params.setdefault(name, reported[name])
         self._finish_login(reported, notices)
+
+    async def _sync_for_login(self, route: Route, server: ServerConnection) -> None:
+        """Prepare a server for this client during login; a session parameter PostgreSQL
+        refuses refuses the login, as it would directly."""
+        try:
+            await self._sync(server)
+        except BackendError as exc:
+            route.release(server)  # a refused SET leaves the server as it was
+            raise LoginRefused(exc.sqlstate, str(exc)) from None
+        except BaseException:
+            route.discard(server)
+            raise
 
     async def _acquire_for_login(self, route: Route) -> ServerConnection:
         """A server during login (session pool, or a route's first login, which learns the
@@ -538,6 +556,7 @@ class ClientConnection(asyncio.Protocol):
         self._send(b"S")
         try:
             self.transport = await tls_support.upgrade(self.transport, self, ctx, server_side=True)
+            self.reading.transport = self.transport
         except tls_support.TLSHandshakeError as exc:
             log.error("tls", f"TLS handshake failed: {exc}", self.log_ctx)
             raise ClientGone from None
@@ -549,19 +568,28 @@ class ClientConnection(asyncio.Protocol):
             raise LoginRefused("53300", refusal)
         self.client_slots.append(key)
 
-    def _init_params(self, startup: dict[str, str], rule: Rule) -> None:
+    def _init_params(self, startup: dict[str, str], rule: Rule) -> dict[str, str]:
+        """The client's session parameters: its startup parameters, what its `options`
+        set (honoured even without maintain_params: they are explicit), the rule's
+        `options`. Returns what `options` set (LoginRefused if it cannot be honoured)."""
+        try:
+            from_options = parse_options(startup.get("options", ""))
+        except ValueError as exc:
+            raise LoginRefused(OPTIONS_REFUSED, str(exc)) from None
         if not rule.maintain_params:
-            self.params = {}
+            self.params = dict(from_options)
         else:
             wanted = {k: v for k, v in startup.items() if k not in _NOT_SESSION_PARAMS}
             if "application_name" not in wanted and "fallback_application_name" in startup:
                 wanted["application_name"] = startup["fallback_application_name"]
+            wanted.update(from_options)
             for name, value in rule.options:
                 wanted[name] = value
             self.params = wanted
         if rule.application_name_add_host:
             app = self.params.get("application_name") or startup.get("application_name")
             self.params["application_name"] = f"{app or 'unknown'} - {self.peer_name()}"
+        return from_options
 
     def peer_name(self, *, port: bool = True) -> str:
         """The client's address as odyssey prints it: `1.2.3.4:5678`, `[::1]:5678`, or
@@ -681,7 +709,7 @@ class ClientConnection(asyncio.Protocol):
                 self.queued_bytes = 0
                 return
         if self.queued_bytes > MAX_QUEUED:
-            self.pause_reading()
+            self.reading.pause(QUEUE_FULL)
         if not self._wait_without_task():
             self._attach_task = self.worker.spawn(self._attach(), f"attach {self.id}")
 
@@ -803,7 +831,7 @@ class ClientConnection(asyncio.Protocol):
         data = b"".join(self.queued)
         self.queued.clear()
         self.queued_bytes = 0
-        self.resume_reading()
+        self.reading.resume(QUEUE_FULL)
         self._forward(server, data)
 
     def _virtual(self, server: ServerConnection | None, data: bytes) -> bool:
@@ -1082,14 +1110,27 @@ class ClientConnection(asyncio.Protocol):
         except ProtocolError as exc:
             self.fatal(exc.sqlstate, f"invalid client message: {exc.message}")
             return
-        self._send_to(server, data if replacement is None else replacement)
+        if replacement is None:
+            self._send_to(server, data)
+        elif replacement:
+            self._send_to(server, replacement)
+        else:  # answered here: the server owes nothing
+            self._release_if_owed_nothing(server)
 
     def _query_goes(
         self, server: ServerConnection, buf: bytes | bytearray, start: int, end: int
     ) -> bytes | None:
         """A simple Query (buf[start:end]) on its way: counted as owed, logged, checked for
         the statement commands of shared prepared statements. The bytes to send instead, or
-        None."""
+        None; b"" when it was answered here."""
+        if (
+            self.mode == "statement"
+            and server.pending == 0  # nothing answered after it: ours comes in order
+            and not server.unsynced
+            and opens_transaction_block(buf, start + 5, end - 1)
+        ):
+            self._send(self.refusal(STATEMENT_POOL_REFUSAL))
+            return b""
         if server.pending == 0:
             server.query_started = time.monotonic()
         server.pending += 1
@@ -1150,7 +1191,7 @@ class ClientConnection(asyncio.Protocol):
             and self.server is server
             and server.status == IDLE
             and not server.copy_in
-            and not self.splitter.streaming
+            and self.splitter.at_boundary()  # a message still arriving keeps its server
         ):
             self.server = None
             self.worker.give_back_now(server)
@@ -1203,4 +1244,7 @@ class ClientConnection(asyncio.Protocol):
             self.fatal("08006", str(exc))
 
     def check_cancel_key(self, secret: int) -> bool:
-        return hmac.compare_digest(self.key[1].to_bytes(4, "big"), secret.to_bytes(4, "big"))
+        """Does a CancelRequest's secret (any 32 bits, read signed or not) match ours?"""
+        return hmac.compare_digest(
+            self.key[1].to_bytes(4, "big"), (secret & 0xFFFFFFFF).to_bytes(4, "big")
+        )

@@ -119,7 +119,15 @@ class Route:
     def _reset_query(self) -> str:
         rule = self.rule
         parts: list[str] = []
-        if self.mode != "session":
+        if self.mode == "session":
+            # A session pool is invisible: the next client gets a fresh session (odyssey
+            # runs DISCARD ALL on detach, pgbouncer's server_reset_query is DISCARD ALL).
+            # Nothing shares prepared statements here, so the smart list drops them too.
+            if rule.pool_discard:
+                parts.append("DISCARD ALL;")
+            elif rule.pool_smart_discard:
+                parts.append(SMART_DISCARD + "DEALLOCATE ALL;")
+        else:
             if rule.pool_discard and not rule.pool_reserve_prepared_statement:
                 parts.append("DISCARD ALL;")
             elif rule.pool_discard or rule.pool_smart_discard:

@@ -284,6 +284,15 @@ def test_server_without_ttl_is_reused(pooler, pg):
     p = pooler(make_config(route("p1", pool="session")))
     with p.connect("p1") as conn:
         pid = backend_pid(conn)
+
+    def server_idle() -> bool:  # (it is reset, DISCARD ALL, before it is idle again)
+        with p.connect("console", "admin") as admin:
+            cur = admin.execute("show pools")
+            names = [d.name for d in cur.description]
+            rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        return any(r["database"] == "p1" and r["sv_idle"] == 1 for r in rows)
+
+    wait_until(server_idle, timeout=10)
     with p.connect("p1") as conn:
         assert backend_pid(conn) == pid
 
