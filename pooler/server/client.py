@@ -33,7 +33,7 @@ from pooler.protocol.framing import (
     read_startup,
 )
 from pooler.protocol.options import SYNTAX_ERROR as OPTIONS_REFUSED, parse_options
-from pooler.protocol.sql import opens_transaction_block
+from pooler.protocol.query_text import opens_transaction_block
 from pooler.server import sockopts, tls as tls_support, virtual
 from pooler.server.backend import (
     IDLE,

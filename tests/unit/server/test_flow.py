@@ -27,6 +27,9 @@ class Transport:
     def is_closing(self) -> bool:
         return False
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
     def close(self) -> None:
         pass
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pooler.protocol.sql import opens_transaction_block
+from pooler.protocol.query_text import opens_transaction_block
 
 
 @pytest.mark.parametrize(
