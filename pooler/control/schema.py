@@ -321,7 +321,8 @@ def decode_request(line: bytes) -> Request:
         raise ProtocolError(
             "bad_version", f"unsupported protocol version {version!r} (server speaks 1)", request_id
         )
-    cls = REQUEST_TYPES.get(body.get("type"))  # type: ignore[arg-type]
+    type_ = body.get("type")
+    cls = REQUEST_TYPES.get(type_) if isinstance(type_, str) else None
     if cls is None:
         raise ProtocolError(
             "unknown_type", f"unknown request type {body.get('type')!r}", request_id

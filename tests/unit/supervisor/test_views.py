@@ -97,6 +97,9 @@ def test_schema_round_trip_and_errors():
     assert exc.value.code == "bad_version" and exc.value.request_id == 1
     with pytest.raises(schema.ProtocolError):
         schema.decode_request(b"[1]")
+    with pytest.raises(schema.ProtocolError) as exc:  # not a TypeError (unhashable type)
+        schema.decode_request(b'{"version": 1, "type": ["status"], "id": 4}')
+    assert exc.value.code == "unknown_type" and exc.value.request_id == 4
 
 
 # --- one name per route -------------------------------------------------------------------
