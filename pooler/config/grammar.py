@@ -141,9 +141,10 @@ class _DefaultLexer(Lexer):
     def __init__(self, lexer_conf: Any) -> None:
         pass
 
-    def lex(self, data: Any) -> Iterator[Token]:  # type: ignore[override]
-        # lark calls custom lexers with the text only
-        return scan(data if isinstance(data, str) else data.text, self.strict)
+    def lex(self, lexer_state: Any, parser_state: Any = None) -> Iterator[Token]:
+        # lark calls custom lexers with the text only (a LexerState in its own signature)
+        text = lexer_state if isinstance(lexer_state, str) else lexer_state.text
+        return scan(text, self.strict)
 
 
 class _StrictLexer(_DefaultLexer):
