@@ -441,6 +441,10 @@ class Worker:
                     "sv_idle": len(route.idle),
                     "sv_login": route.connecting,
                     "maxwait_us": int((now - oldest) * 1e6),
+                    # SHOW POOLS (pgbouncer 1.24+): NULL unless the storage has several hosts
+                    "load_balance_hosts": (
+                        route.storage.balancing_method if len(route.storage.endpoints) > 1 else None
+                    ),
                     **per_route.get(key, {"cl_active": 0, "cl_waiting": 0}),
                     **route.stats.as_dict(),
                 }
@@ -451,6 +455,7 @@ class Worker:
             "pid": os.getpid(),
             "generation": self.config.generation,
             "clients": len(self.clients),
+            "login_clients": sum(c.state not in ("ready", "console") for c in self.clients),
             "servers": sum(r.size for r in self.routes.values()),
             "routes": routes,
             "auth_cache_entries": len(self.auth_cache),

@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import threading
 from pathlib import Path
 
 import psycopg
-from harness import make_config, route, wait_until
+from harness import make_config, route, storage, wait_until
 
 
 def config(pool_size: int, workers: int, **extra) -> str:
@@ -258,3 +259,35 @@ def test_fewer_workers_lose_no_login_and_cut_no_transaction(pooler, pg):
         conn.close()
     wait_until(lambda: worker_pid(p.pid, 2) is None, timeout=20)
     assert p.log_contains("worker 2 retired")
+
+
+def test_every_field_a_show_column_reads_is_produced(pooler, pg):
+    """SHOW LISTS login_clients counts clients still logging in (it was always 0), SHOW POOLS
+    load_balance_hosts names the balancing of a storage with several hosts (always NULL)."""
+    two = f'storage "two" {{\n\ttype "remote"\n\thost "127.0.0.1:{pg.port},localhost:{pg.port}"\n}}'
+    p = pooler(
+        make_config(
+            [route("p1", "postgres", storage="two"), route()],
+            storages=[storage(), two],
+            workers=2,
+        )
+    )
+    with p.connect("p1") as conn:
+        conn.execute("select 1")
+        silent = [socket.create_connection(("127.0.0.1", p.port)) for _ in range(3)]
+        try:
+
+            def lists() -> dict:
+                return dict(p.admin("show lists"))
+
+            wait_until(lambda: lists()["login_clients"] == 3, message=lambda: str(lists()))
+            with p.connect("console", "admin") as console:
+                cur = console.execute("show pools")
+                pools = cur.fetchall()
+                column = [c.name for c in cur.description].index("load_balance_hosts")
+            by_db = {row[0]: row[column] for row in pools}
+            assert by_db["p1"] == "roundrobin", pools
+        finally:
+            for sock in silent:
+                sock.close()
+    wait_until(lambda: dict(p.admin("show lists"))["login_clients"] == 0)
