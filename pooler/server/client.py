@@ -18,7 +18,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
-from pooler.config import Listen, Rule, Storage
+from pooler.config import Listen, Rule
 from pooler.logs import LogContext, log
 from pooler.protocol import AuthFailed, ProtocolError, auth, build, messages
 from pooler.protocol.framing import (
@@ -526,22 +526,9 @@ class ClientConnection(asyncio.Protocol):
         self.waiting_login = True
         self.asked_at = time.monotonic()
         try:
-            return await route.acquire(self.backend_password(), self.fallback_storages())
+            return await route.acquire(self.backend_password(), self.listen)
         finally:
             self.waiting_login = False
-
-    def fallback_storages(self) -> tuple[Storage, ...]:
-        """The client's listen `storage` list: storages tried in order when the rule's own
-        cannot be reached (odyssey; one of another type than the rule's is skipped)."""
-        names = self.listen.storage
-        if not names or self.route is None:
-            return ()
-        config = self.worker.config
-        primary = self.route.storage
-        found = (config.storage(name) for name in names)
-        return tuple(
-            s for s in found if s is not None and s.type == primary.type and s.name != primary.name
-        )
 
     async def _start_tls(self) -> bool:
         """Answer an SSLRequest with S and run the handshake (contexts: server/tls.py)."""
@@ -922,9 +909,7 @@ class ClientConnection(asyncio.Protocol):
                     if slot:
                         slot = False
                         try:
-                            server = await route.connect(
-                                self.backend_password(), self.fallback_storages()
-                            )
+                            server = await route.connect(self.backend_password(), self.listen)
                         except ConnectFailed as exc:
                             if (
                                 exc.fields.get("C") != TOO_MANY_CONNECTIONS
@@ -933,15 +918,11 @@ class ClientConnection(asyncio.Protocol):
                                 raise
                             # server_login_retry: acquire tries again until pool_timeout
                             await asyncio.sleep(self.worker.config.server_login_retry / 1000)
-                            server = await route.acquire(
-                                self.backend_password(), self.fallback_storages()
-                            )
+                            server = await route.acquire(self.backend_password(), self.listen)
                     else:
                         self._waiting()
                         try:
-                            server = await route.acquire(
-                                self.backend_password(), self.fallback_storages()
-                            )
+                            server = await route.acquire(self.backend_password(), self.listen)
                         finally:
                             self._waited()
             except PoolTimeout:

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from pooler.config import Endpoint, Rule, Storage
+from pooler.config import Endpoint, Listen, Rule, Storage
 from pooler.config.diff import RuleIdentity
 from pooler.logs import log
 from pooler.protocol.auth import ScramKeys
@@ -172,15 +172,12 @@ class Route:
     def size(self) -> int:
         return len(self.idle) + len(self.busy) + self.connecting
 
-    async def acquire(
-        self, password: Secret, fallbacks: tuple[Storage, ...] = ()
-    ) -> ServerConnection:
+    async def acquire(self, password: Secret, listen: Listen | None = None) -> ServerConnection:
         """A logged-in server for a client: idle, new, or the next one released.
 
         With a pool_size, a new server needs a slot from the supervisor (global limit over
         all workers); meanwhile a server released in this worker serves the waiter too.
-        `fallbacks`: storages to try, in order, when no host of the rule's storage can be
-        reached (the client's listen `storage` list).
+        `listen`: the client's listen block (its fallback storages, its balancing_method).
         """
         while self._resumed is not None:  # PAUSE: nothing is lent until RESUME
             await self._resumed.wait()
@@ -196,7 +193,7 @@ class Route:
                         return server
                 if not self.limited:
                     try:
-                        return await self.connect(password, fallbacks)
+                        return await self.connect(password, listen)
                     except ConnectFailed as exc:
                         await self._login_retry(exc, deadline)
                         continue
@@ -223,7 +220,7 @@ class Route:
                     raise
                 if handed is None:  # a slot was granted to us
                     try:
-                        return await self.connect(password, fallbacks)
+                        return await self.connect(password, listen)
                     except ConnectFailed as exc:
                         await self._login_retry(exc, deadline)
                         continue
@@ -310,19 +307,18 @@ class Route:
             return True
         return False
 
-    async def connect(
-        self, password: Secret, fallbacks: tuple[Storage, ...] = ()
-    ) -> ServerConnection:
+    async def connect(self, password: Secret, listen: Listen | None = None) -> ServerConnection:
         """A new logged-in server, on a slot the caller holds (a route without pool_size, or
         one granted to `acquire` or to a `HandOff`): the storage's hosts are tried in turn
         (round robin start), skipping hosts down or not of the wanted kind
-        (target_session_attrs), then the hosts of each `fallbacks` storage."""
+        (target_session_attrs), then the hosts of the storages the client's `listen` names."""
         self.connecting += 1
         failure: ConnectFailed | None = None
         server: ServerConnection | None = None
         candidate: ServerConnection | None = None
-        tried = [(self.storage, endpoint) for endpoint in self._endpoint_order()]
-        for fallback in fallbacks:
+        method = listen.balancing_method if listen is not None else None
+        tried = [(self.storage, endpoint) for endpoint in self._endpoint_order(method)]
+        for fallback in self._fallbacks(listen):
             tried.extend((fallback, endpoint) for endpoint in fallback.endpoints)
         try:
             previous = self.storage
@@ -366,11 +362,24 @@ class Route:
         self.busy.add(server)
         return server
 
-    def _endpoint_order(self) -> list[Endpoint]:
+    def _fallbacks(self, listen: Listen | None) -> list[Storage]:
+        """The listen's `storage` list: storages tried in order when the rule's own cannot be
+        reached (odyssey master; one of another type than the rule's is skipped)."""
+        if listen is None or not listen.storage:
+            return []
+        found = (self.worker.config.storage(name) for name in listen.storage)
+        return [
+            s
+            for s in found
+            if s is not None and s.type == self.storage.type and s.name != self.storage.name
+        ]
+
+    def _endpoint_order(self, method: str | None = None) -> list[Endpoint]:
         """The storage's hosts in the order to try them (odyssey's balancing): round robin,
-        or with `balancing { method "leastconn" {} }` the host with the fewest servers of
-        this worker first (ties in round-robin order); hosts in the pooler's
-        `availability_zone` before the others unless `az_aware no`."""
+        or with `balancing { method "leastconn" {} }` (or the client's listen
+        `balancing_method`, which wins) the host with the fewest servers of this worker first
+        (ties in round-robin order); hosts in the pooler's `availability_zone` before the
+        others unless `az_aware no`."""
         storage = self.storage
         endpoints = list(storage.endpoints)
         if not endpoints:
@@ -378,7 +387,7 @@ class Route:
         start = self._next_endpoint % len(endpoints)
         self._next_endpoint += 1
         endpoints = endpoints[start:] + endpoints[:start]
-        if storage.balancing_method.lower() == "leastconn" and len(endpoints) > 1:
+        if (method or storage.balancing_method).lower() == "leastconn" and len(endpoints) > 1:
             counts = self.worker.servers_per_endpoint()
             endpoints.sort(key=lambda endpoint: counts.get(endpoint, 0))
         zone = self.worker.config.availability_zone

@@ -32,7 +32,7 @@ ROUTE = frozenset(
         "group_query_db",
     }
 )  # fmt: skip
-LISTEN = frozenset({"catchup_timeout", "balancing_method", "compression"})
+LISTEN = frozenset({"catchup_timeout", "compression"})
 STORAGE = frozenset({"server_max_routing", "watchdog"})
 
 

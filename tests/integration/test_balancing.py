@@ -25,9 +25,9 @@ def two_hosts(a, b, *, extra: str = "", zones: tuple[str, str] | None = None) ->
 
 def config(a, b, **kw) -> str:
     glob = kw.pop("globals", {})
-    return make_config(
-        route("p0", "postgres", storage="two"), storages=two_hosts(a, b, **kw), **glob
-    )
+    listen = kw.pop("listen", None)
+    rule = route("p0", "postgres", storage="two")
+    return make_config(rule, storages=two_hosts(a, b, **kw), listen=listen, **glob)
 
 
 def test_round_robin_by_default(pooler, hosts):
@@ -39,9 +39,15 @@ def test_round_robin_by_default(pooler, hosts):
         conn.close()
 
 
-def test_leastconn_picks_the_host_with_fewest_servers(pooler, hosts):
+LEASTCONN = {"storage": '\tbalancing {\n\t\tmethod "leastconn" {}\n\t}\n'}
+LISTEN_LEASTCONN = {"listen": {"balancing_method": "leastconn"}}  # (odyssey master) wins
+
+
+@pytest.mark.parametrize("where", [LEASTCONN, LISTEN_LEASTCONN], ids=["storage", "listen"])
+def test_leastconn_picks_the_host_with_fewest_servers(pooler, hosts, where):
     a, b = hosts
-    p = pooler(config(a, b, extra='\tbalancing {\n\t\tmethod "leastconn" {}\n\t}\n'))
+    extra = where.get("storage", "")
+    p = pooler(config(a, b, extra=extra, listen=where.get("listen")))
     first = [p.connect("p0") for _ in range(3)]  # a, b, then a tie: a
     assert (a.accepted, b.accepted) == (2, 1)
     b.reset()  # b's server is gone: a has 2, b none
