@@ -230,6 +230,8 @@ class ServerConnection(asyncio.Protocol):
             events = [(t, b, end + len(tail)) for t, b, end in events]
         ready = False
         edits: list[tuple[int, int, bytes]] = []  # answers dropped or replaced
+        retry = statements.retry
+        skip_from = 0 if retry is not None and retry.hiding else -1  # dropping up to a Z
         for msg_type, body, end in events:
             if msg_type == PARSE_COMPLETE:
                 if not statements.on_parse_complete():
@@ -238,6 +240,15 @@ class ServerConnection(asyncio.Protocol):
             if msg_type == Z:
                 status = self.status = body[0] if body else IDLE
                 statements.on_ready(status)
+                if retry is not None:
+                    statements.retry = None
+                    if retry.hiding:  # the stale copy's error and its ReadyForQuery: the
+                        edits.append((skip_from, end, b""))  # batch goes again instead
+                        skip_from = -1
+                        self._send(retry.replay(statements))
+                        retry = None
+                        continue
+                    retry = None
                 if status != IDLE and client.mode == "statement":
                     if end < 6:  # its start went with the previous chunk: too late to amend
                         client.fatal("0A000", STATEMENT_POOL_REFUSAL)
@@ -262,7 +273,16 @@ class ServerConnection(asyncio.Protocol):
                 self.copy_in = True
             elif msg_type == E and body is not None:
                 statements.on_error()
-                if statements.stale_errors_due:  # the answer to a FAIL_IN_PLACE
+                if (
+                    retry is not None
+                    and self.status == IDLE
+                    and self.pending == 1
+                    and not self.unsynced
+                    and statements.may_retry(messages.decode_error_fields(body))
+                ):
+                    retry.hiding = True
+                    skip_from = end - 5 - len(body)
+                elif statements.stale_errors_due:  # the answer to a FAIL_IN_PLACE
                     statements.stale_errors_due -= 1
                     edits.append((end - 5 - len(body), end, STALE_PLAN_ERROR))
                 else:
@@ -287,6 +307,8 @@ class ServerConnection(asyncio.Protocol):
                         edits.append((end - 5 - len(body), end, b""))
                     if check is not None and self.held:
                         self._release_held(passed=check)
+        if skip_from >= 0:
+            edits.append((skip_from, len(data), b""))
         if self.relay_wanted is not RELAY_WANTED:
             if statements.watching != (self.relay_wanted is RELAY_WANTED_WATCH):
                 self.watch(statements.watching)
@@ -304,6 +326,11 @@ class ServerConnection(asyncio.Protocol):
         stats.bytes_sent += len(data)
         if ready and not self.unsynced:
             client.server_ready(self)
+
+    def _send(self, data: bytes) -> None:
+        """Write bytes of the pooler's own in the middle of a relayed exchange."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
 
     def watch(self, on: bool) -> None:
         """Look at descriptions, CloseCompletes and CommandComplete tags too, or not."""

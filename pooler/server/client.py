@@ -46,7 +46,7 @@ from pooler.server.backend import (
 from pooler.server.flow import PEER_FULL, QUEUE_FULL, UNREAD_ANSWERS, ReadGate
 from pooler.server.hba import hba_allows
 from pooler.server.pool import TOO_MANY_CONNECTIONS, ConnectFailed, HandOff, PoolTimeout, Route
-from pooler.server.prepared import ClientStatements, is_stale_statement_error
+from pooler.server.prepared import ClientStatements, Retry, is_stale_statement_error
 from pooler.server.router import ClientKey
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ _NOT_SESSION_PARAMS = frozenset(
 MAX_STARTUP_WAIT_BUFFER = 1 << 16
 MAX_LOGIN_MESSAGE = 1 << 16
 MAX_QUEUED = 1 << 20
+RETRY_LIMIT = 1 << 16  # a batch kept to be sent again (prepared.Retry) is at most this long
 # A message larger than client_max_buffer is streamed to the server; its first HEAD_SIZE
 # bytes are read (a Bind's names, a Query's first keyword) before any of it goes.
 HEAD_SIZE = 8192
@@ -976,6 +977,12 @@ class ClientConnection(asyncio.Protocol):
         out: list[bytes | bytearray] = []
         run_start = run_end = -1  # a run of bytes forwarded unchanged
         terminate = False
+        # a batch that may be sent again (prepared.Retry): where its use of a cached copy
+        # starts, whether only Parses came before it in the batch, what came after it
+        plain = not server.unsynced
+        use_at = -1
+        use_name = ""
+        retryable = True
         try:
             for kind, msg_type, start, end in splitter:
                 replacement: bytes | None = None
@@ -993,6 +1000,10 @@ class ClientConnection(asyncio.Protocol):
                             server.pending += 1
                             if statements is not None:
                                 server.statements.sent_sync()
+                                statements.young = None
+                                plain = True
+                                if use_at >= 0 and end != len(buf):
+                                    retryable = False  # more follows: not the last batch
                         else:  # ignored in COPY IN, answered if the COPY failed first
                             server.desynced = True
                         server.unsynced = False
@@ -1005,6 +1016,15 @@ class ClientConnection(asyncio.Protocol):
                             replacement = statements.rewrite(
                                 msg_type, buf[start + 5 : end], server.statements
                             )
+                            young = server.statements.young_use
+                            if young is not None:
+                                server.statements.young_use = None
+                                if plain and use_at < 0:
+                                    use_at, use_name = start, young
+                            if use_at >= 0 and use_at != start and msg_type in (P, C):
+                                retryable = False  # answers the replay would not redo
+                        if msg_type != P:
+                            plain = False
                     elif msg_type in (COPY_DONE, COPY_FAIL):
                         server.copy_in = False
                     elif msg_type == X:
@@ -1035,6 +1055,8 @@ class ClientConnection(asyncio.Protocol):
             return
         if run_start >= 0:
             out.append(buf[run_start:run_end])
+        if use_at >= 0 and statements is not None:
+            self._arm_retry(server, statements, use_name, buf, use_at, retryable)
         splitter.forget_reported()
         if (
             statements is not None
@@ -1048,6 +1070,32 @@ class ClientConnection(asyncio.Protocol):
             self.close()
         elif server.pending == 0 and not server.unsynced:
             self._release_if_owed_nothing(server)
+
+    def _arm_retry(
+        self,
+        server: ServerConnection,
+        statements: ClientStatements,
+        name: str,
+        buf: bytes | bytearray,
+        use_at: int,
+        retryable: bool,
+    ) -> None:
+        """A statement parsed in this batch used the server's copy (buf[use_at:] the use up
+        to the batch's Sync): if the batch is the last thing sent, it may be sent again
+        should the copy turn out stale (prepared.Retry)."""
+        statement = statements.statements.get(name)
+        if (
+            not retryable
+            or statement is None
+            or server.unsynced
+            or server.held is not None
+            or len(buf) - use_at > RETRY_LIMIT
+            or buf[-5] != S  # the chunk ends with the batch's Sync
+        ):
+            return
+        recorded = bytes(buf[use_at:])
+        describes = sum(1 for t, body in iter_messages(recorded) if t == D and body[:1] == b"S")
+        server.statements.retry = Retry(statement, statements, name, recorded, describes)
 
     def _head_goes(
         self, server: ServerConnection, msg_type: int, buf: bytes | bytearray, start: int, end: int

@@ -31,7 +31,10 @@ rest of its messages wait (`hold_at`) until the copy's description comes back; i
 the shape the client knows, the client's message fails in place (`FAIL_IN_PLACE`, whose error
 is answered as PostgreSQL's own "cached plan must not change result type"), as its own
 statement would on a direct connection. Rows are never decoded with another shape's
-description.
+description. The other way round, a client that parsed its statement in the very batch
+that uses a server's stale copy would get an error it never gets directly: such a batch is
+kept (`Retry`) and, if PostgreSQL rejects the copy before anything but ParseCompletes
+reached the client and outside a transaction block, sent again with a fresh copy.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from typing import Protocol
 
 from pooler.protocol import build, messages
 from pooler.protocol.errors import ProtocolError
+from pooler.protocol.framing import iter_messages
 
 CLOSE_NOTHING = "pooler_never_prepared"
 FLUSH = build.flush()
@@ -186,6 +190,44 @@ class Describing:
 
 
 @dataclass(slots=True)
+class Retry:
+    """A batch that uses a server's copy for a statement the client parsed in this very
+    batch (the Parse became `EMPTY_PARSE`): if PostgreSQL rejects the copy as stale before
+    anything but ParseCompletes reached the client, and outside a transaction block, the
+    batch is sent again with a fresh copy instead of the error (prepared statements do not
+    outlive a schema change in the client's eyes, as on a direct connection)."""
+
+    statement: Statement
+    client: ClientStatements
+    client_name: str
+    messages: bytes  # the client's messages from the use to the Sync, as it sent them
+    describes: int  # Describes of statements among them (their answers are in flight)
+    hiding: bool = False  # the error is being dropped, up to its ReadyForQuery
+
+    def replay(self, server: ServerStatements) -> bytes:
+        """The batch again, after a fresh copy replacing the stale one (answers dropped)."""
+        statement = self.statement
+        name = statement.server_name
+        server.names.pop(name, None)
+        server.doomed.discard(name)
+        server.sent_close(False)
+        client = self.client
+        out = [build.close("S", name), client._prepare(statement, server, False)]
+        for msg_type, body in iter_messages(self.messages):
+            replacement = None
+            if msg_type == messages.SYNC:
+                server.sent_sync()
+            elif msg_type == messages.BIND or (
+                msg_type == messages.DESCRIBE and body[:1] == b"S"
+            ):  # renamed again, as the relay did the first time
+                replacement = client.rewrite(msg_type, body, server)
+            out.append(build.message(msg_type, body) if replacement is None else replacement)
+        server.young_use = None
+        server.hold_at = 0  # (no check: the batch was sent without one the first time)
+        return b"".join(out)
+
+
+@dataclass(slots=True)
 class ServerStatements:
     """What one server connection has prepared (LRU order, with each copy's result shape,
     None until described) and the messages in flight whose answers matter."""
@@ -198,6 +240,9 @@ class ServerStatements:
     _shape_next: bool = False  # a ParameterDescription came: the shape comes next
     hold_at: int = 0  # set by a rewrite: hold what follows this offset until a check ends
     stale_errors_due: int = 0  # FAIL_IN_PLACE errors to answer as STALE_PLAN_ERROR
+    young_use: str | None = None  # set by a rewrite: a copy used for a statement parsed
+    # in this batch (the client's name): the relay may arm a `retry`
+    retry: Retry | None = None
     _batches_sent: int = 0  # Sync/Query messages sent: each ends a batch with a ReadyForQuery
     _batches_done: int = 0
     plan_epoch: int = 0
@@ -216,7 +261,13 @@ class ServerStatements:
     @property
     def cutting(self) -> bool:
         """May the relay have to drop or replace some of the server's next answers?"""
-        return bool(self._parses or self._describes or self._closes or self.stale_errors_due)
+        return bool(
+            self._parses
+            or self._describes
+            or self._closes
+            or self.stale_errors_due
+            or self.retry is not None
+        )
 
     @property
     def watching(self) -> bool:
@@ -303,6 +354,17 @@ class ServerStatements:
     def on_error(self) -> None:
         self._failed = True
 
+    def may_retry(self, fields: dict[str, str]) -> bool:
+        """An ErrorResponse while a retry is armed: is it the stale copy's, answering the
+        use itself (every Parse before it answered, only its own Describes in flight)?"""
+        retry = self.retry
+        return (
+            retry is not None
+            and not self._parses
+            and len(self._describes) <= retry.describes
+            and is_stale_statement_error(fields)
+        )
+
     def on_command_complete(self, tag: bytes) -> None:
         """A CommandComplete (looked at while `in_xact` holds statements)."""
         if tag.startswith(b"ROLLBACK"):  # ROLLBACK, ROLLBACK TO, COMMIT of a failed one
@@ -343,6 +405,7 @@ class ServerStatements:
         self._describes.clear()
         self._shape_next = False
         self.hold_at = self.stale_errors_due = 0
+        self.young_use = self.retry = None
         self._batches_sent = self._batches_done = 0
         if self._confirmed or self.in_xact:  # (rare: checked first, as this runs per link)
             self.in_xact += self._confirmed
@@ -360,11 +423,12 @@ class ServerStatements:
 class ClientStatements:
     """A client's prepared statements (its names), rewritten for whichever server it has."""
 
-    __slots__ = ("counters", "known", "shapes", "statements")
+    __slots__ = ("counters", "known", "shapes", "statements", "young")
 
     def __init__(self, counters: Counters, known: KnownStatements) -> None:
         self.statements: dict[str, Statement] = {}
         self.shapes: dict[str, bytes] = {}  # the shape each statement was described with
+        self.young: str | None = None  # parsed in this batch onto a copy the server had
         self.counters = counters
         self.known = known
 
@@ -423,6 +487,8 @@ class ClientStatements:
         prefix = b""
         if server.has(server_name):
             if expected is None or server.names[server_name] == expected:
+                if name == self.young and check:
+                    server.young_use = name
                 return b""
             server.sent_close(False)  # another shape (or not known yet): prepare it again
             prefix = build.close("S", server_name)
@@ -448,6 +514,7 @@ class ClientStatements:
             self.counters.client_parses += 1
             if server.has(statement.server_name):
                 server.sent_parse(True, None)
+                self.young = name
                 return EMPTY_PARSE
             return self._prepare(statement, server, True)
         if msg_type == messages.BIND:
@@ -507,6 +574,7 @@ class ClientStatements:
         query): the bytes to send instead, or None."""
         self.statements.pop("", None)  # a simple query replaces the unnamed statement
         self.shapes.pop("", None)
+        self.young = None
         if end > start and not _MAYBE_DROP.match(buf, start):
             return None  # only DEALLOCATE / DISCARD concern us
         return self._rewrite_query(messages.decode_query(buf[start:end]), server)

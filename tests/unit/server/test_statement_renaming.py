@@ -9,6 +9,7 @@ from pooler.server.prepared import (
     CLOSE_NOTHING,
     ClientStatements,
     KnownStatements,
+    Retry,
     ServerStatements,
     _cached_parse,
     _cached_statement,
@@ -314,3 +315,35 @@ def test_shape_ignores_the_columns_table_and_attribute_number():
 
     assert shape_of(row_description(16384)) == shape_of(row_description(99999))
     assert shape_of(row_description(1)) != shape_of(row_description(1).replace(b"a\0", b"b\0"))
+
+
+def test_a_batch_using_a_stale_copy_for_a_fresh_parse_goes_again():
+    client = ClientStatements(Counters(), KNOWN)
+    server = ServerStatements()
+    name = server_name("select $1::ty", ())
+    server.names[name] = b"old shape"  # cached by an earlier batch
+    assert rewrite(client, build.parse("", "select $1::ty"), server) == build.parse("", "")
+    assert client.young == ""
+    bind = build.bind("", "", params=[b"x"])
+    assert rewrite(client, bind, server) is not None
+    assert server.young_use == ""  # the copy served a statement parsed in this batch
+    server.young_use = None
+    server.sent_sync()
+    assert server.on_parse_complete() is True  # the empty Parse's: the client's
+    batch = bind + build.execute() + build.sync()
+    server.retry = Retry(client.statements[""], client, "", batch, 0)
+    stale = {"C": "XX000", "M": "cache lookup failed for type 16412"}
+    assert server.may_retry(stale)
+    assert not server.may_retry({"C": "23505", "M": "duplicate key"})
+    server.on_error()
+    server.on_ready(ord("I"))
+    replay = iter_messages(server.retry.replay(server))
+    kinds = [m for m, _ in replay]
+    assert kinds == [messages.CLOSE, messages.PARSE, messages.DESCRIBE, B, ord("E"), ord("S")]
+    assert messages.decode_bind(replay[3][1]).statement == name  # renamed again
+    # the fresh copy's answers are dropped; the client gets the Bind's and Execute's
+    assert server.on_close_complete() is False
+    assert server.on_parse_complete() is False
+    assert server.on_parameter_description() is False
+    assert server.on_shape(b"new shape") == (False, None)
+    assert server.names[name] == b"new shape"
