@@ -556,6 +556,32 @@ class PgCluster:
         self.psql("\n".join(sql))
         self.set_role_rules([*self.role_rules, f"host all {quote_ident(name)} {HOST}/32 {method}"])
 
+    def standby(self, port: int) -> PgCluster:
+        """A streaming replica of this (running) server on ``port``, started: its data
+        directory is a ``pg_basebackup -R`` of this one (the primary's pg_hba.conf lets the
+        superuser replicate over 127.0.0.1). :meth:`remove` it when done."""
+        replica = PgCluster(port, bindir=self.bindir, start_timeout=self.start_timeout)
+        replica.basedir.chmod(0o755)
+        replica._give_to_postgres(replica.basedir)
+        replica._run(
+            [
+                self.binary("pg_basebackup"),
+                "-D",
+                str(replica.datadir),
+                "-R",  # standby.signal and primary_conninfo
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+                "-d",
+                self.dsn(),
+            ],
+            server=True,
+            what="pg_basebackup",
+        )
+        return replica.start()
+
     def create_database(self, name: str, owner: str | None = None, template: str = "") -> None:
         sql = f"CREATE DATABASE {quote_ident(name)}"
         if owner:

@@ -96,6 +96,19 @@ def pg() -> Iterator[PgCluster]:
         release_port(port)
 
 
+@pytest.fixture(scope="module")
+def replica(pg: PgCluster) -> Iterator[PgCluster]:
+    """A streaming replica of `pg` (``pg_basebackup -R``), started on a free port; one per
+    test module that asks for it. Pause its replay with ``SELECT pg_wal_replay_pause()``."""
+    port = free_port()
+    standby = pg.standby(port)
+    try:
+        yield standby
+    finally:
+        standby.remove()
+        release_port(port)
+
+
 PoolerFactory = Callable[..., Pooler]
 
 

@@ -48,6 +48,7 @@ from pooler.server.hba import hba_allows
 from pooler.server.pool import TOO_MANY_CONNECTIONS, ConnectFailed, HandOff, PoolTimeout, Route
 from pooler.server.prepared import ClientStatements, Retry, is_stale_statement_error
 from pooler.server.router import ClientKey
+from pooler.server.watchdog import catchup_timeout
 
 if TYPE_CHECKING:
     from pooler.server.worker import Worker
@@ -117,9 +118,13 @@ class ClientGone(Exception):
 class LoginRefused(Exception):
     """The client may not log in; the error goes to the client as FATAL."""
 
-    def __init__(self, sqlstate: str, message: str) -> None:
+    def __init__(
+        self, sqlstate: str, message: str, *, detail: str | None = None, hint: str | None = None
+    ) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
+        self.detail = detail
+        self.hint = hint
 
 
 class ClientConnection(asyncio.Protocol):
@@ -272,14 +277,22 @@ class ClientConnection(asyncio.Protocol):
             return "pooler: "
         return f"pooler: {self.id}: "
 
-    def fatal(self, sqlstate: str, message: str, *, prefix: bool = True) -> None:
+    def fatal(
+        self,
+        sqlstate: str,
+        message: str,
+        *,
+        prefix: bool = True,
+        detail: str | None = None,
+        hint: str | None = None,
+    ) -> None:
         """Send a FATAL ErrorResponse and close the connection."""
         if self.closing:
             return
         self.closing = True
         text = self._prefix() + message if prefix else message
         log.error("client", message, self.log_ctx)
-        self._send(build.error_response("FATAL", sqlstate, text))
+        self._send(build.error_response("FATAL", sqlstate, text, detail, hint))
         self.transport.close()
 
     def refusal(self, message: str) -> bytes:
@@ -374,7 +387,7 @@ class ClientConnection(asyncio.Protocol):
         except ProtocolError as exc:
             self.fatal(exc.sqlstate, str(exc))
         except LoginRefused as exc:
-            self.fatal(exc.sqlstate, str(exc))
+            self.fatal(exc.sqlstate, str(exc), detail=exc.detail, hint=exc.hint)
         except PoolTimeout:
             self._pool_timeout()
         except ConnectFailed as exc:
@@ -469,6 +482,9 @@ class ClientConnection(asyncio.Protocol):
         if storage.type == "local":
             await self.worker.console_login(self, rule)
             return
+        limit = catchup_timeout(self.listen, rule)
+        if limit:
+            await self._check_catchup(limit)
         route = self.worker.route_for(rule, self.database, self.user)
         if rule.client_max is not None:
             await self._take_client_slot(
@@ -520,6 +536,27 @@ class ClientConnection(asyncio.Protocol):
         except BaseException:
             route.discard(server)
             raise
+
+    async def _check_catchup(self, limit: int) -> None:
+        """Refuse the client while the storage watchdog says the replica lags `limit`
+        seconds or more (odyssey's words and codes)."""
+        lag = await self.worker.watchdog.current_lag(limit)
+        if lag is not None and lag < limit:
+            return
+        self.worker.count_error("catchup_timeout")
+        shown = "unknown" if lag is None else str(lag)
+        log.info(
+            "catchup",
+            f"replication lag is too big ({shown} sec), failed to wait replica for catchup",
+            self.log_ctx,
+        )
+        raise LoginRefused(
+            "08006",
+            "replication lag of the node you are trying to connect is too big, connection rejected",
+            detail=f"replication lag too big ({shown} seconds), connection rejected: "
+            f"{self.database} {self.user}",
+            hint="wait until the replica catches up with the primary",
+        )
 
     async def _acquire_for_login(self, route: Route) -> ServerConnection:
         """A server during login (session pool, or a route's first login, which learns the

@@ -29,6 +29,7 @@ from pooler.server.pool import Route, RouteKey
 from pooler.server.router import ClientKey, Router
 from pooler.server.sockopts import TcpOptions
 from pooler.server.stats import route_names, rule_label
+from pooler.server.watchdog import LagWatchdog
 
 if TYPE_CHECKING:
     from pooler.server.worker_main import SupervisorLink
@@ -80,6 +81,8 @@ class Worker:
         self._retiring: asyncio.Task[None] | None = None
         self.pause = PauseState()
         self._listening: list[socket.socket] = []
+        self.watchdog = LagWatchdog(self)  # replica lag (storage watchdog, catchup_timeout)
+        self._watchdog: asyncio.Task[None] | None = None
 
     # --- tasks ------------------------------------------------------------------------
 
@@ -111,6 +114,7 @@ class Worker:
             )
             self._servers.append(server)
         self._cron = self.spawn(self._cron_loop(), "cron")
+        self._watchdog = self.spawn(self.watchdog.run(), "watchdog")
 
     async def stop_accepting(self) -> None:
         for server in self._servers:
@@ -178,6 +182,8 @@ class Worker:
                 server.close()
         if self._cron is not None:
             self._cron.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
 
     def apply_config(self, config: Config, births: dict[RuleIdentity, int]) -> None:
         """A reload. New clients route by the new rules at once. A route whose rule kept its

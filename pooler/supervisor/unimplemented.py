@@ -27,13 +27,12 @@ ROUTE = frozenset(
         "ldap_endpoint_name", "ldap_storage_credentials_attr", "ldap_pool_size",
         "ldap_pool_timeout", "ldap_pool_ttl", "pool_attach_check",
         "pool_acquire_fail_fast", "shared_pool",
-        "catchup_timeout", "catchup_checks",
-        "watchdog_lag_query", "watchdog_lag_interval", "group_query", "group_query_user",
+        "group_query", "group_query_user",
         "group_query_db",
     }
 )  # fmt: skip
-LISTEN = frozenset({"catchup_timeout", "compression"})
-STORAGE = frozenset({"server_max_routing", "watchdog"})
+LISTEN = frozenset({"compression"})
+STORAGE = frozenset({"server_max_routing"})
 
 
 def unimplemented(config: Config) -> list[str]:
@@ -52,8 +51,6 @@ def unimplemented(config: Config) -> list[str]:
         found.update(f"listen.{key}" for key in listen.key_pos if key in LISTEN)
     for storage in config.storages:
         found.update(f"storage.{key}" for key in storage.key_pos if key in STORAGE)
-        if storage.watchdog is not None:
-            found.add("storage.watchdog")
         if storage.show_notice_messages:
             found.add("storage.balancing.show_notice_messages")
     for rule in config.rules:

@@ -694,6 +694,7 @@ ERROR_NAMES = {
     "pool_timeout": "OD_ROUTER_ERROR_TIMEDOUT",
     "server_connect": "OD_ESERVER_CONNECT",
     "killed": "OD_ECLIENT_KILLED",
+    "catchup_timeout": "OD_ECATCHUP_TIMEOUT",
 }
 
 
