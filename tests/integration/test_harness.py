@@ -376,9 +376,13 @@ def test_demo_runs_and_cleans_up_on_ctrl_c(tmp_path: Path, fake_command: list[st
         assert conf.read_text() == rewrite_ports(SAMPLE_CONF.read_text(), pg_port, listen_port)
         assert port_is_free(pg_port) and port_is_free(listen_port)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # a failed assertion: the demo still cleans up after itself
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.mark.pg
