@@ -398,6 +398,20 @@ class Route:
     async def _connect_to(
         self, endpoint: Endpoint, password: Secret, storage: Storage
     ) -> ServerConnection:
+        gate = self.worker.server_routing_gate(storage)
+        if gate is None:
+            return await self._connect_now(endpoint, password, storage)
+        if gate.locked():
+            log.info(
+                "server_max_routing",
+                f"storage '{storage.name}': server connect waits for one in progress",
+            )
+        async with gate:
+            return await self._connect_now(endpoint, password, storage)
+
+    async def _connect_now(
+        self, endpoint: Endpoint, password: Secret, storage: Storage
+    ) -> ServerConnection:
         loop = asyncio.get_running_loop()
         timeout = self.worker.config.backend_connect_timeout_ms / 1000 or None
         server: ServerConnection | None = None

@@ -44,6 +44,14 @@ def between_transactions(client: ClientConnection) -> bool:
     return server is None or (server.status == IDLE and server.pending == 0)
 
 
+class _Gate(asyncio.Semaphore):
+    """A semaphore that remembers its size (a reload may change it: a new one is made)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
 class Worker:
     """Owns the clients and server connections of one process."""
 
@@ -61,6 +69,7 @@ class Worker:
         self.slots = link.slots
         self.router = Router(config.rules, config.sequential_routing)
         self.tcp_options = TcpOptions.of(config)  # of every client and server socket
+        self._server_routing: dict[str, _Gate] = {}  # per storage: server_max_routing
         # client_max_routing, this worker's share (sized at start, as in odyssey); unset (0):
         # no limit (odyssey's 64 per worker would let stalled logins hold up everyone's)
         routing = config.client_max_routing
@@ -300,6 +309,19 @@ class Worker:
             if self.pause.covers(route.backend_db, rule.db_name):
                 route.pause()  # a PAUSE in force holds new routes too
         return route
+
+    def server_routing_gate(self, storage: Storage) -> asyncio.Semaphore | None:
+        """server_max_routing: server logins in progress at once to a storage, this worker's
+        share; None when the storage does not set it (odyssey's default is one per worker:
+        pooler does not serialise connects unless asked)."""
+        limit = storage.server_max_routing
+        if limit <= 0:
+            return None
+        share = max(1, limit // max(1, self.config.workers))
+        gate = self._server_routing.get(storage.name)
+        if gate is None or gate.limit != share:
+            gate = self._server_routing[storage.name] = _Gate(share)
+        return gate
 
     def servers_per_endpoint(self) -> dict[Endpoint, int]:
         """Open server connections of this worker by host (leastconn balancing)."""

@@ -32,7 +32,7 @@ ROUTE = frozenset(
     }
 )  # fmt: skip
 LISTEN = frozenset({"compression"})
-STORAGE = frozenset({"server_max_routing"})
+STORAGE: frozenset[str] = frozenset()
 
 
 def unimplemented(config: Config) -> list[str]:

@@ -7,7 +7,8 @@ import threading
 
 import psycopg
 import pytest
-from harness import HOST, make_config, route
+from faultproxy import FaultProxy
+from harness import HOST, make_config, route, storage, wait_until
 from wire import read_until, startup_packet
 
 from pooler.pgcluster import conninfo
@@ -89,3 +90,36 @@ def test_client_max_routing_queues_logins_beyond_it(pooler):
     slow.close()  # its place frees
     thread.join(10)
     assert done == [[(1,)]]
+
+
+def test_server_max_routing_one_server_login_at_a_time(pooler, pg):
+    """server_max_routing 1: while a server login hangs (a host that never answers), the next
+    one waits for it instead of starting (odyssey's concurrent backend connect limit)."""
+    with FaultProxy(HOST, pg.port) as proxy:
+        proxy.mode = "blackhole"  # logins through it hang until backend_connect_timeout_ms
+        p = pooler(
+            make_config(
+                route("p0", "postgres"),
+                storages=storage(port=proxy.port, server_max_routing=1),
+                backend_connect_timeout_ms=3000,
+            )
+        )
+        results: list[object] = []
+
+        def client() -> None:
+            try:
+                results.append(p.sql("select 1", dbname="p0"))
+            except psycopg.Error as exc:
+                results.append(type(exc))
+
+        first = threading.Thread(target=client)
+        first.start()
+        wait_until(lambda: proxy.accepted == 1)
+        second = threading.Thread(target=client)
+        second.start()
+        p.wait_for_log(r"\(server_max_routing\) storage 'postgres_server': server connect waits")
+        assert proxy.accepted == 1  # the second login has not started
+        proxy.mode = "pass"  # the first times out; the second goes through
+        first.join(20)
+        second.join(20)
+        assert sorted(map(str, results)) == sorted(map(str, [psycopg.OperationalError, [(1,)]]))
