@@ -458,6 +458,8 @@ class Worker:
                     "database": database,
                     "user": user,
                     "rule": rule_label(route.rule),
+                    "rule_database": route.rule.db_name,  # (SHOW DATABASES/USERS, by rule)
+                    "rule_user": route.rule.user_name,
                     "generation": key[0],
                     "backend_db": route.backend_db,
                     "backend_user": route.backend_user,

@@ -456,6 +456,15 @@ def _route_rules(config: Any) -> list[Any]:
     ]
 
 
+def _rule_database(route: dict[str, Any]) -> str:
+    """The database name of the rule a route came from (SHOW DATABASES lists rules)."""
+    return str(route.get("rule_database", route["database"]))
+
+
+def _rule_user(route: dict[str, Any]) -> str:
+    return str(route.get("rule_user", route["user"]))
+
+
 def show_databases(config: Any, routes: list[dict[str, Any]], paused: set[str] | bool) -> Result:
     rows = []
     seen: dict[str, tuple[Any, ...]] = {}
@@ -464,7 +473,7 @@ def show_databases(config: Any, routes: list[dict[str, Any]], paused: set[str] |
         if name in seen:
             continue
         storage = config.storage(rule.storage)
-        members = [r for r in routes if r["database"] == name and not r.get("obsolete")]
+        members = [r for r in routes if _rule_database(r) == name and not r.get("obsolete")]
         servers = sum(r["sv_active"] + r["sv_idle"] + r["sv_login"] for r in members)
         clients = sum(r["clients"] for r in members)
         host = storage.host if storage is not None else None
@@ -522,7 +531,7 @@ def show_users(config: Any, routes: list[dict[str, Any]]) -> Result:
         name = rule.user_name
         if name in seen:
             continue
-        members = [r for r in routes if r["user"] == name and not r.get("obsolete")]
+        members = [r for r in routes if _rule_user(r) == name and not r.get("obsolete")]
         seen[name] = (
             name,
             f"{rule.pool_size:9d}",

@@ -172,3 +172,24 @@ def test_route_names_are_what_clients_ask_for():
     assert route_names(default, "shop", "alice") == ("shop", "alice")
     assert route_names(folded, "folded", "ro") == ("folded", "default_user")
     assert rule_label(default) == "default_db.default_user all"
+
+
+def test_databases_and_users_count_the_routes_of_a_default_rule():
+    """SHOW DATABASES/USERS list rules: a `default` rule's routes, named by the client's
+    database and user, still count under default_db/default_user."""
+    from pooler.config import parse_text
+
+    config = parse_text(
+        'log_format "%m" listen { host "*" port 1 }\n'
+        'storage "s" { type "remote" host "h" port 5432 }\n'
+        'database default { user default { authentication "none" storage "s" pool "session" } }\n'
+    )
+    route = snap()["routes"][0] | {
+        "database": "shop", "user": "alice", "rule_database": "default_db",
+        "rule_user": "default_user", "backend_db": "shop", "backend_user": "alice",
+    }  # fmt: skip
+    routes = views.merge_routes([{"routes": [route]}])
+    (db_row,) = views.show_databases(config, routes, False).rows
+    assert db_row[0] == "default_db" and db_row[12] == 3 and db_row[14] == 3  # servers, clients
+    (user_row,) = views.show_users(config, routes).rows
+    assert user_row[0] == "default_user" and user_row[5] == 3 and user_row[7] == 3
