@@ -7,8 +7,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 from helpers_config import conf, errors, ok
+from hypothesis import given, settings, strategies as st
 
 from pooler.cli import main
+from pooler.config import ConfigError, parse_text
 
 
 def check(tmp_path: Path, text: str) -> tuple[int, list[str]]:
@@ -104,3 +106,23 @@ def test_config_is_optional_in_the_help_of_demo_tui_and_reload() -> None:
     assert (
         "Usage: main check [OPTIONS] CONFIG\n" in CliRunner().invoke(main, ["check", "-h"]).output
     )
+
+
+_WORDS = [
+    "listen", "storage", "database", "user", "default", "pool_size", "host", "port", "{", "}",
+    '"x"', '"pg"', "3", "3x", "yes", "bogus", "\n", "\n  ", "options", "pool", ";", '"open',
+    "watchdog", "balancing", "method", "soft_oom", "drop", "load_module", "include",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_WORDS), max_size=60), st.integers(0, 400))
+def test_any_token_soup_gives_positioned_errors_not_a_crash(words: list[str], at: int) -> None:
+    """The recovering parser ends on any input, alone or spliced into a valid config, and
+    every error it reports has a position."""
+    for text in (" ".join(words), conf()[:at] + " ".join(words) + conf()[at:]):
+        try:
+            parse_text(text)
+        except ConfigError as exc:
+            for d in exc.diagnostics:
+                assert d.pos is not None and d.pos.line >= 1 and d.pos.column >= 1, str(d)
