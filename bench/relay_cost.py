@@ -35,7 +35,7 @@ import uvloop
 
 from pooler.config import parse_text
 from pooler.protocol import build
-from pooler.server.backend import ServerConnection
+from pooler.server.backend import ServerConnection, ServerState
 from pooler.server.client import ClientConnection
 from pooler.server.prepared import ClientStatements
 from pooler.server.router import ClientKey
@@ -144,6 +144,7 @@ def add_server(route: Any) -> ServerConnection:
     server.transport = transport  # type: ignore[assignment]
     server.params = dict(SERVER_PARAMS)
     server.internal = False  # logged in: relaying
+    server.state = ServerState.IDLE
     server.scanner.wanted = server.relay_wanted
     route.idle.append(server)
     return server

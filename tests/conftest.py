@@ -5,6 +5,7 @@ See tests/harness.py for the helpers (wait_until, free_port, make_config, route,
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -14,6 +15,9 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import harness` from any test dir
+# An illegal state transition raises in tests (in this process and the poolers it starts)
+# instead of being logged: see ServerState in pooler/server/backend.py.
+os.environ.setdefault("POOLER_STRICT_STATES", "1")
 
 from harness import (
     DATABASES,

@@ -10,6 +10,7 @@ Two modes share one byte scanner:
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
 import os
 import secrets
@@ -83,6 +84,42 @@ class ServerGone(Exception):
     """The server connection closed or timed out."""
 
 
+class ServerState(enum.Enum):
+    """A server connection's life (docs/architecture.md, "A server's life"); one method
+    moves it (`ServerConnection.become`), along the arrows of `_NEXT`."""
+
+    LOGIN = "login"  # connecting and logging in: the pooler talks to it
+    IDLE = "idle"  # in its route's idle list
+    TAKEN = "taken"  # out of the pool, no client: handed on, being prepared, or the pooler's
+    ACTIVE = "active"  # linked to a client: what it says is relayed
+    RESET = "reset"  # detached from its client: the pooler brings it back in step
+    CLOSED = "closed"  # closing or closed: never used again
+
+    __hash__ = object.__hash__  # (members are singletons: identity, hashed in C)
+
+
+_NEXT: dict[ServerState, tuple[ServerState, ...]] = {
+    ServerState.LOGIN: (ServerState.TAKEN, ServerState.CLOSED),
+    ServerState.IDLE: (ServerState.TAKEN, ServerState.ACTIVE, ServerState.CLOSED),
+    ServerState.TAKEN: (
+        ServerState.ACTIVE,
+        ServerState.IDLE,
+        ServerState.RESET,
+        ServerState.CLOSED,
+    ),
+    ServerState.ACTIVE: (ServerState.TAKEN, ServerState.RESET, ServerState.CLOSED),
+    ServerState.RESET: (ServerState.TAKEN, ServerState.CLOSED),
+    ServerState.CLOSED: (),
+}
+# Tests set POOLER_STRICT_STATES=1: an illegal transition raises there; in production it is
+# logged and made anyway (the connection is closed or reused as the caller decided).
+STRICT_STATES = os.environ.get("POOLER_STRICT_STATES") == "1"
+
+
+class IllegalTransition(RuntimeError):
+    """A server connection was moved along an arrow its state diagram does not have."""
+
+
 def _edited(data: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
     """`data` with each (start, end, replacement) applied (in order, not overlapping)."""
     pieces = []
@@ -108,7 +145,6 @@ class ServerConnection(asyncio.Protocol):
         "_waiter",
         "backend_key",
         "client",
-        "closed",
         "copy_in",
         "created",
         "desynced",
@@ -127,6 +163,7 @@ class ServerConnection(asyncio.Protocol):
         "released_at",
         "route",
         "scanner",
+        "state",
         "statements",
         "status",
         "storage",
@@ -156,7 +193,7 @@ class ServerConnection(asyncio.Protocol):
         self.unsynced = False  # extended-protocol messages sent since the last Sync
         self.copy_in = False
         self.desynced = False  # PostgreSQL may answer more than we counted: never reuse
-        self.closed = False
+        self.state = ServerState.LOGIN
         self.holds_slot = False  # counts against the route's global pool_size
         self.internal = True  # the pooler itself is talking to the server (login, reset...)
         self.created = time.monotonic()
@@ -176,7 +213,8 @@ class ServerConnection(asyncio.Protocol):
         sockopts.apply(transport, self.route.worker.tcp_options)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        if self.state is not ServerState.CLOSED:
+            self.become(ServerState.CLOSED)
         self._wake()
         client = self.client
         if client is not None:
@@ -386,7 +424,7 @@ class ServerConnection(asyncio.Protocol):
     def close(self) -> None:
         transport = self.transport
         if not self.closed and transport is not None:
-            self.closed = True
+            self.become(ServerState.CLOSED)
             if self.holds_slot and not transport.is_closing():
                 # Terminate: PostgreSQL ends the session (after a query it runs) and closes
                 # its end once the backend is gone; only then (connection_lost) is the slot
@@ -399,6 +437,24 @@ class ServerConnection(asyncio.Protocol):
 
     def log_context(self) -> LogContext:
         return LogContext(server_id=self.id, server_host=self.endpoint.host)
+
+    # --- states -----------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.state is ServerState.CLOSED
+
+    def become(self, new: ServerState) -> None:
+        """The one way a server changes state (a debug log line each time)."""
+        old = self.state
+        if new not in _NEXT[old]:
+            message = f"illegal server transition {old.value} -> {new.value}"
+            if STRICT_STATES:
+                raise IllegalTransition(message)
+            log.error("server", message, self.log_context())
+        self.state = new
+        if log.debug_enabled:
+            log.debug("server", f"{old.value} -> {new.value}", self.log_context())
 
     async def login(self, user: str, database: str, password: str | auth.ScramKeys | None) -> None:
         """Run the startup exchange up to the first ReadyForQuery."""
@@ -478,6 +534,7 @@ class ServerConnection(asyncio.Protocol):
                 self.login_params = dict(self.params)
                 self.scanner.wanted = self.relay_wanted
                 self.internal = False
+                self.become(ServerState.TAKEN)
                 return
 
     async def _start_tls(self) -> None:
@@ -679,6 +736,7 @@ class ServerConnection(asyncio.Protocol):
 
     def link(self, client: ClientConnection, now: float) -> None:
         """Lend the server to `client` (at monotonic time `now`)."""
+        self.become(ServerState.ACTIVE)
         self.statements.reset()
         self.held = None
         self.tail = b""
@@ -690,9 +748,21 @@ class ServerConnection(asyncio.Protocol):
         self.scanner.wanted = self.relay_wanted
 
     def unlink(self) -> None:
+        """The server leaves its client (or the pooler's own use) on its way back."""
+        state = self.state
+        if state is ServerState.ACTIVE or state is ServerState.RESET:
+            self.become(ServerState.TAKEN)
         self._end_link()
         self.held = None
         self.released_at = time.monotonic()
+
+    def taken(self) -> None:
+        """Out of the idle list (for a client, or for the pooler's own use)."""
+        self.become(ServerState.TAKEN)
+
+    def pooled(self) -> None:
+        """Into the idle list."""
+        self.become(ServerState.IDLE)
 
     def _end_link(self) -> None:
         """The link to the client ends: whatever either side paused for the other ends
@@ -709,5 +779,7 @@ class ServerConnection(asyncio.Protocol):
         its output is kept for the reset (which drains what is still owed), never relayed: a
         late ReadyForQuery relayed to the departed client would release the server a second
         time while the reset is still under way."""
+        if self.state is not ServerState.RESET:
+            self.become(ServerState.RESET)
         self._end_link()
         self.internal = True

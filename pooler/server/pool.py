@@ -189,6 +189,7 @@ class Route:
                 while self.idle:
                     server = self.idle.pop()
                     if not server.closed:
+                        server.taken()
                         self.busy.add(server)
                         return server
                 if not self.limited:
@@ -484,6 +485,7 @@ class Route:
                     self._releasing = False
                 return
         self.busy.discard(server)
+        server.pooled()
         self.idle.append(server)
 
     def discard(self, server: ServerConnection) -> None:

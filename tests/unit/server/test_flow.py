@@ -8,7 +8,7 @@ import types
 from typing import Any
 
 from pooler.config import parse_text
-from pooler.server.backend import ServerConnection
+from pooler.server.backend import ServerConnection, ServerState
 from pooler.server.client import ClientConnection
 from pooler.server.flow import PEER_FULL, QUEUE_FULL, ReadGate
 from pooler.server.router import ClientKey
@@ -85,6 +85,7 @@ def setup() -> tuple[Any, ClientConnection, ServerConnection]:
     server = ServerConnection(route, config.storages[0].endpoints[0])
     server.connection_made(Transport())  # type: ignore[arg-type]
     server.internal = False
+    server.state = ServerState.TAKEN
     route.busy.add(server)
     return route, client, server
 

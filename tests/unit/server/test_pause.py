@@ -59,6 +59,9 @@ async def test_a_route_is_paused_and_resumed_as_state():
 class Idle:
     closed = False
 
+    def taken(self) -> None:  # (ServerConnection's move out of the idle list)
+        pass
+
 
 @pytest.mark.timeout(10)
 async def test_acquire_waits_for_resume():

@@ -13,7 +13,7 @@ import pytest
 
 from pooler.config import parse_text
 from pooler.protocol import build
-from pooler.server.backend import ServerConnection
+from pooler.server.backend import ServerConnection, ServerState
 from pooler.server.client import ClientConnection
 from pooler.server.prepared import ClientStatements
 from pooler.server.router import ClientKey
@@ -73,6 +73,7 @@ def idle_pair() -> tuple[ServerConnection, ClientConnection]:
     server = ServerConnection(route, route.storage.endpoints[0])
     server.transport = Transport()  # type: ignore[assignment]
     server.internal = False
+    server.state = ServerState.IDLE
     server.scanner.wanted = server.relay_wanted
     route.idle.append(server)
     client = ClientConnection(worker, worker.config.listens[0], False)
