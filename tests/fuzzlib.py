@@ -10,8 +10,14 @@ bench/fuzz (plain random, for minutes). One mutated session is one TCP connectio
 * :func:`mutate` applies 1-4 random operations (bit flips, truncation, dropped, duplicated
   and swapped messages, forged length fields, unknown or out-of-order message types,
   injected garbage) chosen by a :class:`random.Random`;
-* :func:`replay` sends the result (whole or in small chunks), then either reads the answer
-  (half-closing once the pooler is quiet) until the pooler closes, or aborts the connection;
+* :func:`hostile_message` builds one message of any type (frontend types and others) with a
+  hostile length (PostgreSQL's small-message limit, client_max_buffer, 50 MB, 1 GiB, 2 GiB,
+  negative...) and some of its body; :func:`mutate` splices such messages in too, and
+  test_fuzz_live sends every type with every such length after a login;
+* :func:`replay` sends the result (whole or in small chunks; optionally only after a login
+  it sent first), then either reads the answer (half-closing once the pooler is quiet)
+  until the pooler closes, or aborts the connection;
+* :class:`RssSampler` samples the workers' resident memory while a run goes on;
 * :func:`check` says what is wrong with the outcome (a hang, a malformed reply, an
   ErrorResponse without severity or SQLSTATE), or None.
 """
@@ -36,6 +42,20 @@ HOST = "127.0.0.1"
 
 INTERESTING_LENGTHS = (0, 1, 3, 4, 5, 8, -1, -4, 0x7FFFFFFF, 0x40000001, 10001, 65536 + 1)
 FRONTEND_TYPES = b"QPBEDCSHFXpdcf"
+HOSTILE_TYPES = FRONTEND_TYPES + bytes((0, ord("z"), 0xFF))
+MB = 1024 * 1024
+HOSTILE_LENGTHS = (
+    -1, 0, 3, 4, 5, 10000, 10001, 65537, 4 * MB + 1, 50 * MB, (1 << 30) - 1, (1 << 30) + 1,
+    0x7FFFFFFF,
+)  # fmt: skip
+HOSTILE_SENT = (0, 1000, 300_000)  # body bytes actually sent (up to the length)
+
+
+def hostile_message(rng: random.Random, mtype: int, length: int) -> bytes:
+    """A message of type `mtype` whose length field says `length`, with part of its body."""
+    sent = max(0, min(length - 4, rng.choice(HOSTILE_SENT)))
+    head = rng.randbytes(min(sent, 64))
+    return bytes([mtype]) + struct.pack("!i", length) + head + b" " * (sent - len(head))
 
 
 def capture_sessions(pg: object) -> list[bytes]:
@@ -123,7 +143,7 @@ def mutate(rng: random.Random, pieces: list[bytes]) -> tuple[bytes, list[str]]:
         op = rng.choice(
             (
                 "flip", "flip", "length", "length", "type", "drop", "dup", "swap", "insert",
-                "inject", "truncate", "startup",
+                "inject", "truncate", "startup", "hostile",
             )
         )  # fmt: skip
         i = rng.randrange(len(pieces))
@@ -159,6 +179,11 @@ def mutate(rng: random.Random, pieces: list[bytes]) -> tuple[bytes, list[str]]:
             body = rng.randbytes(rng.randint(0, 40))
             pieces.insert(i, bytes([mtype]) + struct.pack("!i", len(body) + 4) + body)
             op += f"={mtype!r}"
+        elif op == "hostile" and i > 0:
+            mtype = rng.choice(HOSTILE_TYPES)
+            length = rng.choice(HOSTILE_LENGTHS)
+            pieces.insert(i, hostile_message(rng, mtype, length))
+            op += f"={mtype!r}/{length}"
         elif op == "truncate":
             cut = rng.randrange(sum(map(len, pieces)) + 1)
             op += f"@{cut}"
@@ -191,12 +216,19 @@ class Outcome:
 
 
 def replay(
-    port: int, data: bytes, rng: random.Random, timeout: float = 10.0, quiet: float = 0.15
+    port: int,
+    data: bytes,
+    rng: random.Random,
+    timeout: float = 10.0,
+    quiet: float = 0.15,
+    login: bytes | None = None,
 ) -> Outcome:
+    """Send `data` (after `login`, a startup packet answered up to ReadyForQuery, if given)
+    and see how the pooler answers."""
     # every random choice is drawn before any I/O (hypothesis needs replayable draws)
     mode = "abort" if rng.random() < 0.2 else "halfclose"
     pieces = [data]
-    if rng.random() < 0.3:  # in small pieces: every split point of the framing
+    if rng.random() < 0.3 and len(data) < 100_000:  # in small pieces: every split point
         pieces, pos = [], 0
         while pos < len(data):
             step = rng.randint(1, 64)
@@ -205,6 +237,14 @@ def replay(
     outcome = Outcome(mode)
     started = time.monotonic()
     with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        if login is not None:
+            sock.sendall(login)
+            answer = b""
+            while b"Z\0\0\0\x05" not in answer:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise AssertionError(f"login refused: {answer!r}")
+                answer += chunk
         try:
             for piece in pieces:
                 sock.sendall(piece)
@@ -258,6 +298,39 @@ def check(outcome: Outcome) -> str | None:
         if not fields.get("S") or len(fields.get("C", "")) != 5:
             return f"ErrorResponse without severity/SQLSTATE: {fields}"
     return None
+
+
+class RssSampler:
+    """A thread sampling the resident memory (kB) of the pooler's workers every 20 ms."""
+
+    def __init__(self, pids: list[int]) -> None:
+        from wire import rss_kb
+
+        self.rss_kb = rss_kb
+        self.pids = pids
+        self.baseline = {pid: rss_kb(pid) for pid in pids}
+        self.peak = dict(self.baseline)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.02):
+            for pid in self.pids:
+                self.peak[pid] = max(self.peak[pid], self.rss_kb(pid))
+
+    def growth_kb(self) -> int:
+        return max(self.peak[pid] - self.baseline[pid] for pid in self.pids)
+
+    def back_near_baseline(self, ratio: float = 1.2) -> bool:
+        return all(self.rss_kb(pid) <= self.baseline[pid] * ratio for pid in self.pids)
+
+    def __enter__(self) -> RssSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 class GoodClients:

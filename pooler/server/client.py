@@ -77,7 +77,7 @@ _NOT_SESSION_PARAMS = frozenset(
 )
 MAX_STARTUP_WAIT_BUFFER = 1 << 16
 MAX_LOGIN_MESSAGE = 1 << 16
-MAX_QUEUED = 1 << 20
+MAX_QUEUED = 256 * 1024  # bytes held for a client waiting for a server; then it is paused
 RETRY_LIMIT = 1 << 16  # a batch kept to be sent again (prepared.Retry) is at most this long
 # A message larger than client_max_buffer is streamed to the server; its first HEAD_SIZE
 # bytes are read (a Bind's names, a Query's first keyword) before any of it goes.
@@ -725,6 +725,8 @@ class ClientConnection(asyncio.Protocol):
             self.asked_at = self.last_activity  # (later bytes do not restart the wait)
         self.queued.append(data)
         self.queued_bytes += len(data)
+        if self.queued_bytes > MAX_QUEUED:  # read no more until a server takes it
+            self.reading.pause(QUEUE_FULL)
         if self._attach_task is not None or self._handoff is not None:
             return
         if not first and self.statements is not None and self.queued[0][0] == P:
@@ -732,9 +734,8 @@ class ClientConnection(asyncio.Protocol):
             if self._answer_locally(data):
                 self.queued.clear()
                 self.queued_bytes = 0
+                self.reading.resume(QUEUE_FULL)
                 return
-        if self.queued_bytes > MAX_QUEUED:
-            self.reading.pause(QUEUE_FULL)
         if not self._wait_without_task():
             self._attach_task = self.worker.spawn(self._attach(), f"attach {self.id}")
 
@@ -916,10 +917,9 @@ class ClientConnection(asyncio.Protocol):
         if second < len(data) and data[second] not in (P, S):
             return False  # a Bind or an Execute follows: it needs a server (the usual case)
         try:
-            found = iter_messages(data)
-        except ProtocolError:
-            return False  # incomplete: wait for the rest through the normal path
-        answer = self.statements.answer_locally(found)
+            answer = self.statements.answer_locally(iter_messages(data))
+        except ProtocolError:  # incomplete or malformed: the normal path waits or refuses
+            return False
         if answer is None:
             return False
         self._send(answer)

@@ -25,6 +25,7 @@ from pooler.server.backend import (
     ServerGone,
 )
 from pooler.server.client import ClientConnection
+from pooler.server.memory import Trimmer
 from pooler.server.pool import Route, RouteKey
 from pooler.server.router import ClientKey, Router
 from pooler.server.sockopts import TcpOptions
@@ -86,6 +87,7 @@ class Worker:
         self.errors: dict[str, int] = {}  # login refusals by kind (SHOW ERRORS)
         self._recovery: dict[Endpoint, tuple[bool, float]] = {}
         self.auth_cache = AuthQueryCache()
+        self.trimmer = Trimmer()  # freed buffers go back to the system (memory.py)
         self.stopping = False
         self._retiring: asyncio.Task[None] | None = None
         self.pause = PauseState()
@@ -525,6 +527,7 @@ class Worker:
             await asyncio.sleep(1)
             now = time.monotonic()
             self.auth_cache.expire(now)
+            self.trimmer.tick()
             for key, route in list(self.routes.items()):
                 route.expire_idle()
                 if route.obsolete and route.clients == 0 and route.size == 0:
