@@ -1202,7 +1202,7 @@ class ClientConnection(asyncio.Protocol):
         server.pending += 1
         if self.log_queries:
             log.info("query", _query_text(buf, start, end), self.log_ctx)
-        if buf[start + 5] in LISTEN_FIRST and self.mode != "session":
+        if end - start > 5 and buf[start + 5] in LISTEN_FIRST and self.mode != "session":
             self._listen(buf, start, end)
         statements = self.statements
         if statements is None:
