@@ -16,7 +16,7 @@ import ctypes.util
 import os
 from collections.abc import Callable
 
-GROWTH = 16 * 1024 * 1024
+GROWTH = 4 * 1024 * 1024
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
