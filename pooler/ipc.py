@@ -1,6 +1,7 @@
 """Messages between the supervisor and its workers over a socketpair.
 
-Frames are a 4-byte length and a pickled tuple `(kind, *args)`. Both ends are our own
+Each message is a frozen dataclass below, both ends import this module and dispatch with
+`match`. Frames are a 4-byte length and the pickled message. Both ends are our own
 processes, spawned by us with the socket passed as an inherited fd, so pickle's generality
 (frozen config dataclasses travel as they are) carries no trust issue here.
 """
@@ -12,11 +13,12 @@ import copyreg
 import pickle
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-Message = tuple[Any, ...]
+if TYPE_CHECKING:
+    from pooler.config import Config, Endpoint, Listen
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,184 @@ class PauseState:
     def covers(self, *names: str) -> bool:
         return self.everything or not self.databases.isdisjoint(names)
 
+
+# --- supervisor -> worker -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigMessage:
+    """The config to serve: the first one with the listen sections of the inherited sockets
+    (`listens`), later ones (reloads) without."""
+
+    config: Config
+    births: dict[Any, int]
+    pause: PauseState = field(default_factory=PauseState)
+    listens: list[Listen] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SlotGranted:
+    key: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ShedSlot:
+    """Give a slot of `key` back (see pooler/supervisor/slots.py)."""
+
+    key: Any
+    spare: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CancelQuery:
+    """A CancelRequest for a client's BackendKeyData (either way: a worker forwards one
+    for a client of another worker; the supervisor hands it to the owner)."""
+
+    pid: int
+    secret: int
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    graceful: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Retire:
+    """`workers` was lowered: this worker is one too many."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stay:
+    """`workers` grew again: a retiring worker goes on serving."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReopenLog:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to a worker's request (ClientSlot, ConsoleQuery)."""
+
+    request_id: int
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """The supervisor asks a worker (SHOW CLIENTS rows, PAUSE, KILL_CLIENT...: see
+    pooler/server/console.py handle_ask); answered with Answer."""
+
+    ask_id: int
+    what: str
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StatsRequest:
+    pass
+
+
+# --- worker -> supervisor -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The worker serves this config generation (readiness)."""
+
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireSlot:
+    """One more slot of `key` (pool_size `limit`) for a client waiting since `since`."""
+
+    key: Any
+    limit: int
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseSlot:
+    """A granted slot not used, or a client_max slot, goes back."""
+
+    key: Any
+
+
+@dataclass(frozen=True, slots=True)
+class BackendOpened:
+    key: Any
+    endpoint: Endpoint
+    pid: int
+    secret: int
+
+
+@dataclass(frozen=True, slots=True)
+class BackendClosed:
+    key: Any
+    pid: int
+    holds_slot: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSlot:
+    """Count a client against a client_max over all workers; Reply(granted)."""
+
+    key: Any
+    limit: int
+    request_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleQuery:
+    """A console statement to run; Reply(result items)."""
+
+    role: str
+    text: str
+    client_id: str
+    request_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    snapshot: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    ask_id: int
+    payload: tuple[str, Any]  # ("ok", value) or ("error", text)
+
+
+ToWorker = (
+    ConfigMessage
+    | SlotGranted
+    | ShedSlot
+    | CancelQuery
+    | Shutdown
+    | Retire
+    | Stay
+    | ReopenLog
+    | Reply
+    | Ask
+    | StatsRequest
+)
+ToSupervisor = (
+    Applied
+    | AcquireSlot
+    | ReleaseSlot
+    | BackendOpened
+    | BackendClosed
+    | ClientSlot
+    | ConsoleQuery
+    | CancelQuery
+    | Stats
+    | Answer
+)
+Request = ClientSlot | ConsoleQuery  # messages answered with a Reply
+Message = ToWorker | ToSupervisor
 
 _LEN = struct.Struct("!I")
 
@@ -83,7 +263,7 @@ class Channel(asyncio.Protocol):
         self.transport = None
         self._on_close()
 
-    def send(self, *message: Any) -> None:
+    def send(self, message: Message) -> None:
         if self.transport is None or self.transport.is_closing():
             return
         payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)

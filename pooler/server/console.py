@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pooler import __version__
+from pooler.ipc import ConsoleQuery
 from pooler.logs import log
 from pooler.protocol import build
 
@@ -115,7 +116,7 @@ class ConsoleSession:
         if self.worker.config.log_query:
             log.info("console", text, client.log_ctx)
         try:
-            items = await self.worker.link.request("console", self.role, text, client.id)
+            items = await self.worker.link.request(ConsoleQuery(self.role, text, client.id))
         except (ConnectionError, TimeoutError) as exc:
             items = [("error", "58000", f"console command failed: {exc}")]
         out: list[bytes] = []

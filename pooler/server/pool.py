@@ -271,6 +271,9 @@ class Route:
         if not self.slot_requested:
             self.slot_requested = True
             self.worker.slots.request(self.key, self.rule.pool_size)
+        if self.shed_spare:  # asked for a spare slot, and now our clients wait too: it
+            self.shed_pending += self.shed_spare  # goes back anyway (another worker is owed
+            self.shed_spare = 0  # it and would starve while ours keep the server busy)
 
     def on_grant(self) -> None:
         """The supervisor granted the slot we asked for: the first waiter connects."""

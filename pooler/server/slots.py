@@ -6,7 +6,7 @@ import time
 from collections.abc import Hashable
 
 from pooler.config import Endpoint
-from pooler.ipc import Channel
+from pooler.ipc import AcquireSlot, BackendClosed, BackendOpened, Channel, ReleaseSlot
 
 
 class SupervisorSlots:
@@ -19,16 +19,16 @@ class SupervisorSlots:
     def request(self, key: Hashable, limit: int) -> None:
         """One more slot for a client that begins to wait now (the broker serves the
         longest waiting first, over all workers)."""
-        self._channel.send("acquire", key, limit, time.monotonic())
+        self._channel.send(AcquireSlot(key, limit, time.monotonic()))
 
     def release(self, key: Hashable) -> None:
         """A slot granted but not used (or a client_max slot) goes back."""
-        self._channel.send("release", key)
+        self._channel.send(ReleaseSlot(key))
 
     def opened(self, key: Hashable, endpoint: Endpoint, pid: int, secret: int) -> None:
         """A server logged in: should this worker die, the supervisor ends its backend."""
-        self._channel.send("backend_opened", key, endpoint, pid, secret)
+        self._channel.send(BackendOpened(key, endpoint, pid, secret))
 
     def closed(self, key: Hashable, pid: int, holds_slot: bool) -> None:
         """A server's connection is gone (and with `holds_slot`, its slot is free)."""
-        self._channel.send("backend_closed", key, pid, holds_slot)
+        self._channel.send(BackendClosed(key, pid, holds_slot))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pooler.config import Config, Endpoint, Listen, Rule, Storage
 from pooler.config.diff import RuleIdentity
-from pooler.ipc import PauseState
+from pooler.ipc import ClientSlot, PauseState
 from pooler.logs import log
 from pooler.protocol import build
 from pooler.server.auth_cache import AuthQueryCache
@@ -228,7 +228,7 @@ class Worker:
 
     async def client_slot(self, key: tuple[Any, ...], limit: int) -> bool:
         """Count a client against a client_max over all workers (the supervisor decides)."""
-        return bool(await self.link.request("client_slot", key, limit))
+        return bool(await self.link.request(ClientSlot(key, limit)))
 
     def release_client_slot(self, key: tuple[Any, ...]) -> None:
         self.slots.release(key)

@@ -9,6 +9,7 @@ and the shutdown order. Every second the worker reports its counters back.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import socket
 import sys
@@ -18,7 +19,26 @@ import uvloop
 
 from pooler import logs
 from pooler.config import Config, Listen
-from pooler.ipc import Channel, Message, PauseState
+from pooler.ipc import (
+    Answer,
+    Applied,
+    Ask,
+    CancelQuery,
+    Channel,
+    ConfigMessage,
+    Message,
+    PauseState,
+    ReopenLog,
+    Reply,
+    Request,
+    Retire,
+    ShedSlot,
+    Shutdown,
+    SlotGranted,
+    Stats,
+    StatsRequest,
+    Stay,
+)
 from pooler.logs import log
 from pooler.server.slots import SupervisorSlots
 from pooler.server.worker import Worker
@@ -43,13 +63,13 @@ class SupervisorLink:
         self._requests: dict[int, asyncio.Future[Any]] = {}
         self._next_request = 0
 
-    def request(self, kind: str, *args: Any, timeout: float = 60.0) -> asyncio.Future[Any]:
-        """Ask the supervisor; it answers with ("reply", request_id, payload)."""
+    def request(self, message: Request, timeout: float = 60.0) -> asyncio.Future[Any]:
+        """Ask the supervisor; it answers with a Reply carrying our request id."""
         self._next_request += 1
         request_id = self._next_request
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._requests[request_id] = future
-        self.channel.send(kind, request_id, *args)
+        self.channel.send(dataclasses.replace(message, request_id=request_id))
         return asyncio.ensure_future(self._await_reply(request_id, future, timeout))
 
     async def _await_reply(
@@ -68,7 +88,7 @@ class SupervisorLink:
             payload = ("ok", await handle_ask(self.worker, what, args))
         except Exception as exc:  # reported to the asker, not fatal to the worker
             payload = ("error", repr(exc))
-        self.channel.send("answer", request_id, payload)
+        self.channel.send(Answer(request_id, payload))
 
     def retired(self) -> None:
         """A retiring worker is done: leave (gracefully, with nothing left to drain)."""
@@ -76,52 +96,54 @@ class SupervisorLink:
             self.stop.set_result(True)
 
     def forward_cancel(self, pid: int, secret: int) -> None:
-        self.channel.send("cancel", pid, secret)
+        self.channel.send(CancelQuery(pid, secret))
 
     def _on_message(self, message: Message) -> None:
-        kind, *args = message
         worker = self.worker
-        if kind == "config":
-            if not self.first_config.done():
-                paused = args[3]
-                self.first_config.set_result((args[0], args[1], args[2], paused))
-            elif worker is not None:
-                worker.apply_config(args[0], args[2])  # a reload: the sockets stay as they are
-                self.channel.send("applied", args[0].generation)
-            else:  # a reload that came before the worker was built: build it with that
-                _config, listens, _births, paused = self.first_config.result()
-                self.first_config = asyncio.get_running_loop().create_future()
-                self.first_config.set_result((args[0], listens, args[2], paused))
-        elif kind == "shutdown":  # (also before the worker is built: it stops once started)
-            if not self.stop.done():
-                self.stop.set_result(bool(args[0]))
-        elif kind in ("retire", "stay") and worker is None:  # still starting
-            self.retire_when_started = kind == "retire"
-        elif worker is None:
-            return
-        elif kind == "grant":
-            worker.on_grant(args[0])
-        elif kind == "shed":
-            worker.on_shed(args[0], args[1])
-        elif kind == "cancel":
-            worker.spawn(worker.cancel(args[0], args[1]), "forwarded cancel")
-        elif kind == "retire":
-            worker.retire()
-        elif kind == "stay":
-            worker.stay()
-        elif kind == "reopen_log":
-            try:
-                log.reopen()
-            except OSError as exc:  # keep writing where we did
-                log.error("worker", f"failed to reopen log file: {exc}")
-        elif kind == "reply":
-            future = self._requests.get(args[0])
-            if future is not None and not future.done():
-                future.set_result(args[1])
-        elif kind == "ask":
-            worker.spawn(self._answer(args[0], args[1], tuple(args[2:])), f"answer {args[1]}")
-        elif kind == "stats_request":
-            self.channel.send("stats", worker.snapshot())
+        match message:
+            case ConfigMessage(config, births, pause, listens):
+                if not self.first_config.done():
+                    assert listens is not None, "the first config names the listen sockets"
+                    self.first_config.set_result((config, listens, births, pause))
+                elif worker is not None:
+                    worker.apply_config(config, births)  # a reload: the sockets stay
+                    self.channel.send(Applied(config.generation))
+                else:  # a reload that came before the worker was built: build it with that
+                    _config, first_listens, _births, paused = self.first_config.result()
+                    self.first_config = asyncio.get_running_loop().create_future()
+                    self.first_config.set_result((config, first_listens, births, paused))
+            case Shutdown(graceful):  # (also before the worker is built: it stops once started)
+                if not self.stop.done():
+                    self.stop.set_result(graceful)
+            case Reply(request_id, payload):
+                future = self._requests.get(request_id)
+                if future is not None and not future.done():
+                    future.set_result(payload)
+            case ReopenLog():
+                try:
+                    log.reopen()
+                except OSError as exc:  # keep writing where we did
+                    log.error("worker", f"failed to reopen log file: {exc}")
+            case Retire() | Stay() if worker is None:  # still starting
+                self.retire_when_started = isinstance(message, Retire)
+            case _ if worker is None:
+                return
+            case SlotGranted(key):
+                worker.on_grant(key)
+            case ShedSlot(key, spare):
+                worker.on_shed(key, spare)
+            case CancelQuery(pid, secret):
+                worker.spawn(worker.cancel(pid, secret), "forwarded cancel")
+            case Retire():
+                worker.retire()
+            case Stay():
+                worker.stay()
+            case Ask(ask_id, what, args):
+                worker.spawn(self._answer(ask_id, what, args), f"answer {what}")
+            case StatsRequest():
+                self.channel.send(Stats(worker.snapshot()))
+            case _:
+                log.error("worker", f"unexpected message from the supervisor: {message!r}")
 
     def _on_close(self) -> None:
         for future in self._requests.values():
@@ -154,7 +176,7 @@ async def serve(index: int, ipc_fd: int, listen_fds: list[int]) -> int:
     ]
     await worker.start(sockets)
     log.info("config", f"worker {index} applied generation {config.generation}")
-    link.channel.send("applied", config.generation)  # readiness: this worker serves
+    link.channel.send(Applied(config.generation))  # readiness: this worker serves
     if link.retire_when_started:
         worker.retire()
 
@@ -175,7 +197,7 @@ async def serve(index: int, ipc_fd: int, listen_fds: list[int]) -> int:
 
 async def _report(worker: Worker, channel: Channel) -> None:
     while True:
-        channel.send("stats", worker.snapshot())
+        channel.send(Stats(worker.snapshot()))
         await asyncio.sleep(STATS_INTERVAL)
 
 

@@ -36,7 +36,32 @@ from pooler.control import schema
 from pooler.control.client import default_control_path
 from pooler.control.server import Connection, ControlServer
 from pooler.histogram import quantile
-from pooler.ipc import Channel, Message, PauseState
+from pooler.ipc import (
+    AcquireSlot,
+    Answer,
+    Applied,
+    Ask,
+    BackendClosed,
+    BackendOpened,
+    CancelQuery,
+    Channel,
+    ClientSlot,
+    ConfigMessage,
+    ConsoleQuery,
+    Message,
+    PauseState,
+    ReleaseSlot,
+    ReopenLog,
+    Reply,
+    Retire,
+    ShedSlot,
+    Shutdown,
+    SlotGranted,
+    Stats,
+    StatsRequest,
+    Stay,
+    ToWorker,
+)
 from pooler.logs import log
 from pooler.protocol import build
 from pooler.supervisor import views
@@ -164,15 +189,15 @@ class Supervisor:
         await loop.create_unix_connection(lambda: channel, sock=parent)
         # a PAUSE in force holds a (re)started worker too, from its first client on
         handle.paused_at_start = self.pause
-        channel.send("config", self.config, listens, self.reloader.births, handle.paused_at_start)
+        channel.send(ConfigMessage(self.config, self.reloader.births, self.pause, listens))
         handle.process, handle.channel = process, channel
         if handle.retiring:
-            channel.send("retire")
+            channel.send(Retire())
         handle.generation = None
         handle.started_at = time.time()
         log.info("supervisor", f"worker {index} started, pid {process.pid}")
         if self.stopping:  # the shutdown began while it started (a reload raised `workers`)
-            channel.send("shutdown", True)
+            channel.send(Shutdown(True))
         self._spawn(self._watch(handle, process), f"watch worker {index}")
 
     async def _watch(self, handle: WorkerHandle, process: asyncio.subprocess.Process) -> None:
@@ -228,57 +253,51 @@ class Supervisor:
     # --- messages from workers ----------------------------------------------------------
 
     def _on_message(self, index: int, message: Message) -> None:
-        kind, *args = message
-        if kind == "acquire":
-            self._deliver(self.broker.acquire(index, *args))
-        elif kind == "release":
-            self._deliver(self.broker.release(index, args[0]))
-        elif kind == "backend_opened":
-            key, endpoint, pid, secret = args
-            handle = self.workers.get(index)
-            if handle is not None:
-                handle.backends[key, pid] = (endpoint, secret)
-        elif kind == "backend_closed":
-            key, pid, holds_slot = args
-            handle = self.workers.get(index)
-            if handle is not None:
-                handle.backends.pop((key, pid), None)
-            if holds_slot:
+        handle = self.workers.get(index)
+        if handle is None:
+            return
+        match message:
+            case AcquireSlot(key, limit, since):
+                self._deliver(self.broker.acquire(index, key, limit, since))
+            case ReleaseSlot(key):
                 self._deliver(self.broker.release(index, key))
-        elif kind == "client_slot":  # client_max, global or per route, over all workers
-            request_id, key, limit = args
-            handle = self.workers.get(index)
-            if handle is not None and handle.channel is not None:
-                granted = self.broker.try_acquire(index, key, limit)
-                handle.channel.send("reply", request_id, granted)
-        elif kind == "cancel":
-            pid, secret = args
-            owner = self.workers.get((pid >> 24) - 1)
-            if owner is not None and owner.channel is not None:
-                owner.channel.send("cancel", pid, secret)
-        elif kind == "applied":  # the worker serves this generation (started or reloaded)
-            handle = self.workers.get(index)
-            if handle is not None:
+            case BackendOpened(key, endpoint, pid, secret):
+                handle.backends[key, pid] = (endpoint, secret)
+            case BackendClosed(key, pid, holds_slot):
+                handle.backends.pop((key, pid), None)
+                if holds_slot:
+                    self._deliver(self.broker.release(index, key))
+            case ClientSlot(key, limit, request_id):  # client_max over all workers
+                if handle.channel is not None:
+                    granted = self.broker.try_acquire(index, key, limit)
+                    handle.channel.send(Reply(request_id, granted))
+            case CancelQuery(pid, _secret):
+                owner = self.workers.get((pid >> 24) - 1)
+                if owner is not None and owner.channel is not None:
+                    owner.channel.send(message)
+            case Applied(generation):  # it serves this generation (started or reloaded)
                 if handle.generation is None:
-                    handle.generation = args[0]
+                    handle.generation = generation
                     self._steer()  # it serves: new connections may come to it
-                handle.generation = args[0]
+                handle.generation = generation
                 self._check_ready()
-        elif kind == "stats":
-            handle = self.workers.get(index)
-            if handle is not None:
+            case Stats(snapshot):
                 if not handle.snapshot and handle.paused_at_start != self.pause:
                     # PAUSE/RESUME came while it started (ask_all skipped it): catch up
                     self._spawn(self._catch_up_pause(handle), "pause state")
-                handle.snapshot = args[0]
+                handle.snapshot = snapshot
                 if handle.fresh is not None and not handle.fresh.done():
                     handle.fresh.set_result(None)
-        elif kind == "console":
-            self._spawn(self._console(index, *args), "console command")
-        elif kind == "answer":
-            future = self._asks.pop(args[0], None)
-            if future is not None and not future.done():
-                future.set_result(args[1])
+            case ConsoleQuery(role, text, client_id, request_id):
+                self._spawn(
+                    self._console(index, request_id, role, text, client_id), "console command"
+                )
+            case Answer(ask_id, payload):
+                future = self._asks.pop(ask_id, None)
+                if future is not None and not future.done():
+                    future.set_result(payload)
+            case _:
+                log.error("supervisor", f"unexpected message from worker {index}: {message!r}")
 
     async def _console(self, index: int, request_id: int, role: str, text: str, cid: str) -> None:
         from pooler.supervisor.console import execute
@@ -290,7 +309,7 @@ class Supervisor:
             items = [("error", "XX000", f"console command failed: {exc}")]
         handle = self.workers.get(index)
         if handle is not None and handle.channel is not None:
-            handle.channel.send("reply", request_id, items)
+            handle.channel.send(Reply(request_id, items))
 
     def _check_ready(self) -> None:
         """Readiness: every worker has applied the config (at start, and after a reload)."""
@@ -318,7 +337,7 @@ class Supervisor:
         ask_id = self._next_ask
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._asks[ask_id] = future
-        handle.channel.send("ask", ask_id, what, *args)
+        handle.channel.send(Ask(ask_id, what, args))
         try:
             status, payload = await asyncio.wait_for(future, timeout)
         finally:
@@ -358,7 +377,7 @@ class Supervisor:
                 continue
             handle.fresh = loop.create_future()
             waits.append(handle.fresh)
-            handle.channel.send("stats_request")
+            handle.channel.send(StatsRequest())
         if waits:
             await asyncio.wait(waits, timeout=timeout)
 
@@ -601,14 +620,14 @@ class Supervisor:
             if handle is None or handle.channel is None:
                 continue
             if isinstance(action, Grant):
-                handle.channel.send("grant", action.key)
+                handle.channel.send(SlotGranted(action.key))
             elif isinstance(action, Shed):
-                handle.channel.send("shed", action.key, action.spare)
+                handle.channel.send(ShedSlot(action.key, action.spare))
 
-    def broadcast(self, *message: Any) -> None:
+    def broadcast(self, message: ToWorker) -> None:
         for handle in self.workers.values():
             if handle.channel is not None:
-                handle.channel.send(*message)
+                handle.channel.send(message)
 
     # --- signals ------------------------------------------------------------------------
 
@@ -636,7 +655,7 @@ class Supervisor:
         new = plan.config
         self.old_configs[running.generation] = running
         self.config = new
-        self.broadcast("config", new, None, plan.births)
+        self.broadcast(ConfigMessage(new, plan.births, self.pause))
         self._apply_pool_sizes(new, plan.births)
         if plan.workers_changed:
             self._spawn(self._resize(), "resize workers")
@@ -677,11 +696,11 @@ class Supervisor:
                     handle.retiring = True
                 elif index < wanted and handle.retiring and handle.channel is not None:
                     handle.retiring = False
-                    handle.channel.send("stay")
+                    handle.channel.send(Stay())
             self._steer()
             for handle in self.workers.values():
                 if handle.retiring and handle.channel is not None:
-                    handle.channel.send("retire")
+                    handle.channel.send(Retire())
             for index in range(wanted):
                 if index not in self.workers:
                     if index >= len(self.sockets):
@@ -737,7 +756,7 @@ class Supervisor:
         self.stopping = True
         notify("STOPPING=1")
         log.info("supervisor", "termination signal received, shutting down")
-        self.broadcast("shutdown", graceful)
+        self.broadcast(Shutdown(graceful))
         if not graceful:
             for handle in self.workers.values():
                 if handle.process is not None:
@@ -829,7 +848,7 @@ class Supervisor:
             log.reopen()
         except OSError as exc:  # keep writing where we did
             log.error("supervisor", f"failed to reopen log file '{self.config.log_file}': {exc}")
-        self.broadcast("reopen_log")
+        self.broadcast(ReopenLog())
 
 
 def _reload_result(outcome: Outcome) -> schema.ReloadResult:

@@ -280,7 +280,9 @@ def test_every_field_a_show_column_reads_is_produced(pooler, pg):
             def lists() -> dict:
                 return dict(p.admin("show lists"))
 
-            wait_until(lambda: lists()["login_clients"] == 3, message=lambda: str(lists()))
+            wait_until(
+                lambda: lists()["login_clients"] == 3, timeout=30, message=lambda: str(lists())
+            )
             with p.connect("console", "admin") as console:
                 cur = console.execute("show pools")
                 pools = cur.fetchall()
@@ -290,4 +292,4 @@ def test_every_field_a_show_column_reads_is_produced(pooler, pg):
         finally:
             for sock in silent:
                 sock.close()
-    wait_until(lambda: dict(p.admin("show lists"))["login_clients"] == 0)
+    wait_until(lambda: dict(p.admin("show lists"))["login_clients"] == 0, timeout=30)
