@@ -23,7 +23,7 @@ from pooler.logs import LogContext, log
 from pooler.protocol import auth, build, messages
 from pooler.protocol.scanner import MessageScanner, StreamError
 from pooler.server import sockopts, tls as tls_support
-from pooler.server.flow import PEER_FULL, ReadGate
+from pooler.server.flow import BURST_READ, PEER_FULL, ReadGate, yield_turn
 from pooler.server.prepared import (
     FAIL_IN_PLACE,
     NO_DATA,
@@ -253,6 +253,8 @@ class ServerConnection(asyncio.Protocol):
             self._inbox.extend((t, b) for t, b, _ in events)
             self._wake()
             return
+        if len(data) >= BURST_READ:
+            yield_turn(self.reading)  # other connections, a cancel request, get their turn
         stats = self.route.stats
         statements = self.statements
         tail = self.tail

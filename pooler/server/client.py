@@ -43,7 +43,14 @@ from pooler.server.backend import (
     ServerConnection,
     ServerGone,
 )
-from pooler.server.flow import PEER_FULL, QUEUE_FULL, UNREAD_ANSWERS, ReadGate
+from pooler.server.flow import (
+    BURST_READ,
+    PEER_FULL,
+    QUEUE_FULL,
+    UNREAD_ANSWERS,
+    ReadGate,
+    yield_turn,
+)
 from pooler.server.hba import hba_allows
 from pooler.server.pool import TOO_MANY_CONNECTIONS, ConnectFailed, HandOff, PoolTimeout, Route
 from pooler.server.prepared import ClientStatements, Retry, is_stale_statement_error
@@ -202,6 +209,8 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.state == "ready":
             self.last_activity = time.monotonic()
+            if len(data) >= BURST_READ:
+                yield_turn(self.reading)  # (a large COPY IN): the others get their turn
             server = self.server
             if self.intercepts and data[0] == Q and self._virtual(server, data):
                 return

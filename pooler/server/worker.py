@@ -25,6 +25,7 @@ from pooler.server.backend import (
     ServerGone,
 )
 from pooler.server.client import ClientConnection
+from pooler.server.flow import CANCELLING
 from pooler.server.memory import Trimmer
 from pooler.server.pool import Route, RouteKey
 from pooler.server.router import ClientKey, Router
@@ -260,7 +261,13 @@ class Worker:
             return
         server = client.server
         if server is not None:
-            await self.cancel_backend(server)
+            # no more of its output is relayed before the cancel is on its way: PostgreSQL,
+            # blocked writing, cannot finish the query meanwhile
+            server.reading.pause(CANCELLING)
+            try:
+                await self.cancel_backend(server)
+            finally:
+                server.reading.resume(CANCELLING)
 
     async def cancel_backend(self, server: ServerConnection) -> None:
         endpoint = server.endpoint

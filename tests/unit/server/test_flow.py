@@ -10,7 +10,7 @@ from typing import Any
 from pooler.config import parse_text
 from pooler.server.backend import ServerConnection, ServerState
 from pooler.server.client import ClientConnection
-from pooler.server.flow import PEER_FULL, QUEUE_FULL, ReadGate
+from pooler.server.flow import BURST_READ, PEER_FULL, QUEUE_FULL, ReadGate
 from pooler.server.router import ClientKey
 from pooler.server.worker import Worker
 
@@ -131,3 +131,50 @@ def test_a_client_paused_by_its_server_reads_again_when_the_link_ends():
     client.server = None
     route.release(server)
     assert client.transport.reading  # type: ignore[attr-defined]
+
+
+def test_a_large_read_gives_the_loop_turn_to_the_others():
+    """libuv reads a ready socket up to 32 times in a row: after a large read the server's
+    reading pauses for the rest of the loop's turn (issue 14, fault 6)."""
+    import asyncio
+
+    from pooler.protocol import build
+
+    _route, client, server = setup()
+    server.link(client, 0.0)
+    client.server = server
+    row = build.message(ord("D"), b"\x00\x01\x00\x00\x00\x06123456")
+    transport: Any = server.transport
+
+    async def relay() -> None:
+        server.data_received(row * 10)  # small: nothing to yield
+        assert transport.reading
+        server.data_received(row * (BURST_READ // len(row) + 1))
+        assert not transport.reading  # no more reads in this turn
+        await asyncio.sleep(0)
+        assert transport.reading  # the next turn reads again
+
+    asyncio.run(relay())
+    assert transport.calls == ["pause", "resume"]
+
+
+def test_a_cancel_stops_relaying_its_query_until_it_is_on_its_way():
+    """A CancelRequest for a linked client pauses its server's output until the cancel
+    reached PostgreSQL: no more relay work for that query before the cancel (fault 6)."""
+    import asyncio
+
+    route, client, server = setup()
+    server.link(client, 0.0)
+    client.server = server
+    worker = route.worker
+    pid, secret = worker.register_cancel_key(client)
+    client.key = (pid, secret)
+    seen: list[bool] = []
+
+    async def cancel_backend(target: ServerConnection) -> None:  # (what talks to PostgreSQL)
+        seen.append(target.transport.reading)  # type: ignore[union-attr]
+
+    worker.cancel_backend = cancel_backend  # type: ignore[method-assign]
+    asyncio.run(worker.cancel(pid, secret))
+    assert seen == [False]  # paused while the cancel went
+    assert server.transport.reading  # type: ignore[union-attr]
