@@ -58,6 +58,7 @@ from pooler.server.router import ClientKey
 from pooler.server.watchdog import catchup_timeout
 
 if TYPE_CHECKING:
+    from pooler.server.ldap_auth import LdapLogin
     from pooler.server.worker import Worker
 
 Q, S, F, X, P, B, E, D, C, H = (ord(c) for c in "QSFXPBEDCH")
@@ -168,6 +169,7 @@ class ClientConnection(asyncio.Protocol):
         self.password: str | None = None  # the client's cleartext password, when it sent one
         self.scram_keys: auth.ScramKeys | None = None  # from the client's SCRAM proof
         self.looked_up: str | None = None  # the secret auth_query returned
+        self.ldap_login: LdapLogin | None = None  # set by an LDAP check
         self.params: dict[str, str] = {}
         self.key = (0, 0)
         self.client_slots: list[tuple[object, ...]] = []  # client_max counts we hold
@@ -494,7 +496,8 @@ class ClientConnection(asyncio.Protocol):
         limit = catchup_timeout(self.listen, rule)
         if limit:
             await self._check_catchup(limit)
-        route = self.worker.route_for(rule, self.database, self.user)
+        ldap_user = self.ldap_login.storage_user if self.ldap_login else None
+        route = self.worker.route_for(rule, self.database, self.user, ldap_user)
         if rule.client_max is not None:
             await self._take_client_slot(
                 ("clients", *route.key),
@@ -666,7 +669,10 @@ class ClientConnection(asyncio.Protocol):
         if method == "clear_text":
             self._send(build.auth_cleartext_password())
             given = (await self._read_password()).rstrip(b"\0").decode("utf-8", "replace")
-            ok = configured is not None and auth.verify_cleartext(given, configured, self.user)
+            if rule.ldap_endpoint_name:
+                ok = await self._ldap(rule, given)
+            else:
+                ok = configured is not None and auth.verify_cleartext(given, configured, self.user)
             if ok:
                 self.password = given
         elif method == "md5":
@@ -680,6 +686,24 @@ class ClientConnection(asyncio.Protocol):
             raise LoginRefused("28000", f"authentication method '{method}' is not supported yet")
         if not ok:
             raise LoginRefused("28P01", f'password authentication failed for user "{self.user}"')
+
+    async def _ldap(self, rule: Rule, password: str) -> bool:
+        """Check the password against the rule's ldap_endpoint (pooler/server/ldap_auth.py);
+        keep the server login LDAP chose (ldap_storage_credentials)."""
+        from pooler.server import ldap_auth  # ldap3 loads only where LDAP is used
+
+        endpoint = self.worker.config.ldap_endpoint(rule.ldap_endpoint_name or "")
+        if endpoint is None:  # validated; a reload may have removed it meanwhile
+            return False
+        storage = self.worker.storage_of(rule)
+        try:
+            self.ldap_login = await ldap_auth.authenticate(
+                endpoint, rule, storage, self.database, self.user, password
+            )
+        except ldap_auth.LdapRefused as exc:
+            log.error("auth_ldap", f"ldap authentication failed: {exc}", self.log_ctx)
+            return False
+        return True
 
     async def _scram(self, configured: str | None) -> bool:
         try:
@@ -703,6 +727,8 @@ class ClientConnection(asyncio.Protocol):
         an md5 hash, which answers md5 requests), the password the client sent."""
         rule = self.rule
         assert rule is not None
+        if self.ldap_login is not None and self.ldap_login.storage_password is not None:
+            return self.ldap_login.storage_password  # ldap_storage_credentials
         if rule.storage_password:
             return rule.storage_password
         if rule.password_passthrough and self.password is not None:

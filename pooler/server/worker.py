@@ -302,9 +302,13 @@ class Worker:
     def storage_password(self, rule: Rule) -> str | None:
         return rule.storage_password or rule.password
 
-    def route_for(self, rule: Rule, database: str, user: str) -> Route:
+    def route_for(
+        self, rule: Rule, database: str, user: str, backend_user: str | None = None
+    ) -> Route:
+        """The route of a client of `rule`; `backend_user` (LDAP storage credentials) replaces
+        the rule's storage_user or the client's user name on the server."""
         backend_db = rule.storage_db or database
-        backend_user = rule.storage_user or user
+        backend_user = backend_user or rule.storage_user or user
         key = (
             self.births.get(rule.identity, self.config.generation),
             rule.identity,

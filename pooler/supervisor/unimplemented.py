@@ -24,8 +24,7 @@ GLOBAL = frozenset(
 ROUTE = frozenset(
     {
         "auth_module", "auth_pam_service", "enable_mdb_iamproxy_auth", "mdb_iamproxy_socket_path",
-        "ldap_endpoint_name", "ldap_storage_credentials_attr", "ldap_pool_size",
-        "ldap_pool_timeout", "ldap_pool_ttl", "pool_attach_check",
+        "pool_attach_check",
         "pool_acquire_fail_fast", "shared_pool",
         "group_query", "group_query_user",
         "group_query_db",
@@ -38,11 +37,9 @@ STORAGE: frozenset[str] = frozenset()
 def unimplemented(config: Config) -> list[str]:
     """The set keys pooler accepts but does not implement, in a stable order."""
     found: set[str] = {key for key in config.key_pos if key in GLOBAL}
-    for block in ("ldap_endpoint", "shared_pool", "soft_oom", "query_parsing"):
+    for block in ("shared_pool", "soft_oom", "query_parsing"):
         if block in config.key_pos:
             found.add(block)
-    if config.ldap_endpoints:
-        found.add("ldap_endpoint")
     if config.shared_pools:
         found.add("shared_pool")
     if config.soft_oom is not None:
