@@ -72,6 +72,10 @@ class Worker:
         self.router = Router(config.rules, config.sequential_routing)
         self.tcp_options = TcpOptions.of(config)  # of every client and server socket
         self._server_routing: dict[str, _Gate] = {}  # per storage: server_max_routing
+        inflight = config.cancel_max_inflight
+        if inflight <= 0:
+            inflight = 2 * max(1, config.workers)
+        self.cancel_gate = _Gate(max(1, inflight // max(1, config.workers)))  # sized at start
         # client_max_routing, this worker's share (sized at start, as in odyssey); unset (0):
         # no limit (odyssey's 64 per worker would let stalled logins hold up everyone's)
         routing = config.client_max_routing
@@ -270,6 +274,29 @@ class Worker:
                 server.reading.resume(CANCELLING)
 
     async def cancel_backend(self, server: ServerConnection) -> None:
+        """Send PostgreSQL a CancelRequest for the server's query. At most
+        cancel_max_inflight of them at once (−1: 2 × workers, odyssey; each worker its
+        share); more wait for a place up to cancel_queue_timeout_ms (−1: as long as it takes),
+        then the cancel is dropped."""
+        gate = self.cancel_gate
+        queue_ms = self.config.cancel_queue_timeout_ms
+        try:
+            async with asyncio.timeout(queue_ms / 1000 if queue_ms >= 0 else None):
+                await gate.acquire()
+        except TimeoutError:
+            log.error(
+                "cancel",
+                f"cancel request dropped: {gate.limit} in flight, waited "
+                f"cancel_queue_timeout_ms ({queue_ms})",
+                server.log_context(),
+            )
+            return
+        try:
+            await self._send_cancel(server)
+        finally:
+            gate.release()
+
+    async def _send_cancel(self, server: ServerConnection) -> None:
         endpoint = server.endpoint
         pid, secret = server.backend_key
         try:

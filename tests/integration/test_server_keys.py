@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 
 import psycopg
@@ -12,6 +13,7 @@ from harness import HOST, make_config, route, storage, wait_until
 from wire import read_until, startup_packet
 
 from pooler.pgcluster import conninfo
+from pooler.protocol import build
 
 
 @pytest.fixture
@@ -123,3 +125,47 @@ def test_server_max_routing_one_server_login_at_a_time(pooler, pg):
         first.join(20)
         second.join(20)
         assert sorted(map(str, results)) == sorted(map(str, [psycopg.OperationalError, [(1,)]]))
+
+
+def test_cancel_max_inflight_and_queue_timeout(pooler, pg):
+    """cancel_max_inflight 1, cancel_queue_timeout_ms 0: while one cancel to PostgreSQL hangs,
+    a second is dropped at once (logged) instead of opening another connection."""
+    with FaultProxy(HOST, pg.port) as proxy:
+        p = pooler(
+            make_config(
+                route("p0", "postgres"),
+                storages=storage(port=proxy.port),
+                cancel_max_inflight=1,
+                cancel_queue_timeout_ms=0,
+                cancel_timeout_ms=5000,
+            )
+        )
+        clients = [_raw_login(p) for _ in range(2)]  # (socket, pid, secret)
+        for sock, _, _ in clients:
+            sock.sendall(build.query("select pg_sleep(30)"))
+        wait_until(lambda: _sleeping(pg) == 2)
+        accepted = proxy.accepted
+        proxy.mode = "blackhole"  # the cancel connections hang from now on
+        cancels = [socket.create_connection((HOST, p.port), timeout=10) for _ in clients]
+        cancels[0].sendall(build.cancel_request(clients[0][1], clients[0][2]))
+        wait_until(lambda: proxy.accepted == accepted + 1)  # the first is in flight
+        cancels[1].sendall(build.cancel_request(clients[1][1], clients[1][2]))
+        p.wait_for_log(r"cancel request dropped: 1 in flight")
+        assert proxy.accepted == accepted + 1
+        proxy.mode = "pass"
+        for sock in cancels + [c[0] for c in clients]:
+            sock.close()  # the pooler cancels the queries of the clients that left
+
+
+def _raw_login(p) -> tuple[socket.socket, int, int]:
+    sock = socket.create_connection((HOST, p.port), timeout=10)
+    sock.sendall(startup_packet("postgres", "p0"))
+    found = read_until(sock, b"Z")
+    key = next(body for kind, body in found if kind == ord("K"))
+    pid, secret = struct.unpack("!ii", key)
+    return sock, pid, secret
+
+
+def _sleeping(pg) -> int:
+    out = pg.psql("select count(*) from pg_stat_activity where query = 'select pg_sleep(30)'")
+    return int(out.split()[-1])
