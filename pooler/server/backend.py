@@ -446,6 +446,18 @@ class ServerConnection(asyncio.Protocol):
     def closed(self) -> bool:
         return self.state is ServerState.CLOSED
 
+    @property
+    def owes_answers(self) -> bool:
+        """Something sent to it is not answered yet: a query, an extended batch not ended
+        by a Sync, a COPY IN."""
+        return self.pending > 0 or self.unsynced or self.copy_in
+
+    @property
+    def reusable(self) -> bool:
+        """The one test of "clean enough for the next client" (before the route's reset
+        query): it owes no answer, is in no transaction, and was never out of step."""
+        return self.status == IDLE and not self.owes_answers and not self.desynced
+
     def become(self, new: ServerState) -> None:
         """The one way a server changes state (a debug log line each time)."""
         old = self.state
@@ -686,7 +698,7 @@ class ServerConnection(asyncio.Protocol):
 
     async def _reset(self, client_gone: bool) -> bool:
         rule = self.route.rule
-        if self.pending > 0 or self.unsynced or self.copy_in or self.desynced:
+        if self.owes_answers or self.desynced:
             if not client_gone:
                 return False
             if self.pending > 0 or self.unsynced:  # a query may still run: cancel it

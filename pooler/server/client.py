@@ -245,13 +245,9 @@ class ClientConnection(asyncio.Protocol):
         server = self.server
         if server is not None:
             self.server = None
-            server.detach()  # at once: the reset below starts on a later loop iteration
-            if self.splitter.streaming or self.pinned:  # half a message, or still LISTENing
-                server.route.discard(server)
-            else:
-                self.worker.spawn(
-                    self.worker.give_back(server, client_gone=True), f"release {server.id}"
-                )
+            self.worker.give_back(  # (closed when it got half a message, or still LISTENs)
+                server, client_gone=True, unusable=self.splitter.streaming or self.pinned
+            )
         # what it held goes back now, not when a garbage collection breaks the cycles
         self.splitter.buffer = b""
         self.queued.clear()
@@ -900,7 +896,7 @@ class ClientConnection(asyncio.Protocol):
         True when it was taken care of here."""
         if len(data) != 1 + int.from_bytes(data[1:5]) or not self.splitter.at_boundary():
             return False  # not exactly one whole Query
-        if server is not None and (server.pending or server.unsynced or server.copy_in):
+        if server is not None and server.owes_answers:
             return False  # answers are owed first
         if self.queued or self._handoff is not None or self._attach_task is not None:
             return False
@@ -1295,7 +1291,7 @@ class ClientConnection(asyncio.Protocol):
             and self.splitter.at_boundary()  # a message still arriving keeps its server
         ):
             self.server = None
-            self.worker.give_back_now(server)
+            self.worker.give_back(server)
 
     def server_ready(self, server: ServerConnection) -> None:
         """The server owes nothing more: give it back unless the pool mode keeps it."""
@@ -1304,7 +1300,7 @@ class ClientConnection(asyncio.Protocol):
         if self.pinned or (self.mode == "transaction" and server.status != IDLE):
             return
         self.server = None
-        self.worker.give_back_now(server)
+        self.worker.give_back(server)
 
     def server_error(self, server: ServerConnection, body: bytes) -> None:
         """An ErrorResponse went by: count it; after a schema change made a shared

@@ -437,25 +437,26 @@ class Worker:
         if route is not None:
             route.on_shed(spare)
 
-    def give_back_now(self, server: ServerConnection) -> None:
-        """Release a server the client no longer needs; reset it first if required."""
+    def give_back(
+        self, server: ServerConnection, *, client_gone: bool = False, unusable: bool = False
+    ) -> None:
+        """The one way a server leaves its client (which has already let go of it): closed
+        when `unusable` (it got half a message); straight back to the pool when it is
+        reusable as it is and the route has no reset query; else through a reset, always
+        when the client is gone (its answers may still be coming)."""
         route = server.route
-        if (
-            not route.reset_query
-            and server.status == IDLE
-            and server.pending == 0
-            and not server.unsynced
-            and not server.copy_in
-        ):
+        if unusable:
+            server.detach()
+            route.discard(server)
+        elif not client_gone and not route.reset_query and server.reusable:
             route.release(server)
         else:
-            server.detach()
-            self.spawn(self.give_back(server, client_gone=False), f"reset {server.id}")
+            server.detach()  # at once: the reset starts on a later loop iteration
+            self.spawn(self._reset_and_return(server, client_gone), f"reset {server.id}")
 
-    async def give_back(self, server: ServerConnection, *, client_gone: bool) -> None:
+    async def _reset_and_return(self, server: ServerConnection, client_gone: bool) -> None:
         """Reset a server (bounded by pool_reset_timeout_ms) and return it, or close it."""
         route = server.route
-        server.detach()
         timeout = route.rule.pool_reset_timeout_ms / 1000 or None
         try:
             async with asyncio.timeout(timeout):
