@@ -667,6 +667,8 @@ class ClientConnection(asyncio.Protocol):
             given = (await self._read_password()).rstrip(b"\0").decode("utf-8", "replace")
             if rule.ldap_endpoint_name:
                 ok = await self._ldap(rule, given)
+            elif rule.auth_pam_service:
+                ok = await self._pam(rule.auth_pam_service, given)
             else:
                 ok = configured is not None and auth.verify_cleartext(given, configured, self.user)
             if ok:
@@ -682,6 +684,17 @@ class ClientConnection(asyncio.Protocol):
             raise LoginRefused("28000", f"authentication method '{method}' is not supported yet")
         if not ok:
             raise LoginRefused("28P01", f'password authentication failed for user "{self.user}"')
+
+    async def _pam(self, service: str, password: str) -> bool:
+        """Check the password with PAM (pooler/server/pam_auth.py)."""
+        from pooler.server import pam_auth
+
+        try:
+            await pam_auth.authenticate(service, self.user, password)
+        except pam_auth.PamRefused as exc:
+            log.error("auth_pam", f"pam authentication failed: {exc}", self.log_ctx)
+            return False
+        return True
 
     async def _ldap(self, rule: Rule, password: str) -> bool:
         """Check the password against the rule's ldap_endpoint (pooler/server/ldap_auth.py);

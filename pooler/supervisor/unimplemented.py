@@ -23,7 +23,7 @@ GLOBAL = frozenset(
 )  # fmt: skip
 ROUTE = frozenset(
     {
-        "auth_module", "auth_pam_service", "enable_mdb_iamproxy_auth", "mdb_iamproxy_socket_path",
+        "auth_module", "enable_mdb_iamproxy_auth", "mdb_iamproxy_socket_path",
         "pool_attach_check",
         "pool_acquire_fail_fast", "shared_pool",
         "group_query", "group_query_user",
