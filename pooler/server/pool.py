@@ -426,11 +426,19 @@ class Route:
                         lambda: ServerConnection(self, endpoint, storage), endpoint.unix_socket_path
                     )
                 else:
-                    _, server = await loop.create_connection(
-                        lambda: ServerConnection(self, endpoint, storage),
-                        endpoint.host,
-                        endpoint.port,
-                    )
+                    addresses = await self.worker.resolve(endpoint.host, endpoint.port)
+                    for i, address in enumerate(addresses):  # (dns_cache_ttl)
+                        try:
+                            _, server = await loop.create_connection(
+                                lambda: ServerConnection(self, endpoint, storage),
+                                address,
+                                endpoint.port,
+                            )
+                            break
+                        except OSError:
+                            if i == len(addresses) - 1:
+                                raise
+                assert server is not None  # (getaddrinfo returns an address or raises)
                 await server.login(self.backend_user, self.backend_db, password)
                 return server
         except asyncio.CancelledError:

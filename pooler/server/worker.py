@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import os
 import secrets
 import select
@@ -72,6 +73,7 @@ class Worker:
         self.router = Router(config.rules, config.sequential_routing)
         self.tcp_options = TcpOptions.of(config)  # of every client and server socket
         self._server_routing: dict[str, _Gate] = {}  # per storage: server_max_routing
+        self._dns: dict[str, tuple[list[str], float]] = {}  # host: (addresses, until)
         inflight = config.cancel_max_inflight
         if inflight <= 0:
             inflight = 2 * max(1, config.workers)
@@ -362,6 +364,26 @@ class Worker:
         if gate is None or gate.limit != share:
             gate = self._server_routing[storage.name] = _Gate(share)
         return gate
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """A storage host name's addresses, remembered for dns_cache_ttl ms (odyssey's
+        resolver cache; 0: asked every time). An address is returned as it is."""
+        try:
+            ipaddress.ip_address(host)
+            return [host]
+        except ValueError:
+            pass
+        now = time.monotonic()
+        cached = self._dns.get(host)
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        ttl = self.config.dns_cache_ttl / 1000
+        log.debug("dns", f"resolved {host} -> {', '.join(addresses)} (cached for {ttl:g} s)")
+        if ttl > 0:
+            self._dns[host] = (addresses, now + ttl)
+        return addresses
 
     def servers_per_endpoint(self) -> dict[Endpoint, int]:
         """Open server connections of this worker by host (leastconn balancing)."""

@@ -169,3 +169,20 @@ def _raw_login(p) -> tuple[socket.socket, int, int]:
 def _sleeping(pg) -> int:
     out = pg.psql("select count(*) from pg_stat_activity where query = 'select pg_sleep(30)'")
     return int(out.split()[-1])
+
+
+@pytest.mark.parametrize(("ttl", "lookups"), [(30000, 1), (0, 3)])
+def test_dns_cache_ttl(pooler, ttl, lookups):
+    """A storage host name is looked up once per dns_cache_ttl ms (0: at every connect)."""
+    p = pooler(
+        make_config(
+            route("p0", "postgres"),
+            storages=storage(host="localhost"),
+            dns_cache_ttl=ttl,
+            log_debug=True,
+        )
+    )
+    conns = [p.connect("p0") for _ in range(3)]  # session pool: three server connects
+    assert p.log_text().count("(dns) resolved localhost -> ") == lookups
+    for conn in conns:
+        conn.close()
