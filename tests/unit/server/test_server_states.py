@@ -151,3 +151,139 @@ async def test_a_closed_server_is_never_linked_again():
     server.close()
     with pytest.raises(IllegalTransition, match="closed -> active"):
         server.link(client, 0.0)
+
+
+# --- scripted relay: events in, states and bytes out ------------------------------------
+
+
+class Recorder(Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def take(self) -> bytes:
+        data, self.written = bytes(self.written), bytearray()
+        return data
+
+
+def message(kind: str, body: bytes = b"") -> bytes:
+    return kind.encode() + (len(body) + 4).to_bytes(4, "big") + body
+
+
+def query(sql: str) -> bytes:
+    return message("Q", sql.encode() + b"\0")
+
+
+def ready(status: str) -> bytes:
+    return message("Z", status.encode())
+
+
+def done(tag: str) -> bytes:
+    return message("C", tag.encode() + b"\0")
+
+
+SELECT = query("select 1")
+PARSE = message("P", b"\0select 1\0\0\0")
+BIND = message("B", b"\0\0\0\0\0\0\0\0")
+EXECUTE = message("E", b"\0\0\0\0\0")
+SYNC = message("S")
+FLUSH = message("H")
+
+# (event, data, server state after, client linked after, to the server, to the client)
+SCRIPTS = {
+    "a query and its answer": [
+        ("client", SELECT, ACTIVE, True, SELECT, b""),
+        ("server", done("SELECT 1") + ready("I"), IDLE, False, b"", ...),
+    ],
+    "a transaction block keeps its server": [
+        ("client", query("begin"), ACTIVE, True, query("begin"), b""),
+        ("server", done("BEGIN") + ready("T"), ACTIVE, True, b"", ...),
+        ("client", SELECT, ACTIVE, True, SELECT, b""),
+        ("server", done("SELECT 1") + ready("T"), ACTIVE, True, b"", ...),
+        ("client", query("commit"), ACTIVE, True, query("commit"), b""),
+        ("server", done("COMMIT") + ready("I"), IDLE, False, b"", ...),
+    ],
+    "an extended batch keeps its server until its Sync is answered": [
+        ("client", PARSE + BIND + EXECUTE, ACTIVE, True, ..., b""),
+        ("client", SYNC, ACTIVE, True, SYNC, b""),
+        (
+            "server",
+            message("1") + message("2") + done("SELECT 1") + ready("I"),
+            IDLE,
+            False,
+            b"",
+            ...,
+        ),
+    ],
+    "a lone Flush owes nothing: the server goes straight back": [
+        ("client", FLUSH, IDLE, False, FLUSH, b""),
+    ],
+    "a message still arriving keeps its server (fault 7)": [
+        ("client", SELECT[:7], ACTIVE, True, b"", b""),
+        ("client", SELECT[7:], ACTIVE, True, SELECT, b""),
+        ("server", done("SELECT 1") + ready("I"), IDLE, False, b"", ...),
+    ],
+    "a client that leaves owing answers sends its server to a reset": [
+        ("client", SELECT, ACTIVE, True, SELECT, b""),
+        ("client_lost", b"", RESET, False, b"", b""),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+async def test_scripted_relay(name):
+    worker, route, client, server = setup()
+    client.transport = client.reading.transport = Recorder()  # type: ignore[assignment]
+    server.transport = server.reading.transport = Recorder()  # type: ignore[assignment]
+    logged_in(server)
+    route.busy.add(server)
+    route.release(server)
+    try:
+        for step, (event, data, state, linked, to_server, to_client) in enumerate(SCRIPTS[name]):
+            if event == "client":
+                client.data_received(data)
+            elif event == "server":
+                server.data_received(data)
+            else:
+                client.connection_lost(None)
+            where = f"{name}, step {step}"
+            assert server.state is state, where
+            assert (client.server is server) is linked, where
+            sent, received = server.transport.take(), client.transport.take()  # type: ignore[union-attr]
+            if to_server is not ...:
+                assert sent == to_server, where
+            if to_client is ...:
+                assert received == data, where  # relayed as it came
+            else:
+                assert received == to_client, where
+    finally:
+        for task in list(worker._tasks):
+            task.cancel()
+
+
+async def test_statement_pool_refuses_begin_locally_and_a_left_open_transaction_in_place():
+    worker, route, client, server = setup()
+    client.mode = "statement"
+    client.transport = client.reading.transport = Recorder()  # type: ignore[assignment]
+    server.transport = server.reading.transport = Recorder()  # type: ignore[assignment]
+    logged_in(server)
+    route.busy.add(server)
+    route.release(server)
+    try:
+        client.data_received(query("begin"))  # answered here: nothing reaches the server
+        assert server.state is IDLE and client.server is None
+        assert server.transport.take() == b""  # type: ignore[union-attr]
+        answer = client.transport.take()  # type: ignore[attr-defined]
+        assert answer[:1] == b"E" and b"0A000" in answer and answer.endswith(ready("I"))
+        client.data_received(query("update t set x = 1; begin"))
+        server.data_received(done("UPDATE 1") + done("BEGIN") + ready("T"))
+        answer = client.transport.take()  # type: ignore[attr-defined]
+        assert answer.startswith(done("UPDATE 1") + done("BEGIN") + b"E")
+        assert answer.endswith(ready("I")) and ready("T") not in answer
+        assert server.state is RESET  # rolled back before it is lent again
+    finally:
+        for task in list(worker._tasks):
+            task.cancel()
