@@ -456,6 +456,7 @@ class ClientConnection(asyncio.Protocol):
                 ("clients",), limit, f"too many tcp connections (global client_max {limit})"
             )
         params = {k: v for k, v in message.params.items() if not k.startswith("_pq_.")}
+        requested_catchup = params.pop("odyssey_catchup_timeout", None)  # odyssey's own
         self.user = params.get("user", "")
         if not self.user:
             raise LoginRefused("28000", "no PostgreSQL user name specified in startup packet")
@@ -489,7 +490,7 @@ class ClientConnection(asyncio.Protocol):
         if storage.type == "local":
             await self.worker.console_login(self, rule)
             return
-        limit = catchup_timeout(self.listen, rule)
+        limit = catchup_timeout(self.listen, rule, requested_catchup)
         if limit:
             await self._check_catchup(limit)
         ldap_user = self.ldap_login.storage_user if self.ldap_login else None

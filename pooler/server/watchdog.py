@@ -8,7 +8,8 @@ seconds) of the newest change the server has applied, e.g. on a replica
 table the primary updates. The lag is now − heartbeat. A client whose rule (or listen) has a
 `catchup_timeout` of N seconds is refused at login while the lag is N or more; before the first
 heartbeat it waits for one, at most N seconds. `catchup_checks` is accepted and ignored, as
-odyssey 1.5 does (it warns that the option is deprecated).
+odyssey 1.5 does (it warns that the option is deprecated). A client may ask for its own limit
+with the startup parameter `odyssey_catchup_timeout` (never passed on to the server).
 
 Each worker runs its own watchdog (one query per interval per worker): workers share nothing.
 """
@@ -38,9 +39,15 @@ def parse_heartbeat(text: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def catchup_timeout(listen: Listen, rule: Rule) -> int:
-    """The lag limit (seconds) for a client of `listen` routed by `rule`; 0 = none. A listen
-    block's own catchup_timeout applies to its clients; else the rule's."""
+def catchup_timeout(listen: Listen, rule: Rule, requested: str | None = None) -> int:
+    """The lag limit (seconds) for a client of `listen` routed by `rule`; 0 = none. The
+    client's own `odyssey_catchup_timeout` startup parameter (`requested`) comes first (one
+    that is not a number is ignored with an error, as odyssey does), then its listen block's
+    catchup_timeout, then the rule's."""
+    if requested is not None:
+        if requested.isdigit():
+            return int(requested)
+        log.error("catchup", "junk after catchup timeout, ignore value")
     return listen.catchup_timeout or rule.catchup_timeout
 
 

@@ -9,9 +9,11 @@ the lag grow, resuming it makes it vanish.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 
+import asyncpg
 import psycopg
 import pytest
 from harness import HOST, free_port, make_config, release_port, route, storage, wait_until
@@ -80,6 +82,21 @@ def login_error(p, dbname: str = "postgres", port: int | None = None) -> str | N
     return None
 
 
+async def in_recovery_asking(p, catchup_timeout: str) -> bool:
+    conn = await asyncpg.connect(
+        host=HOST,
+        port=p.port,
+        user="postgres",
+        database="postgres",
+        ssl=False,
+        server_settings={"odyssey_catchup_timeout": catchup_timeout},
+    )
+    try:
+        return await conn.fetchval("select pg_is_in_recovery()")
+    finally:
+        await conn.close()
+
+
 def test_lagging_replica_takes_no_new_clients(pooler, replica, heartbeat) -> None:
     """Rule `postgres.postgres` has catchup_timeout, rule `p0.postgres` has none; a second
     listen block has its own catchup_timeout for all its clients."""
@@ -106,6 +123,8 @@ def test_lagging_replica_takes_no_new_clients(pooler, replica, heartbeat) -> Non
             assert login_error(p, "p0", strict_port) is not None  # the listen's limit
             assert login_error(p, "p0") is None  # a rule without catchup_timeout
             assert inside.execute("select 1").fetchone() == (1,)  # clients in keep working
+            # a client asking for its own limit (odyssey's startup parameter, never sent on)
+            assert asyncio.run(in_recovery_asking(p, "1000")) is True
             p.wait_for_log("replication lag is too big")
             wait_until(lambda: dict(p.admin("show errors"))["OD_ECATCHUP_TIMEOUT"] > 0)
         finally:

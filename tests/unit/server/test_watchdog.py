@@ -29,3 +29,10 @@ def test_listen_catchup_timeout_comes_first() -> None:
     assert catchup_timeout(Listen(), rule) == 5
     assert catchup_timeout(Listen(catchup_timeout=2), rule) == 2
     assert catchup_timeout(Listen(), Rule("db", "user")) == 0
+
+
+def test_client_requested_catchup_timeout_comes_first() -> None:
+    rule = Rule("db", "user", catchup_timeout=5)
+    assert catchup_timeout(Listen(catchup_timeout=2), rule, "100") == 100
+    assert catchup_timeout(Listen(), rule, "0") == 0  # the client opts out
+    assert catchup_timeout(Listen(), rule, "10s") == 5  # junk: ignored (logged)
