@@ -88,7 +88,7 @@ def steer(per_worker: list[Bound], serving: list[int]) -> bool:
     SO_REUSEPORT group: one listen address). False when the kernel refused (connections are
     then spread over every socket, as without a program)."""
     if not per_worker or not serving:
-        return False
+        return True  # nothing to steer
     ok = True
     for position, (_listen, sock) in enumerate(per_worker[0]):
         if sock.family == socket.AF_UNIX:

@@ -159,6 +159,7 @@ class Supervisor:
         self._metrics_server: asyncio.AbstractServer | None = None
         self._ready: asyncio.Event | None = None  # set once every worker serves
         self._resizing = asyncio.Lock()  # one change of `workers` at a time
+        self._steer_failed = False
         self._reloading: int | None = None  # generation whose application systemd awaits
 
     # --- workers ----------------------------------------------------------------------
@@ -715,7 +716,9 @@ class Supervisor:
         ]
         if not serving:  # none up yet (or all restarting): they queue for the wanted ones
             serving = [i for i in range(min(self.config.workers, len(self.sockets)))]
-        steer(self.sockets, serving)
+        if not steer(self.sockets, serving) and not self._steer_failed:
+            self._steer_failed = True  # connections are spread over every socket, as before
+            log.error("supervisor", "cannot steer new connections (SO_ATTACH_REUSEPORT_CBPF)")
 
     def validate(self, text: str) -> dict[str, Any]:
         """Control `config validate`: the errors with positions, or the diff it would apply."""
