@@ -138,6 +138,7 @@ class Worker:
         for server in self._servers:
             server.close()
         self._servers.clear()
+        self._listening = []  # (closed with their servers)
 
     def retire(self) -> None:
         """`workers` was lowered and this worker is one too many. The supervisor steers new
