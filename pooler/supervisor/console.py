@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pooler.supervisor import views
-from pooler.supervisor.views import Result
+from pooler.supervisor import aggregate, odyssey_views, views
+from pooler.supervisor.result import BOOL, Result
 
 if TYPE_CHECKING:
     from pooler.config import Config
@@ -24,7 +24,7 @@ class Supervisor(Protocol):
     @property
     def config(self) -> Config: ...
     @property
-    def db_rates(self) -> dict[str, views.Rates]: ...
+    def db_rates(self) -> dict[str, aggregate.Rates]: ...
     def snapshots(self) -> list[dict[str, Any]]: ...
     def paused_state(self) -> set[str] | bool: ...
     def quantiles(self) -> tuple[float, ...]: ...
@@ -129,11 +129,11 @@ async def _one(sup: Supervisor, role: str, statement: str, client_id: str) -> tu
 async def show(sup: Supervisor, what: str) -> Result | None:
     config = sup.config
     snapshots = sup.snapshots()
-    routes = views.merge_routes(snapshots)
+    routes = aggregate.merge_routes(snapshots)
     if what == "pools":
         return views.show_pools(routes)
     if what == "pools_extended":
-        return views.show_pools_extended(routes, sup.quantiles())
+        return odyssey_views.show_pools_extended(routes, sup.quantiles())
     if what == "stats":
         return views.show_stats(routes, sup.db_rates, "stats")
     if what == "stats_totals":
@@ -153,13 +153,13 @@ async def show(sup: Supervisor, what: str) -> Result | None:
     if what == "config":
         return views.show_config(config)
     if what == "rules":
-        return views.show_rules(config, sup.obsolete_rules())
+        return odyssey_views.show_rules(config, sup.obsolete_rules())
     if what == "errors":
-        return views.show_errors(routes, snapshots)
+        return odyssey_views.show_errors(routes, snapshots)
     if what == "storages":
-        return views.show_storages(config)
+        return odyssey_views.show_storages(config)
     if what == "listen":
-        return views.show_listen(config)
+        return odyssey_views.show_listen(config)
     if what == "help":
         return views.show_help()
     if what == "clients":
@@ -167,5 +167,5 @@ async def show(sup: Supervisor, what: str) -> Result | None:
     if what == "servers":
         return views.show_sockets(await sup.gather("servers"))
     if what == "is_paused":
-        return Result([("is_paused", views.BOOL)], [(sup.paused_state() is True,)])
+        return Result([("is_paused", BOOL)], [(sup.paused_state() is True,)])
     return None

@@ -64,7 +64,7 @@ from pooler.ipc import (
 )
 from pooler.logs import log
 from pooler.protocol import build
-from pooler.supervisor import views
+from pooler.supervisor import aggregate, odyssey_views, views
 from pooler.supervisor.listen import Bound, bind_listeners, describe, queued, steer
 from pooler.supervisor.notify import notify, reloading
 from pooler.supervisor.reload import Outcome, Reloader, file_hash
@@ -153,8 +153,8 @@ class Supervisor:
         # stats window (every stats_interval): previous merged routes and when they were taken
         self.stats_prev: dict[Any, dict[str, Any]] = {}
         self.stats_prev_at = time.monotonic()
-        self.route_rates: dict[Any, views.Rates] = {}
-        self.db_rates: dict[str, views.Rates] = {}
+        self.route_rates: dict[Any, aggregate.Rates] = {}
+        self.db_rates: dict[str, aggregate.Rates] = {}
         self.last_stats: schema.StatsEvent | None = None
         self._metrics_server: asyncio.AbstractServer | None = None
         self._ready: asyncio.Event | None = None  # set once every worker serves
@@ -414,13 +414,13 @@ class Supervisor:
         for rule in self.config.rules:
             storage = self.config.storage(rule.storage or "")
             if storage is not None and storage.type == "local" and rule.quantiles:
-                return views.parse_quantiles(rule.quantiles)
-        return views.DEFAULT_QUANTILES
+                return odyssey_views.parse_quantiles(rule.quantiles)
+        return odyssey_views.DEFAULT_QUANTILES
 
     def obsolete_rules(self) -> list[Any]:
         wanted = {
             (r["key"][0], r["key"][1])
-            for r in views.merge_routes(self.snapshots())
+            for r in aggregate.merge_routes(self.snapshots())
             if r.get("obsolete")
         }
         out = []
@@ -450,20 +450,20 @@ class Supervisor:
         now = time.monotonic()
         seconds = now - self.stats_prev_at
         snapshots = self.snapshots()
-        routes = views.merge_routes(snapshots)
+        routes = aggregate.merge_routes(snapshots)
         self.route_rates = {
-            r["key"]: views.rates(r, self.stats_prev.get(r["key"]), seconds) for r in routes
+            r["key"]: aggregate.rates(r, self.stats_prev.get(r["key"]), seconds) for r in routes
         }
         db_rates = {}
-        for db, members in views.by_database(routes).items():
-            new = views.sum_counters(members)
-            old = views.sum_counters(
+        for db, members in aggregate.by_database(routes).items():
+            new = aggregate.sum_counters(members)
+            old = aggregate.sum_counters(
                 [self.stats_prev[m["key"]] for m in members if m["key"] in self.stats_prev]
             )
-            db_rates[db] = views.rates(new, old, seconds)
+            db_rates[db] = aggregate.rates(new, old, seconds)
         self.db_rates = db_rates
         clients = sum(s.get("clients", 0) for s in snapshots)
-        lines = views.stats_lines(routes, self.stats_prev, seconds, clients)
+        lines = odyssey_views.stats_lines(routes, self.stats_prev, seconds, clients)
         self.stats_prev = {r["key"]: r for r in routes}
         self.stats_prev_at = now
         if self.config.log_stats:
@@ -477,10 +477,10 @@ class Supervisor:
 
     def pool_infos(self, routes: list[dict[str, Any]] | None = None) -> list[schema.PoolInfo]:
         if routes is None:
-            routes = views.merge_routes(self.snapshots())
+            routes = aggregate.merge_routes(self.snapshots())
         out = []
         for r in routes:
-            rate = self.route_rates.get(r["key"], views.Rates())
+            rate = self.route_rates.get(r["key"], aggregate.Rates())
             out.append(
                 schema.PoolInfo(
                     database=r["database"],
@@ -488,7 +488,7 @@ class Supervisor:
                     backend_db=r["backend_db"],
                     backend_user=r["backend_user"],
                     rule=r.get("rule", ""),
-                    generation=views.route_extra(r)[3],
+                    generation=aggregate.route_extra(r)[3],
                     mode=r["mode"],
                     pool_size=r["pool_size"],
                     obsolete=bool(r.get("obsolete")),

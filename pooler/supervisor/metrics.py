@@ -25,7 +25,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from pooler import __version__
 from pooler.histogram import quantile
 from pooler.logs import log
-from pooler.supervisor import views
+from pooler.supervisor import aggregate, odyssey_views, views
 
 if TYPE_CHECKING:
     from pooler.config import Config
@@ -39,7 +39,7 @@ class Supervisor(Protocol):
     @property
     def config(self) -> Config: ...
     @property
-    def db_rates(self) -> dict[str, views.Rates]: ...
+    def db_rates(self) -> dict[str, aggregate.Rates]: ...
     def snapshots(self) -> list[dict[str, Any]]: ...
     def paused_state(self) -> set[str] | bool: ...
     def worker_infos(self) -> list[schema.WorkerInfo]: ...
@@ -55,7 +55,7 @@ class SupervisorCollector:
     def collect(self) -> Iterator[Metric]:
         sup = self.sup
         snapshots = sup.snapshots()
-        routes = views.merge_routes(snapshots)
+        routes = aggregate.merge_routes(snapshots)
         g = GaugeMetricFamily
         version = g("odyssey_version_info", "pooler version", labels=["version"])
         version.add_metric([views.version_string()], 1)
@@ -83,11 +83,11 @@ class SupervisorCollector:
             yield fam
 
         # a route is named by what its clients ask for; its backend, rule and generation
-        # keep every series' labels unique (views.route_extra)
-        labels = ["user", "database", *views.ROUTE_EXTRA_NAMES]
+        # keep every series' labels unique (aggregate.route_extra)
+        labels = ["user", "database", *aggregate.ROUTE_EXTRA_NAMES]
 
         def who(r: dict[str, Any]) -> list[str]:
-            return [r["user"], r["database"], *(str(v) for v in views.route_extra(r))]
+            return [r["user"], r["database"], *(str(v) for v in aggregate.route_extra(r))]
 
         def route_gauge(name: str, help_: str, get: Any) -> GaugeMetricFamily:
             fam = g(name, help_, labels=labels)
@@ -143,7 +143,7 @@ class SupervisorCollector:
                     )
             yield fam
         errors = c("odyssey_errors", "errors by kind", labels=["type"])
-        for kind, count in views.error_counts(routes, snapshots).items():
+        for kind, count in odyssey_views.error_counts(routes, snapshots).items():
             errors.add_metric([kind], count)
         yield errors
         lists = views.show_lists(sup.config, routes, snapshots)

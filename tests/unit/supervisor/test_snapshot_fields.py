@@ -12,7 +12,7 @@ import pytest
 from pooler.config import parse_text
 from pooler.server.router import ClientKey
 from pooler.server.worker import Worker
-from pooler.supervisor import console, metrics, views
+from pooler.supervisor import aggregate, console, metrics, odyssey_views
 
 CONFIG = """
 log_format "%m\\n"
@@ -47,7 +47,7 @@ class Sup:
 
     def __init__(self, config: Any, snapshot: dict[str, Any]) -> None:
         self.config = config
-        self.db_rates: dict[str, views.Rates] = {}
+        self.db_rates: dict[str, aggregate.Rates] = {}
         self._snapshot = snapshot
 
     def snapshots(self) -> list[dict[str, Any]]:
@@ -59,7 +59,7 @@ class Sup:
         return set()
 
     def quantiles(self) -> tuple[float, ...]:
-        return views.DEFAULT_QUANTILES
+        return odyssey_views.DEFAULT_QUANTILES
 
     def obsolete_rules(self) -> list[Any]:
         return []
@@ -78,8 +78,10 @@ def sup(monkeypatch: pytest.MonkeyPatch) -> Sup:
     rule = worker.router.match(ClientKey("p0", "user", "127.0.0.1"))
     assert rule is not None
     worker.route_for(rule, "p0", "user")
-    merge = views.merge_routes
-    monkeypatch.setattr(views, "merge_routes", lambda snaps: [Recording(r) for r in merge(snaps)])
+    merge = aggregate.merge_routes
+    monkeypatch.setattr(
+        aggregate, "merge_routes", lambda snaps: [Recording(r) for r in merge(snaps)]
+    )
     Recording.missing = set()
     return Sup(config, worker.snapshot())
 

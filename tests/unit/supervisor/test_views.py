@@ -5,7 +5,7 @@ from __future__ import annotations
 from pooler.control import schema
 from pooler.histogram import quantile
 from pooler.server.stats import RouteStats
-from pooler.supervisor import views
+from pooler.supervisor import aggregate, odyssey_views, views
 from pooler.supervisor.console import split_statements
 
 
@@ -36,13 +36,13 @@ def snap(**counters):
 def test_merge_sums_workers_and_keeps_max_wait():
     a = snap(xact_count=10, bytes_received=100, maxwait_us=5)
     b = snap(xact_count=5, bytes_received=50, maxwait_us=7)
-    (route,) = views.merge_routes([a, b])
+    (route,) = aggregate.merge_routes([a, b])
     assert route["xact_count"] == 15 and route["bytes_received"] == 150
     assert route["clients"] == 6 and route["cl_waiting"] == 4 and route["maxwait_us"] == 7
 
 
 def test_pools_row_shape():
-    result = views.show_pools(views.merge_routes([snap()]))
+    result = views.show_pools(aggregate.merge_routes([snap()]))
     assert [c for c, _ in result.columns][:4] == ["database", "user", "cl_active", "cl_waiting"]
     (row,) = result.rows
     assert row[:4] == ("app", "bob", 1, 2)
@@ -50,12 +50,12 @@ def test_pools_row_shape():
 
 
 def test_stats_line_is_odysseys_format():
-    old = views.merge_routes([snap(xact_count=0, query_count=0, bytes_received=0)])[0]
+    old = aggregate.merge_routes([snap(xact_count=0, query_count=0, bytes_received=0)])[0]
     new = snap(
         xact_count=300, query_count=600, bytes_received=3000, bytes_sent=6000,
         xact_time_us=300_000, query_time_us=300_000, obsolete=True,
     )  # fmt: skip
-    lines = views.stats_lines(views.merge_routes([new]), {old["key"]: old}, 3.0, 3)
+    lines = odyssey_views.stats_lines(aggregate.merge_routes([new]), {old["key"]: old}, 3.0, 3)
     assert lines == [
         "clients 3",
         "[app.bob obsolete] 3 clients, 1 active servers, 2 idle servers, "
@@ -116,13 +116,13 @@ def two_routes_on_one_backend():
         "key": (0, ("bench_t", None, False, None, "default"), "bench", "bench"),
         "database": "bench_t", "rule": "bench_t.default_user all", "mode": "transaction",
     }  # fmt: skip
-    return views.merge_routes([{"clients": 6, "routes": [session, xact]}])
+    return aggregate.merge_routes([{"clients": 6, "routes": [session, xact]}])
 
 
 def test_pools_name_routes_by_the_client_database_and_keep_the_backend():
     for result in (
         views.show_pools(two_routes_on_one_backend()),
-        views.show_pools_extended(two_routes_on_one_backend(), (0.5,)),
+        odyssey_views.show_pools_extended(two_routes_on_one_backend(), (0.5,)),
     ):
         names = [c for c, _ in result.columns]
         rows = [dict(zip(names, row, strict=True)) for row in result.rows]
@@ -149,7 +149,7 @@ def test_stats_lines_give_routes_sharing_a_name_their_rule_then_generation():
     a = snap()["routes"][0]
     b = a | {"key": (0, 2, "app", "bob"), "rule": "app.default_user 10.0.0.0/8"}
     c = a | {"key": (3, 1, "app", "bob"), "generation": 3}
-    lines = views.stats_lines(views.merge_routes([{"routes": [a, b, c]}]), {}, 1.0, 9)
+    lines = odyssey_views.stats_lines(aggregate.merge_routes([{"routes": [a, b, c]}]), {}, 1.0, 9)
     names = [line.split("]")[0] + "]" for line in lines[1:]]
     assert len(set(names)) == 3, names
     assert "[app.bob (rule app.default_user 10.0.0.0/8)]" in names
@@ -188,7 +188,7 @@ def test_databases_and_users_count_the_routes_of_a_default_rule():
         "database": "shop", "user": "alice", "rule_database": "default_db",
         "rule_user": "default_user", "backend_db": "shop", "backend_user": "alice",
     }  # fmt: skip
-    routes = views.merge_routes([{"routes": [route]}])
+    routes = aggregate.merge_routes([{"routes": [route]}])
     (db_row,) = views.show_databases(config, routes, False).rows
     assert db_row[0] == "default_db" and db_row[12] == 3 and db_row[14] == 3  # servers, clients
     (user_row,) = views.show_users(config, routes).rows
