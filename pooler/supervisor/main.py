@@ -140,6 +140,8 @@ class Supervisor:
         self.broker = SlotBroker()
         self.workers: dict[int, WorkerHandle] = {}
         self.stopping = False
+        self.terminations = 0  # SIGTERM/SIGINT received (max_sigterms_to_die)
+        self.exit_code = EXIT_OK
         self.started_at = time.time()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._done: asyncio.Event | None = None
@@ -768,6 +770,25 @@ class Supervisor:
         if timeout:
             asyncio.get_running_loop().call_later(timeout + KILL_GRACE, self._kill_all)
 
+    def _terminate(self) -> None:
+        """SIGTERM/SIGINT: a graceful shutdown; the max_sigterms_to_die-th one ends the
+        pooler at once with exit code 1 (odyssey), its workers killed."""
+        self.terminations += 1
+        limit = self.config.max_sigterms_to_die
+        if limit > 0 and self.terminations >= limit:
+            log.error(
+                "supervisor",
+                f"termination signal received {self.terminations} times "
+                f"(max_sigterms_to_die {limit}): exiting at once",
+            )
+            self.stopping = True
+            self.exit_code = 1
+            self._kill_all()
+            if self._done is not None:
+                self._done.set()
+            return
+        self.shutdown(True)
+
     def _kill_all(self) -> None:
         for handle in self.workers.values():
             if handle.process is not None:
@@ -779,8 +800,8 @@ class Supervisor:
         self._ready = asyncio.Event()
         # Signals first: the listen sockets are open already, so clients (and operators)
         # may be acting on the pooler while its workers start.
-        loop.add_signal_handler(signal.SIGTERM, self.shutdown, True)
-        loop.add_signal_handler(signal.SIGINT, self.shutdown, True)
+        loop.add_signal_handler(signal.SIGTERM, self._terminate)
+        loop.add_signal_handler(signal.SIGINT, self._terminate)
         loop.add_signal_handler(signal.SIGQUIT, self.shutdown, False)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
@@ -823,7 +844,7 @@ class Supervisor:
             await self.control.close()
         if self._metrics_server is not None:
             self._metrics_server.close()
-        return EXIT_OK
+        return self.exit_code
 
     async def _file_changed(self) -> None:
         self.reload("file")

@@ -15,7 +15,6 @@ GLOBAL = frozenset(
         "log_general_stats_prom", "log_route_stats_prom", "resolvers", "readahead",
         "cache_coroutine", "cache_msg_gc_size", "coroutine_stack_size",
         "system_coroutine_stack_size",
-        "max_sigterms_to_die",
         "enable_online_restart", "bindwith_reuseport", "enable_host_watcher",
         "smart_search_path_enquoting", "disable_nolinger", "cpu_affinity",
         "group_checker_interval", "virtual_transaction",

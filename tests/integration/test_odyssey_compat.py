@@ -199,3 +199,20 @@ def test_set_application_name_gets_the_host_added(pooler):
     with p.connect("p0", application_name="AAA") as conn:
         conn.execute("set application_name = 'BBB'")
         assert conn.execute("show application_name").fetchone() == ("BBB - 127.0.0.1",)
+
+
+def test_max_sigterms_to_die(pooler):
+    """The max_sigterms_to_die-th SIGTERM ends the pooler at once with exit code 1, while the
+    graceful shutdown of the first is still waiting for a transaction (odyssey)."""
+    p = pooler(make_config(route("p0", "postgres", pool="transaction"), max_sigterms_to_die=2))
+    conn = p.connect("p0")
+    conn.execute("begin")
+    conn.execute("select 1")  # a transaction the graceful shutdown waits for (30 s)
+    p.signal(signal.SIGTERM)
+    p.wait_for_log("termination signal received, shutting down")
+    assert p.is_running()
+    p.signal(signal.SIGTERM)
+    assert p.wait_exit(timeout=10) == 1
+    assert p.log_contains(r"termination signal received 2 times \(max_sigterms_to_die 2\)")
+    wait_until(lambda: not worker_pids(p.pid), timeout=10)
+    conn.close()
