@@ -37,6 +37,8 @@ def run(name: str, port: int, pids: list[int], clients: int, heavy: bool) -> str
     time.sleep(5)
     later = rss.now()
     ok = tally.answered == expected_answers(clients, heavy) and not tally.problems
+    for note in tally.cut_short[:5]:
+        print(f"  {name}: cut short: {note}")
     return (
         f"{name}: {clients} clients{' (heavy)' if heavy else ''} in {took:.1f} s, "
         f"answered {tally.answered}, refused {tally.refused}, problems {len(tally.problems)}"

@@ -68,11 +68,22 @@ def read_answer(sock: socket.socket) -> bytes:
     return data
 
 
+def _rest(sock: socket.socket) -> bytes:
+    """What the pooler said before it ended the connection (its last 300 bytes)."""
+    data = b""
+    with contextlib.suppress(OSError):
+        sock.settimeout(1)
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data[-300:]
+
+
 @dataclass
 class Tally:
     answered: int = 0  # streamed messages PostgreSQL answered
     refused: int = 0  # connections the pooler ended
     problems: list[str] = field(default_factory=list)
+    cut_short: list[str] = field(default_factory=list)  # streamed messages not answered
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -87,9 +98,11 @@ def client(port: int, i: int, tally: Tally, heavy: bool = False) -> None:
             for mtype in plan:
                 try:
                     send_message(sock, mtype)
-                except OSError:  # ended by the pooler while we were sending: refused
+                except OSError as exc:  # ended by the pooler while we were sending: refused
                     with tally.lock:
                         tally.refused += 1
+                        if mtype in STREAMED:
+                            tally.cut_short.append(f"client {i} {mtype}: {exc!r} {_rest(sock)!r}")
                     return
                 answer = read_answer(sock)
                 with tally.lock:
@@ -97,6 +110,8 @@ def client(port: int, i: int, tally: Tally, heavy: bool = False) -> None:
                         tally.answered += 1
                     else:
                         tally.refused += 1
+                        if mtype in STREAMED:
+                            tally.cut_short.append(f"client {i} {mtype}: {answer[-300:]!r}")
                         return
     except Exception as exc:
         with tally.lock:
