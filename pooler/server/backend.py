@@ -13,6 +13,7 @@ import asyncio
 import enum
 import itertools
 import os
+import re
 import secrets
 import time
 from collections import deque
@@ -137,6 +138,22 @@ def _cut(transport: asyncio.Transport) -> None:
     """A closing server did not end its session in time."""
     if not transport.is_closing():
         transport.abort()
+
+
+_SAFE_SCHEMA = re.compile(r'\s*(?:[A-Za-z_][A-Za-z0-9_$]*|"[^"]+"|\$user)\s*')
+
+
+def _set_value(name: str, value: str, smart_search_path: bool) -> str:
+    """The value of a SET as SQL: a quoted literal, except, with smart_search_path_enquoting,
+    a search_path that is a plain list of schema names (`a, "B", $user`): quoted as one literal
+    it would name a single schema `"a, B"` (odyssey's option)."""
+    if smart_search_path and name.lower() == "search_path":
+        parts = value.split(",")
+        if all(_SAFE_SCHEMA.fullmatch(part) for part in parts):
+            return ", ".join(
+                quote_literal(p.strip()) if p.strip() == "$user" else p.strip() for p in parts
+            )
+    return quote_literal(value)
 
 
 class ServerConnection(asyncio.Protocol):
@@ -676,8 +693,9 @@ class ServerConnection(asyncio.Protocol):
 
     async def sync_params(self, wanted: dict[str, str]) -> None:
         """Make the server's session parameters those the client expects (maintain_params)."""
+        smart = self.route.worker.config.smart_search_path_enquoting
         sets = [
-            f"SET {quote_ident(name)} TO {quote_literal(value)}"
+            f"SET {quote_ident(name)} TO {_set_value(name, value, smart)}"
             for name, value in wanted.items()
             if self.params.get(name) != value
         ]

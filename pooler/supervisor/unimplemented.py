@@ -16,7 +16,7 @@ GLOBAL = frozenset(
         "cache_coroutine", "cache_msg_gc_size", "coroutine_stack_size",
         "system_coroutine_stack_size",
         "enable_online_restart", "bindwith_reuseport", "enable_host_watcher",
-        "smart_search_path_enquoting", "disable_nolinger", "cpu_affinity",
+        "disable_nolinger", "cpu_affinity",
         "group_checker_interval", "virtual_transaction",
     }
 )  # fmt: skip

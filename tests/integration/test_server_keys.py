@@ -186,3 +186,28 @@ def test_dns_cache_ttl(pooler, ttl, lookups):
     assert p.log_text().count("(dns) resolved localhost -> ") == lookups
     for conn in conns:
         conn.close()
+
+
+@pytest.mark.parametrize(("smart", "expected"), [(True, "public, pg_catalog"), (False, None)])
+async def test_smart_search_path_enquoting(pooler, smart, expected):
+    """A client's startup search_path `public,pg_catalog` set on a server: quoted whole it is one
+    schema named "public,pg_catalog" (odyssey's default); smart_search_path_enquoting sets the
+    list."""
+    import asyncpg
+
+    p = pooler(
+        make_config(route("p0", "postgres", pool="transaction"), smart_search_path_enquoting=smart)
+    )
+    conn = await asyncpg.connect(
+        host=HOST,
+        port=p.port,
+        user="postgres",
+        database="p0",
+        server_settings={"search_path": "public,pg_catalog"},
+        statement_cache_size=0,
+    )
+    try:
+        found = await conn.fetchval("show search_path")
+        assert found == (expected or '"public,pg_catalog"')
+    finally:
+        await conn.close()
