@@ -959,6 +959,11 @@ def run(config_path: Path, *, strict: bool = False, control: Path | None = None)
         setproctitle("pooler: supervisor")
     except ImportError:
         pass
+    if config.priority:  # odyssey: setpriority(); the workers inherit it
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, config.priority)
+        except OSError as exc:
+            log.error("supervisor", f"cannot set priority {config.priority}: {exc}")
     if config.daemonize:
         _daemonize()
     if config.pid_file:

@@ -10,7 +10,7 @@ from pooler.config import Config
 
 GLOBAL = frozenset(
     {
-        "priority", "locks_dir", "external_auth_socket_path",
+        "locks_dir", "external_auth_socket_path",
         "log_async", "log_queue_depth",
         "log_general_stats_prom", "log_route_stats_prom", "resolvers", "readahead",
         "cache_coroutine", "cache_msg_gc_size", "coroutine_stack_size",

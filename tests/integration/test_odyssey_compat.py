@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -216,3 +217,14 @@ def test_max_sigterms_to_die(pooler):
     assert p.log_contains(r"termination signal received 2 times \(max_sigterms_to_die 2\)")
     wait_until(lambda: not worker_pids(p.pid), timeout=10)
     conn.close()
+
+
+def test_priority_is_the_nice_value_of_supervisor_and_workers(pooler):
+    p = pooler(make_config(route("p0", "postgres"), priority=5))
+
+    def nice(pid: int) -> int:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2 :].split()[16])  # field 19: nice
+
+    workers = wait_until(lambda: worker_pids(p.pid))
+    assert [nice(pid) for pid in [p.pid, *workers]] == [5] * (1 + len(workers))
