@@ -313,13 +313,27 @@ def empty_query_response() -> bytes:
     return EMPTY_QUERY_RESPONSE
 
 
-_TEXT_FIELD = Struct("!ihihih").pack(0, 0, TEXT_OID, -1, -1, 0)
+# PostgreSQL's oid and typlen of the column types of the results pooler answers itself
+TYPES = {
+    "text": (TEXT_OID, -1),
+    "int4": (23, 4),
+    "int8": (20, 8),
+    "bool": (16, 1),
+    "timestamptz": (1184, 8),
+    "numeric": (1700, -1),
+}
+_FIELD = Struct("!ihihih")
 
 
-def row_description(columns: Sequence[str]) -> bytes:
-    """RowDescription of text columns (type ``text``, oid 25, text format)."""
-    body = _I16.pack(len(columns)) + b"".join(_cstr(c) + _TEXT_FIELD for c in columns)
-    return _msg(m.ROW_DESCRIPTION, body)
+def row_description(columns: Sequence[str | tuple[str, str]]) -> bytes:
+    """RowDescription, text format; a column is a name (type ``text``) or ``(name, type)``
+    with a type named in :data:`TYPES`."""
+    parts = [_I16.pack(len(columns))]
+    for column in columns:
+        name, kind = (column, "text") if isinstance(column, str) else column
+        oid, typlen = TYPES[kind]
+        parts.append(_cstr(name) + _FIELD.pack(0, 0, oid, typlen, -1, 0))
+    return _msg(m.ROW_DESCRIPTION, b"".join(parts))
 
 
 def data_row(values: Sequence[str | bytes | None]) -> bytes:
@@ -335,24 +349,36 @@ def data_row(values: Sequence[str | bytes | None]) -> bytes:
     return _msg(m.DATA_ROW, b"".join(parts))
 
 
-def simple_result(
-    columns: Sequence[str],
-    rows: Iterable[Sequence[str | bytes | None]],
-    tag: str | None = None,
-) -> bytes:
-    """RowDescription + DataRow* + CommandComplete for a text result (admin console).
+def _text(value: object) -> str | bytes | None:
+    """A value in PostgreSQL's text format: None is NULL, a bool ``t``/``f``, else ``str()``."""
+    if value is None or isinstance(value, (str, bytes)):
+        return value
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    return str(value)
 
-    ``tag`` defaults to ``"SELECT <row count>"``. Values that are not str/bytes/None are
-    converted with ``str()``.
+
+def result_set(
+    columns: Sequence[str | tuple[str, str]],
+    rows: Iterable[Sequence[object]],
+    tag: str | None = None,
+    notices: Iterable[str] = (),
+) -> bytes:
+    """A result pooler answers itself (admin console, a virtual SHOW): NoticeResponse* then
+    RowDescription DataRow* (none without columns: a command's result) then CommandComplete.
+
+    Columns are as in :func:`row_description`; values are sent in text format (see
+    ``_text``). ``tag`` defaults to ``"SELECT <row count>"``; a row whose width differs from
+    the columns' raises ``ValueError``.
     """
-    parts = [row_description(columns)]
+    parts = [notice_response("NOTICE", "00000", notice) for notice in notices]
     count = 0
-    for row in rows:
-        if len(row) != len(columns):
-            raise ValueError("row width differs from the number of columns")
-        parts.append(
-            data_row([v if v is None or isinstance(v, (str, bytes)) else str(v) for v in row])
-        )
-        count += 1
+    if columns:
+        parts.append(row_description(columns))
+        for row in rows:
+            if len(row) != len(columns):
+                raise ValueError("row width differs from the number of columns")
+            parts.append(data_row([_text(v) for v in row]))
+            count += 1
     parts.append(command_complete(tag if tag is not None else f"SELECT {count}"))
     return b"".join(parts)

@@ -10,7 +10,6 @@ kills, pauses and reconnects; those requests are answered by `handle_ask` below.
 from __future__ import annotations
 
 import asyncio
-import struct
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -27,9 +26,6 @@ if TYPE_CHECKING:
     from pooler.server.pool import Route
     from pooler.server.worker import Worker
 
-OIDS = {"text": 25, "int4": 23, "int8": 20, "bool": 16, "timestamptz": 1184, "numeric": 1700}
-LENS = {"text": -1, "int4": 4, "int8": 8, "bool": 1, "timestamptz": 8, "numeric": -1}
-_FIELD = struct.Struct("!ihihih")
 Q, X, S = ord("Q"), ord("X"), ord("S")
 CONSOLE_PARAMS = {
     "server_version": __version__,
@@ -40,36 +36,6 @@ CONSOLE_PARAMS = {
     "standard_conforming_strings": "on",
     "integer_datetimes": "on",
 }
-
-
-def _msg(kind: bytes, body: bytes) -> bytes:
-    return kind + struct.pack("!I", len(body) + 4) + body
-
-
-def row_description(columns: list[tuple[str, str]]) -> bytes:
-    parts = [struct.pack("!h", len(columns))]
-    for name, kind in columns:
-        parts.append(name.encode() + b"\0")
-        parts.append(_FIELD.pack(0, 0, OIDS[kind], LENS[kind], -1, 0))
-    return _msg(b"T", b"".join(parts))
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    return str(value)
-
-
-def encode_result(result: Any) -> bytes:
-    """A supervisor `Result` as NoticeResponse* RowDescription DataRow* CommandComplete."""
-    out = [build.notice_response("NOTICE", "00000", notice) for notice in result.notices]
-    if result.columns:
-        out.append(row_description(result.columns))
-        out.extend(build.data_row([_text(v) for v in row]) for row in result.rows)
-    out.append(build.command_complete(result.tag))
-    return b"".join(out)
 
 
 class ConsoleSession:
@@ -123,7 +89,10 @@ class ConsoleSession:
         for item in items:
             kind = item[0]
             if kind == "result":
-                out.append(encode_result(item[1]))
+                result = item[1]  # a pooler.supervisor.result.Result
+                out.append(
+                    build.result_set(result.columns, result.rows, result.tag, result.notices)
+                )
             elif kind == "empty":
                 out.append(build.empty_query_response())
             else:

@@ -60,25 +60,11 @@ def parse(sql: str) -> Statement | None:
 
 
 def show_answer(name: str, value: str, status: int) -> bytes:
-    return b"".join(
-        (
-            build.notice_response("NOTICE", "00000", PROCESSED),
-            build.row_description([name]),
-            build.data_row([value]),
-            build.command_complete("SHOW"),
-            build.ready_for_query(status),
-        )
-    )
+    return build.result_set([name], [(value,)], "SHOW", [PROCESSED]) + build.ready_for_query(status)
 
 
 def set_answer(status: int) -> bytes:
-    return b"".join(
-        (
-            build.notice_response("NOTICE", "00000", PROCESSED),
-            build.command_complete("SET"),
-            build.ready_for_query(status),
-        )
-    )
+    return build.result_set([], [], "SET", [PROCESSED]) + build.ready_for_query(status)
 
 
 def set_refused(name: str, value: str, status: int) -> bytes:

@@ -1,7 +1,7 @@
 """A console result set: typed columns, rows, command tag and the NOTICEs sent before it.
 
 The supervisor renders one per console statement (`views`, `odyssey_views`); the worker
-holding the console client encodes it (`pooler.server.console.encode_result`). Column types are
+holding the console client encodes it (`pooler.protocol.build.result_set`). Column types are
 named as PostgreSQL names them (`text`, `int4`...; pgbouncer's `src/admin.c` letters in
 `table`: `s` text, `i` int4, `q` int8, `T` timestamptz, `b` bool, `n` numeric).
 """

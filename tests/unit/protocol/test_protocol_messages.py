@@ -206,11 +206,11 @@ def test_negotiate_protocol_version():
     cols=st.lists(text, min_size=1, max_size=4),
     data=st.data(),
 )
-def test_simple_result(cols, data):
+def test_result_set(cols, data):
     rows = data.draw(
         st.lists(st.lists(st.none() | text, min_size=len(cols), max_size=len(cols)), max_size=5)
     )
-    msgs = iter_messages(build.simple_result(cols, rows))
+    msgs = iter_messages(build.result_set(cols, rows))
     assert msgs[0][0] == m.ROW_DESCRIPTION
     fields = m.decode_row_description(msgs[0][1])
     assert [f.name for f in fields] == cols
@@ -224,12 +224,44 @@ def test_simple_result(cols, data):
     assert msgs[-1] == (m.COMMAND_COMPLETE, f"SELECT {len(rows)}\0".encode())
 
 
-def test_simple_result_tag_and_non_str_values():
-    msgs = iter_messages(build.simple_result(["a", "b"], [(1, None)], "SHOW"))
+def test_result_set_tag_and_non_str_values():
+    msgs = iter_messages(build.result_set(["a", "b"], [(1, None)], "SHOW"))
     assert m.decode_data_row(msgs[1][1]) == [b"1", None]
     assert m.decode_command_complete(msgs[2][1]) == "SHOW"
     with pytest.raises(ValueError):
-        build.simple_result(["a"], [("1", "2")])
+        build.result_set(["a"], [("1", "2")])
+
+
+def test_result_set_typed_columns_notices_and_bools():
+    """The console's result sets: typed columns, NOTICEs first, bools as t/f."""
+    msgs = iter_messages(
+        build.result_set(
+            [("n", "int8"), ("ok", "bool"), ("at", "timestamptz")],
+            [(7, True, None), (0, False, "x")],
+            "SHOW",
+            ["hello"],
+        )
+    )
+    assert [t for t, _ in msgs] == [
+        m.NOTICE_RESPONSE,
+        m.ROW_DESCRIPTION,
+        m.DATA_ROW,
+        m.DATA_ROW,
+        m.COMMAND_COMPLETE,
+    ]
+    fields = m.decode_row_description(msgs[1][1])
+    assert [(f.name, f.type_oid, f.type_size) for f in fields] == [
+        ("n", 20, 8),
+        ("ok", 16, 1),
+        ("at", 1184, 8),
+    ]
+    assert m.decode_data_row(msgs[2][1]) == [b"7", b"t", None]
+    assert m.decode_data_row(msgs[3][1]) == [b"0", b"f", b"x"]
+
+
+def test_result_set_of_a_command_has_no_row_description():
+    msgs = iter_messages(build.result_set([], [], "RELOAD"))
+    assert msgs == [(m.COMMAND_COMPLETE, b"RELOAD\0")]
 
 
 def test_nul_in_string_rejected():
