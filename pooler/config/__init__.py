@@ -55,7 +55,7 @@ __all__ = [
 
 def load(path: str | os.PathLike[str], *, strict: bool = False) -> Config:
     """Read, parse and validate the config file at `path` (and its includes)."""
-    from pooler.config.transform import read_text_file
+    from pooler.config.files import read_text_file
 
     path = os.fspath(path)
     text = read_text_file(path)
@@ -67,13 +67,10 @@ def load(path: str | os.PathLike[str], *, strict: bool = False) -> Config:
 
 def parse_text(text: str, path: str = "<text>", *, strict: bool = False) -> Config:
     """Parse and validate config text; `path` is used in messages and for relative includes."""
-    from pooler.config.transform import (
-        Builder,
-        parse_hba,
-        parse_items,
-        read_text_file,
-        resolve_relative,
-    )
+    from pooler.config.files import read_text_file, resolve_relative
+    from pooler.config.hba import parse_hba
+    from pooler.config.syntax import parse_items
+    from pooler.config.transform import Builder
     from pooler.config.validate import validate
 
     items = parse_items(text, path, strict)

@@ -22,7 +22,7 @@ GRAMMAR_NAME = "odyssey.lark"
 
 
 # Tokens no grammar rule accepts, so that the parser reports them where they stand and
-# goes on (pooler.config.transform): a number run into letters (`3x`, `10ms`), a character
+# goes on (pooler.config.syntax): a number run into letters (`3x`, `10ms`), a character
 # odyssey rejects, a string without its closing quote (the rest of the file).
 BAD_NUMBER, BAD_CHAR, BAD_STRING = "BAD_NUMBER", "BAD_CHAR", "BAD_STRING"
 
@@ -156,7 +156,7 @@ def parser(strict: bool, transformer: type[Transformer[Token, Any]]) -> Lark:
     """The Lark parser for one dialect, built on first use and kept for the process.
 
     `transformer` runs inside the LALR parser, so `parse` returns what it builds; the caller
-    (config/transform.py) owns it, which keeps this module free of the AST.
+    (config/syntax.py) owns it, which keeps this module free of the AST.
     """
     return Lark(
         grammar_text(),

@@ -90,7 +90,7 @@ def test_shell_test_duplicates_last_wins_with_warning() -> None:
 
 
 def test_hba_file_format_example_parses() -> None:
-    from pooler.config.transform import parse_hba
+    from pooler.config.hba import parse_hba
 
     path = CORPUS / "non-odyssey" / "test__functional__tests__hba__odyssey_hba.conf"
     rules, errors = parse_hba(path.read_text(), str(path))
