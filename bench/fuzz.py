@@ -4,7 +4,9 @@
 Starts a throwaway PostgreSQL and `pooler serve` (workers 2, transaction pool), captures real
 psycopg/psql/pgbench sessions, then replays random mutations of them for MINUTES while two
 well-behaved clients run checked queries. Prints the packets fuzzed, problems found, worker
-restarts. Usage: bench/fuzz [MINUTES=5] [SEED]
+restarts, and the workers' resident memory (sampled every 20 ms: baseline, peak, and after
+the run). The mutations include messages of any type with hostile lengths (fuzzlib).
+Usage: bench/fuzz [MINUTES=5] [SEED]
 """
 
 from __future__ import annotations
@@ -17,9 +19,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from fuzzlib import GoodClients, capture_sessions, check, mutate, replay, split_session
+from fuzzlib import (
+    GoodClients,
+    RssSampler,
+    capture_sessions,
+    check,
+    mutate,
+    replay,
+    split_session,
+)
 from harness import Pooler, free_port, make_config, route
-from wire import workers
+from wire import rss_kb, workers
 
 from pooler.pgcluster import PgCluster
 
@@ -45,7 +55,7 @@ def main() -> int:
             rng = random.Random(seed)
             n = nbytes = nerrors = 0
             started = time.monotonic()
-            with GoodClients(p) as good:
+            with GoodClients(p) as good, RssSampler([w.pid for w in before]) as rss:
                 while time.monotonic() - started < minutes * 60:
                     s = rng.randrange(len(sessions))
                     data, ops = mutate(rng, sessions[s])
@@ -62,7 +72,14 @@ def main() -> int:
                         break
                     if n % 1000 == 0:
                         print(f"{n} sessions, {time.monotonic() - started:.0f} s", flush=True)
+            time.sleep(3)  # the cron's trim runs every second
             after = workers(p)
+            memory = ", ".join(
+                f"worker {pid}: {rss.baseline[pid] / 1024:.1f} -> peak {rss.peak[pid] / 1024:.1f}"
+                f" -> {rss_kb(pid) / 1024:.1f} MB"
+                for pid in rss.pids
+                if pid in {w.pid for w in after}
+            )
             restarts = sum(w.restarts for w in after)
             traceback = "Traceback (most recent call last)" in p.log_text()
             print(
@@ -70,7 +87,7 @@ def main() -> int:
                 f"ErrorResponse) in {minutes:g} min; good-client queries {good.queries}; "
                 f"problems {len(problems)}; worker restarts {restarts}; "
                 f"pids unchanged {[w.pid for w in after] == [w.pid for w in before]}; "
-                f"traceback in log: {traceback}"
+                f"traceback in log: {traceback}; RSS {memory}"
             )
             return 1 if problems or restarts or traceback else 0
     finally:
