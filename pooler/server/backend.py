@@ -117,6 +117,9 @@ _NEXT: dict[ServerState, tuple[ServerState, ...]] = {
 STRICT_STATES = os.environ.get("POOLER_STRICT_STATES") == "1"
 
 
+_CLOSED = ServerState.CLOSED
+
+
 class IllegalTransition(RuntimeError):
     """A server connection was moved along an arrow its state diagram does not have."""
 
@@ -162,6 +165,7 @@ class ServerConnection(asyncio.Protocol):
         "_waiter",
         "backend_key",
         "client",
+        "closed",
         "copy_in",
         "created",
         "desynced",
@@ -211,6 +215,7 @@ class ServerConnection(asyncio.Protocol):
         self.copy_in = False
         self.desynced = False  # PostgreSQL may answer more than we counted: never reuse
         self.state = ServerState.LOGIN
+        self.closed = False  # state is CLOSED (kept by `become` alone, read on every chunk)
         self.holds_slot = False  # counts against the route's global pool_size
         self.internal = True  # the pooler itself is talking to the server (login, reset...)
         self.created = time.monotonic()
@@ -460,10 +465,6 @@ class ServerConnection(asyncio.Protocol):
     # --- states -----------------------------------------------------------------------
 
     @property
-    def closed(self) -> bool:
-        return self.state is ServerState.CLOSED
-
-    @property
     def owes_answers(self) -> bool:
         """Something sent to it is not answered yet: a query, an extended batch not ended
         by a Sync, a COPY IN."""
@@ -484,6 +485,7 @@ class ServerConnection(asyncio.Protocol):
                 raise IllegalTransition(message)
             log.error("server", message, self.log_context())
         self.state = new
+        self.closed = new is _CLOSED
         if log.debug_enabled:
             log.debug("server", f"{old.value} -> {new.value}", self.log_context())
 
