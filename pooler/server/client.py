@@ -1175,9 +1175,7 @@ class ClientConnection(asyncio.Protocol):
             or buf[-5] != S  # the chunk ends with the batch's Sync
         ):
             return
-        recorded = bytes(buf[use_at:])
-        describes = sum(1 for t, body in iter_messages(recorded) if t == D and body[:1] == b"S")
-        server.statements.retry = Retry(statement, statements, name, recorded, describes)
+        server.statements.retry = Retry(statement, statements, name, bytes(buf[use_at:]))
 
     def _head_goes(
         self, server: ServerConnection, msg_type: int, buf: bytes | bytearray, start: int, end: int

@@ -201,8 +201,16 @@ class Retry:
     client: ClientStatements
     client_name: str
     messages: bytes  # the client's messages from the use to the Sync, as it sent them
-    describes: int  # Describes of statements among them (their answers are in flight)
     hiding: bool = False  # the error is being dropped, up to its ReadyForQuery
+
+    @property
+    def describes(self) -> int:
+        """Describes of statements among the messages (their answers are in flight)."""
+        return sum(
+            1
+            for msg_type, body in iter_messages(self.messages)
+            if msg_type == messages.DESCRIBE and body[:1] == b"S"
+        )
 
     def replay(self, server: ServerStatements) -> bytes:
         """The batch again, after a fresh copy replacing the stale one (answers dropped)."""

@@ -331,7 +331,8 @@ def test_a_batch_using_a_stale_copy_for_a_fresh_parse_goes_again():
     server.sent_sync()
     assert server.on_parse_complete() is True  # the empty Parse's: the client's
     batch = bind + build.execute() + build.sync()
-    server.retry = Retry(client.statements[""], client, "", batch, 0)
+    server.retry = Retry(client.statements[""], client, "", batch)
+    assert server.retry.describes == 0
     stale = {"C": "XX000", "M": "cache lookup failed for type 16412"}
     assert server.may_retry(stale)
     assert not server.may_retry({"C": "23505", "M": "duplicate key"})
