@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 
 TOO_MANY_CONNECTIONS = "53300"
+LEND_IDLE = 1.0  # seconds a server stays idle before it is lent to another worker (spare shed)
 
 
 class PoolTimeout(Exception):
@@ -104,7 +105,7 @@ class Route:
         self.opened: set[ServerConnection] = set()  # logged-in servers the supervisor knows
         self._resumed: asyncio.Event | None = None  # while PAUSEd: set by RESUME
         self.shed_pending = 0  # slots the supervisor asked us to give back
-        self.shed_spare = 0  # ... but only servers no client of ours waits for
+        self.shed_spare = 0  # ... lent: servers left idle LEND_IDLE seconds
         self.clients = 0
         self.stats = RouteStats()
         self.server_params: dict[str, str] | None = None  # a login's ParameterStatus set
@@ -271,9 +272,6 @@ class Route:
         if not self.slot_requested:
             self.slot_requested = True
             self.worker.slots.request(self.key, self.rule.pool_size)
-        if self.shed_spare:  # asked for a spare slot, and now our clients wait too: it
-            self.shed_pending += self.shed_spare  # goes back anyway (another worker is owed
-            self.shed_spare = 0  # it and would starve while ours keep the server busy)
 
     def on_grant(self) -> None:
         """The supervisor granted the slot we asked for: the first waiter connects."""
@@ -289,27 +287,31 @@ class Route:
 
     def on_shed(self, spare: bool = False) -> None:
         """The supervisor wants a slot back for another worker: close an idle server now,
-        or the next one released (`spare`: the next one released that no client waits for).
-        Its connection_lost returns the slot."""
+        or the next one released. `spare` (a lend: we asked for no more slots): a server
+        idle for LEND_IDLE seconds, now or when there is one (`expire_idle`); a server only
+        idle between two transactions stays, or slots would go back and forth between busy
+        workers. Its connection_lost returns the slot."""
+        if spare:
+            self.shed_spare += 1
+            self._lend_idle(time.monotonic())
+            return
         while self.idle:
             server = self.idle.popleft()
             if not server.closed:
                 server.close()
                 return
-        if spare:
-            self.shed_spare += 1
-        else:
-            self.shed_pending += 1
+        self.shed_pending += 1
 
-    def _shed(self, server: ServerConnection) -> bool:
-        """Close a released server for a shed the supervisor asked for?"""
-        if self.shed_pending:
-            self.shed_pending -= 1
-            return True
-        if self.shed_spare and not any(not waiter.done() for waiter in self.waiters):
-            self.shed_spare -= 1
-            return True
-        return False
+    def _lend_idle(self, now: float) -> None:
+        """Close servers idle LEND_IDLE seconds or more for the lends asked."""
+        while self.shed_spare and self.idle:
+            server = self.idle[0]  # (idle servers are taken from the right: oldest first)
+            if not server.closed and now - server.released_at < LEND_IDLE:
+                return
+            self.idle.popleft()
+            if not server.closed:
+                self.shed_spare -= 1
+                server.close()
 
     async def connect(self, password: Secret, listen: Listen | None = None) -> ServerConnection:
         """A new logged-in server, on a slot the caller holds (a route without pool_size, or
@@ -476,7 +478,7 @@ class Route:
             server.closed
             or server.desynced
             or self._expired(server, server.released_at)
-            or ((self.shed_pending or self.shed_spare) and self._shed(server))
+            or self._shed()
         ):
             self.discard(server)
             return
@@ -498,6 +500,13 @@ class Route:
         self.busy.discard(server)
         server.pooled()
         self.idle.append(server)
+
+    def _shed(self) -> bool:
+        """Close a released server for a shed the supervisor asked for?"""
+        if self.shed_pending:
+            self.shed_pending -= 1
+            return True
+        return False
 
     def discard(self, server: ServerConnection) -> None:
         """Close a server that cannot be reused (its slot is returned when it is gone)."""
@@ -533,6 +542,7 @@ class Route:
                 continue
             if (ttl and now - server.released_at > ttl) or self._expired(server, now):
                 server.close()
+        self._lend_idle(now)
 
     async def fill_min_pool(self, want: int) -> None:
         """Open servers until the route has `want` of them (its worker's part of min_pool_size),

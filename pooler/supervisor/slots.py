@@ -11,10 +11,13 @@ smaller than the number of workers is ordinary: `workers "auto"` on a big host) 
 than its fair share (pool_size // workers that want the route, rounded down). The broker
 then asks a worker holding more (the one granted longest ago among the richest) to *shed*
 one: that worker closes an idle server now, or the next one it releases, instead of handing
-it to a local waiter, and returns the slot, which goes to the owed worker. So slots take
-turns between workers when they are scarcer than workers, no waiting client starves
-whichever worker it landed on, and under even load nothing churns: a worker at its fair
-share just waits for its own servers.
+it to a local waiter, and returns the slot, which goes to the owed worker. A worker that
+asked for no more slots lends one (`spare`) to any queued worker. Either way a slot moves
+only from a worker holding at least two more than the one it goes to (or to one holding
+none): every move evens the split, so moves stop (a shed costs PostgreSQL a backend start).
+So slots take turns between workers when they are scarcer than workers, no waiting client
+starves whichever worker it landed on, and under even or nearly even load nothing churns:
+a worker within one slot of another just waits for its own servers.
 
 A worker that dies keeps its slots counted (`draining`) until the supervisor has ended its
 server connections (`worker_drained`): PostgreSQL still runs them until they notice.
@@ -42,8 +45,9 @@ class Grant:
 
 @dataclass(frozen=True, slots=True)
 class Shed:
-    """Give a slot back: close an idle server now, or the next one released. `spare`: only
-    a server no client of the worker waits for (it did not ask for more slots)."""
+    """Give a slot back: close an idle server now, or the next one released. `spare` (a
+    lend: the worker asked for no more slots): only a server left idle a while, whenever
+    there is one."""
 
     worker: int
     key: RouteKey
@@ -59,6 +63,7 @@ class _Route:
     held: Counter[int] = field(default_factory=Counter)
     queue: dict[int, float] = field(default_factory=dict)  # worker -> its client waits since
     shedding: Counter[int] = field(default_factory=Counter)  # sheds asked, not yet done
+    lending: Counter[int] = field(default_factory=Counter)  # spare sheds asked, not yet done
     granted: dict[int, int] = field(default_factory=dict)  # worker -> sequence of last grant
     draining: Counter[object] = field(default_factory=Counter)  # dead workers' slots
 
@@ -123,6 +128,9 @@ class SlotBroker:
         if route.shedding[worker] > 0:  # it was shed for another worker: not back to it
             route.shedding[worker] -= 1
             return self._grant_queued(key, route, shed_by=worker)
+        if route.lending[worker] > 0:  # lent
+            route.lending[worker] -= 1
+            return self._grant_queued(key, route, shed_by=worker)
         return self._grant_queued(key, route)
 
     def set_limit(self, key: RouteKey, limit: int) -> list[Action]:
@@ -149,6 +157,7 @@ class SlotBroker:
                 route.draining[ghost] += route.held[worker]
             route.held.pop(worker, None)
             route.shedding.pop(worker, None)
+            route.lending.pop(worker, None)
             route.granted.pop(worker, None)
             route.queue.pop(worker, None)
             actions += self._grant_queued(key, route)
@@ -201,29 +210,36 @@ class SlotBroker:
 
     def _balance(self, key: RouteKey, route: _Route, granted: Collection[int] = ()) -> list[Action]:
         """Every slot is taken and workers queue: make room, one shed per queued worker.
-        A worker that queues for nothing holds slots it does not need now (idle, or busy
-        with no client waiting behind): it gives one back first. Else a queued worker holding
-        none, or fewer than its fair share, takes one from a richer worker."""
+        A queued worker holding none, or fewer than its fair share, is owed one: the richest
+        other worker holding at least two more sheds (any when it holds none). Each such
+        move evens the split, so under even or nearly even load the moves stop instead of
+        handing slots back and forth (a shed costs PostgreSQL a backend start). Otherwise a
+        worker that asked for no more slots lends one, a server it left idle a while: one
+        lend at a time per route."""
         wanting = {w for w, n in route.held.items() if n > 0} | set(route.queue)
-        fair = route.limit // max(1, len(wanting))
+        fair = max(1, route.limit // max(1, len(wanting)))
         actions: list[Action] = []
         queued = sorted(route.queue, key=lambda w: (route.held[w], route.queue[w]))
         for worker in queued[sum(route.shedding.values()) :]:
-            holders = [v for v in route.held if v != worker and self._keeps(route, v) > 0]
+            has = route.held[worker]
+            least = has + 2 if has else 1
+            owed = [v for v in route.held if v != worker and self._keeps(route, v) >= least]
+            if has >= fair:
+                owed = []
+            if owed:
+                victim = max(owed, key=lambda v: (self._keeps(route, v), -route.granted.get(v, 0)))
+                route.shedding[victim] += 1
+                actions.append(Shed(victim, key))
+                continue
             # (a worker granted just now has a client waiting: not spare)
-            spare = [v for v in holders if v not in route.queue and v not in granted]
-            if not spare and 0 < route.held[worker] >= fair:
-                break  # at its fair share: it waits for its own servers
-            candidates = spare or [
+            spare = [
                 v
-                for v in holders
-                if route.held[worker] == 0 or self._keeps(route, v) > route.held[worker] + 1
+                for v in route.held
+                if v not in route.queue and v not in granted and self._keeps(route, v) > 0
             ]
-            if not candidates:
-                break
-            victim = max(
-                candidates, key=lambda v: (self._keeps(route, v), -route.granted.get(v, 0))
-            )
-            route.shedding[victim] += 1
-            actions.append(Shed(victim, key, spare=victim in spare))
+            if spare and not sum(route.lending.values()):
+                victim = max(spare, key=lambda v: (self._keeps(route, v), -route.granted.get(v, 0)))
+                route.lending[victim] += 1
+                actions.append(Shed(victim, key, spare=True))
+            break
         return actions
