@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pooler.config import Config, Endpoint, Listen
+    from pooler.snapshot import WorkerSnapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +189,7 @@ class ConsoleQuery:
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    snapshot: dict[str, Any]
+    snapshot: WorkerSnapshot
 
 
 @dataclass(frozen=True, slots=True)

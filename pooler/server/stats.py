@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pooler.snapshot import RouteCounters
+
 if TYPE_CHECKING:
     from pooler.config.model import Rule
 
@@ -102,26 +104,27 @@ class RouteStats:
         hist = self.wait_hist
         hist[index] = hist.get(index, 0) + 1
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "xact_count": self.xact_count,
-            "query_count": self.query_count,
-            "bytes_received": self.bytes_received,
-            "bytes_sent": self.bytes_sent,
-            "xact_time_us": self.xact_time_us,
-            "query_time_us": self.query_time_us,
-            "wait_time_us": self.wait_time_us,
-            "max_wait_us": self.max_wait_us,
-            "server_connects": self.server_connects,
-            "client_parses": self.client_parses,
-            "server_parses": self.server_parses,
-            "binds": self.binds,
-            "assignments": self.assignments,
-            "errors": dict(self.errors),
-            "xact_hist": dict(self.xact_hist),
-            "query_hist": dict(self.query_hist),
-            "wait_hist": dict(self.wait_hist),
-        }
+    def counters(self) -> RouteCounters:
+        """A copy of the counters now (for the worker's snapshot)."""
+        return RouteCounters(
+            xact_count=self.xact_count,
+            query_count=self.query_count,
+            bytes_received=self.bytes_received,
+            bytes_sent=self.bytes_sent,
+            xact_time_us=self.xact_time_us,
+            query_time_us=self.query_time_us,
+            wait_time_us=self.wait_time_us,
+            max_wait_us=self.max_wait_us,
+            server_connects=self.server_connects,
+            assignments=self.assignments,
+            client_parses=self.client_parses,
+            server_parses=self.server_parses,
+            binds=self.binds,
+            errors=dict(self.errors),
+            xact_hist=dict(self.xact_hist),
+            query_hist=dict(self.query_hist),
+            wait_hist=dict(self.wait_hist),
+        )
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1

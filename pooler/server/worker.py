@@ -33,6 +33,7 @@ from pooler.server.router import ClientKey, Router
 from pooler.server.sockopts import TcpOptions
 from pooler.server.stats import route_names, rule_label
 from pooler.server.watchdog import LagWatchdog
+from pooler.snapshot import RouteSnapshot, WorkerSnapshot
 
 if TYPE_CHECKING:
     from pooler.server.worker_main import SupervisorLink
@@ -494,10 +495,11 @@ class Worker:
 
     # --- stats ------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> WorkerSnapshot:
         """Gauges and counters of this worker, per route (sent to the supervisor)."""
         now = time.monotonic()
-        per_route: dict[RouteKey, dict[str, int]] = {}
+        active: dict[RouteKey, int] = {}  # per route: clients with a server
+        waiting: dict[RouteKey, int] = {}  # clients waiting for one
         oldest_wait: dict[RouteKey, float] = {}  # per route: the longest waiting client's ask
         held = 0  # bytes held for clients: partial messages, input queued for a server
         for client in self.clients:
@@ -505,57 +507,57 @@ class Worker:
             route = client.route
             if route is None:
                 continue
-            gauges = per_route.setdefault(route.key, {"cl_active": 0, "cl_waiting": 0})
             since = client.waiting_since
             if client.server is not None:
-                gauges["cl_active"] += 1
+                active[route.key] = active.get(route.key, 0) + 1
             elif since is not None:
-                gauges["cl_waiting"] += 1
+                waiting[route.key] = waiting.get(route.key, 0) + 1
                 oldest_wait[route.key] = min(oldest_wait.get(route.key, now), since)
         routes = []
         for key, route in self.routes.items():
             oldest = oldest_wait.get(key, now)
             database, user = route_names(route.rule, route.backend_db, route.backend_user)
+            storage = route.storage
             routes.append(
-                {
-                    "key": key,
-                    "database": database,
-                    "user": user,
-                    "rule": rule_label(route.rule),
-                    "rule_database": route.rule.db_name,  # (SHOW DATABASES/USERS, by rule)
-                    "rule_user": route.rule.user_name,
-                    "generation": key[0],
-                    "backend_db": route.backend_db,
-                    "backend_user": route.backend_user,
-                    "mode": route.mode,
-                    "pool_size": route.rule.pool_size,
-                    "obsolete": route.obsolete,
-                    "clients": route.clients,
-                    "sv_active": len(route.busy),
-                    "sv_idle": len(route.idle),
-                    "sv_login": route.connecting,
-                    "maxwait_us": int((now - oldest) * 1e6),
-                    # SHOW POOLS (pgbouncer 1.24+): NULL unless the storage has several hosts
-                    "load_balance_hosts": (
-                        route.storage.balancing_method if len(route.storage.endpoints) > 1 else None
+                RouteSnapshot(
+                    key=key,
+                    database=database,
+                    user=user,
+                    rule=rule_label(route.rule),
+                    rule_database=route.rule.db_name,
+                    rule_user=route.rule.user_name,
+                    generation=key[0],
+                    backend_db=route.backend_db,
+                    backend_user=route.backend_user,
+                    mode=route.mode or "",  # (always set in a validated config)
+                    pool_size=route.rule.pool_size,
+                    obsolete=route.obsolete,
+                    clients=route.clients,
+                    cl_active=active.get(key, 0),
+                    cl_waiting=waiting.get(key, 0),
+                    sv_active=len(route.busy),
+                    sv_idle=len(route.idle),
+                    sv_login=route.connecting,
+                    maxwait_us=int((now - oldest) * 1e6),
+                    load_balance_hosts=(
+                        storage.balancing_method if len(storage.endpoints) > 1 else None
                     ),
-                    **per_route.get(key, {"cl_active": 0, "cl_waiting": 0}),
-                    **route.stats.as_dict(),
-                }
+                    counters=route.stats.counters(),
+                )
             )
-        return {
-            "errors": dict(self.errors),
-            "index": self.index,
-            "pid": os.getpid(),
-            "generation": self.config.generation,
-            "clients": len(self.clients),
-            "login_clients": sum(c.state not in ("ready", "console") for c in self.clients),
-            "servers": sum(r.size for r in self.routes.values()),
-            "routes": routes,
-            "auth_cache_entries": len(self.auth_cache),
-            "auth_cache_bytes": self.auth_cache.memory_bytes(),
-            "client_buffer_bytes": held,
-        }
+        return WorkerSnapshot(
+            index=self.index,
+            pid=os.getpid(),
+            generation=self.config.generation,
+            clients=len(self.clients),
+            login_clients=sum(c.state not in ("ready", "console") for c in self.clients),
+            servers=sum(r.size for r in self.routes.values()),
+            routes=tuple(routes),
+            errors=dict(self.errors),
+            auth_cache_entries=len(self.auth_cache),
+            auth_cache_bytes=self.auth_cache.memory_bytes(),
+            client_buffer_bytes=held,
+        )
 
     # --- cron -------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
-"""Workers' snapshots merged: one dict per route with counters and gauges summed over the
+"""Workers' snapshots merged: one route per key with counters and gauges summed over the
 workers, per-second rates over a stats window, and the names routes are shown by.
 
-Pure functions of snapshot dicts (`Worker.snapshot()`), used by the console views, the
-stats_interval lines, /metrics and the control API.
+Pure functions of `pooler.snapshot` values (`Worker.snapshot()`), used by the console views,
+the stats_interval lines, /metrics and the control API.
 """
 
 from __future__ import annotations
@@ -10,55 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pooler.histogram import merge_histograms
-
-COUNTERS = (
-    "xact_count",
-    "query_count",
-    "bytes_received",
-    "bytes_sent",
-    "xact_time_us",
-    "query_time_us",
-    "wait_time_us",
-    "server_connects",
-    "assignments",
-    "client_parses",
-    "server_parses",
-    "binds",
-)
-GAUGES = ("clients", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_login")
-
+from pooler.snapshot import RouteCounters, RouteSnapshot, WorkerSnapshot
 
 # --- aggregation ----------------------------------------------------------------------
 
 
-def merge_routes(snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One dict per route key, counters and gauges summed over the workers' snapshots."""
-    merged: dict[Any, dict[str, Any]] = {}
+def merge_routes(snapshots: list[WorkerSnapshot]) -> list[RouteSnapshot]:
+    """One route per route key, counters and gauges summed over the workers' snapshots."""
+    merged: dict[Any, RouteSnapshot] = {}
     for snap in snapshots:
-        for route in snap.get("routes", ()):
-            key = tuple(route["key"])
-            into = merged.get(key)
-            if into is None:
-                into = dict(route)
-                into["key"] = key
-                into["errors"] = dict(route.get("errors", {}))
-                for h in ("xact_hist", "query_hist", "wait_hist"):
-                    into[h] = dict(route.get(h, {}))
-                into["workers"] = 1
-                merged[key] = into
-                continue
-            into["workers"] += 1
-            for name in (*COUNTERS, *GAUGES):
-                into[name] = into.get(name, 0) + route.get(name, 0)
-            into["maxwait_us"] = max(into.get("maxwait_us", 0), route.get("maxwait_us", 0))
-            into["max_wait_us"] = max(into.get("max_wait_us", 0), route.get("max_wait_us", 0))
-            into["obsolete"] = into.get("obsolete", False) or route.get("obsolete", False)
-            for kind, count in route.get("errors", {}).items():
-                into["errors"][kind] = into["errors"].get(kind, 0) + count
-            for h in ("xact_hist", "query_hist", "wait_hist"):
-                into[h] = merge_histograms((into[h], route.get(h, {})))
-    return sorted(merged.values(), key=lambda r: r["key"])
+        for route in snap.routes:
+            into = merged.get(route.key)
+            merged[route.key] = route if into is None else into.plus(route)
+    return sorted(merged.values(), key=lambda r: r.key)
 
 
 @dataclass
@@ -76,42 +40,48 @@ class Rates:
     window: float = 0.0
 
 
-def rates(new: dict[str, Any], old: dict[str, Any] | None, seconds: float) -> Rates:
+def rates(new: RouteCounters, old: RouteCounters | None, seconds: float) -> Rates:
     """Rates from two cumulative counter sets `seconds` apart (old None = since zero)."""
-    old = old or {}
-
-    def d(name: str) -> int:
-        return max(0, new.get(name, 0) - old.get(name, 0))
-
+    old = old or RouteCounters()
     if seconds <= 0:
         return Rates()
-    xacts, queries, assigns = d("xact_count"), d("query_count"), d("assignments")
+    xacts = max(0, new.xact_count - old.xact_count)
+    queries = max(0, new.query_count - old.query_count)
+    assigns = max(0, new.assignments - old.assignments)
     return Rates(
         xact_per_sec=xacts / seconds,
         query_per_sec=queries / seconds,
-        recv_per_sec=d("bytes_received") / seconds,
-        sent_per_sec=d("bytes_sent") / seconds,
+        recv_per_sec=max(0, new.bytes_received - old.bytes_received) / seconds,
+        sent_per_sec=max(0, new.bytes_sent - old.bytes_sent) / seconds,
         assign_per_sec=assigns / seconds,
-        avg_xact_time_us=d("xact_time_us") / xacts if xacts else 0.0,
-        avg_query_time_us=d("query_time_us") / queries if queries else 0.0,
-        avg_wait_time_us=d("wait_time_us") / assigns if assigns else 0.0,
+        avg_xact_time_us=max(0, new.xact_time_us - old.xact_time_us) / xacts if xacts else 0.0,
+        avg_query_time_us=(
+            max(0, new.query_time_us - old.query_time_us) / queries if queries else 0.0
+        ),
+        avg_wait_time_us=(
+            max(0, new.wait_time_us - old.wait_time_us) / assigns if assigns else 0.0
+        ),
         window=seconds,
     )
 
 
-def sum_counters(routes: list[dict[str, Any]]) -> dict[str, int]:
-    total: dict[str, int] = {}
+def route_rates(new: RouteSnapshot, old: RouteSnapshot | None, seconds: float) -> Rates:
+    """A route's rates since its snapshot of the last window (None: since zero)."""
+    return rates(new.counters, old.counters if old is not None else None, seconds)
+
+
+def sum_counters(routes: list[RouteSnapshot]) -> RouteCounters:
+    total = RouteCounters()
     for route in routes:
-        for name in COUNTERS:
-            total[name] = total.get(name, 0) + route.get(name, 0)
+        total = total.plus(route.counters)
     return total
 
 
-def by_database(routes: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def by_database(routes: list[RouteSnapshot]) -> dict[str, list[RouteSnapshot]]:
     """Routes grouped by the database their clients ask for."""
-    out: dict[str, list[dict[str, Any]]] = {}
+    out: dict[str, list[RouteSnapshot]] = {}
     for route in routes:
-        out.setdefault(route["database"], []).append(route)
+        out.setdefault(route.database, []).append(route)
     return out
 
 
@@ -126,28 +96,23 @@ ROUTE_EXTRA_NAMES = ["backend_database", "backend_user", "rule", "generation"]
 ROUTE_EXTRA_TYPES = "sssi"
 
 
-def route_extra(route: dict[str, Any]) -> tuple[str, str, str, int]:
-    return (
-        route["backend_db"],
-        route["backend_user"],
-        route.get("rule", ""),
-        route.get("generation", route["key"][0]),
-    )
+def route_extra(route: RouteSnapshot) -> tuple[str, str, str, int]:
+    return (route.backend_db, route.backend_user, route.rule, route.generation)
 
 
-def route_titles(routes: list[dict[str, Any]]) -> dict[Any, str]:
+def route_titles(routes: list[RouteSnapshot]) -> dict[Any, str]:
     """A unique display name per route key: `db.user`, `obsolete` for an old generation, and
     the rule (then the generation) only where routes would otherwise share a name."""
     titles = {}
     for r in routes:
-        title = f"{r['database']}.{r['user']}"
-        titles[r["key"]] = f"{title} obsolete" if r.get("obsolete") else title
+        title = f"{r.database}.{r.user}"
+        titles[r.key] = f"{title} obsolete" if r.obsolete else title
     for extra in ("rule", "generation"):
         seen: dict[str, int] = {}
         for title in titles.values():
             seen[title] = seen.get(title, 0) + 1
         for r in routes:
-            if seen[titles[r["key"]]] > 1:
-                value = r.get("rule", "") if extra == "rule" else route_extra(r)[3]
-                titles[r["key"]] += f" ({extra} {value})"
+            if seen[titles[r.key]] > 1:
+                value = r.rule if extra == "rule" else r.generation
+                titles[r.key] += f" ({extra} {value})"
     return titles

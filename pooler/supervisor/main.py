@@ -37,6 +37,7 @@ from pooler.control.client import default_control_path
 from pooler.control.server import Connection, ControlServer
 from pooler.ipc import PauseState, Reply
 from pooler.logs import log
+from pooler.snapshot import RouteSnapshot
 from pooler.supervisor import aggregate, control_api
 from pooler.supervisor.listen import Bound, bind_listeners, describe
 from pooler.supervisor.notify import notify
@@ -85,7 +86,7 @@ class Supervisor(Reloading, StatsWindow, PauseControl, Signals):
         self._asks: dict[int, asyncio.Future[Any]] = {}
         self._next_ask = 0
         # stats window (every stats_interval): previous merged routes and when they were taken
-        self.stats_prev: dict[Any, dict[str, Any]] = {}
+        self.stats_prev: dict[Any, RouteSnapshot] = {}
         self.stats_prev_at = time.monotonic()
         self.route_rates: dict[Any, aggregate.Rates] = {}
         self.db_rates: dict[str, aggregate.Rates] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.core import (
@@ -25,6 +25,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from pooler import __version__
 from pooler.histogram import quantile
 from pooler.logs import log
+from pooler.snapshot import RouteSnapshot, WorkerSnapshot
 from pooler.supervisor import aggregate, odyssey_views, views
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class Supervisor(Protocol):
     def config(self) -> Config: ...
     @property
     def db_rates(self) -> dict[str, aggregate.Rates]: ...
-    def snapshots(self) -> list[dict[str, Any]]: ...
+    def snapshots(self) -> list[WorkerSnapshot]: ...
     def paused_state(self) -> set[str] | bool: ...
     def worker_infos(self) -> list[schema.WorkerInfo]: ...
 
@@ -86,8 +87,8 @@ class SupervisorCollector:
         # keep every series' labels unique (aggregate.route_extra)
         labels = ["user", "database", *aggregate.ROUTE_EXTRA_NAMES]
 
-        def who(r: dict[str, Any]) -> list[str]:
-            return [r["user"], r["database"], *(str(v) for v in aggregate.route_extra(r))]
+        def who(r: RouteSnapshot) -> list[str]:
+            return [r.user, r.database, *(str(v) for v in aggregate.route_extra(r))]
 
         def route_gauge(name: str, help_: str, get: Any) -> GaugeMetricFamily:
             fam = g(name, help_, labels=labels)
@@ -96,51 +97,48 @@ class SupervisorCollector:
             return fam
 
         yield route_gauge(
-            "odyssey_client_pool_active_route", "clients with a server", lambda r: r["cl_active"]
+            "odyssey_client_pool_active_route", "clients with a server", lambda r: r.cl_active
         )
         yield route_gauge(
-            "odyssey_client_pool_waiting_route", "clients waiting", lambda r: r["cl_waiting"]
+            "odyssey_client_pool_waiting_route", "clients waiting", lambda r: r.cl_waiting
         )
         yield route_gauge(
             "odyssey_client_pool_maxwait_seconds_route",
             "oldest wait",
-            lambda r: (r.get("maxwait_us", 0) if r["cl_waiting"] else 0) / 1e6,
+            lambda r: r.wait_us / 1e6,
         )
         yield route_gauge(
-            "odyssey_server_pool_capacity_configured_route", "pool_size", lambda r: r["pool_size"]
+            "odyssey_server_pool_capacity_configured_route", "pool_size", lambda r: r.pool_size
         )
         state = g("odyssey_server_pool_state_route", "servers by state", labels=[*labels, "state"])
         mode = g("odyssey_route_pool_mode_info", "pool mode", labels=[*labels, "mode"])
         for r in routes:
-            for s in ("active", "idle", "login"):
-                state.add_metric([*who(r), s], r[f"sv_{s}"])
-            mode.add_metric([*who(r), r["mode"]], 1)
+            for s, count in (("active", r.sv_active), ("idle", r.sv_idle), ("login", r.sv_login)):
+                state.add_metric([*who(r), s], count)
+            mode.add_metric([*who(r), r.mode], 1)
         yield state
         yield mode
         c = CounterMetricFamily
-        for name, key in (
-            ("odyssey_route_bytes_received", "bytes_received"),
-            ("odyssey_route_bytes_sent", "bytes_sent"),
-            ("odyssey_route_tcp_connections", "server_connects"),
-            ("pooler_route_transactions", "xact_count"),
-            ("pooler_route_queries", "query_count"),
+        for name, help_, count_of in (
+            ("odyssey_route_bytes_received", "bytes received", lambda k: k.bytes_received),
+            ("odyssey_route_bytes_sent", "bytes sent", lambda k: k.bytes_sent),
+            ("odyssey_route_tcp_connections", "server connects", lambda k: k.server_connects),
+            ("pooler_route_transactions", "xact count", lambda k: k.xact_count),
+            ("pooler_route_queries", "query count", lambda k: k.query_count),
         ):
-            counter = c(name, key.replace("_", " "), labels=labels)
+            counter = c(name, help_, labels=labels)
             for r in routes:
-                counter.add_metric(who(r), r.get(key, 0))
+                counter.add_metric(who(r), count_of(r.counters))
             yield counter
-        for name, hist in (
-            ("odyssey_route_query_duration_seconds", "query_hist"),
-            ("odyssey_route_transaction_duration_seconds", "xact_hist"),
-            ("pooler_route_wait_duration_seconds", "wait_hist"),
+        for name, hist_name, hist in (
+            ("odyssey_route_query_duration_seconds", "query_hist", lambda k: k.query_hist),
+            ("odyssey_route_transaction_duration_seconds", "xact_hist", lambda k: k.xact_hist),
+            ("pooler_route_wait_duration_seconds", "wait_hist", lambda k: k.wait_hist),
         ):
-            fam = g(name, f"{hist} quantiles since start", labels=[*labels, "quantile"])
+            fam = g(name, f"{hist_name} quantiles since start", labels=[*labels, "quantile"])
             for r in routes:
                 for q in QUANTILES:
-                    fam.add_metric(
-                        [*who(r), f"{q:g}"],
-                        quantile(r.get(hist, {}), q) / 1e6,
-                    )
+                    fam.add_metric([*who(r), f"{q:g}"], quantile(hist(r.counters), q) / 1e6)
             yield fam
         errors = c("odyssey_errors", "errors by kind", labels=["type"])
         for kind, count in odyssey_views.error_counts(routes, snapshots).items():
@@ -164,25 +162,36 @@ class SupervisorCollector:
             for attr, fam in workers.items():
                 fam.add_metric([str(info.index)], getattr(info, attr))
         yield from workers.values()
-        held = {
-            "auth_cache_entries": g(
-                "pooler_worker_auth_cache_entries", "auth_query answers cached", labels=["worker"]
+        held: list[tuple[GaugeMetricFamily, Callable[[WorkerSnapshot], int]]] = [
+            (
+                g(
+                    "pooler_worker_auth_cache_entries",
+                    "auth_query answers cached",
+                    labels=["worker"],
+                ),
+                lambda s: s.auth_cache_entries,
             ),
-            "auth_cache_bytes": g(
-                "pooler_worker_auth_cache_bytes",
-                "memory of the auth_query cache",
-                labels=["worker"],
+            (
+                g(
+                    "pooler_worker_auth_cache_bytes",
+                    "memory of the auth_query cache",
+                    labels=["worker"],
+                ),
+                lambda s: s.auth_cache_bytes,
             ),
-            "client_buffer_bytes": g(
-                "pooler_worker_client_buffer_bytes",
-                "bytes held for clients (partial messages, queued input)",
-                labels=["worker"],
+            (
+                g(
+                    "pooler_worker_client_buffer_bytes",
+                    "bytes held for clients (partial messages, queued input)",
+                    labels=["worker"],
+                ),
+                lambda s: s.client_buffer_bytes,
             ),
-        }
+        ]
         for snapshot in snapshots:
-            for key, fam in held.items():
-                fam.add_metric([str(snapshot.get("index", 0))], snapshot.get(key, 0))
-        yield from held.values()
+            for fam, value in held:
+                fam.add_metric([str(snapshot.index)], value(snapshot))
+        yield from (fam for fam, _ in held)
 
 
 def render(sup: Supervisor) -> bytes:

@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from pooler.histogram import merge_histograms, quantile
+from pooler.snapshot import RouteSnapshot, WorkerSnapshot
 from pooler.supervisor.aggregate import (
     ROUTE_EXTRA_NAMES,
     ROUTE_EXTRA_TYPES,
-    rates,
     route_extra,
+    route_rates,
     route_titles,
     sum_counters,
 )
@@ -27,17 +28,17 @@ DEFAULT_QUANTILES = (0.5, 0.95, 0.99)
 
 
 def stats_lines(
-    routes: list[dict[str, Any]], previous: dict[Any, dict[str, Any]], seconds: float, clients: int
+    routes: list[RouteSnapshot], previous: dict[Any, RouteSnapshot], seconds: float, clients: int
 ) -> list[str]:
     """odyssey's per-interval lines (odyssey.md §2.12): `clients N` then one line per route."""
     lines = [f"clients {clients}"]
     titles = route_titles(routes)
     for route in routes:
-        r = rates(route, previous.get(route["key"]), seconds)
-        name = titles[route["key"]]
+        r = route_rates(route, previous.get(route.key), seconds)
+        name = titles[route.key]
         lines.append(
-            f"[{name}] {route['clients']} clients, {route['sv_active']} active servers, "
-            f"{route['sv_idle']} idle servers, {round(r.xact_per_sec)} transactions/sec "
+            f"[{name}] {route.clients} clients, {route.sv_active} active servers, "
+            f"{route.sv_idle} idle servers, {round(r.xact_per_sec)} transactions/sec "
             f"({round(r.avg_xact_time_us)} usec) {round(r.query_per_sec)} queries/sec "
             f"({round(r.avg_query_time_us)} usec) {round(r.recv_per_sec)} in bytes/sec, "
             f"{round(r.sent_per_sec)} out bytes/sec"
@@ -61,7 +62,7 @@ def parse_quantiles(text: str | None) -> tuple[float, ...]:
         return DEFAULT_QUANTILES
 
 
-def show_pools_extended(routes: list[dict[str, Any]], quantiles: tuple[float, ...]) -> Result:
+def show_pools_extended(routes: list[RouteSnapshot], quantiles: tuple[float, ...]) -> Result:
     """odyssey's POOLS_EXTENDED (pre-1.16 pgbouncer POOLS + bytes + quantiles, then an
     `aggregated` row); quantiles in µs over the route's life; `wait_<q>` columns are ours."""
     names = [
@@ -89,33 +90,38 @@ def show_pools_extended(routes: list[dict[str, Any]], quantiles: tuple[float, ..
     names += ROUTE_EXTRA_NAMES
     types += ROUTE_EXTRA_TYPES
 
-    def qs(route_list: list[dict[str, Any]]) -> list[float]:
+    def qs(route_list: list[RouteSnapshot]) -> list[float]:
         out: list[float] = []
-        for hist in ("query_hist", "xact_hist", "wait_hist"):
-            merged = merge_histograms(r.get(hist, {}) for r in route_list)
+        counters = [r.counters for r in route_list]
+        for hists in (
+            [k.query_hist for k in counters],
+            [k.xact_hist for k in counters],
+            [k.wait_hist for k in counters],
+        ):
+            merged = merge_histograms(hists)
             out.extend(round(quantile(merged, q), 1) for q in quantiles)
         return out
 
     rows: list[tuple[Any, ...]] = []
     for r in routes:
-        wait = r.get("maxwait_us", 0) if r.get("cl_waiting") else 0
+        wait = r.wait_us
         rows.append(
             (
-                r["database"],
-                r["user"],
-                r["cl_active"],
-                r["cl_waiting"],
-                r["sv_active"],
-                r["sv_idle"],
+                r.database,
+                r.user,
+                r.cl_active,
+                r.cl_waiting,
+                r.sv_active,
+                r.sv_idle,
                 0,
                 0,
-                r["sv_login"],
+                r.sv_login,
                 wait // 1_000_000,
                 wait % 1_000_000,
-                r["mode"],
-                r.get("bytes_received", 0),
-                r.get("bytes_sent", 0),
-                r.get("server_connects", 0),
+                r.mode,
+                r.counters.bytes_received,
+                r.counters.bytes_sent,
+                r.counters.server_connects,
                 *qs([r]),
                 *route_extra(r),
             )
@@ -126,9 +132,9 @@ def show_pools_extended(routes: list[dict[str, Any]], quantiles: tuple[float, ..
             "aggregated",
             "aggregated",
             *([None] * 10),
-            total.get("bytes_received", 0),
-            total.get("bytes_sent", 0),
-            total.get("server_connects", 0),
+            total.bytes_received,
+            total.bytes_sent,
+            total.server_connects,
             *qs(routes),
             *([None] * len(ROUTE_EXTRA_NAMES)),
         )
@@ -194,9 +200,9 @@ ERROR_NAMES = {
 }
 
 
-def error_counts(routes: list[dict[str, Any]], snapshots: list[dict[str, Any]]) -> dict[str, int]:
+def error_counts(routes: list[RouteSnapshot], snapshots: list[WorkerSnapshot]) -> dict[str, int]:
     counts = dict.fromkeys(ODYSSEY_ERRORS, 0)
-    sources = [r.get("errors", {}) for r in routes] + [s.get("errors", {}) for s in snapshots]
+    sources = [r.counters.errors for r in routes] + [s.errors for s in snapshots]
     for errors in sources:
         for kind, n in errors.items():
             name = ERROR_NAMES.get(kind, kind)
@@ -204,7 +210,7 @@ def error_counts(routes: list[dict[str, Any]], snapshots: list[dict[str, Any]]) 
     return counts
 
 
-def show_errors(routes: list[dict[str, Any]], snapshots: list[dict[str, Any]]) -> Result:
+def show_errors(routes: list[RouteSnapshot], snapshots: list[WorkerSnapshot]) -> Result:
     rows = list(error_counts(routes, snapshots).items())
     return table("sq", ["error_type", "count"], rows)
 

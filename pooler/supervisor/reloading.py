@@ -123,9 +123,7 @@ class Reloading(WorkerProcesses):
 
     def obsolete_rules(self) -> list[Any]:
         wanted = {
-            (r["key"][0], r["key"][1])
-            for r in aggregate.merge_routes(self.snapshots())
-            if r.get("obsolete")
+            (r.key[0], r.key[1]) for r in aggregate.merge_routes(self.snapshots()) if r.obsolete
         }
         out = []
         for _birth, identity in sorted(wanted, key=repr):

@@ -13,6 +13,7 @@ from pooler.control import schema
 from pooler.control.server import ControlServer
 from pooler.histogram import quantile
 from pooler.logs import log
+from pooler.snapshot import RouteSnapshot
 from pooler.supervisor import aggregate, odyssey_views
 from pooler.supervisor.workers import WorkerProcesses
 
@@ -22,7 +23,7 @@ class StatsWindow(WorkerProcesses):
 
     control: ControlServer | None
     # previous merged routes and when they were taken
-    stats_prev: dict[Any, dict[str, Any]]
+    stats_prev: dict[Any, RouteSnapshot]
     stats_prev_at: float
     route_rates: dict[Any, aggregate.Rates]
     db_rates: dict[str, aggregate.Rates]
@@ -46,19 +47,19 @@ class StatsWindow(WorkerProcesses):
         snapshots = self.snapshots()
         routes = aggregate.merge_routes(snapshots)
         self.route_rates = {
-            r["key"]: aggregate.rates(r, self.stats_prev.get(r["key"]), seconds) for r in routes
+            r.key: aggregate.route_rates(r, self.stats_prev.get(r.key), seconds) for r in routes
         }
         db_rates = {}
         for db, members in aggregate.by_database(routes).items():
             new = aggregate.sum_counters(members)
             old = aggregate.sum_counters(
-                [self.stats_prev[m["key"]] for m in members if m["key"] in self.stats_prev]
+                [self.stats_prev[m.key] for m in members if m.key in self.stats_prev]
             )
             db_rates[db] = aggregate.rates(new, old, seconds)
         self.db_rates = db_rates
-        clients = sum(s.get("clients", 0) for s in snapshots)
+        clients = sum(s.clients for s in snapshots)
         lines = odyssey_views.stats_lines(routes, self.stats_prev, seconds, clients)
-        self.stats_prev = {r["key"]: r for r in routes}
+        self.stats_prev = {r.key: r for r in routes}
         self.stats_prev_at = now
         if self.config.log_stats:
             for line in lines:
@@ -69,44 +70,44 @@ class StatsWindow(WorkerProcesses):
             self.control.publish("stats", event)
         return event
 
-    def pool_infos(self, routes: list[dict[str, Any]] | None = None) -> list[schema.PoolInfo]:
+    def pool_infos(self, routes: list[RouteSnapshot] | None = None) -> list[schema.PoolInfo]:
         if routes is None:
             routes = aggregate.merge_routes(self.snapshots())
         out = []
         for r in routes:
-            rate = self.route_rates.get(r["key"], aggregate.Rates())
+            rate = self.route_rates.get(r.key, aggregate.Rates())
             out.append(
                 schema.PoolInfo(
-                    database=r["database"],
-                    user=r["user"],
-                    backend_db=r["backend_db"],
-                    backend_user=r["backend_user"],
-                    rule=r.get("rule", ""),
-                    generation=aggregate.route_extra(r)[3],
-                    mode=r["mode"],
-                    pool_size=r["pool_size"],
-                    obsolete=bool(r.get("obsolete")),
-                    clients=r["clients"],
-                    cl_active=r["cl_active"],
-                    cl_waiting=r["cl_waiting"],
-                    sv_active=r["sv_active"],
-                    sv_idle=r["sv_idle"],
-                    sv_login=r["sv_login"],
-                    maxwait_us=r.get("maxwait_us", 0) if r["cl_waiting"] else 0,
-                    xact_count=r.get("xact_count", 0),
-                    query_count=r.get("query_count", 0),
-                    bytes_received=r.get("bytes_received", 0),
-                    bytes_sent=r.get("bytes_sent", 0),
+                    database=r.database,
+                    user=r.user,
+                    backend_db=r.backend_db,
+                    backend_user=r.backend_user,
+                    rule=r.rule,
+                    generation=r.generation,
+                    mode=r.mode,
+                    pool_size=r.pool_size,
+                    obsolete=r.obsolete,
+                    clients=r.clients,
+                    cl_active=r.cl_active,
+                    cl_waiting=r.cl_waiting,
+                    sv_active=r.sv_active,
+                    sv_idle=r.sv_idle,
+                    sv_login=r.sv_login,
+                    maxwait_us=r.wait_us,
+                    xact_count=r.counters.xact_count,
+                    query_count=r.counters.query_count,
+                    bytes_received=r.counters.bytes_received,
+                    bytes_sent=r.counters.bytes_sent,
                     tps=round(rate.xact_per_sec, 2),
                     qps=round(rate.query_per_sec, 2),
                     avg_xact_us=round(rate.avg_xact_time_us, 1),
                     avg_query_us=round(rate.avg_query_time_us, 1),
                     avg_wait_us=round(rate.avg_wait_time_us, 1),
-                    p50_xact_us=quantile(r.get("xact_hist", {}), 0.5),
-                    p95_xact_us=quantile(r.get("xact_hist", {}), 0.95),
-                    p99_xact_us=quantile(r.get("xact_hist", {}), 0.99),
-                    p99_query_us=quantile(r.get("query_hist", {}), 0.99),
-                    p99_wait_us=quantile(r.get("wait_hist", {}), 0.99),
+                    p50_xact_us=quantile(r.counters.xact_hist, 0.5),
+                    p95_xact_us=quantile(r.counters.xact_hist, 0.95),
+                    p99_xact_us=quantile(r.counters.xact_hist, 0.99),
+                    p99_query_us=quantile(r.counters.query_hist, 0.99),
+                    p99_wait_us=quantile(r.counters.wait_hist, 0.99),
                 )
             )
         return out

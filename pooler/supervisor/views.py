@@ -12,6 +12,7 @@ from dataclasses import fields
 from typing import Any
 
 from pooler import __version__
+from pooler.snapshot import RouteCounters, RouteSnapshot, WorkerSnapshot
 from pooler.supervisor.aggregate import (
     ROUTE_EXTRA_NAMES,
     ROUTE_EXTRA_TYPES,
@@ -25,29 +26,29 @@ from pooler.supervisor.result import INT4, TEXT, TIMESTAMPTZ, Result, table
 # --- SHOW commands --------------------------------------------------------------------
 
 
-def show_pools(routes: list[dict[str, Any]]) -> Result:
+def show_pools(routes: list[RouteSnapshot]) -> Result:
     rows = []
     for r in routes:
-        wait = r.get("maxwait_us", 0) if r.get("cl_waiting") else 0
+        wait = r.wait_us
         rows.append(
             (
-                r["database"],
-                r["user"],
-                r["cl_active"],
-                r["cl_waiting"],
+                r.database,
+                r.user,
+                r.cl_active,
+                r.cl_waiting,
                 0,
                 0,
-                r["sv_active"],
+                r.sv_active,
                 0,
                 0,
-                r["sv_idle"],
+                r.sv_idle,
                 0,
                 0,
-                r["sv_login"],
+                r.sv_login,
                 wait // 1_000_000,
                 wait % 1_000_000,
-                r["mode"],
-                r.get("load_balance_hosts"),
+                r.mode,
+                r.load_balance_hosts,
                 *route_extra(r),
             )
         )
@@ -92,19 +93,19 @@ _STATS_NAMES = (
 )
 
 
-def _totals_row(c: dict[str, int]) -> tuple[int, ...]:
+def _totals_row(c: RouteCounters) -> tuple[int, ...]:
     return (
-        c.get("assignments", 0),
-        c.get("xact_count", 0),
-        c.get("query_count", 0),
-        c.get("bytes_received", 0),
-        c.get("bytes_sent", 0),
-        c.get("xact_time_us", 0),
-        c.get("query_time_us", 0),
-        c.get("wait_time_us", 0),
-        c.get("client_parses", 0),
-        c.get("server_parses", 0),
-        c.get("binds", 0),
+        c.assignments,
+        c.xact_count,
+        c.query_count,
+        c.bytes_received,
+        c.bytes_sent,
+        c.xact_time_us,
+        c.query_time_us,
+        c.wait_time_us,
+        c.client_parses,
+        c.server_parses,
+        c.binds,
     )
 
 
@@ -125,7 +126,7 @@ def _avg_row(r: Rates) -> tuple[int, ...]:
 
 
 def show_stats(
-    routes: list[dict[str, Any]], db_rates: dict[str, Rates], kind: str = "stats"
+    routes: list[RouteSnapshot], db_rates: dict[str, Rates], kind: str = "stats"
 ) -> Result:
     """SHOW STATS / STATS_TOTALS / STATS_AVERAGES: one row per database clients ask for."""
     rows = []
@@ -181,16 +182,16 @@ def _route_rules(config: Any) -> list[Any]:
     ]
 
 
-def _rule_database(route: dict[str, Any]) -> str:
+def _rule_database(route: RouteSnapshot) -> str:
     """The database name of the rule a route came from (SHOW DATABASES lists rules)."""
-    return str(route.get("rule_database", route["database"]))
+    return route.rule_database
 
 
-def _rule_user(route: dict[str, Any]) -> str:
-    return str(route.get("rule_user", route["user"]))
+def _rule_user(route: RouteSnapshot) -> str:
+    return route.rule_user
 
 
-def show_databases(config: Any, routes: list[dict[str, Any]], paused: set[str] | bool) -> Result:
+def show_databases(config: Any, routes: list[RouteSnapshot], paused: set[str] | bool) -> Result:
     rows = []
     seen: dict[str, tuple[Any, ...]] = {}
     for rule in _route_rules(config):
@@ -198,9 +199,9 @@ def show_databases(config: Any, routes: list[dict[str, Any]], paused: set[str] |
         if name in seen:
             continue
         storage = config.storage(rule.storage)
-        members = [r for r in routes if _rule_database(r) == name and not r.get("obsolete")]
-        servers = sum(r["sv_active"] + r["sv_idle"] + r["sv_login"] for r in members)
-        clients = sum(r["clients"] for r in members)
+        members = [r for r in routes if _rule_database(r) == name and not r.obsolete]
+        servers = sum(r.servers for r in members)
+        clients = sum(r.clients for r in members)
         host = storage.host if storage is not None else None
         port = storage.endpoints[0].port if storage is not None and storage.endpoints else 0
         multi = storage is not None and len(storage.endpoints) > 1
@@ -250,22 +251,22 @@ def show_databases(config: Any, routes: list[dict[str, Any]], paused: set[str] |
     )
 
 
-def show_users(config: Any, routes: list[dict[str, Any]]) -> Result:
+def show_users(config: Any, routes: list[RouteSnapshot]) -> Result:
     seen: dict[str, tuple[Any, ...]] = {}
     for rule in _route_rules(config):
         name = rule.user_name
         if name in seen:
             continue
-        members = [r for r in routes if _rule_user(r) == name and not r.get("obsolete")]
+        members = [r for r in routes if _rule_user(r) == name and not r.obsolete]
         seen[name] = (
             name,
             f"{rule.pool_size:9d}",
             "",
             rule.pool,
             rule.pool_size,
-            sum(r["sv_active"] + r["sv_idle"] + r["sv_login"] for r in members),
+            sum(r.servers for r in members),
             rule.client_max or 0,
-            sum(r["clients"] for r in members),
+            sum(r.clients for r in members),
         )
     return table(
         "ssssiiii",
@@ -283,13 +284,11 @@ def show_users(config: Any, routes: list[dict[str, Any]]) -> Result:
     )
 
 
-def show_lists(
-    config: Any, routes: list[dict[str, Any]], snapshots: list[dict[str, Any]]
-) -> Result:
+def show_lists(config: Any, routes: list[RouteSnapshot], snapshots: list[WorkerSnapshot]) -> Result:
     rules = _route_rules(config)
-    clients = sum(s.get("clients", 0) for s in snapshots)
-    login = sum(s.get("login_clients", 0) for s in snapshots)
-    servers = sum(r["sv_active"] + r["sv_idle"] + r["sv_login"] for r in routes)
+    clients = sum(s.clients for s in snapshots)
+    login = sum(s.login_clients for s in snapshots)
+    servers = sum(r.servers for r in routes)
     rows = [
         ("databases", len({r.db_name for r in rules})),
         ("users", len({r.user_name for r in rules})),

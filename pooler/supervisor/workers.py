@@ -47,6 +47,7 @@ from pooler.ipc import (
 )
 from pooler.logs import log
 from pooler.protocol import build
+from pooler.snapshot import WorkerSnapshot
 from pooler.supervisor.listen import Bound, bind_listeners, queued, steer
 from pooler.supervisor.notify import notify
 from pooler.supervisor.reload import Reloader
@@ -64,7 +65,7 @@ class WorkerHandle:
     channel: Channel | None = None
     started_at: float = 0.0
     restarts: int = 0
-    snapshot: dict[str, Any] = field(default_factory=dict)
+    snapshot: WorkerSnapshot | None = None
     retiring: bool = False
     fresh: asyncio.Future[None] | None = None  # resolved by the next "stats" message
     cpu_ticks: tuple[float, int] | None = None  # (monotonic time, utime+stime ticks)
@@ -184,7 +185,7 @@ class WorkerProcesses:
                 self._done.set()
             return
         handle.restarts += 1
-        handle.snapshot = {}
+        handle.snapshot = None
         if handle.retiring:  # (killed) with logins queued in its socket: one to accept them
             log.error(
                 "supervisor", f"retiring worker {handle.index} exited with {code}, restarting"
@@ -241,7 +242,7 @@ class WorkerProcesses:
                 handle.generation = generation
                 self._check_ready()
             case Stats(snapshot):
-                if not handle.snapshot and handle.paused_at_start != self.pause:
+                if handle.snapshot is None and handle.paused_at_start != self.pause:
                     # PAUSE/RESUME came while it started (ask_all skipped it): catch up
                     self._spawn(self._catch_up_pause(handle), "pause state")
                 handle.snapshot = snapshot
@@ -278,8 +279,8 @@ class WorkerProcesses:
 
     # --- asking workers -----------------------------------------------------------------
 
-    def snapshots(self) -> list[dict[str, Any]]:
-        return [h.snapshot for h in self.workers.values() if h.snapshot]
+    def snapshots(self) -> list[WorkerSnapshot]:
+        return [h.snapshot for h in self.workers.values() if h.snapshot is not None]
 
     async def ask(self, handle: WorkerHandle, what: str, *args: Any, timeout: float = 5.0) -> Any:
         if handle.channel is None:
@@ -300,7 +301,9 @@ class WorkerProcesses:
     async def ask_all(self, what: str, *args: Any, timeout: float = 5.0) -> list[Any]:
         # only workers that are serving (they report a snapshot once started); one that is
         # still starting has nothing to show and would drop the request
-        handles = [h for h in self.workers.values() if h.channel is not None and h.snapshot]
+        handles = [
+            h for h in self.workers.values() if h.channel is not None and h.snapshot is not None
+        ]
         results = await asyncio.gather(
             *(self.ask(h, what, *args, timeout=timeout) for h in handles), return_exceptions=True
         )
@@ -351,13 +354,14 @@ class WorkerProcesses:
                         handle.cpu_percent = round(100 * used / elapsed, 1)
                     handle.cpu_ticks = (now, ticks)
             state = "retiring" if handle.retiring else "running" if pid else "restarting"
+            snapshot = handle.snapshot
             out.append(
                 schema.WorkerInfo(
                     index=handle.index,
                     pid=pid,
                     state=state,
-                    clients=handle.snapshot.get("clients", 0),
-                    servers=handle.snapshot.get("servers", 0),
+                    clients=snapshot.clients if snapshot else 0,
+                    servers=snapshot.servers if snapshot else 0,
                     restarts=handle.restarts,
                     cpu_percent=handle.cpu_percent,
                     rss_bytes=rss,

@@ -2,43 +2,48 @@
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
+
 from pooler.control import schema
 from pooler.histogram import quantile
 from pooler.server.stats import RouteStats
+from pooler.snapshot import RouteCounters, RouteSnapshot, WorkerSnapshot
 from pooler.supervisor import aggregate, odyssey_views, views
 from pooler.supervisor.console import split_statements
 
+COUNTER_NAMES = {f.name for f in fields(RouteCounters)}
 
-def snap(**counters):
-    route = {
-        "key": (0, 1, "app", "bob"),
-        "database": "app",
-        "user": "bob",
-        "rule": "app.default_user all",
-        "generation": 0,
-        "backend_db": "app",
-        "backend_user": "bob",
-        "mode": "transaction",
-        "pool_size": 10,
-        "obsolete": False,
-        "clients": 3,
-        "cl_active": 1,
-        "cl_waiting": 2,
-        "sv_active": 1,
-        "sv_idle": 2,
-        "sv_login": 0,
-        "maxwait_us": 1_500_000,
-        **counters,
-    }
-    return {"clients": 3, "routes": [route]}
+
+def a_route(**changes):
+    """A route of app.bob; `changes` of gauges and counters by name."""
+    counters = RouteCounters(**{k: v for k, v in changes.items() if k in COUNTER_NAMES})
+    route = RouteSnapshot(
+        key=(0, 1, "app", "bob"), database="app", user="bob", rule="app.default_user all",
+        rule_database="app", rule_user="bob", generation=0, backend_db="app",
+        backend_user="bob", mode="transaction", pool_size=10, obsolete=False, clients=3,
+        cl_active=1, cl_waiting=2, sv_active=1, sv_idle=2, sv_login=0, maxwait_us=1_500_000,
+        load_balance_hosts=None, counters=counters,
+    )  # fmt: skip
+    return replace(route, **{k: v for k, v in changes.items() if k not in COUNTER_NAMES})
+
+
+def a_worker(*routes, clients=3):
+    return WorkerSnapshot(
+        index=0, pid=1, generation=0, clients=clients, login_clients=0, servers=0, routes=routes
+    )
+
+
+def snap(**changes):
+    return a_worker(a_route(**changes))
 
 
 def test_merge_sums_workers_and_keeps_max_wait():
     a = snap(xact_count=10, bytes_received=100, maxwait_us=5)
     b = snap(xact_count=5, bytes_received=50, maxwait_us=7)
     (route,) = aggregate.merge_routes([a, b])
-    assert route["xact_count"] == 15 and route["bytes_received"] == 150
-    assert route["clients"] == 6 and route["cl_waiting"] == 4 and route["maxwait_us"] == 7
+    assert route.counters.xact_count == 15 and route.counters.bytes_received == 150
+    assert route.clients == 6 and route.cl_waiting == 4 and route.maxwait_us == 7
+    assert route.workers == 2
 
 
 def test_pools_row_shape():
@@ -55,7 +60,7 @@ def test_stats_line_is_odysseys_format():
         xact_count=300, query_count=600, bytes_received=3000, bytes_sent=6000,
         xact_time_us=300_000, query_time_us=300_000, obsolete=True,
     )  # fmt: skip
-    lines = odyssey_views.stats_lines(aggregate.merge_routes([new]), {old["key"]: old}, 3.0, 3)
+    lines = odyssey_views.stats_lines(aggregate.merge_routes([new]), {old.key: old}, 3.0, 3)
     assert lines == [
         "clients 3",
         "[app.bob obsolete] 3 clients, 1 active servers, 2 idle servers, "
@@ -107,16 +112,17 @@ def test_schema_round_trip_and_errors():
 
 def two_routes_on_one_backend():
     """A session and a transaction route to the same backend bench|bench (issue 17)."""
-    session = snap()["routes"][0] | {
-        "key": (0, ("bench_s", None, False, None, "default"), "bench", "bench"),
-        "database": "bench_s", "user": "bench", "rule": "bench_s.default_user all",
-        "backend_db": "bench", "backend_user": "bench", "mode": "session",
-    }  # fmt: skip
-    xact = session | {
-        "key": (0, ("bench_t", None, False, None, "default"), "bench", "bench"),
-        "database": "bench_t", "rule": "bench_t.default_user all", "mode": "transaction",
-    }  # fmt: skip
-    return aggregate.merge_routes([{"clients": 6, "routes": [session, xact]}])
+    session = a_route(
+        key=(0, ("bench_s", None, False, None, "default"), "bench", "bench"),
+        database="bench_s", user="bench", rule="bench_s.default_user all",
+        backend_db="bench", backend_user="bench", mode="session",
+    )  # fmt: skip
+    xact = replace(
+        session,
+        key=(0, ("bench_t", None, False, None, "default"), "bench", "bench"),
+        database="bench_t", rule="bench_t.default_user all", mode="transaction",
+    )  # fmt: skip
+    return aggregate.merge_routes([a_worker(session, xact, clients=6)])
 
 
 def test_pools_name_routes_by_the_client_database_and_keep_the_backend():
@@ -146,10 +152,10 @@ def test_stats_rows_are_per_client_database():
 
 
 def test_stats_lines_give_routes_sharing_a_name_their_rule_then_generation():
-    a = snap()["routes"][0]
-    b = a | {"key": (0, 2, "app", "bob"), "rule": "app.default_user 10.0.0.0/8"}
-    c = a | {"key": (3, 1, "app", "bob"), "generation": 3}
-    lines = odyssey_views.stats_lines(aggregate.merge_routes([{"routes": [a, b, c]}]), {}, 1.0, 9)
+    a = a_route()
+    b = a_route(key=(0, 2, "app", "bob"), rule="app.default_user 10.0.0.0/8")
+    c = a_route(key=(3, 1, "app", "bob"), generation=3)
+    lines = odyssey_views.stats_lines(aggregate.merge_routes([a_worker(a, b, c)]), {}, 1.0, 9)
     names = [line.split("]")[0] + "]" for line in lines[1:]]
     assert len(set(names)) == 3, names
     assert "[app.bob (rule app.default_user 10.0.0.0/8)]" in names
@@ -184,11 +190,11 @@ def test_databases_and_users_count_the_routes_of_a_default_rule():
         'storage "s" { type "remote" host "h" port 5432 }\n'
         'database default { user default { authentication "none" storage "s" pool "session" } }\n'
     )
-    route = snap()["routes"][0] | {
-        "database": "shop", "user": "alice", "rule_database": "default_db",
-        "rule_user": "default_user", "backend_db": "shop", "backend_user": "alice",
-    }  # fmt: skip
-    routes = aggregate.merge_routes([{"routes": [route]}])
+    route = a_route(
+        database="shop", user="alice", rule_database="default_db",
+        rule_user="default_user", backend_db="shop", backend_user="alice",
+    )  # fmt: skip
+    routes = aggregate.merge_routes([a_worker(route)])
     (db_row,) = views.show_databases(config, routes, False).rows
     assert db_row[0] == "default_db" and db_row[12] == 3 and db_row[14] == 3  # servers, clients
     (user_row,) = views.show_users(config, routes).rows
