@@ -95,9 +95,10 @@ def test_asyncpg_cache_under_ddl_never_decodes_another_shape(pooler, pg):
     p = pooler(transaction_pool(pool_size=4, workers=2))
     valid = {columns for _sql, columns in SHAPES}
     wrong: list[str] = []
-    stale_errors: dict[tuple[int, int], int] = {}  # (client, shape change) -> errors
+    stale_errors = [0] * 8  # per client: fetches that failed while the schema changed
+    unexplained: list[int] = []  # clients whose fetch failed with no schema change meanwhile
     queries = [0]
-    step = [0]  # shape changes so far
+    step = [0]  # moves before and after each schema change
     done = asyncio.Event()
 
     async def client(n: int) -> None:
@@ -107,11 +108,13 @@ def test_asyncpg_cache_under_ddl_never_decodes_another_shape(pooler, pg):
             while not done.is_set():
                 i += 1
                 key = 1 + (n * 7 + i) % 50
+                started = step[0]
                 try:
                     rows = await conn.fetch("select * from stale_t where id=$1", key)
                 except asyncpg.exceptions.InvalidCachedStatementError:
-                    key = (n, step[0])
-                    stale_errors[key] = stale_errors.get(key, 0) + 1
+                    if step[0] == started:
+                        unexplained.append(n)
+                    stale_errors[n] += 1
                     continue
                 except Exception as exc:
                     wrong.append(f"{type(exc).__name__}: {exc}")
@@ -136,6 +139,7 @@ def test_asyncpg_cache_under_ddl_never_decodes_another_shape(pooler, pg):
             for _round in range(4):
                 for sql, _columns in SHAPES:
                     await asyncio.sleep(0.05)  # let the clients run queries in this shape
+                    step[0] += 1
                     await conn.execute(sql)
                     step[0] += 1
             await asyncio.sleep(0.05)
@@ -153,10 +157,12 @@ def test_asyncpg_cache_under_ddl_never_decodes_another_shape(pooler, pg):
     print("queries", queries[0], "stale errors", stale_errors)
     assert queries[0] > 100
     assert not wrong, wrong[:10]
-    # asyncpg re-prepares after InvalidCachedStatementError and runs the query again; the
-    # error reaches the application only if that meets a stale statement too, which may
-    # happen once per client and schema change (another change in between), never more
-    assert all(count <= 1 for count in stale_errors.values()), stale_errors
+    # asyncpg re-prepares after InvalidCachedStatementError and runs the query again: the
+    # error reaches the application only if another schema change came in between (as on a
+    # direct connection), so never from a fetch no change overlapped, and at most once per
+    # client and change
+    assert not unexplained, (unexplained, stale_errors)
+    assert max(stale_errors) <= len(SHAPES) * 4, stale_errors
 
 
 @pytest.mark.timeout(120)
