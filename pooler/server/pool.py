@@ -269,6 +269,7 @@ class Route:
             self.release(server)
 
     def _want_slot(self) -> None:
+        self.shed_spare = 0  # our clients wait: we lend nothing (the broker forgets it too)
         if not self.slot_requested:
             self.slot_requested = True
             self.worker.slots.request(self.key, self.rule.pool_size)

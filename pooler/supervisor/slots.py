@@ -9,15 +9,18 @@ goes to the queued worker holding the fewest slots, the longest waiting first.
 When every slot is taken, a queued worker is *owed* one when it holds none at all (pool_size
 smaller than the number of workers is ordinary: `workers "auto"` on a big host) or fewer
 than its fair share (pool_size // workers that want the route, rounded down). The broker
-then asks a worker holding more (the one granted longest ago among the richest) to *shed*
-one: that worker closes an idle server now, or the next one it releases, instead of handing
-it to a local waiter, and returns the slot, which goes to the owed worker. A worker that
-asked for no more slots lends one (`spare`) to any queued worker. Either way a slot moves
-only from a worker holding at least two more than the one it goes to (or to one holding
-none): every move evens the split, so moves stop (a shed costs PostgreSQL a backend start).
-So slots take turns between workers when they are scarcer than workers, no waiting client
-starves whichever worker it landed on, and under even or nearly even load nothing churns:
-a worker within one slot of another just waits for its own servers.
+then asks the richest other worker holding at least two more (any holder, for a worker
+holding none; the one granted longest ago among equals) to *shed* one: it closes an idle
+server now, or the next one it releases, instead of handing it to a local waiter, and
+returns the slot, which goes to the owed worker. Otherwise a worker that asked for no more
+slots *lends* one (`spare`), one lend at a time per route: it closes a server once one has
+been idle a while (`LEND_IDLE` in the worker), never one merely between two transactions,
+and forgets the lend when a client of its waits (it asks for a slot then).
+A shed costs PostgreSQL a backend start: lending any server released with no client
+waiting swapped slots back and forth between evenly busy workers. So slots take turns
+between workers when they are scarcer than workers, no waiting client starves whichever
+worker it landed on, idle servers move to where clients wait, and under even or nearly even
+load nothing churns: a worker at its fair share just waits for its own servers.
 
 A worker that dies keeps its slots counted (`draining`) until the supervisor has ended its
 server connections (`worker_drained`): PostgreSQL still runs them until they notice.
@@ -98,6 +101,7 @@ class SlotBroker:
         """A worker wants one more slot for `key` (limit = the route's pool_size) for a
         client waiting since `since` (monotonic; None: now, after every earlier request)."""
         route = self._route(key, limit)
+        route.lending.pop(worker, None)  # its clients wait: it lends nothing now
         if route.used < limit and not route.queue:
             return [self._grant(route, worker, key)]
         if worker not in route.queue:

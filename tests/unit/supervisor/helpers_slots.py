@@ -5,7 +5,8 @@ that wait for a server, idle and busy servers, one slot request outstanding at a
 done at once on an idle server or on the next one released, lends (`spare` sheds) on a
 server left idle LEND_STEPS events. Messages between a worker and the supervisor travel through FIFO channels and are
 delivered in whatever order the driver chooses, as are client transactions, logins and
-closes. Counted: slots granted (a backend start each) and sheds asked.
+closes. Counted: slots granted (a backend start each), sheds and lends asked, servers
+closed for them.
 """
 
 from __future__ import annotations
@@ -47,13 +48,15 @@ class SlotModel:
         self.workers = [ModelWorker(n) for n in clients]
         self.clock = 0.0
         self.grants = 0
-        self.sheds = 0
+        self.sheds = 0  # sheds and lends asked
+        self.closes = 0  # servers closed for them
         self.served = [0] * len(clients)
         self.steps = 0
 
     # --- the worker side (as Route) -----------------------------------------------------
 
     def _want_slot(self, w: ModelWorker) -> None:
+        w.shed_spare = 0
         if not w.slot_requested:
             w.slot_requested = True
             self.clock += 1
@@ -75,6 +78,7 @@ class SlotModel:
         if w.shed_pending:
             w.shed_pending -= 1
             w.busy -= 1
+            self.closes += 1
             w.closing += 1
         elif w.waiters:
             w.waiters -= 1  # handed over, stays busy
@@ -106,6 +110,7 @@ class SlotModel:
         elif w.idle:
             w.idle.popleft()
             w.closing += 1
+            self.closes += 1
         else:
             w.shed_pending += 1
 
@@ -118,6 +123,7 @@ class SlotModel:
             w.idle.popleft()
             w.shed_spare -= 1
             w.closing += 1
+            self.closes += 1
 
     def _connected(self, w: ModelWorker) -> None:
         w.connecting -= 1
