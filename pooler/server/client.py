@@ -1306,10 +1306,15 @@ class ClientConnection(asyncio.Protocol):
             self.worker.give_back(server)
 
     def server_ready(self, server: ServerConnection) -> None:
-        """The server owes nothing more: give it back unless the pool mode keeps it."""
+        """The server owes nothing more: give it back unless the pool mode keeps it, or
+        the client is in the middle of a message streamed to it (its next message, begun
+        before the last answer came: the rest must follow to the same server, which goes
+        back once the message is whole, `_release_if_owed_nothing`)."""
         if self.mode == "session" or self.route is None or self.server is not server:
             return
         if self.pinned or (self.mode == "transaction" and server.status != IDLE):
+            return
+        if self.splitter.streaming:
             return
         self.server = None
         self.worker.give_back(server)
