@@ -235,6 +235,23 @@ def _startup_params(payload: bytes) -> dict[str, str]:
 # --------------------------------------------------------------------------- typed messages
 
 
+_LIMIT_TABLES: dict[tuple[int, int], tuple[Mapping[int, int] | None, tuple[int, ...]]] = {}
+
+
+def _limit_table(max_length: int, max_lengths: Mapping[int, int] | None) -> tuple[int, ...]:
+    """The per-type length limits as a 256-entry table, built once per (limit, mapping):
+    every client's splitter gets one (building it per connection doubled a login's cost)."""
+    key = (max_length, id(max_lengths))
+    cached = _LIMIT_TABLES.get(key)
+    if cached is not None and cached[0] is max_lengths:
+        return cached[1]
+    table = [max_length] * 256
+    for mtype, limit in (max_lengths or {}).items():
+        table[mtype] = min(limit, max_length)
+    _LIMIT_TABLES[key] = (max_lengths, tuple(table))
+    return _LIMIT_TABLES[key][1]
+
+
 class MessageSplitter:
     """Incremental framing of typed messages; see the module docstring for the event API.
 
@@ -269,9 +286,7 @@ class MessageSplitter:
         self.max_buffered = max_buffered
         self.max_length = max_length
         self.head_size = head_size
-        self._limits = [max_length] * 256
-        for mtype, limit in (max_lengths or {}).items():
-            self._limits[mtype] = min(limit, max_length)
+        self._limits = _limit_table(max_length, max_lengths)
         self._always = frozenset(always_buffer)
         #: bytes or bytearray the event positions refer to; replaced by feed().
         self.buffer: bytes | bytearray = b""
