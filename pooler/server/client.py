@@ -1056,6 +1056,7 @@ class ClientConnection(asyncio.Protocol):
         splitter.feed(data)
         buf = splitter.buffer
         statements = self.statements
+        server_statements = server.statements
         out: list[bytes | bytearray] = []
         run_start = run_end = -1  # a run of bytes forwarded unchanged
         terminate = False
@@ -1081,7 +1082,7 @@ class ClientConnection(asyncio.Protocol):
                                 server.query_started = time.monotonic()
                             server.pending += 1
                             if statements is not None:
-                                server.statements.sent_sync()
+                                server_statements.sent_sync()
                                 statements.young = None
                                 plain = True
                                 if use_at >= 0 and end != len(buf):
@@ -1096,11 +1097,11 @@ class ClientConnection(asyncio.Protocol):
                             and (msg_type != D or end == start + 5 or buf[start + 5] == STATEMENT)
                         ):  # an Execute, or a Describe of a portal, names no statement
                             replacement = statements.rewrite(
-                                msg_type, buf[start + 5 : end], server.statements
+                                msg_type, buf[start + 5 : end], server_statements
                             )
-                            young = server.statements.young_use
+                            young = server_statements.young_use
                             if young is not None:
-                                server.statements.young_use = None
+                                server_statements.young_use = None
                                 if plain and use_at < 0:
                                     use_at, use_name = start, young
                             if use_at >= 0 and use_at != start and msg_type in (P, C):
@@ -1123,10 +1124,10 @@ class ClientConnection(asyncio.Protocol):
                     out.append(buf[run_start:run_end])
                     run_start = -1
                 out.append(replacement)
-                if statements is not None and server.statements.hold_at:
+                if statements is not None and server_statements.hold_at:
                     # a statement check was injected: send it, hold the rest for its answer
-                    at = server.statements.hold_at
-                    server.statements.hold_at = 0
+                    at = server_statements.hold_at
+                    server_statements.hold_at = 0
                     out[-1] = replacement[:at]
                     if not self._send_to(server, b"".join(out)):
                         return
@@ -1143,7 +1144,7 @@ class ClientConnection(asyncio.Protocol):
         if (
             statements is not None
             and server.relay_wanted is not RELAY_WANTED_WATCH
-            and server.statements.watching
+            and server_statements.watching
         ):
             server.watch(True)  # before the answers can come
         if out and not self._send_to(server, out[0] if len(out) == 1 else b"".join(out)):

@@ -478,8 +478,12 @@ class Route:
         if (
             server.closed
             or server.desynced
-            or self._expired(server, server.released_at)
-            or self._shed()
+            # (the flags first: most releases need neither call)
+            or (
+                (self.obsolete or self.rule.server_lifetime)
+                and self._expired(server, server.released_at)
+            )
+            or (self.shed_pending and self._shed())
         ):
             self.discard(server)
             return

@@ -408,9 +408,10 @@ class ServerStatements:
         """Between clients: nothing is in flight any more; a transaction still counted as
         open ended without our seeing how (the pooler's own ROLLBACK): its statements are
         doomed."""
-        self._parses.clear()
-        self._closes.clear()
-        self._describes.clear()
+        if self._parses or self._closes or self._describes:  # (rare: this runs per link)
+            self._parses.clear()
+            self._closes.clear()
+            self._describes.clear()
         self._shape_next = False
         self.hold_at = self.stale_errors_due = 0
         self.young_use = self.retry = None
