@@ -13,11 +13,11 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from pooler.cancel import send_cancel
 from pooler.config import Config, Endpoint, Listen, Rule, Storage
 from pooler.config.diff import RuleIdentity
 from pooler.ipc import ClientSlot, PauseState
 from pooler.logs import log
-from pooler.protocol import build
 from pooler.server.auth_cache import AuthQueryCache
 from pooler.server.backend import (
     IDLE,
@@ -301,21 +301,10 @@ class Worker:
             gate.release()
 
     async def _send_cancel(self, server: ServerConnection) -> None:
-        endpoint = server.endpoint
         pid, secret = server.backend_key
-        try:
-            timeout = self.config.cancel_timeout_ms / 1000 or None
-            async with asyncio.timeout(timeout):
-                if endpoint.unix_socket_path:
-                    reader, writer = await asyncio.open_unix_connection(endpoint.unix_socket_path)
-                else:
-                    reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
-                writer.write(build.cancel_request(pid, secret))
-                await writer.drain()
-                await reader.read()  # the server closes when done
-                writer.close()
-        except (OSError, TimeoutError) as exc:
-            log.error("cancel", f"cancel request to server failed: {exc!r}")
+        await send_cancel(
+            server.endpoint, pid, secret, self.config.cancel_timeout_ms / 1000 or None
+        )
 
     async def console_login(self, client: ClientConnection, rule: Rule) -> None:
         """The admin console (a rule with a `local` storage): see pooler/server/console.py."""

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pooler.cancel import send_cancel
 from pooler.config import Config, Endpoint
 from pooler.control import schema
 from pooler.ipc import (
@@ -46,7 +47,6 @@ from pooler.ipc import (
     ToWorker,
 )
 from pooler.logs import log
-from pooler.protocol import build
 from pooler.snapshot import WorkerSnapshot
 from pooler.supervisor.listen import Bound, bind_listeners, queued, steer
 from pooler.supervisor.notify import notify
@@ -75,21 +75,6 @@ class WorkerHandle:
     # its logged-in server connections, (route key, pid) -> (endpoint, secret): when it dies,
     # the supervisor cancels and waits them out before their slots count as free
     backends: dict[tuple[Any, int], tuple[Endpoint, int]] = field(default_factory=dict)
-
-
-async def _cancel(endpoint: Endpoint, pid: int, secret: int, timeout: float) -> None:
-    """A CancelRequest to one server; PostgreSQL closes the connection once it signalled."""
-    try:
-        async with asyncio.timeout(timeout):
-            if endpoint.unix_socket_path:
-                reader, writer = await asyncio.open_unix_connection(endpoint.unix_socket_path)
-            else:
-                reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
-            writer.write(build.cancel_request(pid, secret))
-            await reader.read()
-            writer.close()
-    except (OSError, TimeoutError) as exc:
-        log.error("cancel", f"cancel request to server pid {pid} failed: {exc!r}")
 
 
 def _proc_stat(pid: int) -> tuple[int, int] | None:
@@ -202,7 +187,9 @@ class WorkerProcesses:
         notice now; their slots stay counted until then (pool_size holds in PostgreSQL)."""
         if backends:
             timeout = self.config.cancel_timeout_ms / 1000 or CANCEL_TIMEOUT
-            await asyncio.gather(*(_cancel(e, pid, secret, timeout) for e, pid, secret in backends))
+            await asyncio.gather(
+                *(send_cancel(e, pid, secret, timeout) for e, pid, secret in backends)
+            )
             log.info(
                 "supervisor",
                 f"cancelled {len(backends)} server connections of {ghost[0]} worker {ghost[1]}",

@@ -1,0 +1,27 @@
+"""Sending a CancelRequest to a PostgreSQL server: the one way both a worker (a client's
+cancel) and the supervisor (the servers of a worker that died) do it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pooler.config import Endpoint
+from pooler.logs import log
+from pooler.protocol import build
+
+
+async def send_cancel(endpoint: Endpoint, pid: int, secret: int, timeout: float | None) -> None:
+    """Connect to the server, send the CancelRequest, wait until PostgreSQL closes the
+    connection (it has signalled the backend then); failures are logged, never raised."""
+    try:
+        async with asyncio.timeout(timeout):
+            if endpoint.unix_socket_path:
+                reader, writer = await asyncio.open_unix_connection(endpoint.unix_socket_path)
+            else:
+                reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+            writer.write(build.cancel_request(pid, secret))
+            await writer.drain()
+            await reader.read()  # the server closes when done
+            writer.close()
+    except (OSError, TimeoutError) as exc:
+        log.error("cancel", f"cancel request to server pid {pid} failed: {exc!r}")
