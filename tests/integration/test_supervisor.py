@@ -68,6 +68,7 @@ def test_workers_are_processes_with_titles(pooler):
 
 
 def test_global_pool_size_over_all_workers(pooler, pg):
+    wait_until(lambda: backends(pg, "p0") == 0)  # an earlier test's servers are gone
     p = pooler(config(10))
     peak = 0
     stop = threading.Event()

@@ -143,6 +143,7 @@ def test_dead_workers_servers_count_until_gone(pooler, pg):
     """SIGKILL of a worker whose clients run long queries: its servers are cancelled at once,
     and PostgreSQL never sees more than pool_size backends for the route meanwhile (it saw
     pool_size more while the dead worker's queries ran on)."""
+    wait_until(lambda: backends(pg, "p0") == 0)  # an earlier test's servers are gone
     p = pooler(config(3, workers=2))
     others: list[psycopg.Connection] = []
     victims = [connect_to_worker(p, 0, keep=others) for _ in range(3)]
