@@ -623,6 +623,13 @@ class ServerConnection(asyncio.Protocol):
         """Run a query of our own; its first row as text (None when there is no row).
         With `params` it goes through the extended protocol, the values bound as $1, $2...
         in text format: they never become part of the SQL text."""
+        rows = await self.fetch_rows(sql, params, limit=1)
+        return rows[0] if rows else None
+
+    async def fetch_rows(
+        self, sql: str, params: tuple[str, ...] | None = None, limit: int | None = None
+    ) -> list[list[str | None]]:
+        """Run a query of our own; its rows as text (the first `limit` of them)."""
         self.scanner.wanted = INTERNAL_WANTED
         self._inbox.clear()
         outer, self.internal = self.internal, True
@@ -636,15 +643,17 @@ class ServerConnection(asyncio.Protocol):
                 + build.execute()
                 + build.sync()
             )
-        value: list[str | None] | None = None
+        rows: list[list[str | None]] = []
         error: BackendError | None = None
         while True:
             msg_type, body = await self.read()
-            if msg_type == D and body is not None and value is None:
-                value = [
-                    None if cell is None else cell.decode("utf-8", "replace")
-                    for cell in messages.decode_data_row(body)
-                ]
+            if msg_type == D and body is not None and (limit is None or len(rows) < limit):
+                rows.append(
+                    [
+                        None if cell is None else cell.decode("utf-8", "replace")
+                        for cell in messages.decode_data_row(body)
+                    ]
+                )
             elif msg_type == E and body is not None:
                 error = BackendError(messages.decode_error_fields(body))
             elif msg_type == Z:
@@ -654,7 +663,7 @@ class ServerConnection(asyncio.Protocol):
         self.scanner.wanted = self.relay_wanted
         if error is not None:
             raise error
-        return value
+        return rows
 
     async def resync(self, *, rollback: bool) -> None:
         """Bring a server back in step whatever it still owes its departed client (answers

@@ -471,6 +471,7 @@ class ClientConnection(asyncio.Protocol):
             config.hba_rules, database=self.database, user=self.user, address=address, tls=tls
         ):
             raise LoginRefused("28000", "host based authentication rejected")
+        await self.worker.groups.first_check()  # (group rules: members known since start)
         key = ClientKey(self.database, self.user, address, tls)
         rule = self.worker.router.match(key)
         if rule is None:

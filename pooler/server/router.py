@@ -1,12 +1,26 @@
-"""Which rule serves a client: odyssey's routing order and matching (reference §2.2)."""
+"""Which rule serves a client: odyssey's routing order and matching (reference §2.2).
+
+A `group "NAME"` rule matches the users its group_query last returned (`groups.py` keeps
+them up to date), and a user literally named `group_NAME`, as odyssey's od_name_in_rule.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pooler.config import Rule
+
+GroupKey = tuple[Any, ...]
+NO_MEMBERS: Mapping[GroupKey, frozenset[str]] = {}
+
+
+def group_key(rule: Rule) -> GroupKey:
+    """What a group's membership is kept under: the rule and the query that fills it (a
+    reload that changes the query starts from no members until it has run)."""
+    return (rule.identity, rule.group_query, rule.group_query_user, rule.group_query_db)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +48,12 @@ def specificity(rule: Rule) -> int:
 
 
 def routing_order(rules: Sequence[Rule], sequential: bool) -> tuple[Rule, ...]:
-    """Rules in the order they are tried: file order, or most specific first (odyssey)."""
+    """Rules in the order they are tried: file order, or most specific first (odyssey).
+
+    A group counts as a named user (odyssey). Between a user rule and a group rule of equal
+    specificity that both match a client, the user rule comes first (odyssey compares the
+    names `alice` and `group_NAME` as strings, so its choice depends on spelling); among
+    groups, the group names' order (odyssey's)."""
     if sequential:
         return tuple(sorted(rules, key=lambda r: r.order))
     return tuple(
@@ -43,6 +62,7 @@ def routing_order(rules: Sequence[Rule], sequential: bool) -> tuple[Rule, ...]:
             key=lambda r: (
                 -specificity(r),
                 r.database or "",
+                r.group,
                 r.user or "",
                 r.address is None,
                 r.address or "",
@@ -84,13 +104,23 @@ def _conn_type_matches(conn_type: str, key: ClientKey) -> bool:
     return True  # "host"
 
 
-def rule_matches(rule: Rule, key: ClientKey) -> bool:
+def _user_matches(rule: Rule, user: str, members: Mapping[GroupKey, frozenset[str]]) -> bool:
+    if rule.user is None:
+        return True
+    if not rule.group:
+        return rule.user == user
+    return user == rule.user_name or user in members.get(group_key(rule), ())
+
+
+def rule_matches(
+    rule: Rule, key: ClientKey, members: Mapping[GroupKey, frozenset[str]] = NO_MEMBERS
+) -> bool:
     if (rule.pool_routing == "internal") != key.internal:
         return False
     if rule.database is not None and rule.database != key.database:
         return False
-    if rule.user is not None and (rule.group or rule.user != key.user):
-        return False  # group membership needs the group checker (not implemented yet)
+    if not _user_matches(rule, key.user, members):
+        return False
     if rule.address is not None and not _address_matches(rule.address, key.address):
         return False
     return _conn_type_matches(rule.conn_type, key)
@@ -99,11 +129,17 @@ def rule_matches(rule: Rule, key: ClientKey) -> bool:
 class Router:
     """Matches clients against the rules of one config generation."""
 
-    def __init__(self, rules: Sequence[Rule], sequential: bool) -> None:
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        sequential: bool,
+        members: Mapping[GroupKey, frozenset[str]] = NO_MEMBERS,
+    ) -> None:
         self.rules = routing_order(rules, sequential)
+        self.members = members  # the group rules' members, kept up to date by groups.py
 
     def match(self, key: ClientKey) -> Rule | None:
         for rule in self.rules:
-            if rule_matches(rule, key):
+            if rule_matches(rule, key, self.members):
                 return rule
         return None

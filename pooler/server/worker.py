@@ -27,6 +27,7 @@ from pooler.server.backend import (
 )
 from pooler.server.client import ClientConnection
 from pooler.server.flow import CANCELLING
+from pooler.server.groups import GroupChecker
 from pooler.server.memory import Trimmer
 from pooler.server.pool import Route, RouteKey
 from pooler.server.router import ClientKey, Router
@@ -71,7 +72,8 @@ class Worker:
         self.births = births or {}  # per rule: the generation whose pools it uses
         self.link = link
         self.slots = link.slots
-        self.router = Router(config.rules, config.sequential_routing)
+        self.groups = GroupChecker(self)  # the group rules' members (group_query)
+        self.router = Router(config.rules, config.sequential_routing, self.groups.members)
         self.tcp_options = TcpOptions.of(config)  # of every client and server socket
         self._server_routing: dict[str, _Gate] = {}  # per storage: server_max_routing
         self._dns: dict[str, tuple[list[str], float]] = {}  # host: (addresses, until)
@@ -102,6 +104,7 @@ class Worker:
         self._listening: list[socket.socket] = []
         self.watchdog = LagWatchdog(self)  # replica lag (storage watchdog, catchup_timeout)
         self._watchdog: asyncio.Task[None] | None = None
+        self._groups: asyncio.Task[None] | None = None
 
     # --- tasks ------------------------------------------------------------------------
 
@@ -134,6 +137,7 @@ class Worker:
             self._servers.append(server)
         self._cron = self.spawn(self._cron_loop(), "cron")
         self._watchdog = self.spawn(self.watchdog.run(), "watchdog")
+        self._groups = self.spawn(self.groups.run(), "group checker")
 
     async def stop_accepting(self) -> None:
         for server in self._servers:
@@ -204,6 +208,8 @@ class Worker:
             self._cron.cancel()
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self._groups is not None:
+            self._groups.cancel()
 
     def apply_config(self, config: Config, births: dict[RuleIdentity, int]) -> None:
         """A reload. New clients route by the new rules at once. A route whose rule kept its
@@ -212,7 +218,8 @@ class Worker:
         go on as they are, its servers close as they come back. Nobody is disconnected."""
         self.config = config
         self.births = births
-        self.router = Router(config.rules, config.sequential_routing)
+        self.router = Router(config.rules, config.sequential_routing, self.groups.members)
+        self.groups.reloaded()
         self.tcp_options = TcpOptions.of(config)  # new sockets; open ones keep theirs
         rules = {rule.identity: rule for rule in config.rules}
         for key, route in self.routes.items():

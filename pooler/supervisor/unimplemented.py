@@ -17,7 +17,7 @@ GLOBAL = frozenset(
         "system_coroutine_stack_size",
         "enable_online_restart", "bindwith_reuseport", "enable_host_watcher",
         "disable_nolinger", "cpu_affinity",
-        "group_checker_interval", "virtual_transaction",
+        "virtual_transaction",
     }
 )  # fmt: skip
 ROUTE = frozenset(
@@ -25,8 +25,6 @@ ROUTE = frozenset(
         "auth_module", "enable_mdb_iamproxy_auth", "mdb_iamproxy_socket_path",
         "pool_attach_check",
         "pool_acquire_fail_fast", "shared_pool",
-        "group_query", "group_query_user",
-        "group_query_db",
     }
 )  # fmt: skip
 LISTEN = frozenset({"compression"})
@@ -51,8 +49,6 @@ def unimplemented(config: Config) -> list[str]:
             found.add("storage.balancing.show_notice_messages")
     for rule in config.rules:
         found.update(f"route.{key}" for key in rule.key_pos if key in ROUTE)
-        if rule.group:
-            found.add("group rules")
         if rule.authentication in ("external",):
             found.add(f"authentication {rule.authentication}")
     return sorted(found)
