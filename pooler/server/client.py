@@ -884,7 +884,7 @@ class ClientConnection(asyncio.Protocol):
         self._stop_waiting()
         if self.closing:  # it left as the server came
             if server is None:
-                route.worker.slots.release(route.key)
+                route.worker.slots.release(route.slot_key)
             else:
                 route.release(server)
         elif server is None:  # a slot: connecting takes a task
@@ -1348,7 +1348,8 @@ class ClientConnection(asyncio.Protocol):
         self.fatal(
             "53300",
             f"too many active clients for user (pool_size for user "
-            f"{self.database}.{self.user} reached {rule.pool_size})",
+            f"{self.database}.{self.user} reached "
+            f"{self.route.slot_limit if self.route else rule.pool_size})",
         )
 
     def _connect_failed(self, exc: ConnectFailed) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Protocol
 
 from pooler.config import Endpoint, Listen, Rule, Storage
@@ -28,6 +28,7 @@ Secret = (
 )  # what answers the server's password request  # (generation, rule order, backend db, backend user)
 
 if TYPE_CHECKING:
+    from pooler.server.shared_pool import SharedPool
     from pooler.server.worker import Worker
 
 
@@ -88,9 +89,13 @@ class Route:
         storage: Storage,
         backend_db: str,
         backend_user: str,
+        shared: SharedPool | None = None,
     ) -> None:
         self.worker = worker
         self.key = key
+        # a `shared_pool` rule's servers hold slots of the pool, not of the route
+        self.shared = shared
+        self.slot_key: Hashable = key if shared is None else shared.key
         self.rule = rule
         self.storage = storage
         self.backend_db = backend_db
@@ -167,7 +172,11 @@ class Route:
 
     @property
     def limited(self) -> bool:
-        return self.rule.pool_size > 0
+        return self.rule.pool_size > 0 or self.shared is not None
+
+    @property
+    def slot_limit(self) -> int:
+        return self.rule.pool_size if self.shared is None else self.shared.limit
 
     @property
     def size(self) -> int:
@@ -264,11 +273,14 @@ class Route:
 
     def _unused(self, server: ServerConnection | None) -> None:
         if server is None:
-            self.worker.slots.release(self.key)
+            self.worker.slots.release(self.slot_key)
         else:
             self.release(server)
 
     def _want_slot(self) -> None:
+        if self.shared is not None:
+            self.shared.want(self)
+            return
         self.shed_spare = 0  # our clients wait: we lend nothing (the broker forgets it too)
         if not self.slot_requested:
             self.slot_requested = True
@@ -277,14 +289,41 @@ class Route:
     def on_grant(self) -> None:
         """The supervisor granted the slot we asked for: the first waiter connects."""
         self.slot_requested = False
+        if self.hand_slot():
+            if self.waiters:
+                self._want_slot()
+        else:
+            self.worker.slots.release(self.key)
+
+    def hand_slot(self) -> bool:
+        """A granted slot to the first waiter (it connects): False when none waits."""
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                if self.waiters:
-                    self._want_slot()
-                return
-        self.worker.slots.release(self.key)
+                return True
+        return False
+
+    def has_waiters(self) -> bool:
+        return any(not waiter.done() for waiter in self.waiters)
+
+    def waiting_count(self) -> int:
+        return sum(not waiter.done() for waiter in self.waiters)
+
+    def close_idle(self, min_idle: float, now: float | None = None) -> bool:
+        """Close the oldest idle server if it has been idle `min_idle` seconds (a shared
+        pool making room for another route, a shed): False when there is none."""
+        if now is None:
+            now = time.monotonic()
+        while self.idle:
+            server = self.idle[0]  # (idle servers are taken from the right: oldest first)
+            if not server.closed and now - server.released_at < min_idle:
+                return False
+            self.idle.popleft()
+            if not server.closed:
+                server.close()
+                return True
+        return False
 
     def on_shed(self, spare: bool = False) -> None:
         """The supervisor wants a slot back for another worker: close an idle server now,
@@ -292,6 +331,9 @@ class Route:
         idle for LEND_IDLE seconds, now or when there is one (`expire_idle`); a server only
         idle between two transactions stays, or slots would go back and forth between busy
         workers. Its connection_lost returns the slot."""
+        if self.shared is not None:
+            self.shared.on_shed(spare)
+            return
         if spare:
             self.shed_spare += 1
             self._lend_idle(time.monotonic())
@@ -352,17 +394,17 @@ class Route:
             if candidate is not None:
                 candidate.close()
             if self.limited:
-                self.worker.slots.release(self.key)
+                self.worker.slots.release(self.slot_key)
             raise
         finally:
             self.connecting -= 1
         if server is None or server.closed:
             if self.limited:
-                self.worker.slots.release(self.key)
+                self.worker.slots.release(self.slot_key)
             raise failure or ConnectFailed(f"storage '{self.storage.name}' has no hosts")
         server.holds_slot = self.limited  # from now on, closing returns the slot
         self.opened.add(server)
-        self.worker.slots.opened(self.key, server.endpoint, *server.backend_key)
+        self.worker.slots.opened(self.slot_key, server.endpoint, *server.backend_key)
         self.stats.server_connects += 1
         if self.server_params is None:
             self.server_params = dict(server.params)
@@ -508,6 +550,8 @@ class Route:
 
     def _shed(self) -> bool:
         """Close a released server for a shed the supervisor asked for?"""
+        if self.shared is not None:
+            return self.shared.take_shed(self)
         if self.shed_pending:
             self.shed_pending -= 1
             return True
@@ -526,7 +570,7 @@ class Route:
             self.idle.remove(server)
         if server in self.opened:
             self.opened.discard(server)
-            self.worker.slots.closed(self.key, server.backend_key[0], server.holds_slot)
+            self.worker.slots.closed(self.slot_key, server.backend_key[0], server.holds_slot)
         if server.holds_slot:
             server.holds_slot = False
             if self.waiters and not self.idle:  # (it was shed): the waiters need another

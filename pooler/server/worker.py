@@ -10,7 +10,7 @@ import secrets
 import select
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Hashable
 from typing import TYPE_CHECKING, Any
 
 from pooler.cancel import send_cancel
@@ -31,6 +31,7 @@ from pooler.server.groups import GroupChecker
 from pooler.server.memory import Trimmer
 from pooler.server.pool import Route, RouteKey
 from pooler.server.router import ClientKey, Router
+from pooler.server.shared_pool import SharedPool, shared_key
 from pooler.server.sockopts import TcpOptions
 from pooler.server.stats import route_names, rule_label
 from pooler.server.watchdog import LagWatchdog
@@ -88,6 +89,7 @@ class Worker:
             asyncio.Semaphore(max(1, routing // max(1, config.workers))) if routing > 0 else None
         )
         self.routes: dict[RouteKey, Route] = {}
+        self.shared_pools: dict[Hashable, SharedPool] = {}  # shared_pool slots by key
         self.clients: set[ClientConnection] = set()
         self.cancel_keys: dict[int, ClientConnection] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -229,6 +231,8 @@ class Worker:
                 route.update_rule(rule, self.storage_of(rule))
             else:
                 route.obsolete = True
+        for shared in self.shared_pools.values():
+            shared.configure(config)
         for client in self.clients:
             if client.route is not None and not client.route.obsolete:
                 client.rule = client.route.rule
@@ -344,11 +348,26 @@ class Worker:
         )
         route = self.routes.get(key)
         if route is None:
-            route = Route(self, key, rule, self.storage_of(rule), backend_db, backend_user)
+            shared = self._shared_pool(rule)
+            route = Route(self, key, rule, self.storage_of(rule), backend_db, backend_user, shared)
             self.routes[key] = route
+            if shared is not None:
+                shared.join(route)
             if self.pause.covers(route.backend_db, rule.db_name):
                 route.pause()  # a PAUSE in force holds new routes too
         return route
+
+    def _shared_pool(self, rule: Rule) -> SharedPool | None:
+        """The worker's side of the rule's `shared_pool`, if it names one."""
+        if rule.shared_pool is None:
+            return None
+        key = shared_key(rule.shared_pool)
+        shared = self.shared_pools.get(key)
+        if shared is None:
+            pool = self.config.shared_pool(rule.shared_pool)
+            limit = pool.pool_size if pool is not None else 1
+            shared = self.shared_pools[key] = SharedPool(rule.shared_pool, self.slots, limit)
+        return shared
 
     def server_routing_gate(self, storage: Storage) -> asyncio.Semaphore | None:
         """server_max_routing: server logins in progress at once to a storage, this worker's
@@ -445,17 +464,17 @@ class Worker:
         self._recovery[endpoint] = (in_recovery, now)
         return in_recovery
 
-    def on_grant(self, key: RouteKey) -> None:
-        route = self.routes.get(key)
-        if route is None:
+    def on_grant(self, key: Any) -> None:
+        target: Route | SharedPool | None = self.shared_pools.get(key) or self.routes.get(key)
+        if target is None:
             self.slots.release(key)
         else:
-            route.on_grant()
+            target.on_grant()
 
-    def on_shed(self, key: RouteKey, spare: bool) -> None:
-        route = self.routes.get(key)
-        if route is not None:
-            route.on_shed(spare)
+    def on_shed(self, key: Any, spare: bool) -> None:
+        target: Route | SharedPool | None = self.shared_pools.get(key) or self.routes.get(key)
+        if target is not None:
+            target.on_shed(spare)
 
     def give_back(
         self, server: ServerConnection, *, client_gone: bool = False, unusable: bool = False
@@ -559,7 +578,10 @@ class Worker:
 
     def min_pool_share(self, rule: Rule) -> int:
         """This worker's part of the rule's min_pool_size (odyssey's pool is one for the whole
-        process: the workers open min_pool_size servers between them, not each)."""
+        process: the workers open min_pool_size servers between them, not each). None for a
+        shared_pool rule, as odyssey ("preallocation doesn't work with shared_pools")."""
+        if rule.shared_pool is not None:
+            return 0
         workers = max(1, self.config.workers)
         share, extra = divmod(rule.min_pool_size, workers)
         return share + (self.index < extra)
@@ -592,6 +614,13 @@ class Worker:
                 route.expire_idle()
                 if route.obsolete and route.clients == 0 and route.size == 0:
                     del self.routes[key]
+                    if route.shared is not None:
+                        route.shared.leave(route)
+            for shared_key_, shared in list(self.shared_pools.items()):
+                if shared.empty:
+                    del self.shared_pools[shared_key_]
+                else:
+                    shared.tick(now)
             for client in list(self.clients):
                 self._check_client_timeouts(client, now)
 

@@ -71,6 +71,11 @@ class Reloading(WorkerProcesses):
         smaller limit has the excess shed as servers come back idle."""
         rules = {rule.identity: rule for rule in config.rules}
         for key in self.broker.route_keys():
+            if len(key) == 2 and key[0] == "shared_pool":  # a shared_pool's slots
+                shared = config.shared_pool(key[1])
+                if shared is not None:
+                    self._deliver(self.broker.set_limit(key, shared.pool_size))
+                continue
             if len(key) != 4 or key[0] == "clients":
                 continue
             birth, identity = key[0], key[1]

@@ -24,7 +24,7 @@ ROUTE = frozenset(
     {
         "auth_module", "enable_mdb_iamproxy_auth", "mdb_iamproxy_socket_path",
         "pool_attach_check",
-        "pool_acquire_fail_fast", "shared_pool",
+        "pool_acquire_fail_fast",
     }
 )  # fmt: skip
 LISTEN = frozenset({"compression"})
@@ -34,11 +34,9 @@ STORAGE: frozenset[str] = frozenset()
 def unimplemented(config: Config) -> list[str]:
     """The set keys pooler accepts but does not implement, in a stable order."""
     found: set[str] = {key for key in config.key_pos if key in GLOBAL}
-    for block in ("shared_pool", "soft_oom", "query_parsing"):
+    for block in ("soft_oom", "query_parsing"):
         if block in config.key_pos:
             found.add(block)
-    if config.shared_pools:
-        found.add("shared_pool")
     if config.soft_oom is not None:
         found.add("soft_oom")
     for listen in config.listens:

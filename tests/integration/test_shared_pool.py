@@ -1,0 +1,134 @@
+"""`shared_pool "name" { pool_size N }`: one backend limit for every route that names it,
+over all workers (issue 18, item 6)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import psycopg
+from harness import make_config, route, storage, wait_until
+
+SHARED = 'shared_pool "sp" {\n\tpool_size 3\n}'
+
+
+def config(**extra) -> str:
+    rules = [
+        route("p1", "postgres", pool="transaction", shared_pool="sp", **extra),
+        route("p2", "postgres", pool="transaction", shared_pool="sp", **extra),
+    ]
+    return make_config(rules, storages=[storage(), SHARED], workers=2, log_session=False)
+
+
+def backends(pg) -> dict[str, int]:
+    out = pg.psql(
+        "select datname, count(*) from pg_stat_activity "
+        "where datname in ('p1', 'p2') and backend_type = 'client backend' group by 1"
+    )
+    found = {"p1": 0, "p2": 0}
+    for line in out.split():
+        name, _, count = line.partition("|")
+        found[name] = int(count)
+    return found
+
+
+class Sampler:
+    """The most backends of p1 and p2 together seen while it runs (pg_stat_activity)."""
+
+    def __init__(self, pg) -> None:
+        self.pg = pg
+        self.peak = 0
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = backends(self.pg)
+            self.peak = max(self.peak, sum(now.values()))
+            self.seen.update(db for db, n in now.items() if n)
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_all(jobs: list[Callable[[], object]]) -> list[object]:
+    results: list[object] = []
+
+    def run(job: Callable[[], object]) -> None:
+        try:
+            results.append(job())
+        except BaseException as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
+def test_two_routes_never_exceed_the_shared_pool_size(pooler, pg):
+    """Two routes naming one shared pool of 3, two workers, 5 busy clients on each route:
+    PostgreSQL never sees more than 3 backends for the two together, and every query of
+    both routes is answered (without the pool each route opened its own: 10)."""
+    wait_until(lambda: sum(backends(pg).values()) == 0)  # an earlier test's are gone
+    p = pooler(config(pool_timeout=30000))
+    conns = [p.connect(db) for db in ("p1", "p2") for _ in range(5)]
+
+    def busy(conn: psycopg.Connection) -> Callable[[], object]:
+        def job() -> object:
+            for _ in range(15):
+                conn.execute("select pg_sleep(0.01)")
+            return conn.info.dbname
+
+        return job
+
+    try:
+        with Sampler(pg) as sampler:
+            results = run_all([busy(c) for c in conns])
+    finally:
+        for conn in conns:
+            conn.close()
+    assert sorted(map(str, results)) == ["p1"] * 5 + ["p2"] * 5, results
+    assert sampler.peak <= 3, sampler.peak
+    assert sampler.seen == {"p1", "p2"}
+
+
+def test_idle_servers_of_one_route_make_room_for_another(pooler, pg):
+    """The shared pool is full of p1's idle servers: a client of p2 is served, one of them
+    closed for it (odyssey replaces another route's idle server); the total stays 3."""
+    wait_until(lambda: sum(backends(pg).values()) == 0)
+    p = pooler(config(pool_timeout=20000))
+    holders = [p.connect("p1") for _ in range(3)]
+    try:
+        # three at once: three servers, left idle when done
+        barrier = threading.Barrier(3)
+
+        def fill(conn: psycopg.Connection) -> Callable[[], object]:
+            def job() -> object:
+                barrier.wait(10)
+                with conn.transaction():
+                    conn.execute("select pg_sleep(0.3)")
+                return 1
+
+            return job
+
+        assert run_all([fill(c) for c in holders]) == [1, 1, 1]
+        wait_until(lambda: backends(pg) == {"p1": 3, "p2": 0})
+        with Sampler(pg) as sampler, p.connect("p2") as other:
+            assert other.execute("select 2").fetchone() == (2,)
+        assert sampler.peak <= 3, sampler.peak
+        assert backends(pg)["p1"] <= 2
+        # and p1 is still served
+        assert holders[0].execute("select 1").fetchone() == (1,)
+    finally:
+        for conn in holders:
+            conn.close()
