@@ -15,7 +15,10 @@ pool exchange recorded bytes through stand-in transports that only count what is
 - login: one `pgbench -C` cycle (startup, login with authentication "none", one select,
   Terminate) per connection;
 - to the write: one client and one server, the median µs from a chunk's `data_received` to
-  the `write` that relays it, each direction (the relay's share of a round trip's latency).
+  the `write` that relays it, each direction (the relay's share of a round trip's latency);
+- socket options: `sockopts.apply` (keepalive, TCP_NODELAY) on a real accepted TCP transport,
+  run for every client and server connection (the login line's stand-in transports have no
+  socket).
 
 It prints µs per transaction (best of 5 repetitions). It measures the pooler's own code
 only; bench/run measures the whole system. A development tool, not a test.
@@ -24,6 +27,7 @@ only; bench/run measures the whole system. A development tool, not a test.
 from __future__ import annotations
 
 import asyncio
+import socket
 import statistics
 import struct
 import sys
@@ -35,6 +39,7 @@ import uvloop
 
 from pooler.config import parse_text
 from pooler.protocol import build
+from pooler.server import sockopts
 from pooler.server.backend import ServerConnection, ServerState
 from pooler.server.client import ClientConnection
 from pooler.server.prepared import ClientStatements
@@ -235,6 +240,33 @@ async def login(connections: int) -> float:
     return best
 
 
+async def socket_options(calls: int) -> float:
+    """µs per `sockopts.apply` with the default options on a real accepted TCP transport."""
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Future[asyncio.BaseTransport] = loop.create_future()
+
+    class Accept(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted.set_result(transport)
+
+    server = await loop.create_server(Accept, "127.0.0.1", 0)
+    peer = socket.create_connection(server.sockets[0].getsockname()[:2])
+    try:
+        transport = await accepted
+        options = sockopts.TcpOptions()
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(calls):
+                sockopts.apply(transport, options)
+            best = min(best, (time.perf_counter() - started) / calls * 1e6)
+        transport.close()
+        return best
+    finally:
+        peer.close()
+        server.close()
+
+
 def main() -> None:
     transactions = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     print(f"relay:   {relay(transactions, servers=4):5.2f} µs per select-only transaction")
@@ -247,6 +279,8 @@ def main() -> None:
     print(f"to the write: {up:5.2f} µs client → server, {down:5.2f} µs server → client (extended)")
     per_login = uvloop.run(login(transactions // 10))
     print(f"login:   {per_login:5.1f} µs per connect + login + select + Terminate")
+    per_apply = uvloop.run(socket_options(transactions // 10))
+    print(f"socket options: {per_apply:5.2f} µs per connection (keepalive, real TCP socket)")
 
 
 if __name__ == "__main__":

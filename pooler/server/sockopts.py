@@ -54,12 +54,23 @@ class TcpOptions:
 
 
 def apply(transport: asyncio.BaseTransport, options: TcpOptions) -> None:
-    """Set the options on a transport's socket (TCP only; a Unix socket is left alone)."""
-    sock = transport.get_extra_info("socket")
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+    """Set the options on a transport's socket (TCP only; a Unix socket is left alone).
+
+    One socket object over the transport's descriptor for all the calls: uvloop's
+    `get_extra_info("socket")` makes a new one (and a getsockname) for every `setsockopt`.
+    TCP_NODELAY is only ever turned off here: uvloop and asyncio set it on every TCP transport.
+    """
+    pseudo = transport.get_extra_info("socket")
+    if pseudo is None or pseudo.family not in (socket.AF_INET, socket.AF_INET6):
         return
     try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(options.nodelay))
+        sock = socket.socket(pseudo.family, pseudo.type, pseudo.proto, pseudo.fileno())
+    except OSError as exc:
+        log.error("socket", f"cannot set TCP options {options}: {exc}")
+        return
+    try:
+        if not options.nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(options.keepalive > 0))
         if options.keepalive > 0:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, options.keepalive)
@@ -72,3 +83,5 @@ def apply(transport: asyncio.BaseTransport, options: TcpOptions) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout)
     except OSError as exc:
         log.error("socket", f"cannot set TCP options {options}: {exc}")
+    finally:
+        sock.detach()  # the descriptor stays the transport's
