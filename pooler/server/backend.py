@@ -17,9 +17,9 @@ import re
 import secrets
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from pooler.config import Endpoint, Storage
+from pooler.config import Config, Endpoint, Rule, Storage
 from pooler.logs import LogContext, log
 from pooler.protocol import auth, build, messages
 from pooler.protocol.scanner import MessageScanner, StreamError
@@ -29,14 +29,13 @@ from pooler.server.prepared import (
     FAIL_IN_PLACE,
     NO_DATA,
     STALE_PLAN_ERROR,
+    KnownStatements,
     ServerStatements,
     shape_of,
 )
+from pooler.server.sockopts import TcpOptions
+from pooler.server.stats import RouteStats
 from pooler.sql import quote_ident, quote_literal
-
-if TYPE_CHECKING:
-    from pooler.server.client import ClientConnection
-    from pooler.server.pool import Route
 
 Z, S, E, G, N, R, K, C = (ord(c) for c in "ZSEGNRKC")
 D, T = ord("D"), ord("T")
@@ -159,6 +158,52 @@ def _set_value(name: str, value: str, smart_search_path: bool) -> str:
     return quote_literal(value)
 
 
+class ServerWorker(Protocol):
+    """What a server uses of its route's worker (`worker.Worker`)."""
+
+    config: Config
+    tcp_options: TcpOptions
+
+    async def cancel_backend(self, server: ServerConnection) -> None: ...
+
+
+class ServerRoute(Protocol):
+    """What a server, and whoever holds it, use of its route (`pool.Route`)."""
+
+    rule: Rule
+    storage: Storage
+    stats: RouteStats
+    reset_query: str
+    shares_statements: bool
+    plan_epoch: int
+    known_statements: KnownStatements
+
+    @property
+    def worker(self) -> ServerWorker: ...
+
+    def release(self, server: ServerConnection) -> None: ...
+    def discard(self, server: ServerConnection) -> None: ...
+    def forget(self, server: ServerConnection) -> None: ...
+
+
+class LinkedClient(Protocol):
+    """What a server uses of the client it is linked to (`client.ClientConnection`): the
+    relay writes to its transport and tells it what the answers said."""
+
+    id: str
+    mode: str | None
+    transport: asyncio.Transport
+    reading: ReadGate
+    writing_paused: bool
+    params: dict[str, str]
+
+    def fatal(self, sqlstate: str, message: str) -> None: ...
+    def refusal(self, message: str) -> bytes: ...
+    def server_ready(self, server: ServerConnection) -> None: ...
+    def server_error(self, server: ServerConnection, body: bytes) -> None: ...
+    def server_lost(self, server: ServerConnection) -> None: ...
+
+
 class ServerConnection(asyncio.Protocol):
     __slots__ = (
         "_inbox",
@@ -194,7 +239,9 @@ class ServerConnection(asyncio.Protocol):
         "xact_started",
     )
 
-    def __init__(self, route: Route, endpoint: Endpoint, storage: Storage | None = None) -> None:
+    def __init__(
+        self, route: ServerRoute, endpoint: Endpoint, storage: Storage | None = None
+    ) -> None:
         self.route = route
         self.endpoint = endpoint
         self.storage = storage or route.storage  # a listen's fallback storage, or the rule's
@@ -204,7 +251,7 @@ class ServerConnection(asyncio.Protocol):
         self.scanner = MessageScanner(INTERNAL_WANTED)
         self._inbox: deque[tuple[int, bytes | None]] = deque()
         self._waiter: asyncio.Future[None] | None = None
-        self.client: ClientConnection | None = None
+        self.client: LinkedClient | None = None
         self.params: dict[str, str] = {}
         self.login_params: dict[str, str] = {}
         self.login_notices: list[bytes] = []  # NoticeResponses of the login, not yet passed on
@@ -777,7 +824,7 @@ class ServerConnection(asyncio.Protocol):
         if names:
             await self.query(";".join(f"DEALLOCATE {name}" for name in names))
 
-    def link(self, client: ClientConnection, now: float) -> None:
+    def link(self, client: LinkedClient, now: float) -> None:
         """Lend the server to `client` (at monotonic time `now`)."""
         self.become(ServerState.ACTIVE)
         self.statements.reset()

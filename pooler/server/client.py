@@ -16,9 +16,10 @@ import itertools
 import os
 import secrets
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pooler.config import Listen, Rule
+from pooler.config import Config, Listen, Rule, Storage
 from pooler.logs import LogContext, log
 from pooler.protocol import AuthFailed, ProtocolError, auth, build, messages
 from pooler.protocol.framing import (
@@ -51,15 +52,16 @@ from pooler.server.flow import (
     ReadGate,
     yield_turn,
 )
+from pooler.server.groups import GroupChecker
 from pooler.server.hba import hba_allows
 from pooler.server.pool import TOO_MANY_CONNECTIONS, ConnectFailed, HandOff, PoolTimeout, Route
 from pooler.server.prepared import ClientStatements, Retry, is_stale_statement_error
-from pooler.server.router import ClientKey
-from pooler.server.watchdog import catchup_timeout
+from pooler.server.router import ClientKey, Router
+from pooler.server.sockopts import TcpOptions
+from pooler.server.watchdog import LagWatchdog, catchup_timeout
 
 if TYPE_CHECKING:
     from pooler.server.ldap_auth import LdapLogin
-    from pooler.server.worker import Worker
 
 Q, S, F, X, P, B, E, D, C, H = (ord(c) for c in "QSFXPBEDCH")
 COPY_DATA, COPY_DONE, COPY_FAIL = ord("d"), ord("c"), ord("f")
@@ -135,8 +137,37 @@ class LoginRefused(Exception):
         self.hint = hint
 
 
+class ClientWorker(Protocol):
+    """What a client uses of its worker (`worker.Worker`)."""
+
+    config: Config
+    tcp_options: TcpOptions
+    router: Router
+    groups: GroupChecker
+    routing_gate: asyncio.Semaphore | None
+    watchdog: LagWatchdog
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
+    def client_connected(self, client: ClientConnection) -> None: ...
+    def client_disconnected(self, client: ClientConnection) -> None: ...
+    def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]: ...
+    def count_error(self, kind: str) -> None: ...
+    async def client_slot(self, key: tuple[Any, ...], limit: int) -> bool: ...
+    def release_client_slot(self, key: tuple[Any, ...]) -> None: ...
+    async def cancel(self, pid: int, secret: int) -> None: ...
+    async def console_login(self, client: ClientConnection, rule: Rule) -> None: ...
+    async def auth_query_password(self, rule: Rule, user: str) -> str | None: ...
+    def storage_of(self, rule: Rule) -> Storage: ...
+    def route_for(
+        self, rule: Rule, database: str, user: str, backend_user: str | None = None
+    ) -> Route: ...
+    def give_back(
+        self, server: ServerConnection, *, client_gone: bool = False, unusable: bool = False
+    ) -> None: ...
+
+
 class ClientConnection(asyncio.Protocol):
-    def __init__(self, worker: Worker, listen: Listen, unix: bool) -> None:
+    def __init__(self, worker: ClientWorker, listen: Listen, unix: bool) -> None:
         self.worker = worker
         self.listen = listen
         self.unix = unix

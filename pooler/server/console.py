@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from pooler import __version__
-from pooler.ipc import ConsoleQuery
+from pooler.config import Config, Rule
+from pooler.ipc import ConsoleQuery, PauseState
 from pooler.logs import log
 from pooler.protocol import build
-
-if TYPE_CHECKING:
-    from pooler.config import Rule
-    from pooler.ipc import PauseState
-    from pooler.server.client import ClientConnection
-    from pooler.server.pool import Route
-    from pooler.server.worker import Worker
+from pooler.server.client import ClientConnection
+from pooler.server.link import Supervisor
+from pooler.server.pool import Route, RouteKey
+from pooler.snapshot import WorkerSnapshot
 
 Q, X, S = ord("Q"), ord("X"), ord("S")
 CONSOLE_PARAMS = {
@@ -38,10 +36,25 @@ CONSOLE_PARAMS = {
 }
 
 
+class ConsoleWorker(Protocol):
+    """What the console and the worker's answers to the supervisor use of the worker
+    (`worker.Worker`)."""
+
+    config: Config
+    link: Supervisor
+    clients: set[ClientConnection]
+    routes: dict[RouteKey, Route]
+
+    def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]: ...
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
+    def set_pause(self, pause: PauseState) -> None: ...
+    def snapshot(self) -> WorkerSnapshot: ...
+
+
 class ConsoleSession:
     """One console client, after authentication (runs in the client's login task)."""
 
-    def __init__(self, worker: Worker, client: ClientConnection, rule: Rule) -> None:
+    def __init__(self, worker: ConsoleWorker, client: ClientConnection, rule: Rule) -> None:
         self.worker = worker
         self.client = client
         self.rule = rule
@@ -125,7 +138,7 @@ def _sock(transport: Any, which: str) -> tuple[str, int]:
     return "unix", 0
 
 
-def client_rows(worker: Worker) -> list[tuple[Any, ...]]:
+def client_rows(worker: ConsoleWorker) -> list[tuple[Any, ...]]:
     """SHOW CLIENTS rows (peers.md §2.1 SOCKET columns) of this worker's logged-in clients."""
     now_mono, now_wall = time.monotonic(), time.time()
     rows = []
@@ -181,7 +194,7 @@ def _stamp(
     return fmt(_wall(mono, now_mono, now_wall))
 
 
-def server_rows(worker: Worker) -> list[tuple[Any, ...]]:
+def server_rows(worker: ConsoleWorker) -> list[tuple[Any, ...]]:
     """SHOW SERVERS rows: busy servers `active` (linked) or `used` (resetting), idle `idle`."""
     now_mono, now_wall = time.monotonic(), time.time()
     rows = []
@@ -224,7 +237,7 @@ def server_rows(worker: Worker) -> list[tuple[Any, ...]]:
     return rows
 
 
-def kill_client(worker: Worker, client_id: str) -> bool:
+def kill_client(worker: ConsoleWorker, client_id: str) -> bool:
     for client in list(worker.clients):
         if client.id == client_id:
             client.fatal("08006", "client was killed by the console (KILL_CLIENT)")
@@ -244,7 +257,7 @@ class AdminState:
     back idle (checked every 50 ms while a pause or reconnect is pending). Nothing here runs
     per message."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: ConsoleWorker) -> None:
         self.worker = worker
         self.doomed: set[str] = set()  # server ids to close when idle (RECONNECT)
         self._sweeper: asyncio.Task[None] | None = None
@@ -295,7 +308,7 @@ class AdminState:
             self._sweeper = None
 
 
-def admin_state(worker: Worker) -> AdminState:
+def admin_state(worker: ConsoleWorker) -> AdminState:
     state = getattr(worker, "_admin_state", None)
     if state is None:
         state = AdminState(worker)
@@ -303,7 +316,7 @@ def admin_state(worker: Worker) -> AdminState:
     return state
 
 
-async def handle_ask(worker: Worker, what: str, args: tuple[Any, ...]) -> Any:
+async def handle_ask(worker: ConsoleWorker, what: str, args: tuple[Any, ...]) -> Any:
     """A request from the supervisor; the return value goes back as the answer."""
     if what == "clients":
         return client_rows(worker)

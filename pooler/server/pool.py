@@ -18,8 +18,15 @@ from pooler.config import Endpoint, Listen, Rule, Storage
 from pooler.config.diff import RuleIdentity
 from pooler.logs import log
 from pooler.protocol.auth import ScramKeys
-from pooler.server.backend import SMART_DISCARD, BackendError, ServerConnection, ServerGone
+from pooler.server.backend import (
+    SMART_DISCARD,
+    BackendError,
+    ServerConnection,
+    ServerGone,
+    ServerWorker,
+)
 from pooler.server.prepared import KnownStatements
+from pooler.server.slots import SupervisorSlots
 from pooler.server.stats import RouteStats
 
 RouteKey = tuple[int, RuleIdentity, str, str]  # (birth generation, rule, backend db, user)
@@ -29,7 +36,19 @@ Secret = (
 
 if TYPE_CHECKING:
     from pooler.server.shared_pool import SharedPool
-    from pooler.server.worker import Worker
+
+
+class PoolWorker(ServerWorker, Protocol):
+    """What a route, and its servers (`backend.ServerWorker`), use of its worker
+    (`worker.Worker`)."""
+
+    slots: SupervisorSlots
+
+    def storage_password(self, rule: Rule) -> str | None: ...
+    def servers_per_endpoint(self) -> dict[Endpoint, int]: ...
+    def server_routing_gate(self, storage: Storage) -> asyncio.Semaphore | None: ...
+    async def resolve(self, host: str, port: int) -> list[str]: ...
+    async def in_recovery(self, server: ServerConnection, storage: Storage) -> bool | None: ...
 
 
 TOO_MANY_CONNECTIONS = "53300"
@@ -83,7 +102,7 @@ class Route:
 
     def __init__(
         self,
-        worker: Worker,
+        worker: PoolWorker,
         key: RouteKey,
         rule: Rule,
         storage: Storage,

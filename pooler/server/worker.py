@@ -11,7 +11,7 @@ import select
 import socket
 import time
 from collections.abc import Coroutine, Hashable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pooler.cancel import send_cancel
 from pooler.config import Config, Endpoint, Listen, Rule, Storage
@@ -26,8 +26,10 @@ from pooler.server.backend import (
     ServerGone,
 )
 from pooler.server.client import ClientConnection
+from pooler.server.console import ConsoleSession
 from pooler.server.flow import CANCELLING
 from pooler.server.groups import GroupChecker
+from pooler.server.link import Supervisor
 from pooler.server.memory import Trimmer
 from pooler.server.pool import Route, RouteKey
 from pooler.server.router import ClientKey, Router
@@ -36,9 +38,6 @@ from pooler.server.sockopts import TcpOptions
 from pooler.server.stats import route_names, rule_label
 from pooler.server.watchdog import LagWatchdog
 from pooler.snapshot import RouteSnapshot, WorkerSnapshot
-
-if TYPE_CHECKING:
-    from pooler.server.worker_main import SupervisorLink
 
 
 def between_transactions(client: ClientConnection) -> bool:
@@ -65,7 +64,7 @@ class Worker:
         self,
         config: Config,
         index: int,
-        link: SupervisorLink,
+        link: Supervisor,
         births: dict[RuleIdentity, int] | None = None,
     ) -> None:
         self.index = index
@@ -319,8 +318,6 @@ class Worker:
 
     async def console_login(self, client: ClientConnection, rule: Rule) -> None:
         """The admin console (a rule with a `local` storage): see pooler/server/console.py."""
-        from pooler.server.console import ConsoleSession
-
         await ConsoleSession(self, client, rule).run()
 
     # --- routes -----------------------------------------------------------------------

@@ -40,6 +40,7 @@ from pooler.ipc import (
     Stay,
 )
 from pooler.logs import log
+from pooler.server.console import handle_ask
 from pooler.server.slots import SupervisorSlots
 from pooler.server.worker import Worker
 
@@ -81,8 +82,6 @@ class SupervisorLink:
             self._requests.pop(request_id, None)
 
     async def _answer(self, request_id: int, what: str, args: tuple[Any, ...]) -> None:
-        from pooler.server.console import handle_ask
-
         assert self.worker is not None
         try:
             payload = ("ok", await handle_ask(self.worker, what, args))
