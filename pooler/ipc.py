@@ -105,6 +105,13 @@ class ReopenLog:
 
 
 @dataclass(frozen=True, slots=True)
+class SoftOomState:
+    """soft_oom: the memory in use (bytes) while over the limit, None once under it."""
+
+    usage: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     """The answer to a worker's request (ClientSlot, ConsoleQuery)."""
 
@@ -207,6 +214,7 @@ ToWorker = (
     | Retire
     | Stay
     | ReopenLog
+    | SoftOomState
     | Reply
     | Ask
     | StatsRequest

@@ -246,6 +246,7 @@ class SoftOom:
     check_interval_ms: int = 1000
     signal: str = "SIGTERM"
     max_rate: int = 3
+    drop: bool = False  # a `drop { }` block: signal backends while over the limit
     pos: Pos = NO_POS
     key_pos: Mapping[str, Pos] = field(default_factory=_empty_map, compare=False, repr=False)
 

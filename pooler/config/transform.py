@@ -529,6 +529,7 @@ class Builder:
         if drops:
             dvalues, dpositions = self.collect(drops[0].items, "soft_oom_drop")
             values.update(dvalues)
+            values["drop"] = True
             positions.update(dpositions)
         if "limit" not in values:
             self.error(pos, "soft_oom: limit is required")

@@ -522,6 +522,12 @@ class ClientConnection(asyncio.Protocol):
         if storage.type == "local":
             await self.worker.console_login(self, rule)
             return
+        if self.worker.soft_oom_usage is not None:  # over soft_oom's limit (odyssey)
+            usage = self.worker.soft_oom_usage // 1024
+            log.error(
+                "startup", f"drop connection due to soft oom (usage is {usage} KB)", self.log_ctx
+            )
+            raise LoginRefused("53200", "soft out of memory")
         limit = catchup_timeout(self.listen, rule, requested_catchup)
         if limit:
             await self._check_catchup(limit)

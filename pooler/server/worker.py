@@ -89,6 +89,7 @@ class Worker:
         )
         self.routes: dict[RouteKey, Route] = {}
         self.shared_pools: dict[Hashable, SharedPool] = {}  # shared_pool slots by key
+        self.soft_oom_usage: int | None = None  # soft_oom: bytes in use while over its limit
         self.clients: set[ClientConnection] = set()
         self.cancel_keys: dict[int, ClientConnection] = {}
         self._tasks: set[asyncio.Task[Any]] = set()

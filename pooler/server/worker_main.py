@@ -35,6 +35,7 @@ from pooler.ipc import (
     ShedSlot,
     Shutdown,
     SlotGranted,
+    SoftOomState,
     Stats,
     StatsRequest,
     Stay,
@@ -131,6 +132,8 @@ class SupervisorLink:
                 worker.on_grant(key)
             case ShedSlot(key, spare):
                 worker.on_shed(key, spare)
+            case SoftOomState(usage):
+                worker.soft_oom_usage = usage
             case CancelQuery(pid, secret):
                 worker.spawn(worker.cancel(pid, secret), "forwarded cancel")
             case Retire():

@@ -46,6 +46,7 @@ from pooler.supervisor.reload import Reloader
 from pooler.supervisor.reloading import Reloading, _log_config
 from pooler.supervisor.signals import Signals
 from pooler.supervisor.slots import SlotBroker
+from pooler.supervisor.soft_oom import SoftOomChecker
 from pooler.supervisor.stats import StatsWindow
 from pooler.supervisor.unimplemented import unimplemented
 from pooler.supervisor.workers import WorkerHandle
@@ -148,6 +149,8 @@ class Supervisor(Reloading, StatsWindow, PauseControl, Signals):
             except OSError as exc:
                 log.error("metrics", f"cannot serve /metrics: {exc}")
         self._spawn(self._stats_loop(), "stats")
+        if self.config.soft_oom is not None:  # (start-up only, as in odyssey)
+            self._spawn(SoftOomChecker(self, self.config.soft_oom).run(), "soft_oom")
         # ready means every worker has applied the config and accepts on its socket
         ready, done = (
             asyncio.ensure_future(self._ready.wait()),

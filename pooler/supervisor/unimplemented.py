@@ -34,11 +34,8 @@ STORAGE: frozenset[str] = frozenset()
 def unimplemented(config: Config) -> list[str]:
     """The set keys pooler accepts but does not implement, in a stable order."""
     found: set[str] = {key for key in config.key_pos if key in GLOBAL}
-    for block in ("soft_oom", "query_parsing"):
-        if block in config.key_pos:
-            found.add(block)
-    if config.soft_oom is not None:
-        found.add("soft_oom")
+    if "query_parsing" in config.key_pos:
+        found.add("query_parsing")
     for listen in config.listens:
         found.update(f"listen.{key}" for key in listen.key_pos if key in LISTEN)
     for storage in config.storages:

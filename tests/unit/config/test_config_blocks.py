@@ -576,3 +576,10 @@ def test_model_is_frozen() -> None:
     with pytest.raises(AttributeError):
         c.rules[0].pool_size = 3  # type: ignore[misc]
     assert os.cpu_count()
+
+
+def test_soft_oom_drop_block_enables_dropping() -> None:
+    dropping = ok(conf(top="soft_oom { limit 1GB drop { } }")).soft_oom
+    assert dropping is not None and dropping.drop
+    measuring = ok(conf(top="soft_oom { limit 1GB }")).soft_oom
+    assert measuring is not None and not measuring.drop
