@@ -146,6 +146,7 @@ class ClientWorker(Protocol):
     groups: GroupChecker
     routing_gate: asyncio.Semaphore | None
     watchdog: LagWatchdog
+    soft_oom_usage: int | None  # soft_oom: bytes in use while over its limit
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
     def client_connected(self, client: ClientConnection) -> None: ...
