@@ -14,6 +14,11 @@ Authentication (pg_hba.conf), first match wins:
 * 127.0.0.1: ``trust`` for the superuser ``postgres``;
 * one rule per role created with :meth:`PgCluster.create_role` (its ``method``);
 * 127.0.0.1, anyone else: ``md5`` (which does SCRAM for a SCRAM-stored password).
+
+Over 500 lines for a reason: it is one class, the life of one throwaway cluster (initdb, its
+postgresql.conf and pg_hba.conf, start, stop, standby, roles, databases, psql and pgbench as
+its clients), with the binary lookup it needs. A tool of the demo, the tests and the
+benchmarks; the server never loads it.
 """
 
 from __future__ import annotations

@@ -23,6 +23,11 @@ PBKDF2 with 4096 iterations costs milliseconds, so derivations from *configured*
 passwords are cached (:func:`_salted_password`, :func:`_plain_secret`); passwords typed
 by clients are never cached. No password, hash or key appears in an exception message
 or a ``repr``.
+
+A little over 500 lines for a reason: both sides of each exchange live here (ScramServer for
+clients and ScramClient towards PostgreSQL, md5 and cleartext checks and answers) because
+they share one reader of the configured secret formats and its caches, and the tests run
+each side against the other.
 """
 
 from __future__ import annotations

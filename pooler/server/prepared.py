@@ -35,6 +35,12 @@ description. The other way round, a client that parsed its statement in the very
 that uses a server's stale copy would get an error it never gets directly: such a batch is
 kept (`Retry`) and, if PostgreSQL rejects the copy before anything but ParseCompletes
 reached the client and outside a transaction block, sent again with a fresh copy.
+
+Over 500 lines for a reason: the client's and the server's statement tables
+(`ClientStatements`, `ServerStatements`) rewrite one message stream between them. A Describe
+in flight (`Describing`) and a batch kept for a retry (`Retry`) refer to both, and each side's
+methods call the other's, so apart they would import each other; what they share beyond that
+(names, shapes, Parse and Bind bodies) is a few small functions.
 """
 
 from __future__ import annotations
