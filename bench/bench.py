@@ -51,6 +51,7 @@ REPO = BENCH_DIR.parent
 sys.path[:0] = [str(BENCH_DIR), str(REPO)]
 
 from memory import memory_step  # noqa: E402
+from processes import pick_port, stop_all  # noqa: E402
 from procstat import wait_quiet  # noqa: E402
 from report import Run, build_table, fmt, memory_table, scaling_table  # noqa: E402
 from scenarios import SCENARIOS, for_scaling, run_pgbench  # noqa: E402
@@ -62,9 +63,7 @@ from targets import (  # noqa: E402
     make_target,
     parse_counts,
     peer_version,
-    pick_port,
     scaling_targets,
-    stop_all,
     wanted_targets,
 )
 

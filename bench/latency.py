@@ -55,6 +55,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path[:0] = [str(BENCH_DIR), str(REPO)]
 
+from processes import pick_port, stop_all  # noqa: E402
 from procstat import CLK_TCK, all_stats, tree_cpu_ticks, tree_pids  # noqa: E402
 from targets import (  # noqa: E402
     HOST,
@@ -63,8 +64,6 @@ from targets import (  # noqa: E402
     find_peer,
     make_target,
     peer_version,
-    pick_port,
-    stop_all,
     wanted_targets,
 )
 

@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from processes import stop_proc, track
 from procstat import rss_kb
-from targets import BENCH_DIR, HOST, SETTINGS, Target, stop_proc, track
+from targets import BENCH_DIR, HOST, SETTINGS, Target
 
 from pooler.pgcluster import PgCluster
 

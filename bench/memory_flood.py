@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from floodlib import RssPeak, expected_answers, flood
 from harness import Pooler, free_port, make_config, route
-from targets import SETTINGS, PgBouncer, find_peer, peer_version, pick_port, stop_proc
+from processes import pick_port, stop_proc
+from targets import SETTINGS, PgBouncer, find_peer, peer_version
 from wire import workers
 
 from pooler.pgcluster import PgCluster

@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from processes import forget, track
 from procstat import CLK_TCK, all_stats, machine_busy_ticks, tree_cpu_ticks, tree_sys_ticks
 from report import Run
-from targets import HOST, Target, forget, track
+from targets import HOST, Target
 
 from pooler.pgcluster import PgCluster
 

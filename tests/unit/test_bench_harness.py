@@ -13,6 +13,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import latency  # noqa: E402
+import processes  # noqa: E402
 import report  # noqa: E402
 import scenarios  # noqa: E402
 import targets  # noqa: E402
@@ -263,15 +264,15 @@ def test_a_pooler_counts_as_started_when_it_says_ready(tmp_path: Path) -> None:
     log.write_text("pooler ready, from an earlier start\n")  # before the offset: ignored
     offset = log.stat().st_size
     script = "import time; print('starting', flush=True); time.sleep(0.3); print('pooler ready')"
-    proc = targets.spawn([sys.executable, "-c", script], log=log, cwd=tmp_path)
+    proc = processes.spawn([sys.executable, "-c", script], log=log, cwd=tmp_path)
     try:
-        targets.wait_logged(proc, log, offset, "pooler ready", 20)
+        processes.wait_logged(proc, log, offset, "pooler ready", 20)
         assert log.read_text().count("pooler ready") == 2
     finally:
-        targets.stop_proc(proc)
-    died = targets.spawn([sys.executable, "-c", "raise SystemExit(3)"], log=log, cwd=tmp_path)
+        processes.stop_proc(proc)
+    died = processes.spawn([sys.executable, "-c", "raise SystemExit(3)"], log=log, cwd=tmp_path)
     try:
         with pytest.raises(RuntimeError, match="exited with 3"):
-            targets.wait_logged(died, log, log.stat().st_size, "pooler ready", 20)
+            processes.wait_logged(died, log, log.stat().st_size, "pooler ready", 20)
     finally:
-        targets.stop_proc(died)
+        processes.stop_proc(died)
