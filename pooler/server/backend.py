@@ -750,7 +750,11 @@ class ServerConnection(asyncio.Protocol):
         self.scanner.wanted = self.relay_wanted
 
     async def sync_params(self, wanted: dict[str, str]) -> None:
-        """Make the server's session parameters those the client expects (maintain_params)."""
+        """Make the server's session parameters those the client expects (maintain_params).
+
+        A parameter PostgreSQL reports (one it sent at login) keeps the value it reports,
+        in `wanted` too: its own spelling, as a direct client would see it (asyncpg asks
+        for client_encoding `'utf-8'`, PostgreSQL says `UTF8`)."""
         smart = self.route.worker.config.smart_search_path_enquoting
         sets = [
             f"SET {quote_ident(name)} TO {_set_value(name, value, smart)}"
@@ -759,7 +763,12 @@ class ServerConnection(asyncio.Protocol):
         ]
         if sets:
             await self.query(";".join(sets))
-            self.params.update(wanted)
+            reported = self.login_params
+            for name, value in wanted.items():
+                if name in reported:
+                    wanted[name] = self.params[name]
+                else:
+                    self.params[name] = value
 
     async def reset(self, *, client_gone: bool) -> bool:
         """Make the server fit for the next client (odyssey's detach sequence).

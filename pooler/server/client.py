@@ -221,6 +221,7 @@ class ClientConnection(asyncio.Protocol):
         self._wait_timer: asyncio.TimerHandle | None = None  # pool_notice_after_waiting_ms
         self._wait_started = 0.0
         self._wait_noticed = False  # "waiting for free backend connection" was sent
+        self.told_fatal = False  # a server's FATAL was relayed: PostgreSQL said why it ends
 
     # --- asyncio.Protocol -------------------------------------------------------------
 
@@ -1363,6 +1364,8 @@ class ClientConnection(asyncio.Protocol):
         """An ErrorResponse went by: count it; after a schema change made a shared
         prepared statement stale (its result type changed, a type it names is gone), every
         server of the route re-prepares."""
+        if b"\0VFATAL\0" in body or b"\0VPANIC\0" in body:
+            self.told_fatal = True
         route = self.route
         if route is None:
             return
@@ -1376,6 +1379,11 @@ class ClientConnection(asyncio.Protocol):
         """The linked server connection died under us."""
         if self.server is server:
             self.server = None
+        if self.told_fatal:  # the client has PostgreSQL's reason (terminated, shut down):
+            log.info("client", "server closed the connection after its FATAL", self.log_ctx)
+            self.closing = True  # it ends as it would directly, with no second FATAL
+            self.transport.close()
+            return
         self.fatal("08006", "server connection was closed unexpectedly")
 
     def _pool_timeout(self) -> None:
