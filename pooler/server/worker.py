@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
-import os
 import secrets
 import select
 import socket
@@ -20,7 +19,6 @@ from pooler.ipc import ClientSlot, PauseState
 from pooler.logs import log
 from pooler.server.auth_cache import AuthQueryCache
 from pooler.server.backend import (
-    IDLE,
     BackendError,
     ServerConnection,
     ServerGone,
@@ -29,24 +27,16 @@ from pooler.server.client import ClientConnection
 from pooler.server.console import ConsoleSession
 from pooler.server.flow import CANCELLING
 from pooler.server.groups import GroupChecker
+from pooler.server.idle import between_transactions, check_client_timeouts
 from pooler.server.link import Supervisor
 from pooler.server.memory import Trimmer
 from pooler.server.pool import Route, RouteKey
+from pooler.server.report import worker_snapshot
 from pooler.server.router import ClientKey, Router
 from pooler.server.shared_pool import SharedPool, shared_key
 from pooler.server.sockopts import TcpOptions
-from pooler.server.stats import route_names, rule_label
 from pooler.server.watchdog import LagWatchdog
-from pooler.snapshot import RouteSnapshot, WorkerSnapshot
-
-
-def between_transactions(client: ClientConnection) -> bool:
-    """Nothing of the client's is in flight: no transaction open, no query sent and waiting
-    for a server (closing it now cuts nothing)."""
-    if client.queued or client.state not in ("ready", "console"):
-        return False  # a query waits for a server, or the login is not over
-    server = client.server
-    return server is None or (server.status == IDLE and server.pending == 0)
+from pooler.snapshot import WorkerSnapshot
 
 
 class _Gate(asyncio.Semaphore):
@@ -510,67 +500,7 @@ class Worker:
 
     def snapshot(self) -> WorkerSnapshot:
         """Gauges and counters of this worker, per route (sent to the supervisor)."""
-        now = time.monotonic()
-        active: dict[RouteKey, int] = {}  # per route: clients with a server
-        waiting: dict[RouteKey, int] = {}  # clients waiting for one
-        oldest_wait: dict[RouteKey, float] = {}  # per route: the longest waiting client's ask
-        held = 0  # bytes held for clients: partial messages, input queued for a server
-        for client in self.clients:
-            held += client.splitter.pending + client.queued_bytes + len(client.buf)
-            route = client.route
-            if route is None:
-                continue
-            since = client.waiting_since
-            if client.server is not None:
-                active[route.key] = active.get(route.key, 0) + 1
-            elif since is not None:
-                waiting[route.key] = waiting.get(route.key, 0) + 1
-                oldest_wait[route.key] = min(oldest_wait.get(route.key, now), since)
-        routes = []
-        for key, route in self.routes.items():
-            oldest = oldest_wait.get(key, now)
-            database, user = route_names(route.rule, route.backend_db, route.backend_user)
-            storage = route.storage
-            routes.append(
-                RouteSnapshot(
-                    key=key,
-                    database=database,
-                    user=user,
-                    rule=rule_label(route.rule),
-                    rule_database=route.rule.db_name,
-                    rule_user=route.rule.user_name,
-                    generation=key[0],
-                    backend_db=route.backend_db,
-                    backend_user=route.backend_user,
-                    mode=route.mode or "",  # (always set in a validated config)
-                    pool_size=route.rule.pool_size,
-                    obsolete=route.obsolete,
-                    clients=route.clients,
-                    cl_active=active.get(key, 0),
-                    cl_waiting=waiting.get(key, 0),
-                    sv_active=len(route.busy),
-                    sv_idle=len(route.idle),
-                    sv_login=route.connecting,
-                    maxwait_us=int((now - oldest) * 1e6),
-                    load_balance_hosts=(
-                        storage.balancing_method if len(storage.endpoints) > 1 else None
-                    ),
-                    counters=route.stats.counters(),
-                )
-            )
-        return WorkerSnapshot(
-            index=self.index,
-            pid=os.getpid(),
-            generation=self.config.generation,
-            clients=len(self.clients),
-            login_clients=sum(c.state not in ("ready", "console") for c in self.clients),
-            servers=sum(r.size for r in self.routes.values()),
-            routes=tuple(routes),
-            errors=dict(self.errors),
-            auth_cache_entries=len(self.auth_cache),
-            auth_cache_bytes=self.auth_cache.memory_bytes(),
-            client_buffer_bytes=held,
-        )
+        return worker_snapshot(self)
 
     # --- cron -------------------------------------------------------------------------
 
@@ -620,22 +550,4 @@ class Worker:
                 else:
                     shared.tick(now)
             for client in list(self.clients):
-                self._check_client_timeouts(client, now)
-
-    def _check_client_timeouts(self, client: ClientConnection, now: float) -> None:
-        rule = client.rule
-        if rule is None or client.state != "ready":
-            return
-        idle_for = now - client.last_activity
-        server = client.server
-        in_transaction = server is not None and server.status != IDLE
-        if server is not None and server.pending:
-            return
-        if in_transaction:
-            limit = rule.pool_idle_in_transaction_timeout
-            if limit and idle_for > limit:
-                client.fatal("25P03", "idle transaction timeout")
-        else:
-            limit = rule.pool_client_idle_timeout
-            if limit and idle_for > limit:
-                client.fatal("08006", "Connection was dropped by pooler due to idle timeout")
+                check_client_timeouts(client, now)
