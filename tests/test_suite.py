@@ -43,3 +43,13 @@ def test_a_timeout_inside_a_weakref_callback_fails_the_test(
     assert result.ret != 0, output
     assert "Timeout" in output, output
     assert "1 passed" not in output, output
+
+
+def test_no_two_test_files_share_a_name() -> None:
+    """pytest imports test files by basename (no packages under tests/): two files of one
+    name are a collection error that only a run collecting both shows."""
+    from collections import Counter
+    from pathlib import Path
+
+    names = Counter(path.name for path in Path(__file__).parent.rglob("test_*.py"))
+    assert [name for name, count in names.items() if count > 1] == []
