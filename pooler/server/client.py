@@ -721,10 +721,34 @@ class ClientConnection(asyncio.Protocol):
             ok = configured is not None and auth.verify_md5(response, self.user, configured, salt)
         elif method == "scram-sha-256":
             ok = await self._scram(configured)  # None: a mock exchange (no user enumeration)
+        elif method == "external":
+            self._send(build.auth_cleartext_password())
+            given = (await self._read_password()).rstrip(b"\0").decode("utf-8", "replace")
+            ok = await self._external(given)
         else:
             raise LoginRefused("28000", f"authentication method '{method}' is not supported yet")
         if not ok:
             raise LoginRefused("28P01", f'password authentication failed for user "{self.user}"')
+
+    async def _external(self, token: str) -> bool:
+        """Ask the external auth agent (pooler/server/external_auth.py)."""
+        from pooler.server import external_auth
+
+        try:
+            external_id = await external_auth.authenticate(
+                self.worker.config.external_auth_socket_path, self.user, token
+            )
+        except external_auth.ExternalRefused as exc:
+            log.error("auth", f"external authentication failed: {exc}", self.log_ctx)
+            return False
+        if self.worker.config.log_session:
+            log.info(
+                "auth",
+                f"user '{self.database}.{self.user}' was authenticated with external_id: "
+                f"{external_id}",
+                self.log_ctx,
+            )
+        return True
 
     async def _pam(self, service: str, password: str) -> bool:
         """Check the password with PAM (pooler/server/pam_auth.py)."""
@@ -837,10 +861,8 @@ class ClientConnection(asyncio.Protocol):
         """The fast path: an idle server that needs no preparation is linked at once."""
         route = self.route
         assert route is not None
-        if not route.idle:
-            return False
-        server = route.idle[-1]
-        if server.closed or not self._fits_as_is(server):
+        server = route.next_idle()
+        if server is None or not self._fits_as_is(server):
             return False  # the slow path prepares it first
         route.idle.pop()
         route.busy.add(server)

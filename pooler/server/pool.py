@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from pooler.config import Endpoint, Listen, Rule, Storage
 from pooler.config.diff import RuleIdentity
 from pooler.logs import log
+from pooler.protocol import build
 from pooler.protocol.auth import ScramKeys
 from pooler.server.backend import (
     SMART_DISCARD,
@@ -95,6 +97,24 @@ class HandOff:
     def set_result(self, result: ServerConnection | None, /) -> None:
         self.settled = True
         self.deliver(result)
+
+
+_GONE = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+_POLLER = select.poll()  # one per process, holding one fd at a time (pool_attach_check)
+
+
+def peer_closed(server: ServerConnection) -> bool:
+    """Has the other end closed (or reset) the server's socket? One poll(2) with no wait."""
+    transport = server.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:  # (nothing to poll: `closed` says the rest)
+        return transport is not None and transport.is_closing()
+    fd = sock.fileno()
+    _POLLER.register(fd, select.POLLIN | _GONE)  # (no system call: poll(2) below is the one)
+    try:
+        return any(events & _GONE for _, events in _POLLER.poll(0))
+    finally:
+        _POLLER.unregister(fd)
 
 
 class Route:
@@ -215,12 +235,12 @@ class Route:
         deadline = started + timeout_ms / 1000 if timeout_ms else None
         try:
             while True:
-                while self.idle:
-                    server = self.idle.pop()
-                    if not server.closed:
-                        server.taken()
-                        self.busy.add(server)
-                        return server
+                server = self.next_idle()
+                if server is not None:
+                    self.idle.pop()
+                    server.taken()
+                    self.busy.add(server)
+                    return server
                 if not self.limited:
                     try:
                         return await self.connect(password, listen)
@@ -271,6 +291,23 @@ class Route:
             raise failure
         log.info("server", f"{failure}: retrying in {delay * 1000:g} ms (server_login_retry)")
         await asyncio.sleep(delay)
+
+    def next_idle(self) -> ServerConnection | None:
+        """The idle server to use next (the last released; left in `idle`), if any. With
+        `pool_attach_check` (the default, as odyssey) a server whose connection PostgreSQL
+        closed since (terminated, restarted) though the loop has not read that yet is closed
+        and the next one looked at, so no client is given a dead server."""
+        while self.idle:
+            server = self.idle[-1]
+            if server.closed:
+                self.idle.pop()
+            elif self.rule.pool_attach_check and peer_closed(server):
+                self.idle.pop()
+                log.info("server", f"{server.endpoint}: server disconnected, closed before use")
+                server.close()
+            else:
+                return server
+        return None
 
     def wait(self, deliver: Callable[[ServerConnection | None], None]) -> HandOff:
         """Queue a task-free waiter (the caller found no idle server): see `HandOff`."""
@@ -422,6 +459,13 @@ class Route:
                 self.worker.slots.release(self.slot_key)
             raise failure or ConnectFailed(f"storage '{self.storage.name}' has no hosts")
         server.holds_slot = self.limited  # from now on, closing returns the slot
+        if self.storage.show_notice_messages:  # storage balancing { show_notice_messages yes }
+            chosen = (method or self.storage.balancing_method).lower()
+            server.login_notices.append(
+                build.notice_response(
+                    "NOTICE", "00000", f"balancing ({chosen}): connected to {server.endpoint}"
+                )
+            )
         self.opened.add(server)
         self.worker.slots.opened(self.slot_key, server.endpoint, *server.backend_key)
         self.stats.server_connects += 1

@@ -10,7 +10,7 @@ from pooler.config import Config
 
 GLOBAL = frozenset(
     {
-        "locks_dir", "external_auth_socket_path",
+        "locks_dir",
         "log_async", "log_queue_depth",
         "log_general_stats_prom", "log_route_stats_prom", "resolvers", "readahead",
         "cache_coroutine", "cache_msg_gc_size", "coroutine_stack_size",
@@ -23,7 +23,6 @@ GLOBAL = frozenset(
 ROUTE = frozenset(
     {
         "auth_module", "enable_mdb_iamproxy_auth", "mdb_iamproxy_socket_path",
-        "pool_attach_check",
         "pool_acquire_fail_fast",
     }
 )  # fmt: skip
@@ -40,10 +39,6 @@ def unimplemented(config: Config) -> list[str]:
         found.update(f"listen.{key}" for key in listen.key_pos if key in LISTEN)
     for storage in config.storages:
         found.update(f"storage.{key}" for key in storage.key_pos if key in STORAGE)
-        if storage.show_notice_messages:
-            found.add("storage.balancing.show_notice_messages")
     for rule in config.rules:
         found.update(f"route.{key}" for key in rule.key_pos if key in ROUTE)
-        if rule.authentication in ("external",):
-            found.add(f"authentication {rule.authentication}")
     return sorted(found)

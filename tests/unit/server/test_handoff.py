@@ -35,6 +35,9 @@ class Transport:
     def write(self, data: bytes) -> None:
         pass
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default  # (no socket: pool_attach_check has nothing to poll)
+
     def is_closing(self) -> bool:
         return self.closing
 

@@ -58,6 +58,7 @@ async def test_a_route_is_paused_and_resumed_as_state():
 
 class Idle:
     closed = False
+    transport = None  # (no socket for pool_attach_check to poll)
 
     def taken(self) -> None:  # (ServerConnection's move out of the idle list)
         pass

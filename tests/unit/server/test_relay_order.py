@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 import types
+from typing import Any
 
 import pytest
 
@@ -51,6 +52,9 @@ class Transport:
 
     def write(self, data: bytes) -> None:
         self.writes.append(bytes(data))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default  # (no socket: pool_attach_check has nothing to poll)
 
     def is_closing(self) -> bool:
         return False
