@@ -216,6 +216,7 @@ class ClientConnection(asyncio.Protocol):
         self.log_ctx = LogContext(client_id=self.id)
         self.intercepts = False  # some simple queries are answered or rewritten (virtual.py)
         self.tsa_hint: str | None = None  # SET odyssey.target_session_attrs
+        self.steer: str | None = None  # its target_session_attrs where the rule's differs
         self.pinned = False  # ran LISTEN under pool_pin_on_listen: keeps its server
         self._routing = False  # holds one of the worker's client_max_routing places
         self._wait_timer: asyncio.TimerHandle | None = None  # pool_notice_after_waiting_ms
@@ -512,6 +513,7 @@ class ClientConnection(asyncio.Protocol):
             raise LoginRefused("3D000", f"route for '{self.database}.{self.user}' is not found")
         self.rule = rule
         self.mode = rule.pool
+        self.steer = self._steering()
         if rule.keepalive > 0 and not self.unix:  # the route's own keepalive (odyssey master)
             sockopts.apply(self.transport, sockopts.TcpOptions.of(config, rule))
         if self.worker.config.log_session:
@@ -613,7 +615,7 @@ class ClientConnection(asyncio.Protocol):
         self.waiting_login = True
         self.asked_at = time.monotonic()
         try:
-            return await route.acquire(self.backend_password(), self.listen)
+            return await route.acquire(self.backend_password(), self.listen, self.steer)
         finally:
             self.waiting_login = False
 
@@ -861,6 +863,8 @@ class ClientConnection(asyncio.Protocol):
         """The fast path: an idle server that needs no preparation is linked at once."""
         route = self.route
         assert route is not None
+        if self.steer is not None:
+            return False  # (its servers come through Route.acquire)
         server = route.next_idle()
         if server is None or not self._fits_as_is(server):
             return False  # the slow path prepares it first
@@ -885,7 +889,7 @@ class ClientConnection(asyncio.Protocol):
         pool_size and paused routes take the task path."""
         route = self.route
         assert route is not None
-        if route.idle or not route.limited or route.paused:
+        if route.idle or not route.limited or route.paused or self.steer is not None:
             return False
         self._handoff = route.wait(self._handed)
         self._waiting()
@@ -986,6 +990,7 @@ class ClientConnection(asyncio.Protocol):
                 answer = virtual.show_answer(statement.name, self.target_session_attrs(), status)
             elif (statement.value or "").lower() in virtual.TSA_VALUES:
                 self.tsa_hint = (statement.value or "").lower()
+                self.steer = self._steering()
                 answer = virtual.set_answer(status)
             else:
                 answer = virtual.set_refused(statement.name, statement.value or "", status)
@@ -1003,6 +1008,14 @@ class ClientConnection(asyncio.Protocol):
                 self._queue(build.query(sql))
             return True
         return False
+
+    def _steering(self) -> str | None:
+        """The kind of host this client's servers must be on, where it differs from what its
+        rule gives every client (its listen's target_session_attrs, its own SET): such a
+        client takes its servers through `Route.acquire(steer=...)`, never the fast path."""
+        rule = self.rule
+        wanted = self.target_session_attrs()
+        return None if rule is None or wanted == (rule.target_session_attrs or "any") else wanted
 
     def target_session_attrs(self) -> str:
         """The client's own (SET odyssey.target_session_attrs), else its listen's, else its
@@ -1054,7 +1067,9 @@ class ClientConnection(asyncio.Protocol):
                     if slot:
                         slot = False
                         try:
-                            server = await route.connect(self.backend_password(), self.listen)
+                            server = await route.connect(
+                                self.backend_password(), self.listen, self.steer
+                            )
                         except ConnectFailed as exc:
                             if (
                                 exc.fields.get("C") != TOO_MANY_CONNECTIONS
@@ -1063,11 +1078,15 @@ class ClientConnection(asyncio.Protocol):
                                 raise
                             # server_login_retry: acquire tries again until pool_timeout
                             await asyncio.sleep(self.worker.config.server_login_retry / 1000)
-                            server = await route.acquire(self.backend_password(), self.listen)
+                            server = await route.acquire(
+                                self.backend_password(), self.listen, self.steer
+                            )
                     else:
                         self._waiting()
                         try:
-                            server = await route.acquire(self.backend_password(), self.listen)
+                            server = await route.acquire(
+                                self.backend_password(), self.listen, self.steer
+                            )
                         finally:
                             self._waited()
             except PoolTimeout:

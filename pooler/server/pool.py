@@ -50,6 +50,7 @@ class PoolWorker(ServerWorker, Protocol):
     def servers_per_endpoint(self) -> dict[Endpoint, int]: ...
     def server_routing_gate(self, storage: Storage) -> asyncio.Semaphore | None: ...
     async def resolve(self, host: str, port: int) -> list[str]: ...
+    def known_recovery(self, endpoint: Endpoint) -> bool | None: ...
     async def in_recovery(self, server: ServerConnection, storage: Storage) -> bool | None: ...
 
 
@@ -158,6 +159,8 @@ class Route:
         self.reset_query = self._reset_query()
         # Named prepared statements are renamed and shared (transaction/statement pools).
         self.shares_statements = self.mode != "session" and rule.pool_reserve_prepared_statement
+        self.kinds: dict[ServerConnection, bool] = {}  # a standby's server: True (when asked)
+        self.foreign: set[ServerConnection] = set()  # steered to a kind the rule does not take
         self.plan_epoch = 0  # bumped by "cached plan must not change result type"
         self.known_statements = KnownStatements()
 
@@ -221,13 +224,20 @@ class Route:
     def size(self) -> int:
         return len(self.idle) + len(self.busy) + self.connecting
 
-    async def acquire(self, password: Secret, listen: Listen | None = None) -> ServerConnection:
+    async def acquire(
+        self, password: Secret, listen: Listen | None = None, steer: str | None = None
+    ) -> ServerConnection:
         """A logged-in server for a client: idle, new, or the next one released.
 
         With a pool_size, a new server needs a slot from the supervisor (global limit over
         all workers); meanwhile a server released in this worker serves the waiter too.
         `listen`: the client's listen block (its fallback storages, its balancing_method).
+        `steer`: the client's own target_session_attrs where it differs from the rule's
+        (`SET odyssey.target_session_attrs`, its listen's): only a server of a host of that
+        kind serves it (see `_acquire_steered`).
         """
+        if steer is not None:
+            return await self._acquire_steered(password, listen, steer)
         while self._resumed is not None:  # PAUSE: nothing is lent until RESUME
             await self._resumed.wait()
         started = time.monotonic()
@@ -277,6 +287,88 @@ class Route:
                 return handed  # handed over by release(), already counted busy
         finally:
             self.record_wait(started)
+
+    async def _acquire_steered(
+        self, password: Secret, listen: Listen | None, steer: str
+    ) -> ServerConnection:
+        """`acquire` for a client steered to a kind of host (odyssey's virtual
+        target_session_attrs): an idle server of a host known to be of that kind, else a new
+        one on such a host (the storage's hosts of that kind first; `prefer-standby` takes a
+        primary when no standby can be had), else, with a pool_size, the next one released
+        that fits (one that does not goes on to the next waiter; an idle one that does not
+        fit is closed to make room). A server whose kind the rule itself would not take is
+        closed when it comes back (`foreign`), so the rule's other clients never get it."""
+        while self._resumed is not None:
+            await self._resumed.wait()
+        started = time.monotonic()
+        timeout_ms = self.rule.pool_timeout
+        deadline = started + timeout_ms / 1000 if timeout_ms else None
+        try:
+            while True:
+                server = self._idle_of_kind(steer)
+                if server is not None:
+                    return server
+                if not self.limited:
+                    try:
+                        return await self.connect(password, listen, steer)
+                    except ConnectFailed as exc:
+                        await self._login_retry(exc, deadline)
+                        continue
+                if self.idle:  # none fits: make room for one that does
+                    self.close_idle(0.0)
+                waiter: asyncio.Future[ServerConnection | None] = (
+                    asyncio.get_running_loop().create_future()
+                )
+                self.waiters.append(waiter)
+                self._want_slot()
+                try:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError
+                    handed = await asyncio.wait_for(waiter, remaining)
+                except (TimeoutError, asyncio.CancelledError) as exc:
+                    if waiter in self.waiters:
+                        self.waiters.remove(waiter)
+                    elif waiter.done() and not waiter.cancelled():
+                        self._unused(waiter.result())
+                    if isinstance(exc, TimeoutError):
+                        raise PoolTimeout from None
+                    raise
+                if handed is None:
+                    try:
+                        return await self.connect(password, listen, steer)
+                    except ConnectFailed as exc:
+                        await self._login_retry(exc, deadline)
+                        continue
+                if self._kind_fits(self.kinds.get(handed), steer, strict=True):
+                    return handed
+                self.release(handed)  # to the next waiter, or idle
+        finally:
+            self.record_wait(started)
+
+    def _idle_of_kind(self, steer: str) -> ServerConnection | None:
+        """The newest idle server of a host known to be of the kind `steer` asks for."""
+        for server in reversed(self.idle):
+            if not server.closed and self._kind_fits(self.kinds.get(server), steer, strict=True):
+                self.idle.remove(server)
+                server.taken()
+                self.busy.add(server)
+                return server
+        return None
+
+    @staticmethod
+    def _kind_fits(in_recovery: bool | None, wanted: str | None, strict: bool = False) -> bool:
+        """Does a host (a standby: in_recovery) suit target_session_attrs `wanted`? Unknown
+        suits only `any`. `strict`: prefer-standby takes only a standby."""
+        if wanted in (None, "any"):
+            return True
+        if in_recovery is None:
+            return False
+        if wanted == "read-write":
+            return not in_recovery
+        if wanted == "read-only" or strict:
+            return in_recovery
+        return True  # prefer-standby
 
     async def _login_retry(self, failure: ConnectFailed, deadline: float | None) -> None:
         """PostgreSQL refused a login for too many connections (53300): with a pool_timeout,
@@ -412,19 +504,29 @@ class Route:
                 self.shed_spare -= 1
                 server.close()
 
-    async def connect(self, password: Secret, listen: Listen | None = None) -> ServerConnection:
+    async def connect(
+        self, password: Secret, listen: Listen | None = None, steer: str | None = None
+    ) -> ServerConnection:
         """A new logged-in server, on a slot the caller holds (a route without pool_size, or
         one granted to `acquire` or to a `HandOff`): the storage's hosts are tried in turn
         (round robin start), skipping hosts down or not of the wanted kind
-        (target_session_attrs), then the hosts of the storages the client's `listen` names."""
+        (target_session_attrs), then the hosts of the storages the client's `listen` names.
+        `steer` (see `acquire`) replaces the rule's target_session_attrs: hosts known to be
+        of that kind are tried first; `prefer-standby` takes a primary only when no standby
+        answers."""
         self.connecting += 1
         failure: ConnectFailed | None = None
         server: ServerConnection | None = None
         candidate: ServerConnection | None = None
+        primary: ServerConnection | None = None  # prefer-standby's fallback
+        wanted = steer or self.rule.target_session_attrs
         method = listen.balancing_method if listen is not None else None
         tried = [(self.storage, endpoint) for endpoint in self._endpoint_order(method)]
         for fallback in self._fallbacks(listen):
             tried.extend((fallback, endpoint) for endpoint in fallback.endpoints)
+        if steer is not None:  # hosts known to be of the kind first
+            known = self.worker.known_recovery
+            tried.sort(key=lambda t: not self._kind_fits(known(t[1]), steer, strict=True))
         try:
             previous = self.storage
             for storage, endpoint in tried:
@@ -438,22 +540,27 @@ class Route:
                     if exc.fields:  # the server refused us (auth...): another host won't help
                         break
                     continue
-                if await self._fits(candidate):
+                if await self._fits(candidate, wanted, strict=steer is not None):
                     server = candidate
                     break
+                if wanted == "prefer-standby" and primary is None:
+                    primary, candidate = candidate, None  # kept should no standby answer
+                    continue
                 candidate.close()
-                failure = ConnectFailed(
-                    f"no server of storage '{self.storage.name}' is "
-                    f"{self.rule.target_session_attrs}"
-                )
+                failure = ConnectFailed(f"no server of storage '{self.storage.name}' is {wanted}")
+            if server is None and primary is not None:
+                server, primary = primary, None
         except asyncio.CancelledError:  # the client left while we connected: no leak
-            if candidate is not None:
-                candidate.close()
+            for unused in (candidate, primary):
+                if unused is not None:
+                    unused.close()
             if self.limited:
                 self.worker.slots.release(self.slot_key)
             raise
         finally:
             self.connecting -= 1
+            if primary is not None:
+                primary.close()
         if server is None or server.closed:
             if self.limited:
                 self.worker.slots.release(self.slot_key)
@@ -466,6 +573,10 @@ class Route:
                     "NOTICE", "00000", f"balancing ({chosen}): connected to {server.endpoint}"
                 )
             )
+        if steer is not None and not self._kind_fits(
+            self.kinds.get(server), self.rule.target_session_attrs
+        ):
+            self.foreign.add(server)  # not for the rule's other clients
         self.opened.add(server)
         self.worker.slots.opened(self.slot_key, server.endpoint, *server.backend_key)
         self.stats.server_connects += 1
@@ -562,20 +673,18 @@ class Route:
             log.error("server", f"failed to connect to {where}: {exc or 'timeout'}")
             raise ConnectFailed(f"failed to connect to remote server {where}") from None
 
-    async def _fits(self, server: ServerConnection) -> bool:
-        """Does the server's role match the rule's target_session_attrs? (cached per host
-        for the storage's endpoints_status_poll_interval)."""
-        wanted = self.rule.target_session_attrs
+    async def _fits(self, server: ServerConnection, wanted: str | None, strict: bool) -> bool:
+        """Does the server's host suit target_session_attrs `wanted` (the rule's, or the
+        client's own)? Its kind is asked with pg_is_in_recovery(), cached per host for the
+        storage's endpoints_status_poll_interval, and remembered for the server (`kinds`).
+        A prefer-standby rule takes a primary when it is what we reached; `strict` (a client's
+        own) tries the other hosts first."""
         if wanted in (None, "any"):
             return True
         in_recovery = await self.worker.in_recovery(server, self.storage)
-        if in_recovery is None:
-            return False
-        if wanted == "read-write":
-            return not in_recovery
-        if wanted == "read-only":
-            return in_recovery
-        return True  # prefer-standby: a primary is acceptable when it is what we reached
+        if in_recovery is not None:
+            self.kinds[server] = in_recovery
+        return self._kind_fits(in_recovery, wanted, strict)
 
     def release(self, server: ServerConnection) -> None:
         """Give a clean server back: to the first waiter (it stays busy), else to idle."""
@@ -589,6 +698,7 @@ class Route:
                 and self._expired(server, server.released_at)
             )
             or (self.shed_pending and self._shed())
+            or (self.foreign and server in self.foreign)
         ):
             self.discard(server)
             return
@@ -631,6 +741,9 @@ class Route:
         self.busy.discard(server)
         with contextlib.suppress(ValueError):
             self.idle.remove(server)
+        if self.kinds:
+            self.kinds.pop(server, None)
+            self.foreign.discard(server)
         if server in self.opened:
             self.opened.discard(server)
             self.worker.slots.closed(self.slot_key, server.backend_key[0], server.holds_slot)

@@ -436,6 +436,11 @@ class Worker:
         self.auth_cache.put(key, password, time.monotonic())
         return password
 
+    def known_recovery(self, endpoint: Endpoint) -> bool | None:
+        """What `in_recovery` last learnt of a host (however old), without asking."""
+        known = self._recovery.get(endpoint)
+        return None if known is None else known[0]
+
     async def in_recovery(self, server: ServerConnection, storage: Storage) -> bool | None:
         """Is the server's host a standby? Asked with pg_is_in_recovery(), remembered per
         host for the storage's endpoints_status_poll_interval; None if it can't be told."""

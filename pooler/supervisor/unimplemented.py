@@ -33,8 +33,6 @@ STORAGE: frozenset[str] = frozenset()
 def unimplemented(config: Config) -> list[str]:
     """The set keys pooler accepts but does not implement, in a stable order."""
     found: set[str] = {key for key in config.key_pos if key in GLOBAL}
-    if "query_parsing" in config.key_pos:
-        found.add("query_parsing")
     for listen in config.listens:
         found.update(f"listen.{key}" for key in listen.key_pos if key in LISTEN)
     for storage in config.storages:
