@@ -178,8 +178,9 @@ def test_virtual_processing_answers_odyssey_target_session_attrs(pooler, pool):
         notices: list[str] = []
         conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
         assert conn.execute("show odyssey.target_session_attrs").fetchone() == ("any",)
-        conn.execute("SET odyssey.target_session_attrs TO 'read-only'")
-        assert conn.execute("SHOW odyssey.target_session_attrs").fetchone() == ("read-only",)
+        # (read-write: the only host is a primary, and the value steers the next servers)
+        conn.execute("SET odyssey.target_session_attrs TO 'read-write'")
+        assert conn.execute("SHOW odyssey.target_session_attrs").fetchone() == ("read-write",)
         with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
             conn.execute("set odyssey.target_session_attrs = 'bad'")
         assert 'invalid value for parameter "odyssey.target_session_attrs": "bad"' in str(
@@ -188,7 +189,7 @@ def test_virtual_processing_answers_odyssey_target_session_attrs(pooler, pool):
         assert notices == ["processed virtually by pooler"] * 4
         with conn.transaction():  # answered inside a transaction too, its status kept
             conn.execute("select 1")
-            assert conn.execute("show odyssey.target_session_attrs").fetchone() == ("read-only",)
+            assert conn.execute("show odyssey.target_session_attrs").fetchone() == ("read-write",)
             assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
         assert conn.execute("select 2").fetchone() == (2,)
 
