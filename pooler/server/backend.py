@@ -354,7 +354,8 @@ class ServerConnection(asyncio.Protocol):
                     if retry.hiding:  # the stale copy's error and its ReadyForQuery: the
                         edits.append((skip_from, end, b""))  # batch goes again instead
                         skip_from = -1
-                        self._send(retry.replay(statements))
+                        if not retry.flush:  # (a Flush batch went again with our Sync)
+                            self._send(retry.replay(statements))
                         retry = None
                         continue
                     retry = None
@@ -385,12 +386,18 @@ class ServerConnection(asyncio.Protocol):
                 if (
                     retry is not None
                     and self.status == IDLE
-                    and self.pending == 1
-                    and not self.unsynced
+                    and self.pending == (0 if retry.flush else 1)
+                    and self.unsynced == retry.flush
                     and statements.may_retry(messages.decode_error_fields(body))
                 ):
                     retry.hiding = True
                     skip_from = end - 5 - len(body)
+                    if retry.flush:
+                        # PostgreSQL skips everything up to a Sync: ours ends the error (its
+                        # ReadyForQuery is dropped with it) and the batch goes again right
+                        # behind it, before anything the client sends next
+                        statements.sent_sync()
+                        self._send(build.SYNC + retry.replay(statements))
                 elif statements.stale_errors_due:  # the answer to a FAIL_IN_PLACE
                     statements.stale_errors_due -= 1
                     edits.append((end - 5 - len(body), end, STALE_PLAN_ERROR))

@@ -1245,19 +1245,22 @@ class ClientConnection(asyncio.Protocol):
         retryable: bool,
     ) -> None:
         """A statement parsed in this batch used the server's copy (buf[use_at:] the use up
-        to the batch's Sync): if the batch is the last thing sent, it may be sent again
-        should the copy turn out stale (prepared.Retry)."""
+        to the batch's Sync, or Flush): if the batch is the last thing sent, it may be sent
+        again should the copy turn out stale (prepared.Retry)."""
         statement = statements.statements.get(name)
+        flush = buf[-5] == H
         if (
             not retryable
             or statement is None
-            or server.unsynced
+            or server.unsynced != flush  # the chunk ends with the batch's Sync, or Flush
             or server.held is not None
             or len(buf) - use_at > RETRY_LIMIT
-            or buf[-5] != S  # the chunk ends with the batch's Sync
+            or buf[-5] != (H if flush else S)
         ):
             return
-        server.statements.retry = Retry(statement, statements, name, bytes(buf[use_at:]))
+        server.statements.retry = Retry(
+            statement, statements, name, bytes(buf[use_at:]), flush=flush
+        )
 
     def _head_goes(
         self, server: ServerConnection, msg_type: int, buf: bytes | bytearray, start: int, end: int

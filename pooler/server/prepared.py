@@ -208,6 +208,9 @@ class Retry:
     client_name: str
     messages: bytes  # the client's messages from the use to the Sync, as it sent them
     hiding: bool = False  # the error is being dropped, up to its ReadyForQuery
+    # the batch ends with a Flush, not a Sync (asyncpg's prepare: Parse, Describe, Flush):
+    # the relay sends a Sync of its own to end the error, and the batch again behind it
+    flush: bool = False
 
     @property
     def describes(self) -> int:
