@@ -87,6 +87,7 @@ class CancelQuery:
 @dataclass(frozen=True, slots=True)
 class Shutdown:
     graceful: bool
+    restart: bool = False  # an online restart: a new process serves, drain as its Drain says
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ class ControlServer:
         self.connections: set[Connection] = set()
         self._server: asyncio.AbstractServer | None = None
         self.allowed_uid = os.getuid()
+        self._inode = 0
 
     async def start(self) -> None:
         # bound and listening under a temporary name, then renamed into place: when the path
@@ -70,6 +71,7 @@ class ControlServer:
             os.umask(old)
             reachable.close()
         os.chmod(tmp, 0o600)
+        self._inode = os.stat(tmp).st_ino  # to tell our socket file from a successor's
         sock.listen(64)
         self._server = await asyncio.start_unix_server(
             self._serve, sock=sock, limit=schema.MAX_LINE
@@ -83,7 +85,8 @@ class ControlServer:
         for conn in list(self.connections):
             conn.writer.close()
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            if os.stat(self.path).st_ino == self._inode:  # (after an online restart: not ours)
+                self.path.unlink()
 
     def publish(self, topic: str, data: Any) -> None:
         """Send an event to every subscriber of `topic` (slow readers are dropped)."""

@@ -213,6 +213,7 @@ class ClientConnection(asyncio.Protocol):
         self.asked_at = 0.0  # when it last asked for a server (monotonic; see waiting_since)
         self.connected_at = time.monotonic()
         self.last_activity = self.connected_at
+        self.ready_at = self.connected_at  # when its login was over (an online restart's drain)
         self.log_ctx = LogContext(client_id=self.id)
         self.intercepts = False  # some simple queries are answered or rewritten (virtual.py)
         self.tsa_hint: str | None = None  # SET odyssey.target_session_attrs
@@ -687,6 +688,7 @@ class ClientConnection(asyncio.Protocol):
             self._login_timer = None
         self._send(b"".join(out))
         self.state = "ready"
+        self.ready_at = time.monotonic()
         if self.buf:  # the client pipelined past the login
             data, self.buf = bytes(self.buf), bytearray()
             self.data_received(data)
@@ -1403,6 +1405,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self.server = None
         self.worker.give_back(server)
+        if self.worker.drain is not None:  # an online restart: its boundary
+            self.worker.transaction_ended(self)
 
     def server_error(self, server: ServerConnection, body: bytes) -> None:
         """An ErrorResponse went by: count it; after a schema change made a shared

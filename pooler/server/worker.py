@@ -25,6 +25,7 @@ from pooler.server.backend import (
 )
 from pooler.server.client import ClientConnection
 from pooler.server.console import ConsoleSession
+from pooler.server.drain import RESTART_MESSAGE, Drain
 from pooler.server.flow import CANCELLING
 from pooler.server.groups import GroupChecker
 from pooler.server.idle import between_transactions, check_client_timeouts
@@ -91,6 +92,7 @@ class Worker:
         self.auth_cache = AuthQueryCache()
         self.trimmer = Trimmer()  # freed buffers go back to the system (memory.py)
         self.stopping = False
+        self.drain: Drain | None = None  # an online restart's drain (the new process serves)
         self._retiring: asyncio.Task[None] | None = None
         self.pause = PauseState()
         self._listening: list[socket.socket] = []
@@ -175,19 +177,42 @@ class Worker:
         socks = [s for s in self._listening if s.family != socket.AF_UNIX]
         return bool(socks and not self.stopping and select.select(socks, [], [], 0)[0])
 
-    async def shutdown(self, timeout_ms: int) -> None:
-        """Graceful: stop accepting, drop idle clients, let transactions finish."""
+    async def shutdown(self, timeout_ms: int, *, restart: bool = False) -> None:
+        """Graceful: stop accepting, drop idle clients, let transactions finish. For an
+        online restart (the new process accepts already) clients go as `Drain` says."""
         self.stopping = True
         await self.stop_accepting()
         deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
+        drain = self.drain = (
+            Drain(self.config.conn_drop_options, time.monotonic()) if restart else None
+        )
+        if restart:
+            log.info("worker", f"worker {self.index} drains {len(self.clients)} clients")
         while self.clients:
-            for client in list(self.clients):
-                if between_transactions(client):
-                    client.fatal("08006", "pooler is shutting down")
+            if drain is None:
+                for client in list(self.clients):
+                    if between_transactions(client):
+                        client.fatal("08006", "pooler is shutting down")
+            else:
+                for client in drain.choose(
+                    list(self.clients), time.monotonic(), between_transactions
+                ):
+                    client.fatal("08006", RESTART_MESSAGE)
             if deadline is not None and time.monotonic() > deadline:
+                log.info(
+                    "worker",
+                    f"worker {self.index}: graceful_shutdown_timeout_ms passed, closing "
+                    f"{len(self.clients)} clients",
+                )
                 break
             await asyncio.sleep(0.05)
         self.close_everything()
+
+    def transaction_ended(self, client: ClientConnection) -> None:
+        """A transaction-pool client's server went back: during an online restart's drain
+        this is its boundary, where it is let go (`Drain.at_boundary`)."""
+        if self.drain is not None and self.drain.at_boundary(client, between_transactions):
+            client.fatal("08006", RESTART_MESSAGE)
 
     def close_everything(self) -> None:
         for client in list(self.clients):

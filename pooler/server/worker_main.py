@@ -61,6 +61,7 @@ class SupervisorLink:
             tuple[Config, list[Listen], dict[Any, int], PauseState]
         ] = loop.create_future()
         self.stop: asyncio.Future[bool] = loop.create_future()  # result: graceful?
+        self.restart = False  # the stop is an online restart's drain
         self.retire_when_started = False
         self._requests: dict[int, asyncio.Future[Any]] = {}
         self._next_request = 0
@@ -112,7 +113,10 @@ class SupervisorLink:
                     _config, first_listens, _births, paused = self.first_config.result()
                     self.first_config = asyncio.get_running_loop().create_future()
                     self.first_config.set_result((config, first_listens, births, paused))
-            case Shutdown(graceful):  # (also before the worker is built: it stops once started)
+            case Shutdown(
+                graceful, restart
+            ):  # (also before the worker is built: then once started)
+                self.restart = restart
                 if not self.stop.done():
                     self.stop.set_result(graceful)
             case Reply(request_id, payload):
@@ -191,7 +195,7 @@ async def serve(index: int, ipc_fd: int, listen_fds: list[int]) -> int:
     graceful = await link.stop
     reporter.cancel()
     if graceful:
-        await worker.shutdown(worker.config.graceful_shutdown_timeout_ms)
+        await worker.shutdown(worker.config.graceful_shutdown_timeout_ms, restart=link.restart)
     else:
         worker.close_everything()
     return 0

@@ -51,6 +51,11 @@ def _bind_tcp(listen: Listen) -> list[socket.socket]:
     return sockets
 
 
+def bind_listen(config: Config, listen: Listen) -> list[socket.socket]:
+    """The socket(s) of one listen section for one worker (a unix socket: for all)."""
+    return [_bind_unix(config, listen)] if listen.host is None else _bind_tcp(listen)
+
+
 def bind_listeners(config: Config, workers: int) -> list[Bound]:
     """One list of (listen section, socket) per worker. Raises OSError (port taken...)."""
     per_worker: list[Bound] = [[] for _ in range(workers)]

@@ -12,7 +12,8 @@ composes one concern per module:
 - pause.py: PAUSE/RESUME (the one PauseState in force), RECONNECT, KILL_CLIENT;
 - reloading.py: reload, control `config validate` / `config apply`;
 - signals.py: SIGTERM/SIGINT graceful shutdown, SIGQUIT immediate, SIGUSR1 reopen the log
-  file, SIGUSR2 odyssey's online restart; SIGHUP is `reload`;
+  file, SIGUSR2 odyssey's online restart (restart.py: the hand-over to a new process);
+  SIGHUP is `reload`;
 - control_api.py: the control socket's requests; console.py: console commands for the
   workers (rendered from all workers' snapshots); metrics.py: with `promhttp_server_port`,
   Prometheus text at /metrics.
@@ -44,6 +45,7 @@ from pooler.supervisor.notify import notify
 from pooler.supervisor.pause import PauseControl
 from pooler.supervisor.reload import Reloader
 from pooler.supervisor.reloading import Reloading, _log_config
+from pooler.supervisor.restart import Inherited, adopt_listeners, inherited
 from pooler.supervisor.signals import Signals
 from pooler.supervisor.slots import SlotBroker
 from pooler.supervisor.soft_oom import SoftOomChecker
@@ -67,6 +69,7 @@ class Supervisor(Reloading, StatsWindow, PauseControl, Signals):
         control_path: Path | None = None,
         *,
         strict: bool = False,
+        handed: Inherited | None = None,
     ) -> None:
         self.config = config
         self.path = path
@@ -94,9 +97,13 @@ class Supervisor(Reloading, StatsWindow, PauseControl, Signals):
         self.last_stats: schema.StatsEvent | None = None
         self._metrics_server: asyncio.AbstractServer | None = None
         self._ready: asyncio.Event | None = None  # set once every worker serves
+        self._watch_stop = asyncio.Event()  # stops the config watcher
         self._resizing = asyncio.Lock()  # one change of `workers` at a time
         self._steer_failed = False
         self._reloading: int | None = None  # generation whose application systemd awaits
+        self.handed = handed  # started by an online restart: the old process awaits `ready`
+        self.restarting = False  # SIGUSR2: a new process is starting
+        self.successor: int | None = None  # handed over to this pid: draining
 
     async def _console(self, index: int, request_id: int, role: str, text: str, cid: str) -> None:
         from pooler.supervisor.console import execute
@@ -132,7 +139,6 @@ class Supervisor(Reloading, StatsWindow, PauseControl, Signals):
         loop.add_signal_handler(signal.SIGUSR2, self._online_restart)
         for index in range(self.config.workers):
             await self.start_worker(index)
-        self._watch_stop = asyncio.Event()
         self._spawn(
             self.reloader.watch(lambda: self.config, self._file_changed, self._watch_stop),
             "config watcher",
@@ -163,14 +169,22 @@ class Supervisor(Reloading, StatsWindow, PauseControl, Signals):
                 "supervisor",
                 f"pooler ready, {self.config.workers} workers, listening on {describe(self.config)}",
             )
-            notify("READY=1", f"STATUS=serving generation {self.config.generation}")
+            if self.handed is not None:  # the old process tells systemd (MAINPID) and drains
+                self.handed.report(f"ready {os.getpid()}")
+            else:
+                notify("READY=1", f"STATUS=serving generation {self.config.generation}")
         await done
+        await self.close_endpoints()
+        return self.exit_code
+
+    async def close_endpoints(self) -> None:
         self._watch_stop.set()
         if self.control is not None:
-            await self.control.close()
+            control, self.control = self.control, None
+            await control.close()
         if self._metrics_server is not None:
             self._metrics_server.close()
-        return self.exit_code
+            self._metrics_server = None
 
 
 def _daemonize() -> None:
@@ -189,16 +203,23 @@ def _daemonize() -> None:
 def run(config_path: Path, *, strict: bool = False, control: Path | None = None) -> int:
     for early in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):  # until the loop handles them
         signal.signal(early, signal.SIG_IGN)
+    handed = inherited()  # started by an online restart: it reports to the old process
     try:
         config = load(config_path, strict=strict)
     except ConfigError as exc:
         for diagnostic in exc.diagnostics:
             print(diagnostic, file=sys.stderr)
+        if handed is not None:
+            first = exc.diagnostics[0] if exc.diagnostics else exc
+            handed.report(f"failed invalid config: {first}")
         return EXIT_INVALID
     try:
         logs.configure_from(config)
     except OSError as exc:  # odyssey: `failed to open log file 'x'`, and it does not start
-        log.error("init", f"failed to open log file '{config.log_file}': {exc.strerror or exc}")
+        why = f"failed to open log file '{config.log_file}': {exc.strerror or exc}"
+        log.error("init", why)
+        if handed is not None:
+            handed.report(f"failed {why}")
         return EXIT_STARTUP_FAILED
     for warning in config.warnings:
         log.info("config", str(warning))
@@ -208,9 +229,14 @@ def run(config_path: Path, *, strict: bool = False, control: Path | None = None)
     if missing:
         log.info("config", f"accepted, not implemented: {', '.join(missing)}")
     try:
-        sockets = bind_listeners(config, config.workers)
+        if handed is not None:
+            sockets = adopt_listeners(config, handed)
+        else:
+            sockets = bind_listeners(config, config.workers)
     except OSError as exc:
         log.error("supervisor", f"cannot listen: {exc}")
+        if handed is not None:
+            handed.report(f"failed cannot listen: {exc}")
         return EXIT_STARTUP_FAILED
     try:
         from setproctitle import setproctitle
@@ -227,8 +253,20 @@ def run(config_path: Path, *, strict: bool = False, control: Path | None = None)
         _daemonize()
     if config.pid_file:
         Path(config.pid_file).write_text(f"{os.getpid()}\n")
+    supervisor = Supervisor(config, config_path, sockets, control, strict=strict, handed=handed)
     try:
-        return uvloop.run(Supervisor(config, config_path, sockets, control, strict=strict).serve())
+        return uvloop.run(supervisor.serve())
     finally:
+        if handed is not None:
+            handed.report("failed it stopped before it was ready")  # (nothing once reported)
         if config.pid_file:
-            Path(config.pid_file).unlink(missing_ok=True)
+            _remove_pid_file(Path(config.pid_file))
+
+
+def _remove_pid_file(path: Path) -> None:
+    """Unless it names another process: the successor of an online restart wrote its own."""
+    try:
+        if path.read_text().strip() == str(os.getpid()):
+            path.unlink()
+    except OSError:
+        pass

@@ -240,7 +240,10 @@ async def serve_metrics(sup: Supervisor, port: int) -> asyncio.AbstractServer:
                 await writer.wait_closed()
 
     hosts = metrics_hosts(sup.config)
-    server = await asyncio.start_server(handle, host=hosts, port=port, reuse_address=True)
+    # SO_REUSEPORT: the new process of an online restart binds it while the old one serves
+    server = await asyncio.start_server(
+        handle, host=hosts, port=port, reuse_address=True, reuse_port=True
+    )
     where = ", ".join(_address(sock.getsockname()) for sock in server.sockets)
     log.info("metrics", f"serving /metrics on {where}")
     return server

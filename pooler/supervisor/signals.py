@@ -1,16 +1,18 @@
 """Signals and stopping: SIGTERM/SIGINT graceful shutdown (the max_sigterms_to_die-th at
 once), SIGQUIT immediate, SIGUSR1 reopen the log file, SIGUSR2 odyssey's online restart (see
-`_online_restart`); systemd hears `STOPPING=1`. `Supervisor.serve` installs the handlers
+`_online_restart` and restart.py); systemd hears `STOPPING=1` (not when handing over). `Supervisor.serve` installs the handlers
 (SIGHUP is `Supervisor.reload`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 
 from pooler.ipc import ReopenLog, Shutdown
 from pooler.logs import log
 from pooler.supervisor.notify import notify
+from pooler.supervisor.restart import announce_main_pid, start_successor
 from pooler.supervisor.workers import WorkerProcesses
 
 KILL_GRACE = 5.0  # seconds past graceful_shutdown_timeout_ms before workers are killed
@@ -21,6 +23,8 @@ class Signals(WorkerProcesses):
 
     terminations: int  # SIGTERM/SIGINT received (max_sigterms_to_die)
     exit_code: int
+    restarting: bool  # SIGUSR2: a new process is starting
+    successor: int | None  # the pid this process handed over to (it drains)
 
     def shutdown(self, graceful: bool) -> None:
         if self.stopping and graceful:
@@ -60,22 +64,79 @@ class Signals(WorkerProcesses):
         self.shutdown(True)
 
     def _online_restart(self) -> None:
-        """SIGUSR2, odyssey's online restart. Without `enable_online_restart` odyssey ignores
-        it; with it, the old process drains and exits once its successor listens. We start
-        no successor (not implemented), so only the old process's part happens: a graceful
-        shutdown."""
+        """SIGUSR2, odyssey's online restart (pooler/supervisor/restart.py). Without
+        `enable_online_restart` it is ignored, as odyssey does. One at a time: a SIGUSR2 while
+        a new process starts, or while this one drains for its successor, is ignored with a
+        line saying so."""
         log.info("online-restart", "online restart signal received")
         if not self.config.enable_online_restart:
             log.error(
                 "online-restart", "online restart signal ignored - feature is disabled in config"
             )
             return
-        log.error(
+        if self.successor is not None:
+            log.error(
+                "online-restart",
+                f"online restart signal ignored - this process (pid {os.getpid()}) handed over "
+                f"to pid {self.successor} and is draining: signal that one",
+            )
+            return
+        if self.stopping:
+            log.error("online-restart", "online restart signal ignored - shutting down")
+            return
+        if self._ready is None or not self._ready.is_set():
+            log.error("online-restart", "online restart signal ignored - still starting")
+            return
+        if self.restarting:
+            log.error(
+                "online-restart",
+                "online restart signal ignored - a new process is starting already",
+            )
+            return
+        self.restarting = True
+        self._spawn(self._restart(), "online restart")
+
+    async def _restart(self) -> None:
+        try:
+            pid, failure = await start_successor(self.sockets)
+        finally:
+            self.restarting = False
+        if failure:
+            log.error(
+                "online-restart",
+                f"online restart failed: new process{f' (pid {pid})' if pid else ''} {failure}"
+                f"; this process (pid {os.getpid()}) goes on serving",
+            )
+            if not self.stopping:
+                self._steer()  # whatever steering the failed one attached: ours again
+            return
+        if self.stopping:  # SIGTERM meanwhile: the new process serves, this one stops anyway
+            announce_main_pid(pid)
+            return
+        await self._hand_over(pid)
+
+    async def _hand_over(self, pid: int) -> None:
+        """The new process serves: stop accepting (it accepts on the same sockets now), drain
+        and exit. No STOPPING=1: the service goes on, in the new process."""
+        self.successor = pid
+        self.stopping = True
+        announce_main_pid(pid)
+        log.info(
             "online-restart",
-            "online restart is not implemented (no new process is started): shutting down "
-            "gracefully",
+            f"new process pid {pid} serves; this process (pid {os.getpid()}) stops accepting "
+            "and drains its clients",
         )
-        self.shutdown(True)
+        self.broadcast(Shutdown(True, restart=True))
+        await self.close_endpoints()
+        timeout = self.config.graceful_shutdown_timeout_ms / 1000
+        if timeout:
+            asyncio.get_running_loop().call_later(timeout + KILL_GRACE, self._kill_all)
+        if not self.workers and self._done is not None:
+            self._done.set()
+
+    async def close_endpoints(self) -> None:
+        """Close the control socket (its path is the new process's by now) and /metrics."""
+        raise NotImplementedError
 
     def _reopen_logs(self) -> None:
         try:

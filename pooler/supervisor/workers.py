@@ -398,6 +398,8 @@ class WorkerProcesses:
 
     def _steer(self) -> None:
         """New connections go to the sockets of serving workers that are not retiring."""
+        if self.stopping:  # (after an online restart's hand-over the program is the new one's)
+            return
         serving = [
             i for i, h in self.workers.items() if h.generation is not None and not h.retiring
         ]

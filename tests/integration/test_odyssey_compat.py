@@ -40,30 +40,6 @@ def test_unopenable_log_file_is_one_error_line_naming_it(pooler):
     assert f"failed to open log file '{p.workdir}/no/such/dir/pooler.log'" in log
 
 
-def test_sigusr2_drains_and_exits_like_the_old_process_of_an_online_restart(pooler):
-    p = pooler(make_config(route(pool="transaction")))
-    conn = p.connect("p0")
-    conn.execute("begin")
-    conn.execute("select 1")
-    os.killpg(p.pid, signal.SIGUSR2)  # the whole group: workers must not die of it
-    p.wait_for_log(r"\(online-restart\) online restart signal received")
-    conn.execute("select 2")  # the open transaction finishes
-    conn.execute("commit")
-    assert p.wait_exit(timeout=20) == 0
-    assert p.log_contains("shutting down gracefully")
-    conn.close()
-
-
-def test_sigusr2_is_ignored_when_online_restart_is_off(pooler):
-    p = pooler(make_config(route(pool="transaction"), enable_online_restart=False))
-    since = p.log_offset()
-    os.killpg(p.pid, signal.SIGUSR2)
-    p.wait_for_log("online restart signal ignored - feature is disabled in config", since=since)
-    assert p.is_running()
-    assert p.sql("select 1", dbname="p0") == [(1,)]
-    assert len(worker_pids(p.pid)) == 1
-
-
 def test_internal_rule_beside_the_client_rule_for_the_same_user(pooler):
     """The common odyssey pattern: an internal rule for auth_query/watchdog and the client rule
     for the same user. Clients go to the client-visible one."""
