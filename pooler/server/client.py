@@ -44,6 +44,7 @@ from pooler.server.backend import (
     ServerConnection,
     ServerGone,
 )
+from pooler.server.drain import Drain
 from pooler.server.flow import (
     BURST_READ,
     PEER_FULL,
@@ -147,6 +148,7 @@ class ClientWorker(Protocol):
     routing_gate: asyncio.Semaphore | None
     watchdog: LagWatchdog
     soft_oom_usage: int | None  # soft_oom: bytes in use while over its limit
+    drain: Drain | None  # an online restart's drain (pooler/server/drain.py)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
     def client_connected(self, client: ClientConnection) -> None: ...
@@ -165,6 +167,7 @@ class ClientWorker(Protocol):
     def give_back(
         self, server: ServerConnection, *, client_gone: bool = False, unusable: bool = False
     ) -> None: ...
+    def transaction_ended(self, client: ClientConnection) -> None: ...
 
 
 class ClientConnection(asyncio.Protocol):
