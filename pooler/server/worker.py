@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
-import secrets
 import select
 import socket
 import time
 from collections.abc import Coroutine, Hashable
 from typing import Any
 
-from pooler.cancel import send_cancel
 from pooler.config import Config, Endpoint, Listen, Rule, Storage
 from pooler.config.diff import RuleIdentity
 from pooler.ipc import ClientSlot, PauseState
@@ -23,10 +21,10 @@ from pooler.server.backend import (
     ServerConnection,
     ServerGone,
 )
+from pooler.server.cancels import Cancels
 from pooler.server.client import ClientConnection
 from pooler.server.console import ConsoleSession
 from pooler.server.drain import RESTART_MESSAGE, Drain
-from pooler.server.flow import CANCELLING
 from pooler.server.groups import GroupChecker
 from pooler.server.idle import between_transactions, check_client_timeouts
 from pooler.server.link import Supervisor
@@ -68,10 +66,6 @@ class Worker:
         self.tcp_options = TcpOptions.of(config)  # of every client and server socket
         self._server_routing: dict[str, _Gate] = {}  # per storage: server_max_routing
         self._dns: dict[str, tuple[list[str], float]] = {}  # host: (addresses, until)
-        inflight = config.cancel_max_inflight
-        if inflight <= 0:
-            inflight = 2 * max(1, config.workers)
-        self.cancel_gate = _Gate(max(1, inflight // max(1, config.workers)))  # sized at start
         # client_max_routing, this worker's share (sized at start, as in odyssey); unset (0):
         # no limit (odyssey's 64 per worker would let stalled logins hold up everyone's)
         routing = config.client_max_routing
@@ -82,11 +76,10 @@ class Worker:
         self.shared_pools: dict[Hashable, SharedPool] = {}  # shared_pool slots by key
         self.soft_oom_usage: int | None = None  # soft_oom: bytes in use while over its limit
         self.clients: set[ClientConnection] = set()
-        self.cancel_keys: dict[int, ClientConnection] = {}
+        self.cancels = Cancels(self)  # BackendKeyData and CancelRequests
         self._tasks: set[asyncio.Task[Any]] = set()
         self._servers: list[asyncio.AbstractServer] = []
         self._cron: asyncio.Task[None] | None = None
-        self._key_counter = 0
         self.errors: dict[str, int] = {}  # login refusals by kind (SHOW ERRORS)
         self._recovery: dict[Endpoint, tuple[bool, float]] = {}
         self.auth_cache = AuthQueryCache()
@@ -270,67 +263,16 @@ class Worker:
 
     def client_disconnected(self, client: ClientConnection) -> None:
         self.clients.discard(client)
-        pid = client.key[0]
-        if self.cancel_keys.get(pid) is client:
-            del self.cancel_keys[pid]
+        self.cancels.forget(client)
 
     def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
-        """A BackendKeyData for the client; the process id encodes this worker."""
-        while True:
-            self._key_counter = (self._key_counter + 1) & 0xFFFFFF
-            pid = ((self.index + 1) << 24) | self._key_counter
-            if pid not in self.cancel_keys:
-                break
-        self.cancel_keys[pid] = client
-        return pid, secrets.randbits(31)
+        return self.cancels.register(client)
 
     async def cancel(self, pid: int, secret: int) -> None:
-        """A CancelRequest: cancel the query of the client's server, wherever it lives."""
-        owner = (pid >> 24) - 1
-        if owner != self.index:
-            self.link.forward_cancel(pid, secret)  # the supervisor hands it to the owner
-            return
-        client = self.cancel_keys.get(pid)
-        if client is None or not client.check_cancel_key(secret):
-            return
-        server = client.server
-        if server is not None:
-            # no more of its output is relayed before the cancel is on its way: PostgreSQL,
-            # blocked writing, cannot finish the query meanwhile
-            server.reading.pause(CANCELLING)
-            try:
-                await self.cancel_backend(server)
-            finally:
-                server.reading.resume(CANCELLING)
+        await self.cancels.cancel(pid, secret)
 
     async def cancel_backend(self, server: ServerConnection) -> None:
-        """Send PostgreSQL a CancelRequest for the server's query. At most
-        cancel_max_inflight of them at once (−1: 2 × workers, odyssey; each worker its
-        share); more wait for a place up to cancel_queue_timeout_ms (−1: as long as it takes),
-        then the cancel is dropped."""
-        gate = self.cancel_gate
-        queue_ms = self.config.cancel_queue_timeout_ms
-        try:
-            async with asyncio.timeout(queue_ms / 1000 if queue_ms >= 0 else None):
-                await gate.acquire()
-        except TimeoutError:
-            log.error(
-                "cancel",
-                f"cancel request dropped: {gate.limit} in flight, waited "
-                f"cancel_queue_timeout_ms ({queue_ms})",
-                server.log_context(),
-            )
-            return
-        try:
-            await self._send_cancel(server)
-        finally:
-            gate.release()
-
-    async def _send_cancel(self, server: ServerConnection) -> None:
-        pid, secret = server.backend_key
-        await send_cancel(
-            server.endpoint, pid, secret, self.config.cancel_timeout_ms / 1000 or None
-        )
+        await self.cancels.cancel_backend(server)
 
     async def console_login(self, client: ClientConnection, rule: Rule) -> None:
         """The admin console (a rule with a `local` storage): see pooler/server/console.py."""

@@ -174,7 +174,7 @@ def test_a_cancel_stops_relaying_its_query_until_it_is_on_its_way():
     async def cancel_backend(target: ServerConnection) -> None:  # (what talks to PostgreSQL)
         seen.append(target.transport.reading)  # type: ignore[union-attr]
 
-    worker.cancel_backend = cancel_backend  # type: ignore[method-assign]
+    worker.cancels.cancel_backend = cancel_backend  # type: ignore[method-assign]
     asyncio.run(worker.cancel(pid, secret))
     assert seen == [False]  # paused while the cancel went
     assert server.transport.reading  # type: ignore[union-attr]

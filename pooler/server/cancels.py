@@ -1,0 +1,105 @@
+"""Cancel requests in a worker: the BackendKeyData it gives its clients (the process id
+encodes the worker), a client's CancelRequest (handed through the supervisor to the worker
+that owns the key), and the CancelRequests it sends PostgreSQL, at most its share of
+cancel_max_inflight at once."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Protocol
+
+from pooler.cancel import send_cancel
+from pooler.config import Config
+from pooler.logs import log
+from pooler.server.backend import ServerConnection
+from pooler.server.client import ClientConnection
+from pooler.server.flow import CANCELLING
+from pooler.server.link import Supervisor
+
+
+class CancelOwner(Protocol):
+    """What the cancels use of their worker (`worker.Worker`)."""
+
+    index: int
+    config: Config
+    link: Supervisor
+
+
+class Cancels:
+    """The cancel keys of one worker's clients and its CancelRequests in flight."""
+
+    def __init__(self, worker: CancelOwner) -> None:
+        self.worker = worker
+        config = worker.config
+        inflight = config.cancel_max_inflight
+        if inflight <= 0:
+            inflight = 2 * max(1, config.workers)
+        self.limit = max(1, inflight // max(1, config.workers))  # sized at start
+        self.gate = asyncio.Semaphore(self.limit)
+        self.keys: dict[int, ClientConnection] = {}
+        self._counter = 0
+
+    def register(self, client: ClientConnection) -> tuple[int, int]:
+        """A BackendKeyData for the client; the process id encodes this worker."""
+        while True:
+            self._counter = (self._counter + 1) & 0xFFFFFF
+            pid = ((self.worker.index + 1) << 24) | self._counter
+            if pid not in self.keys:
+                break
+        self.keys[pid] = client
+        return pid, secrets.randbits(31)
+
+    async def cancel(self, pid: int, secret: int) -> None:
+        """A CancelRequest: cancel the query of the client's server, wherever it lives."""
+        owner = (pid >> 24) - 1
+        if owner != self.worker.index:
+            self.worker.link.forward_cancel(pid, secret)  # the supervisor hands it to the owner
+            return
+        client = self.keys.get(pid)
+        if client is None or not client.check_cancel_key(secret):
+            return
+        server = client.server
+        if server is not None:
+            # no more of its output is relayed before the cancel is on its way: PostgreSQL,
+            # blocked writing, cannot finish the query meanwhile
+            server.reading.pause(CANCELLING)
+            try:
+                await self.cancel_backend(server)
+            finally:
+                server.reading.resume(CANCELLING)
+
+    async def cancel_backend(self, server: ServerConnection) -> None:
+        """Send PostgreSQL a CancelRequest for the server's query. At most
+        cancel_max_inflight of them at once (−1: 2 × workers, odyssey; each worker its
+        share); more wait for a place up to cancel_queue_timeout_ms (−1: as long as it takes),
+        then the cancel is dropped."""
+        gate = self.gate
+        queue_ms = self.worker.config.cancel_queue_timeout_ms
+        try:
+            async with asyncio.timeout(queue_ms / 1000 if queue_ms >= 0 else None):
+                await gate.acquire()
+        except TimeoutError:
+            log.error(
+                "cancel",
+                f"cancel request dropped: {self.limit} in flight, waited "
+                f"cancel_queue_timeout_ms ({queue_ms})",
+                server.log_context(),
+            )
+            return
+        try:
+            await self._send(server)
+        finally:
+            gate.release()
+
+    async def _send(self, server: ServerConnection) -> None:
+        pid, secret = server.backend_key
+        await send_cancel(
+            server.endpoint, pid, secret, self.worker.config.cancel_timeout_ms / 1000 or None
+        )
+
+    def forget(self, client: ClientConnection) -> None:
+        """The client is gone: its key no longer cancels anything."""
+        pid = client.key[0]
+        if self.keys.get(pid) is client:
+            del self.keys[pid]
