@@ -11,11 +11,12 @@ import re
 import signal
 import subprocess
 import threading
+import urllib.request
 from pathlib import Path
 
 import psycopg
 import pytest
-from harness import HOST, make_config, route, wait_until
+from harness import HOST, free_port, make_config, release_port, route, wait_until
 from test_supervisor import worker_pids
 
 from pooler.control.client import ControlClient, default_control_path
@@ -251,4 +252,43 @@ def test_session_clients_stay_until_they_leave_with_drop_disabled(pooler):
     assert conn.execute("show application_name").fetchone() == ("kept",)
     conn.close()
     assert p.wait_exit(timeout=30) == 0  # its last client left: it exits
+    stop_new(new)
+
+
+def test_pid_file_and_metrics_are_the_new_process_after(pooler):
+    """pid_file names the new process (the old one's exit leaves it alone) and /metrics
+    (promhttp_server_port) is served by the new process once the old one is gone."""
+    port = free_port()
+    try:
+        p = pooler(config(pid_file="{workdir}/pooler.pid", promhttp_server_port=port))
+        pid_file = p.workdir / "pooler.pid"
+        assert pid_file.read_text().strip() == str(p.pid)
+        since = p.log_offset()
+        p.signal(signal.SIGUSR2)
+        new = handed_over(p, since)
+        assert p.wait_exit(timeout=30) == 0
+        assert pid_file.read_text().strip() == str(new)
+        assert "cannot serve /metrics" not in p.log_text(since)
+        with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as reply:
+            assert reply.status == 200 and b"pooler_" in reply.read()
+        stop_new(new)
+        assert not pid_file.exists()  # the new one removes its own at exit
+    finally:
+        release_port(port)
+
+
+def test_idle_session_client_is_let_go_at_the_drop_rate(pooler):
+    """Default `conn_drop_options` (drop_enabled yes, rate 1, interval_ms 1000): a session
+    client idle a whole interval is let go with the reason, and the old process exits."""
+    p = pooler(config("session"))
+    conn = p.connect("p0")
+    assert conn.execute("select 1").fetchone() == (1,)
+    since = p.log_offset()
+    p.signal(signal.SIGUSR2)
+    new = handed_over(p, since)
+    p.wait_for_log(r"pooler is restarting \(online restart\), connect again", since=since)
+    assert p.wait_exit(timeout=30) == 0
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("select 1")
+    conn.close()
     stop_new(new)
