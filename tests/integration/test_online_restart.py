@@ -179,9 +179,15 @@ def test_control_socket_answers_the_new_process(pooler):
 
     assert asyncio.run(status_pid()) == p.pid
     since = p.log_offset()
+    p.notified()
+    p.notifications.clear()
     p.signal(signal.SIGUSR2)
     new = handed_over(p, since)
     assert asyncio.run(status_pid()) == new
+    # systemd (from the old process, the main pid until then): the service goes on, its
+    # main pid is the new process; never STOPPING=1
+    wait_until(lambda: f"MAINPID={new}" in p.notified())
+    assert "READY=1" in p.notified() and "STOPPING=1" not in p.notified()
     assert p.wait_exit(timeout=30) == 0
     assert control.exists()  # the old one's exit left the new one's socket in place
     assert asyncio.run(status_pid()) == new
@@ -250,6 +256,9 @@ def test_session_clients_stay_until_they_leave_with_drop_disabled(pooler):
         assert other.execute("select 1").fetchone() == (1,)
     assert p.is_running()
     assert conn.execute("show application_name").fetchone() == ("kept",)
+    p.signal(signal.SIGUSR2)  # to the draining one: the new process is the one to signal
+    p.wait_for_log(rf"signal ignored - this process \(pid {p.pid}\) handed over to pid {new}")
+    assert len(re.findall(r"new process started", p.log_text(since))) == 1
     conn.close()
     assert p.wait_exit(timeout=30) == 0  # its last client left: it exits
     stop_new(new)
