@@ -4,10 +4,12 @@ select-only transaction, one client, for each target side by side (issue 19).
 
 Usage: .venv/bin/python bench/latency.py
 Knobs (environment): TARGETS (direct,pgbouncer,splice,pooler; odysseyN and poolerN as in
-bench/run), ROUNDS (3), DURATION (5 s per latency run), TXNS (3000 traced transactions),
-SCALE (1), PGBOUNCER_BIN, ODYSSEY_BIN, KEEP_TMP.
+bench/run), PROTOCOLS (simple,extended: pgbench -M, each measured in turn), CLIENTS (1),
+ROUNDS (3), DURATION (5 s per latency run), TXNS (3000 traced transactions), SCALE (1),
+PGBOUNCER_BIN, ODYSSEY_BIN, KEEP_TMP.
 
-For every target, against one throwaway PostgreSQL (the targets and configs of bench/run):
+For every protocol and every target, against one throwaway PostgreSQL (the targets and
+configs of bench/run):
 
 1. **latency**: ROUNDS × ``pgbench -n -S -c 1 -T DURATION``, targets in turn (reversed on even
    rounds), untraced: average latency, the latency it adds over direct (median of per-round
@@ -97,12 +99,20 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
+PROTOCOL = ["-M", "simple"]  # pgbench -M of every run: set per protocol by main()
+CLIENTS = "1"
+
+
 def pgbench(pg: PgCluster, port: int, *args: str) -> str:
     argv = [pg.binary("pgbench"), "-h", HOST, "-p", str(port), "-U", "postgres", "-n", "-S"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(PGSSLMODE="disable", PGCONNECT_TIMEOUT="10")
     done = subprocess.run(
-        [*argv, "-c", "1", *args, "postgres"], capture_output=True, text=True, env=env, timeout=600
+        [*argv, *PROTOCOL, "-c", CLIENTS, *args, "postgres"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     if done.returncode != 0:
         raise RuntimeError(f"pgbench on {port}: {(done.stderr or done.stdout).strip()[-300:]}")
@@ -334,9 +344,9 @@ def med(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def report(results: dict[str, Result], header: list[str]) -> str:
+def report(results: dict[str, Result], header: list[str], protocol: str = "simple") -> str:
     names = list(results)
-    lines = [*header, "", "## Latency (untraced)", ""]
+    lines = [*header, "", f"## Latency (untraced), `-M {protocol}`", ""]
     lines += [
         "| target | avg latency µs | added over direct µs | CPU µs/txn | per round µs |",
         "|---|---:|---:|---:|---|",
@@ -354,7 +364,8 @@ def report(results: dict[str, Result], header: list[str]) -> str:
             {s for n in traced for s, v in results[n].syscalls.items() if v >= 0.01},
             key=lambda s: -max(results[n].syscalls.get(s, 0.0) for n in traced),
         )
-        lines += ["", "## Syscalls per transaction (strace -c -f, every thread)", ""]
+        lines += ["", f"## Syscalls per transaction (strace -c -f, every thread), `-M {protocol}`"]
+        lines += [""]
         lines += ["| syscall | " + " | ".join(traced) + " |"]
         lines += ["|---|" + "---:|" * len(traced)]
         for s in syscalls:
@@ -363,7 +374,7 @@ def report(results: dict[str, Result], header: list[str]) -> str:
         total = " | ".join(fmt(sum(results[n].syscalls.values()), ".2f") for n in traced)
         lines.append(f"| **total** | {total} |")
         rows = list(dict.fromkeys(k for n in traced for k in results[n].phases))
-        lines += ["", "## Phases per transaction (perf: syscall and scheduler tracepoints)", ""]
+        lines += ["", f"## Phases per transaction (perf tracepoints), `-M {protocol}`", ""]
         lines += ["| per txn | " + " | ".join(traced) + " |"]
         lines += ["|---|" + "---:|" * len(traced)]
         relay_rows = [k for k in rows if k.startswith("on-CPU µs read→write")]
@@ -411,7 +422,13 @@ def main() -> int:
     load = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="pooler-latency-"))
     tmp.chmod(0o755)
-    results = {w.name: Result(w.name) for w in wanted}
+    global CLIENTS
+    CLIENTS = str(env_int("CLIENTS", 1))
+    protocols = [p.strip() for p in os.environ.get("PROTOCOLS", "simple,extended").split(",")]
+    if not protocols or any(p not in ("simple", "extended", "prepared") for p in protocols):
+        print("latency: PROTOCOLS is a list of simple, extended, prepared", file=sys.stderr)
+        return 2
+    by_protocol = {p: {w.name: Result(w.name) for w in wanted} for p in protocols}
     pg: PgCluster | None = None
     objs: list[Target] = []
     try:
@@ -425,22 +442,25 @@ def main() -> int:
             t.start()
             objs.append(t)
             pgbench(pg, t.port, "-t", "200")  # warm: a server connection, caches
-        measure_latency(pg, objs, results, rounds, duration)
-        for t in objs:
-            if t.pid_root is None:
-                continue
-            if tools["strace"]:
-                say(f"strace {t.name}")
-                try:
-                    results[t.name].syscalls = count_syscalls(pg, t, txns, tmp)
-                except RuntimeError as exc:
-                    results[t.name].notes.append(f"syscalls: {exc}")
-            if tools["perf"]:
-                say(f"perf {t.name}")
-                try:
-                    results[t.name].phases = record_phases(pg, t, txns, tmp)
-                except RuntimeError as exc:
-                    results[t.name].notes.append(f"phases: {exc}")
+        for protocol, results in by_protocol.items():
+            PROTOCOL[1] = protocol
+            say(f"-M {protocol}")
+            measure_latency(pg, objs, results, rounds, duration)
+            for t in objs:
+                if t.pid_root is None:
+                    continue
+                if tools["strace"]:
+                    say(f"strace {t.name}")
+                    try:
+                        results[t.name].syscalls = count_syscalls(pg, t, txns, tmp)
+                    except RuntimeError as exc:
+                        results[t.name].notes.append(f"syscalls: {exc}")
+                if tools["perf"]:
+                    say(f"perf {t.name}")
+                    try:
+                        results[t.name].phases = record_phases(pg, t, txns, tmp)
+                    except RuntimeError as exc:
+                        results[t.name].notes.append(f"phases: {exc}")
     finally:
         for t in objs:
             with contextlib.suppress(Exception):
@@ -458,13 +478,17 @@ def main() -> int:
     header = [
         f"# bench/latency.py {stamp}",
         "",
-        f"One client, `pgbench -n -S -c 1`: {rounds} round(s) × {duration} s untraced, then "
+        f"`pgbench -n -S -c {CLIENTS}`, `-M` {', '.join(protocols)}: {rounds} round(s) × "
+        f"{duration} s untraced, then "
         f"{txns} transactions under strace and {txns} under perf, per target. "
         f"{os.cpu_count()} CPUs; load average at the start "
         f"{load:.1f}." + (f" Skipped (not installed): {', '.join(missing)}." if missing else ""),
         *(f"- {kind}: {text}" for kind, text in versions.items()),
     ]
-    text = report(results, header)
+    text = "\n".join(
+        report(results, header if i == 0 else [], protocol)
+        for i, (protocol, results) in enumerate(by_protocol.items())
+    )
     RESULTS_DIR.mkdir(exist_ok=True)
     out = RESULTS_DIR / f"latency-{stamp}.md"
     out.write_text(text)

@@ -405,7 +405,9 @@ class Route:
         """Queue a task-free waiter (the caller found no idle server): see `HandOff`."""
         handoff = HandOff(deliver)
         self.waiters.append(handoff)
-        self._want_slot()
+        self.shed_spare = 0  # (`_want_slot`, inline: the common case asked already)
+        if not self.slot_requested:
+            self._want_slot()
         return handoff
 
     def stop_waiting(self, handoff: HandOff) -> None:
@@ -708,15 +710,24 @@ class Route:
             # chain of such clients cannot recurse without bound.
             asyncio.get_running_loop().call_soon(self.release, server)
             return
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                self._releasing = True
-                try:
-                    waiter.set_result(server)
-                finally:
-                    self._releasing = False
-                return
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if type(waiter) is HandOff:  # (most waiters: its set_result, without two calls)
+                if waiter.settled:
+                    continue
+                waiter.settled = True
+                deliver = waiter.deliver
+            elif waiter.done():
+                continue
+            else:
+                deliver = waiter.set_result
+            self._releasing = True
+            try:
+                deliver(server)
+            finally:
+                self._releasing = False
+            return
         self.busy.discard(server)
         server.pooled()
         self.idle.append(server)
