@@ -4,7 +4,8 @@
 Usage: bench/relay_cost.py [transactions]
 
 Real `Worker`, `Route`, `ClientConnection` and `ServerConnection` objects of a transaction
-pool exchange recorded bytes through stand-in transports that only count what is written:
+pool exchange recorded bytes through stand-in transports that only count what is written (a
+server's holds one end of a socketpair, which `pool_attach_check` polls):
 
 - relay: a select-only transaction (one Query chunk in, one T/D/C/Z chunk out) per client,
   4 clients, 4 idle servers: the idle server is linked and released every time;
@@ -130,7 +131,11 @@ class CountingTransport:
         pass
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket":
+            return self.sock
         return ("127.0.0.1", 5555) if name == "peername" else default
+
+    sock: socket.socket | None = None  # a server's: one end of a socketpair (pool_attach_check)
 
 
 def make_worker() -> tuple[Worker, Any]:
@@ -144,9 +149,15 @@ def make_worker() -> tuple[Worker, Any]:
     return worker, route
 
 
+_PEERS: list[socket.socket] = []  # the other ends of the servers' sockets, kept open
+
+
 def add_server(route: Any) -> ServerConnection:
     server = ServerConnection(route, route.storage.endpoints[0])
     transport = CountingTransport()
+    # pool_attach_check polls an idle server's socket before a client gets it: a real one
+    transport.sock, peer = socket.socketpair()
+    _PEERS.append(peer)
     transport.protocol = server
     server.transport = transport  # type: ignore[assignment]
     server.params = dict(SERVER_PARAMS)

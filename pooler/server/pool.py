@@ -101,21 +101,18 @@ class HandOff:
 
 
 _GONE = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
-_POLLER = select.poll()  # one per process, holding one fd at a time (pool_attach_check)
 
 
-def peer_closed(server: ServerConnection) -> bool:
-    """Has the other end closed (or reset) the server's socket? One poll(2) with no wait."""
+def poller_of(server: ServerConnection) -> select.poll | None:
+    """A poll object holding the server's socket (registering makes no system call), or
+    None when its transport has no socket to poll."""
     transport = server.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None:  # (nothing to poll: `closed` says the rest)
-        return transport is not None and transport.is_closing()
-    fd = sock.fileno()
-    _POLLER.register(fd, select.POLLIN | _GONE)  # (no system call: poll(2) below is the one)
-    try:
-        return any(events & _GONE for _, events in _POLLER.poll(0))
-    finally:
-        _POLLER.unregister(fd)
+    if sock is None:
+        return None
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN | _GONE)
+    return poller
 
 
 class Route:
@@ -147,6 +144,7 @@ class Route:
         self.waiters: deque[Waiter] = deque()
         self._releasing = False  # a release is handing a server over (see `release`)
         self.slot_requested = False  # one slot request at a time goes to the supervisor
+        self._pollers: dict[ServerConnection, select.poll | None] = {}  # pool_attach_check
         self.opened: set[ServerConnection] = set()  # logged-in servers the supervisor knows
         self._resumed: asyncio.Event | None = None  # while PAUSEd: set by RESUME
         self.shed_pending = 0  # slots the supervisor asked us to give back
@@ -393,13 +391,26 @@ class Route:
             server = self.idle[-1]
             if server.closed:
                 self.idle.pop()
-            elif self.rule.pool_attach_check and peer_closed(server):
+            elif self.rule.pool_attach_check and self._peer_closed(server):
                 self.idle.pop()
                 log.info("server", f"{server.endpoint}: server disconnected, closed before use")
                 server.close()
             else:
                 return server
         return None
+
+    def _peer_closed(self, server: ServerConnection) -> bool:
+        """Has PostgreSQL closed (or reset) the server's socket? One poll(2) with no wait, on
+        a poll object kept per server until `forget` (0.4 µs a transaction against 1.0 for a
+        socket object and a register/unregister each time)."""
+        try:
+            poller = self._pollers[server]
+        except KeyError:
+            poller = self._pollers[server] = poller_of(server)
+        if poller is None:  # (nothing to poll: `closed` says the rest)
+            return server.transport is not None and server.transport.is_closing()
+        ready = poller.poll(0)  # (the one system call)
+        return bool(ready) and bool(ready[0][1] & _GONE)
 
     def wait(self, deliver: Callable[[ServerConnection | None], None]) -> HandOff:
         """Queue a task-free waiter (the caller found no idle server): see `HandOff`."""
@@ -750,6 +761,7 @@ class Route:
     def forget(self, server: ServerConnection) -> None:
         """A server's connection is gone (called from connection_lost)."""
         self.busy.discard(server)
+        self._pollers.pop(server, None)
         with contextlib.suppress(ValueError):
             self.idle.remove(server)
         if self.kinds:

@@ -98,3 +98,31 @@ def test_without_pool_attach_check_the_socket_is_not_looked_at(pairs):
     route.idle.append(server)
     theirs.close()
     assert route.next_idle() is server  # odyssey's `pool_attach_check no`
+
+
+def test_a_server_checked_before_is_seen_closed_later(pairs):
+    """The route keeps a poll object per server (the check runs every transaction): one
+    kept from an earlier check still sees the close."""
+    route = route_with(check=True)
+    ours, theirs = pairs()
+    server = Server(ours)
+    route.idle.append(server)
+    assert route.next_idle() is server  # checked once: its poll object is kept
+    theirs.close()
+    assert route.next_idle() is None
+    assert server.closed and not route.idle
+
+
+def test_a_gone_server_s_poll_object_is_dropped(pairs):
+    route = route_with(check=True)
+    servers = []
+    for _ in range(3):
+        ours, _theirs = pairs()
+        servers.append(Server(ours))
+        route.idle.append(servers[-1])
+        assert route.next_idle() is servers[-1]
+    assert len(route._pollers) == 3
+    for server in servers:
+        server.holds_slot = False
+        route.forget(server)  # (connection_lost)
+    assert route._pollers == {}
