@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import select
 import socket
 import time
@@ -24,6 +23,7 @@ from pooler.server.backend import (
 from pooler.server.cancels import Cancels
 from pooler.server.client import ClientConnection
 from pooler.server.console import ConsoleSession
+from pooler.server.dns import DnsCache
 from pooler.server.drain import RESTART_MESSAGE, Drain
 from pooler.server.groups import GroupChecker
 from pooler.server.idle import between_transactions, check_client_timeouts
@@ -65,7 +65,7 @@ class Worker:
         self.router = Router(config.rules, config.sequential_routing, self.groups.members)
         self.tcp_options = TcpOptions.of(config)  # of every client and server socket
         self._server_routing: dict[str, _Gate] = {}  # per storage: server_max_routing
-        self._dns: dict[str, tuple[list[str], float]] = {}  # host: (addresses, until)
+        self.dns = DnsCache()  # storage host names (dns_cache_ttl)
         # client_max_routing, this worker's share (sized at start, as in odyssey); unset (0):
         # no limit (odyssey's 64 per worker would let stalled logins hold up everyone's)
         routing = config.client_max_routing
@@ -338,24 +338,7 @@ class Worker:
         return gate
 
     async def resolve(self, host: str, port: int) -> list[str]:
-        """A storage host name's addresses, remembered for dns_cache_ttl ms (odyssey's
-        resolver cache; 0: asked every time). An address is returned as it is."""
-        try:
-            ipaddress.ip_address(host)
-            return [host]
-        except ValueError:
-            pass
-        now = time.monotonic()
-        cached = self._dns.get(host)
-        if cached is not None and now < cached[1]:
-            return cached[0]
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-        ttl = self.config.dns_cache_ttl / 1000
-        log.debug("dns", f"resolved {host} -> {', '.join(addresses)} (cached for {ttl:g} s)")
-        if ttl > 0:
-            self._dns[host] = (addresses, now + ttl)
-        return addresses
+        return await self.dns.resolve(host, port, self.config.dns_cache_ttl)
 
     def servers_per_endpoint(self) -> dict[Endpoint, int]:
         """Open server connections of this worker by host (leastconn balancing)."""
