@@ -307,15 +307,30 @@ def event(name: str, data: Any) -> bytes:
     return encode({"version": PROTOCOL_VERSION, "event": name, "data": _plain(data)})
 
 
+def _is(value: Any, annotation: str) -> bool:
+    """Does a decoded JSON value have a request field's type (as annotated)?"""
+    if annotation == "list[str]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    kinds = {"int": int, "str": str, "None": type(None)}
+    return any(
+        isinstance(value, kinds[name]) and not isinstance(value, bool)
+        for name in annotation.split(" | ")
+    )
+
+
 def decode_request(line: bytes) -> Request:
     """Parse one request line; raises ProtocolError (with the id when it was readable)."""
     try:
         body = json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError("bad_json", f"not JSON: {exc}") from None
+    except RecursionError:  # `[[[[...` a few thousand deep: not a request, not a crash
+        raise ProtocolError("bad_json", "not JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise ProtocolError("bad_request", "a request is a JSON object")
     request_id = body.get("id")
+    if not _is(request_id, "int | str | None"):
+        raise ProtocolError("bad_request", "a request id is a number or a string")
     version = body.get("version")
     if version != PROTOCOL_VERSION:
         raise ProtocolError(
@@ -327,8 +342,14 @@ def decode_request(line: bytes) -> Request:
         raise ProtocolError(
             "unknown_type", f"unknown request type {body.get('type')!r}", request_id
         )
-    known = {f.name for f in fields(cls)}
-    args = {k: v for k, v in body.items() if k in known}
+    args = {}
+    for f in fields(cls):
+        if f.name in body:
+            if not _is(body[f.name], str(f.type)):
+                raise ProtocolError(
+                    "bad_request", f"{type_}: {f.name!r} must be {f.type}", request_id
+                )
+            args[f.name] = body[f.name]
     try:
         return cls(**args)
     except TypeError as exc:

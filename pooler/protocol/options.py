@@ -61,3 +61,33 @@ def parse_options(options: str) -> dict[str, str]:
         settings[name.replace("-", "_")] = value
         i += 1
     return settings
+
+
+def parse_bool(value: str) -> bool | None:
+    """PostgreSQL's parse_bool: a prefix of `true`, `false`, `yes`, `no` (any case), `on`,
+    `of(f)`, `1`, `0`; None for anything else."""
+    word = value.lower()
+    if not word:
+        return None
+    for full, meaning in (("true", True), ("false", False), ("yes", True), ("no", False)):
+        if full.startswith(word) and word[0] == full[0]:
+            return meaning
+    if word == "on" or word == "1":
+        return True
+    if word in ("of", "off", "0"):
+        return False
+    return None
+
+
+def replication_refusal(value: str | None) -> tuple[str, str] | None:
+    """(SQLSTATE, message) refusing the startup parameter `replication`, or None when the
+    client asked for an ordinary connection. The pooler relays no replication protocol:
+    handing such a client an ordinary session instead would be a silent lie."""
+    if value is None:
+        return None
+    wanted = True if value == "database" else parse_bool(value)
+    if wanted is None:
+        return "22023", f'invalid value for parameter "replication": "{value}"'
+    if wanted:
+        return "0A000", "replication connections are not supported by the pooler"
+    return None

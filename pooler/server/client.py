@@ -23,8 +23,10 @@ from pooler.config import Config, Listen, Rule, Storage
 from pooler.logs import LogContext, log
 from pooler.protocol import AuthFailed, ProtocolError, auth, build, messages
 from pooler.protocol.framing import (
+    GSSENC_REQUEST_CODE,
     HEAD,
     MESSAGE,
+    SSL_REQUEST_CODE,
     CancelRequest,
     GSSENCRequest,
     MessageSplitter,
@@ -33,7 +35,11 @@ from pooler.protocol.framing import (
     iter_messages,
     read_startup,
 )
-from pooler.protocol.options import SYNTAX_ERROR as OPTIONS_REFUSED, parse_options
+from pooler.protocol.options import (
+    SYNTAX_ERROR as OPTIONS_REFUSED,
+    parse_options,
+    replication_refusal,
+)
 from pooler.protocol.query_text import opens_transaction_block
 from pooler.server import sockopts, tls as tls_support, virtual
 from pooler.server.backend import (
@@ -222,6 +228,7 @@ class ClientConnection(asyncio.Protocol):
         self.tsa_hint: str | None = None  # SET odyssey.target_session_attrs
         self.steer: str | None = None  # its target_session_attrs where the rule's differs
         self.pinned = False  # ran LISTEN under pool_pin_on_listen: keeps its server
+        self.half_closed = False  # sent EOF with answers owed: closed once they are relayed
         self._routing = False  # holds one of the worker's client_max_routing places
         self._wait_timer: asyncio.TimerHandle | None = None  # pool_notice_after_waiting_ms
         self._wait_started = 0.0
@@ -264,6 +271,36 @@ class ClientConnection(asyncio.Protocol):
             self.fatal("08P01", "login message too large")
             return
         self._wake()
+
+    def eof_received(self) -> bool:
+        """The client half-closed (shutdown(SHUT_WR)) after its requests: as from PostgreSQL,
+        it gets the answers to what it sent, then the connection closes (`_done_after_eof`,
+        `server_ready`). With nothing owed, in COPY IN (which cannot end now) or over TLS,
+        it closes at once."""
+        if self.closing or self.transport.get_extra_info("ssl_object") is not None:
+            return False
+        server = self.server
+        if self.state != "ready":  # requests pipelined behind the login, still unread
+            owed = bool(self.buf)
+        elif server is not None:
+            owed = server.pending > 0 and not server.copy_in
+        else:
+            owed = bool(self.queued)
+        if not owed:
+            return False
+        self.half_closed = True
+        self._wake()
+        return True
+
+    def _done_after_eof(self) -> None:
+        """After the client's EOF: close once nothing it sent is left to answer."""
+        server = self.server
+        if server is not None:
+            done = server.pending == 0
+        else:
+            done = not self.queued and self._attach_task is None and self._handoff is None
+        if done:
+            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -371,14 +408,14 @@ class ClientConnection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def _more(self) -> None:
-        if self.closing:
+        if self.closing or self.half_closed:  # (half-closed: no more bytes will come)
             raise ClientGone
         self._waiter = asyncio.get_running_loop().create_future()
         try:
             await self._waiter
         finally:
             self._waiter = None
-        if self.closing:
+        if self.closing or self.half_closed:
             raise ClientGone
 
     async def drained(self) -> None:
@@ -463,18 +500,31 @@ class ClientConnection(asyncio.Protocol):
             self.worker.routing_gate.release()
 
     async def _login_steps(self) -> None:
-        tls = False
+        tls = ssl_asked = gss_asked = False
         while True:
             message = await self._read_startup()
-            if isinstance(message, SSLRequest):
-                if tls or not tls_support.listen_offers_tls(self.listen, self.unix):
-                    self._send(b"N")
+            # As PostgreSQL: each request once, neither after TLS is up (the second is read
+            # as a startup packet of protocol 1234.5679/5680 and refused); what came with
+            # the request, before our answer, was not encrypted (CVE-2021-23214).
+            if isinstance(message, SSLRequest) and not ssl_asked:
+                ssl_asked = True
+                if not tls_support.listen_offers_tls(self.listen, self.unix):
+                    self._refuse_encryption("SSL request")
                 else:
                     tls = await self._start_tls()
+                    gss_asked = gss_asked or tls
                 continue
-            if isinstance(message, GSSENCRequest):
-                self._send(b"N")
+            if isinstance(message, GSSENCRequest) and not gss_asked:
+                gss_asked = True
+                self._refuse_encryption("GSSAPI encryption request")
                 continue
+            if isinstance(message, SSLRequest | GSSENCRequest):
+                code = SSL_REQUEST_CODE if isinstance(message, SSLRequest) else GSSENC_REQUEST_CODE
+                raise ProtocolError(
+                    f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
+                    "server supports 3.0 to 3.0",
+                    "0A000",
+                )
             if isinstance(message, CancelRequest):
                 self.state = "cancel"
                 await self.worker.cancel(message.pid, message.secret)
@@ -498,6 +548,9 @@ class ClientConnection(asyncio.Protocol):
         self.user = params.get("user", "")
         if not self.user:
             raise LoginRefused("28000", "no PostgreSQL user name specified in startup packet")
+        refusal = replication_refusal(params.get("replication"))
+        if refusal is not None:
+            raise LoginRefused(*refusal)
         self.database = params.get("database") or self.user
         self.log_ctx.user, self.log_ctx.database = self.user, self.database
         if self.worker.config.log_session:
@@ -623,6 +676,12 @@ class ClientConnection(asyncio.Protocol):
         finally:
             self.waiting_login = False
 
+    def _refuse_encryption(self, request: str) -> None:
+        """Answer N to an SSLRequest or a GSSENCRequest."""
+        if self.buf:
+            raise ProtocolError(f"received unencrypted data after {request}", "08P01")
+        self._send(b"N")
+
     async def _start_tls(self) -> bool:
         """Answer an SSLRequest with S and run the handshake (contexts: server/tls.py)."""
         if self.buf:  # PostgreSQL's answer to CVE-2021-23214
@@ -695,6 +754,8 @@ class ClientConnection(asyncio.Protocol):
         if self.buf:  # the client pipelined past the login
             data, self.buf = bytes(self.buf), bytearray()
             self.data_received(data)
+        if self.half_closed:
+            self._done_after_eof()
 
     async def _authenticate(self, rule: Rule) -> None:
         method = rule.authentication
@@ -1239,6 +1300,8 @@ class ClientConnection(asyncio.Protocol):
             self.close()
         elif server.pending == 0 and not server.unsynced:
             self._release_if_owed_nothing(server)
+        if self.half_closed and server.pending == 0:  # (what it sent last is unanswered)
+            self.close()
 
     def _arm_retry(
         self,
@@ -1400,6 +1463,9 @@ class ClientConnection(asyncio.Protocol):
         the client is in the middle of a message streamed to it (its next message, begun
         before the last answer came: the rest must follow to the same server, which goes
         back once the message is whole, `_release_if_owed_nothing`)."""
+        if self.half_closed and self.server is server:
+            self.close()  # all answered: the EOF it sent takes effect
+            return
         if self.mode == "session" or self.route is None or self.server is not server:
             return
         if self.pinned or (self.mode == "transaction" and server.status != IDLE):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pooler.protocol.options import parse_options, split_options
+from pooler.protocol.options import parse_bool, parse_options, replication_refusal, split_options
 
 
 def test_split_as_postgresql_does():
@@ -29,3 +29,24 @@ def test_settings(options, settings):
 def test_anything_else_is_refused(options):
     with pytest.raises(ValueError, match="unsupported startup option"):
         parse_options(options)
+
+
+@pytest.mark.parametrize(
+    ("value", "meaning"),
+    [("t", True), ("TRUE", True), ("ye", True), ("on", True), ("1", True), ("f", False),
+     ("No", False), ("of", False), ("off", False), ("0", False), ("o", None), ("truex", None),
+     ("10", None), ("", None), (" true", None), ("database", None)],
+)  # fmt: skip
+def test_parse_bool_as_postgresql(value, meaning):
+    assert parse_bool(value) is meaning
+
+
+def test_replication_refusal():
+    assert replication_refusal(None) is None
+    assert replication_refusal("off") is None
+    assert replication_refusal("database") == (
+        "0A000",
+        "replication connections are not supported by the pooler",
+    )
+    assert replication_refusal("true")[0] == "0A000"
+    assert replication_refusal("x") == ("22023", 'invalid value for parameter "replication": "x"')

@@ -105,6 +105,22 @@ def test_schema_round_trip_and_errors():
     with pytest.raises(schema.ProtocolError) as exc:  # not a TypeError (unhashable type)
         schema.decode_request(b'{"version": 1, "type": ["status"], "id": 4}')
     assert exc.value.code == "unknown_type" and exc.value.request_id == 4
+    with pytest.raises(schema.ProtocolError) as exc:  # not a RecursionError
+        schema.decode_request(b"[" * 100_000)
+    assert exc.value.code == "bad_json"
+    for bad in (
+        b'{"version": 1, "type": "subscribe", "topics": "stats", "id": 5}',
+        b'{"version": 1, "type": "pause", "database": ["db"], "id": 5}',
+        b'{"version": 1, "type": "kill_client", "client_id": 7, "id": 5}',
+        b'{"version": 1, "type": "config_apply", "text": null, "id": 5}',
+    ):
+        with pytest.raises(schema.ProtocolError) as exc:  # not a TypeError in the handler
+            schema.decode_request(bad)
+        assert exc.value.code == "bad_request" and exc.value.request_id == 5
+    with pytest.raises(schema.ProtocolError) as exc:
+        schema.decode_request(b'{"version": 1, "type": "status", "id": [1]}')
+    assert exc.value.code == "bad_request" and exc.value.request_id is None
+    assert schema.decode_request(b'{"version": 1, "type": "resume", "database": null}')
 
 
 # --- one name per route -------------------------------------------------------------------

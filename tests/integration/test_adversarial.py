@@ -1,0 +1,226 @@
+"""The attacker's and the careless client's bytes, each answered as PostgreSQL answers them
+(checked against PostgreSQL 15 and pgbouncer 1.25.2 by hand, see docs/reliability.md), while
+well-behaved clients of the same workers notice nothing and no worker restarts.
+
+Complements test_clients.py (garbage startups, protocol versions), test_fuzz_live.py
+(mutated sessions, hostile lengths), test_hostile_clients.py (stalls, slow readers),
+test_security.py and test_control.py.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+
+import pytest
+from fuzzlib import GoodClients
+from harness import HOST, make_config, patience, route, wait_until
+from wire import control, error_fields, read_to_eof, split_messages, startup_packet, workers
+
+from pooler.control.client import default_control_path
+from pooler.protocol import build
+
+SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+GSSENC_REQUEST = struct.pack("!ii", 8, 80877104)
+Z = ord("Z")
+
+
+def answers(port: int, *steps: bytes, shut: bool = False) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """Send `steps` (an SSLRequest/GSSENCRequest step is answered with one byte, read
+    before the next step), optionally half-close, and read until the pooler closes.
+    Returns (the one-byte answers, the typed messages after them)."""
+    with socket.create_connection((HOST, port), timeout=patience(5)) as sock:
+        single = first = b""
+        for step in steps:
+            sock.sendall(step)
+            if step in (SSL_REQUEST, GSSENC_REQUEST):
+                answer = sock.recv(1)
+                if answer != b"N":
+                    first = answer  # the start of an ErrorResponse
+                    break
+                single += answer
+        if shut:
+            sock.shutdown(socket.SHUT_WR)
+        data = first + read_to_eof(sock, timeout=patience(5))
+    if data[:1] == b"N" and not single:  # (an answer to a request sent with other bytes)
+        single, data = b"N", data[1:]
+    messages, rest = split_messages(data)
+    assert rest == b"", rest
+    return single, messages
+
+
+def fatal(messages: list[tuple[int, bytes]]) -> tuple[str, str]:
+    """(SQLSTATE, message) of the FATAL that ends `messages` (without the pooler's
+    `pooler: <client id>: ` prefix)."""
+    assert messages and messages[-1][0] == ord("E"), messages
+    fields = error_fields(messages[-1][1])
+    assert fields["S"] == "FATAL", fields
+    return fields["C"], fields["M"].split(": ", 2)[-1]
+
+
+@pytest.fixture
+def watched(pooler):
+    """A pooler (2 workers, transaction pool) with two good clients querying throughout;
+    on leaving, they saw no error and the workers never restarted."""
+    p = pooler(
+        make_config(
+            route("p0", pool="transaction", pool_size=4, pool_timeout=5000),
+            workers=2,
+            listen={"client_login_timeout": 5000},
+        )
+    )
+    before = workers(p)
+    with GoodClients(p) as good:
+        wait_until(lambda: good.queries >= 10 or good.errors, timeout=10)
+        yield p
+        served = good.queries
+        wait_until(lambda: good.queries >= served + 10 or good.errors, timeout=10)
+    assert not good.errors, good.errors
+    after = workers(p)
+    assert [(w.pid, w.restarts) for w in after] == [(w.pid, 0) for w in before], after
+
+
+UNSUPPORTED_SSL = "unsupported frontend protocol 1234.5679: server supports 3.0 to 3.0"
+UNSUPPORTED_GSS = "unsupported frontend protocol 1234.5680: server supports 3.0 to 3.0"
+
+
+def test_encryption_requests_once_each_as_postgresql(watched):
+    port, login = watched.port, startup_packet()
+    # a second SSLRequest (GSSENCRequest) is read as a startup packet of protocol
+    # 1234.5679 (5680) and refused; pgbouncer 1.25 answers N for ever
+    single, messages = answers(port, SSL_REQUEST, SSL_REQUEST, login)
+    assert single == b"N" and fatal(messages) == ("0A000", UNSUPPORTED_SSL)
+    single, messages = answers(port, GSSENC_REQUEST, GSSENC_REQUEST, login)
+    assert single == b"N" and fatal(messages) == ("0A000", UNSUPPORTED_GSS)
+    single, messages = answers(port, SSL_REQUEST, GSSENC_REQUEST, SSL_REQUEST, login)
+    assert single == b"NN" and fatal(messages)[0] == "0A000"
+    # one of each, in either order, is what libpq does: the login goes on
+    for order in ((GSSENC_REQUEST, SSL_REQUEST), (SSL_REQUEST, GSSENC_REQUEST)):
+        single, messages = answers(port, *order, login, build.terminate())
+        assert single == b"NN" and messages[-1][0] == Z, messages
+
+
+def test_plaintext_sent_with_an_encryption_request_is_refused(watched):
+    # CVE-2021-23214: bytes that came with the request, before the answer, were not
+    # protected by what the answer started; PostgreSQL and pgbouncer refuse them even
+    # when the answer is N (tests/integration/test_tls.py: the same when it is S)
+    for request, name in (
+        (SSL_REQUEST, "SSL request"),
+        (GSSENC_REQUEST, "GSSAPI encryption request"),
+    ):
+        for extra in (startup_packet(), b"\0"):
+            single, messages = answers(watched.port, request + extra)
+            assert single == b""
+            assert fatal(messages) == ("08P01", f"received unencrypted data after {name}")
+
+
+def test_replication_connections_are_refused_not_downgraded(pooler):
+    # PostgreSQL, pgbouncer >= 1.23 and odyssey relay the replication protocol; the pooler
+    # does not, and used to hand such a client an ordinary session, whose first
+    # IDENTIFY_SYSTEM was a syntax error
+    p = pooler(make_config(route("p0", pool="session")))
+    for value, sqlstate in [("database", "0A000"), ("true", "0A000"), ("on", "0A000"),
+                            ("1", "0A000"), ("Yes", "0A000"), ("bogus", "22023"), ("", "22023")]:  # fmt: skip
+        _, messages = answers(p.port, startup_packet(replication=value))
+        code, message = fatal(messages)
+        assert code == sqlstate, (value, message)
+        if sqlstate == "22023":  # PostgreSQL's words
+            assert message == f'invalid value for parameter "replication": "{value}"'
+    for ordinary in ("false", "off", "0", "no"):
+        _, messages = answers(p.port, startup_packet(replication=ordinary), build.terminate())
+        assert messages[-1][0] == Z, messages
+
+
+def _typed(messages: list[tuple[int, bytes]]) -> str:
+    return "".join(chr(kind) for kind, _ in messages)
+
+
+def test_half_closed_client_gets_its_answers_then_eof(pooler):
+    # A client that sends its query and shuts its socket for writing (a script piping into
+    # a socket) gets the answers, as from PostgreSQL, then the close; it used to get
+    # only the close. In session and transaction pools, and while it waits for a server.
+    p = pooler(
+        make_config(
+            [route("p0", pool="transaction", pool_size=1), route("p1", pool="session")],
+            workers=1,
+        )
+    )
+    query = build.query("select pg_sleep(0.3), 42")
+    for db in ("p0", "p1"):
+        _, messages = answers(p.port, startup_packet(database=db), query, shut=True)
+        assert _typed(messages).endswith("ZTDCZ"), messages
+        assert messages[-3][1].endswith(b"42")
+    # pipelined extended protocol, half-closed before the Sync's answer
+    batch = build.parse("", "select 7") + build.bind("", "") + build.execute() + build.sync()
+    _, messages = answers(p.port, startup_packet(), batch, shut=True)
+    assert _typed(messages).endswith("Z12DCZ"), messages
+    # nothing owed: closed at once, as before
+    _, messages = answers(p.port, startup_packet(), shut=True)
+    assert _typed(messages).endswith("KZ"), messages
+
+    with p.connect("p0") as holder:  # takes the only server of p0 ...
+        holder.execute("begin")
+        holder.execute("select 1")
+        with socket.create_connection((HOST, p.port), timeout=patience(5)) as sock:
+            sock.sendall(startup_packet())
+            read_until_ready(sock)
+            sock.sendall(build.query("select 43"))
+            sock.shutdown(socket.SHUT_WR)  # ... while this one waits for it
+            wait_until(lambda: any(r[0] == "p0" and r[3] for r in p.admin("show pools")))
+            holder.execute("commit")
+            messages, rest = split_messages(read_to_eof(sock, timeout=patience(5)))
+            assert rest == b""
+        assert _typed(messages) == "TDCZ" and messages[1][1].endswith(b"43"), messages
+    assert p.sql("select 44", dbname="p0") == [(44,)]
+
+
+def read_until_ready(sock: socket.socket) -> bytes:
+    sock.settimeout(patience(5))
+    data = b""
+    while not data.endswith(build.ready_for_query("I")):
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+def _control_lines(path, *lines: bytes) -> list[dict]:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(patience(5))
+        sock.connect(str(path))
+        replies = []
+        for line in lines:
+            sock.sendall(line + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                assert chunk, (line[:80], data)
+                data += chunk
+            replies.append(json.loads(data))
+        return replies
+
+
+def test_control_socket_refuses_malformed_requests_and_stays_open(pooler):
+    p = pooler(make_config(route("p0")))
+    path = default_control_path(p.config_path)
+    wait_until(path.exists, timeout=10)
+    status = b'{"version": 1, "type": "status", "id": 9}'
+    malformed = [
+        (b"[" * 100_000, "bad_json"),  # used to raise RecursionError: a traceback
+        (b'{"version": 1, "type": "status", "id": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+         "bad_json"),
+        (b'{"version": 1, "type": "status", "id": {"a": 1}}', "bad_request"),
+        (b'{"version": 1, "type": "subscribe", "topics": "stats"}', "bad_request"),
+        (b'{"version": 1, "type": "subscribe", "topics": [["stats"]]}', "bad_request"),
+        (b'{"version": 1, "type": "pause", "database": {"a": 1}}', "bad_request"),
+        (b'{"version": 1, "type": "kill_client", "client_id": [1, 2]}', "bad_request"),
+        (b'{"version": 1, "type": "config_validate", "text": 5}', "bad_request"),
+        (b'{"version": 1, "type": "pause", "database": true}', "bad_request"),
+    ]  # fmt: skip
+    for line, code in malformed:
+        error, ok = _control_lines(path, line, status)
+        assert error["ok"] is False and error["error"]["code"] == code, (line[:80], error)
+        assert ok["ok"] is True and ok["id"] == 9, ok
+    assert control(p, "status").paused is False  # pause with a bad database did nothing
+    assert p.sql("select 1", dbname="p0") == [(1,)]
