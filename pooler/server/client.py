@@ -120,6 +120,14 @@ def _query_text(buf: bytes | bytearray, start: int, end: int) -> str:
 TERMINATE = b"X\x00\x00\x00\x04"
 
 
+def _whole_messages(data: bytes) -> bool:
+    """Is `data` a run of whole typed messages (some)?"""
+    pos, n = 0, len(data)
+    while n - pos >= 5:
+        pos += 1 + int.from_bytes(data[pos + 1 : pos + 5])
+    return 0 < pos == n
+
+
 @functools.lru_cache(maxsize=256)  # logins of a route report the same parameters
 def _parameter_statuses(reported: tuple[tuple[str, str], ...]) -> bytes:
     return b"".join(build.parameter_status(name, value) for name, value in reported)
@@ -282,10 +290,10 @@ class ClientConnection(asyncio.Protocol):
         server = self.server
         if self.state != "ready":  # requests pipelined behind the login, still unread
             owed = bool(self.buf)
-        elif server is not None:
-            owed = server.pending > 0 and not server.copy_in
+        elif server is not None:  # (half a message is never answered: nor is what it ends)
+            owed = server.pending > 0 and not server.copy_in and self.splitter.at_boundary()
         else:
-            owed = bool(self.queued)
+            owed = _whole_messages(b"".join(self.queued))
         if not owed:
             return False
         self.half_closed = True
@@ -1300,8 +1308,8 @@ class ClientConnection(asyncio.Protocol):
             self.close()
         elif server.pending == 0 and not server.unsynced:
             self._release_if_owed_nothing(server)
-        if self.half_closed and server.pending == 0:  # (what it sent last is unanswered)
-            self.close()
+        if self.half_closed and (server.pending == 0 or not splitter.at_boundary()):
+            self.close()  # all answered, or what it sent last can never be
 
     def _arm_retry(
         self,
