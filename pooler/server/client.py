@@ -235,6 +235,8 @@ class ClientConnection(asyncio.Protocol):
         self.intercepts = False  # some simple queries are answered or rewritten (virtual.py)
         self.tsa_hint: str | None = None  # SET odyssey.target_session_attrs
         self.steer: str | None = None  # its target_session_attrs where the rule's differs
+        self.pending_begin = False  # virtual_transaction: a BEGIN answered, not yet run
+        self.slow_attach = False  # steer or pending_begin: servers come through the task path
         self.pinned = False  # ran LISTEN under pool_pin_on_listen: keeps its server
         self.half_closed = False  # sent EOF with answers owed: closed once they are relayed
         self._routing = False  # holds one of the worker's client_max_routing places
@@ -579,6 +581,7 @@ class ClientConnection(asyncio.Protocol):
         self.rule = rule
         self.mode = rule.pool
         self.steer = self._steering()
+        self.slow_attach = self.steer is not None
         if rule.keepalive > 0 and not self.unix:  # the route's own keepalive (odyssey master)
             sockopts.apply(self.transport, sockopts.TcpOptions.of(config, rule))
         if self.worker.config.log_session:
@@ -615,7 +618,11 @@ class ClientConnection(asyncio.Protocol):
             self.statements = ClientStatements(route.stats, route.known_statements)
         from_options = self._init_params(params, rule)
         if config.query_parsing.mode != "disabled":
-            self.intercepts = config.virtual_processing or rule.application_name_add_host
+            self.intercepts = (
+                config.virtual_processing
+                or rule.application_name_add_host
+                or (self.mode == "transaction" and virtual.transaction_on(config))
+            )
         notices: list[bytes] = []  # what a server said at its login, passed on (as odyssey)
         if self.mode == "session":
             server = await self._acquire_for_login(route)
@@ -937,8 +944,8 @@ class ClientConnection(asyncio.Protocol):
         """The fast path: an idle server that needs no preparation is linked at once."""
         route = self.route
         assert route is not None
-        if self.steer is not None:
-            return False  # (its servers come through Route.acquire)
+        if self.slow_attach:
+            return False  # (steered, or a virtual BEGIN to run: the task path)
         server = route.next_idle()
         if server is None or not self._fits_as_is(server):
             return False  # the slow path prepares it first
@@ -963,7 +970,7 @@ class ClientConnection(asyncio.Protocol):
         pool_size and paused routes take the task path."""
         route = self.route
         assert route is not None
-        if route.idle or not route.limited or route.paused or self.steer is not None:
+        if route.idle or not route.limited or route.paused or self.slow_attach:
             return False
         self._handoff = route.wait(self._handed)
         self._waiting()
@@ -1054,17 +1061,34 @@ class ClientConnection(asyncio.Protocol):
             return False  # answers are owed first
         if self.queued or self._handoff is not None or self._attach_task is not None:
             return False
-        statement = virtual.parse(_query_text(data, 0, len(data)))
+        text = _query_text(data, 0, len(data))
+        if (
+            server is None
+            and self.mode == "transaction"
+            and virtual.is_bare_begin(text)
+            and virtual.transaction_on(self.worker.config)
+        ):
+            if self.pending_begin:
+                return False  # PostgreSQL warns of the transaction in progress, as odyssey
+            self.pending_begin = self.slow_attach = True
+            self._send(virtual.BEGIN_ANSWER)
+            return True
+        statement = virtual.parse(text)
         rule = self.rule
         if statement is None or rule is None:
             return False
-        status = server.status if server is not None else IDLE
+        status = (
+            server.status
+            if server is not None
+            else (virtual.IN_TRANSACTION if self.pending_begin else IDLE)
+        )
         if statement.name == virtual.TARGET_SESSION_ATTRS and self.worker.config.virtual_processing:
             if statement.verb == "show":
                 answer = virtual.show_answer(statement.name, self.target_session_attrs(), status)
             elif (statement.value or "").lower() in virtual.TSA_VALUES:
                 self.tsa_hint = (statement.value or "").lower()
                 self.steer = self._steering()
+                self.slow_attach = self.steer is not None or self.pending_begin
                 answer = virtual.set_answer(status)
             else:
                 answer = virtual.set_refused(statement.name, statement.value or "", status)
@@ -1107,6 +1131,8 @@ class ClientConnection(asyncio.Protocol):
         here. (A client that prepares synchronously while others hold every server, as
         pgbench -M prepared does, would otherwise wait for a server it does not need.)"""
         assert self.statements is not None
+        if self.pending_begin:
+            return False  # (its answer would say idle: the server runs BEGIN first)
         second = 1 + int.from_bytes(data[1:5])  # where the message after the first Parse starts
         if second < len(data) and data[second] not in (P, S):
             return False  # a Bind or an Execute follows: it needs a server (the usual case)
@@ -1171,6 +1197,10 @@ class ClientConnection(asyncio.Protocol):
                 return
             try:
                 await self._sync(server)
+                if self.pending_begin:  # virtual_transaction: the BEGIN answered earlier
+                    await server.query("BEGIN")
+                    self.pending_begin = False
+                    self.slow_attach = self.steer is not None
                 break
             except (BackendError, ServerGone) as exc:
                 route.discard(server)

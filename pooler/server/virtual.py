@@ -4,6 +4,10 @@
   `SET odyssey.target_session_attrs = 'read-only'|'read-write'|'any'|'prefer-standby'` are
   answered by the pooler with a NOTICE `processed virtually by pooler` (odyssey: "… by
   odyssey"); a bad value is an ERROR 22023 as PostgreSQL words it.
+* `virtual_transaction yes` (odyssey master; transaction pools): a lone `BEGIN` from a client
+  holding no server is answered here (BEGIN, ReadyForQuery in transaction) and run on the
+  server the client's next statement gets, before that statement, so a client that opens a
+  transaction and thinks holds no server meanwhile.
 * `application_name_add_host yes`: `SET application_name = 'x'` goes to the server as
   `set application_name to 'x - ADDRESS';` (odyssey adds the address only here, without the
   port it adds at login).
@@ -17,6 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from pooler.config import Config
 from pooler.protocol import build
 
 TARGET_SESSION_ATTRS = "odyssey.target_session_attrs"
@@ -29,6 +34,7 @@ _SET = re.compile(
     rf"\s*set\s+(?:session\s+)?{_NAME}\s*(?:=|\s+to\s)\s*{_VALUE}\s*;?\s*\Z", re.I | re.S
 )
 _SHOW = re.compile(rf"\s*show\s+{_NAME}\s*;?\s*\Z", re.I | re.S)
+_BEGIN = re.compile(r"\s*begin(?:\s+(?:work|transaction))?\s*;?\s*\Z", re.I)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,22 @@ def parse(sql: str) -> Statement | None:
     if found is not None:
         return Statement("show", _name(found[1]))
     return None
+
+
+def is_bare_begin(sql: str) -> bool:
+    """`BEGIN` (or `BEGIN WORK`/`BEGIN TRANSACTION`) with no transaction modes."""
+    return len(sql) < 64 and _BEGIN.match(sql) is not None
+
+
+BEGIN_ANSWER = build.command_complete("BEGIN") + build.ready_for_query("T")
+IN_TRANSACTION = ord("T")
+
+
+def transaction_on(config: Config) -> bool:
+    """virtual_transaction: on where the config says `virtual_transaction yes`. (odyssey
+    1.5.3 has no such key and sends BEGIN on; master's default is yes: unset, pooler does as
+    1.5.3.)"""
+    return config.virtual_transaction and "virtual_transaction" in config.key_pos
 
 
 def show_answer(name: str, value: str, status: int) -> bytes:

@@ -17,7 +17,6 @@ GLOBAL = frozenset(
         "system_coroutine_stack_size",
         "enable_host_watcher",
         "disable_nolinger", "cpu_affinity",
-        "virtual_transaction",
     }
 )  # fmt: skip
 ROUTE = frozenset(

@@ -54,3 +54,15 @@ def test_application_name_rewrite_quotes() -> None:
         virtual.application_name_query("it's", "10.0.0.1")
         == "set application_name to 'it''s - 10.0.0.1';"
     )
+
+
+def test_a_bare_begin_only() -> None:
+    for sql in ("BEGIN", "begin;", "  Begin Work ; ", "BEGIN TRANSACTION"):
+        assert virtual.is_bare_begin(sql), sql
+    for sql in (
+        "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        "begin; select 1",
+        "START TRANSACTION",
+        "BEGINX",
+    ):
+        assert not virtual.is_bare_begin(sql), sql
