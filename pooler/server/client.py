@@ -50,6 +50,7 @@ from pooler.server.backend import (
     ServerConnection,
     ServerGone,
 )
+from pooler.server.connect import TOO_MANY_CONNECTIONS, ConnectFailed
 from pooler.server.drain import Drain
 from pooler.server.flow import (
     BURST_READ,
@@ -61,7 +62,7 @@ from pooler.server.flow import (
 )
 from pooler.server.groups import GroupChecker
 from pooler.server.hba import hba_allows
-from pooler.server.pool import TOO_MANY_CONNECTIONS, ConnectFailed, HandOff, PoolTimeout, Route
+from pooler.server.pool import HandOff, PoolTimeout, Route
 from pooler.server.prepared import ClientStatements, Retry, is_stale_statement_error
 from pooler.server.router import ClientKey, Router
 from pooler.server.sockopts import TcpOptions

@@ -19,7 +19,8 @@ from typing import Protocol
 from pooler.config import Config, Rule, Storage
 from pooler.logs import log
 from pooler.server.backend import BackendError, ServerGone
-from pooler.server.pool import ConnectFailed, PoolTimeout, Route
+from pooler.server.connect import ConnectFailed
+from pooler.server.pool import PoolTimeout, Route
 from pooler.server.router import ClientKey, GroupKey, Router, group_key
 
 CHECK_TIMEOUT = 10.0  # seconds one check may take (a server, the query, its answer)

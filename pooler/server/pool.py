@@ -3,6 +3,13 @@
 A route is one rule of one config generation seen from one backend identity (storage_db /
 storage_user or the client's own). It owns the idle servers, counts the busy ones and queues
 clients waiting for a server, first come first served. `pool_size` 0 means unlimited.
+
+Over 500 lines for a reason: `Route` is one object whose concerns share its lists. The hand-over
+of a released server to a waiter (`release`), the global slots (asking, grants, sheds, lends),
+the hosts a new server is tried on (balancing, fallback storages, target_session_attrs
+steering: `connect`, `_acquire_steered`) and the idle expiry all read and change the same
+idle list, busy set and waiter queue, and the relay's fast path calls into it; opening one
+connection, which needs none of that, is connect.py's.
 """
 
 from __future__ import annotations
@@ -19,55 +26,45 @@ from pooler.config import Endpoint, Listen, Rule, Storage
 from pooler.config.diff import RuleIdentity
 from pooler.logs import log
 from pooler.protocol import build
-from pooler.protocol.auth import ScramKeys
 from pooler.server.backend import (
     SMART_DISCARD,
-    BackendError,
     ServerConnection,
-    ServerGone,
-    ServerWorker,
+)
+from pooler.server.connect import (
+    TOO_MANY_CONNECTIONS,
+    ConnectFailed,
+    ConnectWorker,
+    Secret,
+    connect_to,
+    kind_fits,
 )
 from pooler.server.prepared import KnownStatements
 from pooler.server.slots import SupervisorSlots
 from pooler.server.stats import RouteStats
 
 RouteKey = tuple[int, RuleIdentity, str, str]  # (birth generation, rule, backend db, user)
-Secret = (
-    str | ScramKeys | None
-)  # what answers the server's password request  # (generation, rule order, backend db, backend user)
 
 if TYPE_CHECKING:
     from pooler.server.shared_pool import SharedPool
 
 
-class PoolWorker(ServerWorker, Protocol):
-    """What a route, and its servers (`backend.ServerWorker`), use of its worker
-    (`worker.Worker`)."""
+class PoolWorker(ConnectWorker, Protocol):
+    """What a route, its servers (`backend.ServerWorker`) and its connects
+    (`connect.ConnectWorker`) use of its worker (`worker.Worker`)."""
 
     slots: SupervisorSlots
 
     def storage_password(self, rule: Rule) -> str | None: ...
     def servers_per_endpoint(self) -> dict[Endpoint, int]: ...
-    def server_routing_gate(self, storage: Storage) -> asyncio.Semaphore | None: ...
-    async def resolve(self, host: str, port: int) -> list[str]: ...
     def known_recovery(self, endpoint: Endpoint) -> bool | None: ...
     async def in_recovery(self, server: ServerConnection, storage: Storage) -> bool | None: ...
 
 
-TOO_MANY_CONNECTIONS = "53300"
 LEND_IDLE = 1.0  # seconds a server stays idle before it is lent to another worker (spare shed)
 
 
 class PoolTimeout(Exception):
     """No server became free within pool_timeout."""
-
-
-class ConnectFailed(Exception):
-    """A new server connection could not be made or logged in."""
-
-    def __init__(self, message: str, fields: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.fields = fields or {}
 
 
 class Waiter(Protocol):
@@ -338,7 +335,7 @@ class Route:
                     except ConnectFailed as exc:
                         await self._login_retry(exc, deadline)
                         continue
-                if self._kind_fits(self.kinds.get(handed), steer, strict=True):
+                if kind_fits(self.kinds.get(handed), steer, strict=True):
                     return handed
                 self.release(handed)  # to the next waiter, or idle
         finally:
@@ -347,26 +344,12 @@ class Route:
     def _idle_of_kind(self, steer: str) -> ServerConnection | None:
         """The newest idle server of a host known to be of the kind `steer` asks for."""
         for server in reversed(self.idle):
-            if not server.closed and self._kind_fits(self.kinds.get(server), steer, strict=True):
+            if not server.closed and kind_fits(self.kinds.get(server), steer, strict=True):
                 self.idle.remove(server)
                 server.taken()
                 self.busy.add(server)
                 return server
         return None
-
-    @staticmethod
-    def _kind_fits(in_recovery: bool | None, wanted: str | None, strict: bool = False) -> bool:
-        """Does a host (a standby: in_recovery) suit target_session_attrs `wanted`? Unknown
-        suits only `any`. `strict`: prefer-standby takes only a standby."""
-        if wanted in (None, "any"):
-            return True
-        if in_recovery is None:
-            return False
-        if wanted == "read-write":
-            return not in_recovery
-        if wanted == "read-only" or strict:
-            return in_recovery
-        return True  # prefer-standby
 
     async def _login_retry(self, failure: ConnectFailed, deadline: float | None) -> None:
         """PostgreSQL refused a login for too many connections (53300): with a pool_timeout,
@@ -539,7 +522,7 @@ class Route:
             tried.extend((fallback, endpoint) for endpoint in fallback.endpoints)
         if steer is not None:  # hosts known to be of the kind first
             known = self.worker.known_recovery
-            tried.sort(key=lambda t: not self._kind_fits(known(t[1]), steer, strict=True))
+            tried.sort(key=lambda t: not kind_fits(known(t[1]), steer, strict=True))
         try:
             previous = self.storage
             for storage, endpoint in tried:
@@ -547,7 +530,7 @@ class Route:
                     log.info("server", f"trying fallback storage '{storage.name}'")
                     previous = storage
                 try:
-                    candidate = await self._connect_to(endpoint, password, storage)
+                    candidate = await connect_to(self, endpoint, password, storage)
                 except ConnectFailed as exc:
                     failure = exc
                     if exc.fields:  # the server refused us (auth...): another host won't help
@@ -586,7 +569,7 @@ class Route:
                     "NOTICE", "00000", f"balancing ({chosen}): connected to {server.endpoint}"
                 )
             )
-        if steer is not None and not self._kind_fits(
+        if steer is not None and not kind_fits(
             self.kinds.get(server), self.rule.target_session_attrs
         ):
             self.foreign.add(server)  # not for the rule's other clients
@@ -631,61 +614,6 @@ class Route:
             endpoints.sort(key=lambda endpoint: endpoint.availability_zone != zone)
         return endpoints
 
-    async def _connect_to(
-        self, endpoint: Endpoint, password: Secret, storage: Storage
-    ) -> ServerConnection:
-        gate = self.worker.server_routing_gate(storage)
-        if gate is None:
-            return await self._connect_now(endpoint, password, storage)
-        if gate.locked():
-            log.info(
-                "server_max_routing",
-                f"storage '{storage.name}': server connect waits for one in progress",
-            )
-        async with gate:
-            return await self._connect_now(endpoint, password, storage)
-
-    async def _connect_now(
-        self, endpoint: Endpoint, password: Secret, storage: Storage
-    ) -> ServerConnection:
-        loop = asyncio.get_running_loop()
-        timeout = self.worker.config.backend_connect_timeout_ms / 1000 or None
-        server: ServerConnection | None = None
-        try:
-            async with asyncio.timeout(timeout):
-                if endpoint.host is None:
-                    _, server = await loop.create_unix_connection(
-                        lambda: ServerConnection(self, endpoint, storage), endpoint.unix_socket_path
-                    )
-                else:
-                    addresses = await self.worker.resolve(endpoint.host, endpoint.port)
-                    for i, address in enumerate(addresses):  # (dns_cache_ttl)
-                        try:
-                            _, server = await loop.create_connection(
-                                lambda: ServerConnection(self, endpoint, storage),
-                                address,
-                                endpoint.port,
-                            )
-                            break
-                        except OSError:
-                            if i == len(addresses) - 1:
-                                raise
-                assert server is not None  # (getaddrinfo returns an address or raises)
-                await server.login(self.backend_user, self.backend_db, password)
-                return server
-        except asyncio.CancelledError:
-            if server is not None:
-                server.close()
-            raise
-        except (BackendError, OSError, TimeoutError, ServerGone) as exc:
-            if server is not None:
-                server.close()
-            if isinstance(exc, BackendError):
-                raise ConnectFailed(str(exc), exc.fields) from None
-            where = endpoint.unix_socket_path or f"{endpoint.host}:{endpoint.port}"
-            log.error("server", f"failed to connect to {where}: {exc or 'timeout'}")
-            raise ConnectFailed(f"failed to connect to remote server {where}") from None
-
     async def _fits(self, server: ServerConnection, wanted: str | None, strict: bool) -> bool:
         """Does the server's host suit target_session_attrs `wanted` (the rule's, or the
         client's own)? Its kind is asked with pg_is_in_recovery(), cached per host for the
@@ -697,7 +625,7 @@ class Route:
         in_recovery = await self.worker.in_recovery(server, self.storage)
         if in_recovery is not None:
             self.kinds[server] = in_recovery
-        return self._kind_fits(in_recovery, wanted, strict)
+        return kind_fits(in_recovery, wanted, strict)
 
     def release(self, server: ServerConnection) -> None:
         """Give a clean server back: to the first waiter (it stays busy), else to idle."""

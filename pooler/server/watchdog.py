@@ -24,7 +24,8 @@ from typing import Protocol
 from pooler.config import Config, Listen, Rule
 from pooler.logs import log
 from pooler.server.backend import BackendError, ServerGone
-from pooler.server.pool import ConnectFailed, PoolTimeout, Route
+from pooler.server.connect import ConnectFailed
+from pooler.server.pool import PoolTimeout, Route
 
 WATCHDOG_DB = WATCHDOG_USER = "watchdog_int"
 _LEADING_INTEGER = re.compile(r"\s*([-+]?\d+)")
