@@ -321,6 +321,7 @@ TYPES = {
     "bool": (16, 1),
     "timestamptz": (1184, 8),
     "numeric": (1700, -1),
+    "float4": (700, 4),
 }
 _FIELD = Struct("!ihihih")
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pooler.supervisor import aggregate, odyssey_views, views
-from pooler.supervisor.result import BOOL, Result
+from pooler.supervisor.result import BOOL, FLOAT4, Result
 
 if TYPE_CHECKING:
     from pooler.config import Config
     from pooler.control import schema
     from pooler.snapshot import WorkerSnapshot
+    from pooler.supervisor.host_watcher import HostWatcher
 
 
 class Supervisor(Protocol):
@@ -26,6 +27,8 @@ class Supervisor(Protocol):
     def config(self) -> Config: ...
     @property
     def db_rates(self) -> dict[str, aggregate.Rates]: ...
+    @property
+    def host_watcher(self) -> HostWatcher | None: ...
     def snapshots(self) -> list[WorkerSnapshot]: ...
     def paused_state(self) -> set[str] | bool: ...
     def quantiles(self) -> tuple[float, ...]: ...
@@ -97,6 +100,8 @@ async def _one(sup: Supervisor, role: str, statement: str, client_id: str) -> tu
     try:
         if verb == "show":
             what = (_arg(words, 1) or "").lower()
+            if what == "host_utilization" and sup.host_watcher is None:
+                return ("error", "55000", "host watcher is off (enable_host_watcher no)")
             result = await show(sup, what)
             if result is None:
                 return ("error", "42601", f"unknown command 'SHOW {_arg(words, 1) or ''}'".rstrip())
@@ -167,6 +172,13 @@ async def show(sup: Supervisor, what: str) -> Result | None:
         return views.show_sockets(await sup.gather("clients"))
     if what == "servers":
         return views.show_sockets(await sup.gather("servers"))
+    if what == "host_utilization" and sup.host_watcher is not None:
+        watcher = sup.host_watcher
+        return Result(
+            [("cpu", FLOAT4), ("mem", FLOAT4)],
+            [(f"{watcher.cpu:.2f}", f"{watcher.mem:.2f}")],
+            "HOST_UTILIZATION",
+        )
     if what == "is_paused":
         return Result([("is_paused", BOOL)], [(sup.paused_state() is True,)])
     return None

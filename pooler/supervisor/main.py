@@ -40,6 +40,7 @@ from pooler.ipc import PauseState, Reply
 from pooler.logs import log
 from pooler.snapshot import RouteSnapshot
 from pooler.supervisor import aggregate, control_api
+from pooler.supervisor.host_watcher import HostWatcher
 from pooler.supervisor.listen import Bound, bind_listeners, describe
 from pooler.supervisor.notify import notify
 from pooler.supervisor.pause import PauseControl
@@ -104,6 +105,8 @@ class Supervisor(Reloading, StatsWindow, PauseControl, Signals):
         self.handed = handed  # started by an online restart: the old process awaits `ready`
         self.restarting = False  # SIGUSR2: a new process is starting
         self.successor: int | None = None  # handed over to this pid: draining
+        # enable_host_watcher: the host's CPU and memory use (SHOW HOST_UTILIZATION)
+        self.host_watcher = HostWatcher() if config.enable_host_watcher else None
 
     async def _console(self, index: int, request_id: int, role: str, text: str, cid: str) -> None:
         from pooler.supervisor.console import execute
@@ -155,6 +158,8 @@ class Supervisor(Reloading, StatsWindow, PauseControl, Signals):
             except OSError as exc:
                 log.error("metrics", f"cannot serve /metrics: {exc}")
         self._spawn(self._stats_loop(), "stats")
+        if self.host_watcher is not None:  # (start-up only, as in odyssey)
+            self._spawn(self.host_watcher.run(), "host watcher")
         if self.config.soft_oom is not None:  # (start-up only, as in odyssey)
             self._spawn(SoftOomChecker(self, self.config.soft_oom).run(), "soft_oom")
         # ready means every worker has applied the config and accepts on its socket

@@ -11,13 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-TEXT, INT4, INT8, BOOL, TIMESTAMPTZ, NUMERIC = (
+TEXT, INT4, INT8, BOOL, TIMESTAMPTZ, NUMERIC, FLOAT4 = (
     "text",
     "int4",
     "int8",
     "bool",
     "timestamptz",
     "numeric",
+    "float4",
 )
 
 

@@ -15,7 +15,6 @@ GLOBAL = frozenset(
         "log_general_stats_prom", "log_route_stats_prom", "resolvers", "readahead",
         "cache_coroutine", "cache_msg_gc_size", "coroutine_stack_size",
         "system_coroutine_stack_size",
-        "enable_host_watcher",
         "disable_nolinger", "cpu_affinity",
     }
 )  # fmt: skip

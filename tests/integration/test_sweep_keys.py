@@ -9,6 +9,7 @@ import socket
 import struct
 from pathlib import Path
 
+import psycopg
 import pytest
 from harness import HOST, Raw, make_config, route, storage, wait_until
 from test_supervisor import worker_pids
@@ -86,3 +87,24 @@ def test_a_server_postgres_closed_while_the_worker_was_stopped_is_not_given_to_a
             os.kill(worker, signal.SIGCONT)
         answer = read_until(sock, b"ZE")
     assert [kind for kind, _ in answer] == [ord(k) for k in "TDCZ"], answer
+
+
+def test_show_host_utilization_with_the_host_watcher(pooler):
+    p = pooler(make_config(enable_host_watcher=True))
+    p.wait_for_log("host watcher started")
+    with p.connect("console", "admin") as conn:
+        cur = conn.execute("show host_utilization")
+        assert [(c.name, c.type_code) for c in cur.description] == [("cpu", 700), ("mem", 700)]
+        assert cur.statusmessage == "HOST_UTILIZATION"
+
+        def sampled_twice():
+            ((cpu, mem),) = conn.execute("show host_utilization").fetchall()
+            return mem > 0 and 0 <= cpu <= 100 and mem <= 100
+
+        wait_until(sampled_twice, message="CPU and memory use sampled")
+
+
+def test_show_host_utilization_without_the_host_watcher_says_it_is_off(pooler):
+    p = pooler(make_config())
+    with pytest.raises(psycopg.Error, match=r"host watcher is off \(enable_host_watcher no\)"):
+        p.admin("show host_utilization")
