@@ -12,16 +12,16 @@ the client that waits (`pool_next_idle_shared_locked`):
 
 * a grant goes to the member route with a waiting client holding the fewest servers, the one
   that asked first among equals;
-* while a member route's clients wait for a slot, idle servers of the other member routes
-  that have been idle `LEND_IDLE` (1 s) are closed, as many as clients wait: their slots come
-  back and go to the waiting clients. This happens at once when this worker holds every
-  slot of the pool, else once the clients have waited a second (the broker may have room:
-  its grant comes first, and no server is closed for nothing). A server merely idle
-  between two transactions is kept, so two busy routes do not take servers from each other
-  at every transaction;
-* a route whose clients have waited a second holding no server at all is owed one: the
-  member route holding the most closes its next released server instead of pooling it, so
-  a route that keeps every server busy cannot starve the others.
+* when this worker holds every slot of the pool (no grant can come before one of its servers
+  closes) and a member route's clients wait, an idle server of a member route whose clients
+  do not wait is closed at once, as many as clients wait; when there is none, the member
+  route holding the most closes its next released server instead of pooling it (one such
+  debt per waiting client): the slot goes to the waiting route, so servers move from a route
+  with room to spare to one whose clients wait, and no route keeps the pool to itself;
+* otherwise (other workers hold slots: the broker's grant may come first, and no server is
+  closed for nothing) the worker's cron closes, every second, idle servers of member routes
+  without waiting clients that have been idle `LEND_IDLE` (1 s), and a route whose clients
+  have waited a second holding no server at all is owed the richest member's next release.
 
 A shed asked by the broker (another worker is owed a slot) closes an idle server of any
 member route now, or the next one any member route releases; a lend, a server of any member
@@ -106,8 +106,28 @@ class SharedPool:
         if not self.requested:
             self.requested = True
             self._slots.request(self.key, self.limit)
-        if sum(r.size for r in self.routes) >= self.limit:  # full here: no grant can come
-            self._close_idle_siblings(time.monotonic())
+        if self._full_here():  # no grant can come before one of ours closes
+            if not self._close_idle_siblings(time.monotonic(), 0.0):
+                self._owe(route)
+            self._flag()
+
+    def _full_here(self) -> bool:
+        return sum(r.size for r in self.routes) >= self.limit
+
+    def _owe(self, route: Route) -> None:
+        """The pool is full here and `route`'s clients wait: the member route holding the
+        most (not counting what it already owes) closes its next released server, one debt
+        per waiting client at most."""
+        waiting = sum(r.waiting_count() for r in self.asking)
+        if sum(self.owed.values()) >= waiting:
+            return
+        richest = max(
+            (r for r in self.routes if r is not route),
+            key=lambda r: r.size - self.owed[r],
+            default=None,
+        )
+        if richest is not None and richest.size - self.owed[richest] > 0:
+            self.owed[richest] += 1
 
     def on_grant(self) -> None:
         """A slot for this worker: to the asking route holding fewest servers."""
@@ -172,11 +192,12 @@ class SharedPool:
         if not self.requested:  # (e.g. a member left while it asked)
             self.requested = True
             self._slots.request(self.key, self.limit)
+        self._close_idle_siblings(now, 0.0 if self._full_here() else LEND_IDLE)
         stalled = waiting & self._stalled  # waited a second at least
         self._stalled = waiting
         if not stalled:
+            self._flag()
             return
-        self._close_idle_siblings(now)
         starving = [r for r in stalled if r.size == 0]
         debts = sum(self.owed.values())
         for _route in starving[debts:]:
@@ -190,17 +211,20 @@ class SharedPool:
             self.owed[richest] += 1
         self._flag()
 
-    def _close_idle_siblings(self, now: float) -> None:
-        """Close servers left idle LEND_IDLE by member routes whose clients do not wait, one
-        per waiting client: their slots go to the waiting clients."""
+    def _close_idle_siblings(self, now: float, min_idle: float) -> bool:
+        """Close servers left idle `min_idle` seconds by member routes whose clients do not
+        wait, one per waiting client: their slots go to the waiting clients. Any closed?"""
         wanted = sum(r.waiting_count() for r in self.asking)
         if not wanted:
-            return
+            return False
+        closed = False
         for route in self.routes:
             if route.has_waiters():
                 continue
-            while wanted and route.close_idle(LEND_IDLE, now):
+            while wanted and route.close_idle(min_idle, now):
                 wanted -= 1
+                closed = True
+        return closed
 
     def _lend_idle(self, now: float) -> None:
         for route in self.routes:

@@ -3,21 +3,22 @@ over all workers (issue 18, item 6)."""
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Callable
 
 import psycopg
+import pytest
 from harness import make_config, route, storage, wait_until
 
-SHARED = 'shared_pool "sp" {\n\tpool_size 3\n}'
 
-
-def config(**extra) -> str:
+def config(size: int = 3, workers: int = 2, **extra) -> str:
     rules = [
         route("p1", "postgres", pool="transaction", shared_pool="sp", **extra),
         route("p2", "postgres", pool="transaction", shared_pool="sp", **extra),
     ]
-    return make_config(rules, storages=[storage(), SHARED], workers=2, log_session=False)
+    shared = f'shared_pool "sp" {{\n\tpool_size {size}\n}}'
+    return make_config(rules, storages=[storage(), shared], workers=workers, log_session=False)
 
 
 def backends(pg) -> dict[str, int]:
@@ -132,3 +133,24 @@ def test_idle_servers_of_one_route_make_room_for_another(pooler, pg):
     finally:
         for conn in holders:
             conn.close()
+
+
+def test_a_reload_resizes_the_shared_pool_live(pooler, pg):
+    """pool_size 1 -> 2 by SIGHUP: a client of the other route, which waited out its
+    pool_timeout before, is served while the first one keeps its server."""
+    p = pooler(config(size=1, workers=1, pool_timeout=1000))
+    with p.connect("p1") as holder, p.connect("p2") as other:
+        assert other.execute("select 0").fetchone() == (0,)  # (its route knows the server)
+        holder.execute("begin")
+        holder.execute("select 1")  # holds the pool's only server
+        with pytest.raises(psycopg.OperationalError, match="reached 1"):
+            other.execute("select 2")
+    with p.connect("p1") as holder, p.connect("p2") as other:
+        assert other.execute("select 0").fetchone() == (0,)
+        holder.execute("begin")
+        holder.execute("select 1")
+        p.write_config(config(size=2, workers=1, pool_timeout=1000))
+        p.signal(signal.SIGHUP)
+        p.wait_for_log(r"reloaded, generation 1")
+        assert other.execute("select 2").fetchone() == (2,)
+        holder.execute("commit")

@@ -78,29 +78,32 @@ def test_one_request_for_all_members_and_the_grant_to_the_poorest():
     assert slots.sent[-1] == ("release", ("shared_pool", "sp"))
 
 
-def test_a_full_pool_closes_an_idle_sibling_at_once_only_when_held_here():
-    a, b = Member(busy=1, idle=(0.0, 0.0)), Member(waiting=1)
-    shared, _ = pool(a, b)
-    shared.want(b)  # type: ignore[arg-type]
-    assert a.closed == 1  # this worker holds all 3: no grant can come before one closes
-    c, d = Member(idle=(0.0,)), Member(waiting=1)
-    shared, _ = pool(c, d)
-    shared.want(d)  # type: ignore[arg-type]
-    assert c.closed == 0  # the broker may have room: wait for its grant first
-    shared.tick(100.0)
-    assert c.closed == 0
-    shared.tick(101.0)  # waited a tick: the sibling's idle server makes room
-    assert c.closed == 1
-
-
-def test_a_server_idle_between_transactions_is_kept():
+def test_a_full_pool_here_closes_an_idle_sibling_at_once():
     now = time.monotonic()
     a, b = Member(busy=1, idle=(now, now)), Member(waiting=1)
     shared, _ = pool(a, b)
     shared.want(b)  # type: ignore[arg-type]
-    assert a.closed == 0  # idle for less than LEND_IDLE
-    shared._close_idle_siblings(now + LEND_IDLE)
-    assert a.closed == 1
+    assert a.closed == 1  # this worker holds all 3: no grant can come before one closes
+
+
+def test_a_full_pool_here_without_idle_servers_takes_the_richest_ones_next_release():
+    a, b, c = Member(busy=2), Member(busy=1), Member(waiting=1)
+    shared, _ = pool(a, b, c)
+    shared.want(c)  # type: ignore[arg-type]
+    assert (a.shed_pending, b.shed_pending) == (1, 0)
+    shared.want(c)  # (the same waiting client asking again owes no more)
+    assert shared.take_shed(a) is True and shared.take_shed(a) is False
+
+
+def test_with_room_elsewhere_only_servers_idle_a_second_make_room():
+    c, d = Member(idle=(99.5,)), Member(waiting=1)
+    shared, _ = pool(c, d)  # 1 of 3 here: the broker may grant at once
+    shared.want(d)  # type: ignore[arg-type]
+    assert c.closed == 0
+    shared.tick(100.0)
+    assert c.closed == 0  # idle between two transactions: kept
+    shared.tick(100.0 + LEND_IDLE)
+    assert c.closed == 1
 
 
 def test_a_starving_member_is_owed_the_richest_ones_next_release():
