@@ -3,7 +3,7 @@
 The new process accepts every new login; the old one must let its clients go without cutting
 a transaction (docs/architecture.md, "Online restart"). Each drain tick `Drain.choose` names
 the clients to close now, among those with nothing in flight (`between` is
-`pooler.server.worker.between_transactions`):
+`pooler.server.idle.between_transactions`):
 - transaction (and statement) pools: a client whose transaction ends during the drain, at
   that boundary (`at_boundary`, as its server goes back; its next transaction goes to the
   new process once it reconnects), or at the next tick if it ended in between;

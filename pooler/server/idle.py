@@ -12,6 +12,8 @@ def between_transactions(client: ClientConnection) -> bool:
     for a server (closing it now cuts nothing)."""
     if client.queued or client.state not in ("ready", "console"):
         return False  # a query waits for a server, or the login is not over
+    if client.pending_begin:
+        return False  # virtual_transaction: its BEGIN was answered, it holds no server yet
     server = client.server
     return server is None or (server.status == IDLE and server.pending == 0)
 

@@ -301,3 +301,32 @@ def test_idle_session_client_is_let_go_at_the_drop_rate(pooler):
         conn.execute("select 1")
     conn.close()
     stop_new(new)
+
+
+def test_virtual_begin_is_a_transaction_the_drain_does_not_cut(pooler):
+    """`virtual_transaction yes`: a BEGIN answered by the pooler leaves the client holding no
+    server, yet it is in a transaction: the drain must not let it go as idle. The witness, an
+    idle client on the same worker, shows the idle drop ran meanwhile."""
+    text = make_config(
+        route(pool="transaction", pool_size=4),
+        workers=1,
+        virtual_transaction=True,
+        graceful_shutdown_timeout_ms=30000,
+    ).replace("\nlisten {", "\nconn_drop_options {\n\trate 10\n\tinterval_ms 100\n}\n\nlisten {", 1)
+    p = pooler(text)
+    witness = p.connect("p0")
+    assert witness.execute("select 1").fetchone() == (1,)
+    conn = p.connect("p0")
+    conn.execute("begin")  # answered virtually
+    since = p.log_offset()
+    p.signal(signal.SIGUSR2)
+    new = handed_over(p, since)
+    p.wait_for_log(r"pooler is restarting \(online restart\), connect again", since=since)
+    with pytest.raises(psycopg.OperationalError):
+        witness.execute("select 1")  # the idle one was let go
+    assert conn.execute("select 2").fetchone() == (2,)  # the open one was not
+    conn.execute("commit")
+    assert p.wait_exit(timeout=30) == 0
+    conn.close()
+    witness.close()
+    stop_new(new)
