@@ -472,6 +472,14 @@ class ClientConnection(asyncio.Protocol):
             )
         return body
 
+    async def _read_password_string(self) -> bytes:
+        """A PasswordMessage of one C string (a cleartext password, an md5 answer), read as
+        PostgreSQL reads it: a NUL inside, or none at the end, is a protocol violation."""
+        body = await self._read_password()
+        if not body.endswith(b"\0") or body.index(b"\0") != len(body) - 1:
+            raise ProtocolError("invalid password packet size", "08P01")
+        return body[:-1]
+
     async def _login(self) -> None:
         try:
             await self._login_steps()
@@ -789,7 +797,7 @@ class ClientConnection(asyncio.Protocol):
             configured = self.looked_up = await self.worker.auth_query_password(rule, self.user)
         if method == "clear_text":
             self._send(build.auth_cleartext_password())
-            given = (await self._read_password()).rstrip(b"\0").decode("utf-8", "replace")
+            given = (await self._read_password_string()).decode("utf-8", "replace")
             if rule.ldap_endpoint_name:
                 ok = await self._ldap(rule, given)
             elif rule.auth_pam_service:
@@ -801,13 +809,13 @@ class ClientConnection(asyncio.Protocol):
         elif method == "md5":
             salt = secrets.token_bytes(4)
             self._send(build.auth_md5_password(salt))
-            response = (await self._read_password()).rstrip(b"\0").decode("ascii", "replace")
+            response = (await self._read_password_string()).decode("ascii", "replace")
             ok = configured is not None and auth.verify_md5(response, self.user, configured, salt)
         elif method == "scram-sha-256":
             ok = await self._scram(configured)  # None: a mock exchange (no user enumeration)
         elif method == "external":
             self._send(build.auth_cleartext_password())
-            given = (await self._read_password()).rstrip(b"\0").decode("utf-8", "replace")
+            given = (await self._read_password_string()).decode("utf-8", "replace")
             ok = await self._external(given)
         else:
             raise LoginRefused("28000", f"authentication method '{method}' is not supported yet")
@@ -1206,7 +1214,8 @@ class ClientConnection(asyncio.Protocol):
             except (BackendError, ServerGone) as exc:
                 route.discard(server)
                 if attempt == 2 or isinstance(exc, BackendError):
-                    self.fatal("08006", f"could not restore session parameters: {exc}")
+                    sqlstate = exc.sqlstate if isinstance(exc, BackendError) else "08006"
+                    self.fatal(sqlstate, f"could not restore session parameters: {exc}")
                     return
             except asyncio.CancelledError:  # the client left while we prepared its server
                 route.discard(server)

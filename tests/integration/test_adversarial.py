@@ -230,3 +230,34 @@ def test_control_socket_refuses_malformed_requests_and_stays_open(pooler):
         assert ok["ok"] is True and ok["id"] == 9, ok
     assert control(p, "status").paused is False  # pause with a bad database did nothing
     assert p.sql("select 1", dbname="p0") == [(1,)]
+
+
+def test_password_packet_is_one_string_and_refused_parameters_keep_their_sqlstate(pooler):
+    p = pooler(
+        make_config(
+            [
+                route("p0", "u_clear", authentication="clear_text", password="pw",
+                      storage_user="postgres", pool="transaction"),
+                route("p0", "u_md5", authentication="md5", password="pw",
+                      storage_user="postgres", pool="transaction"),
+                route("p0", pool="transaction"),
+            ]
+        )
+    )  # fmt: skip
+    # a cleartext password (an md5 answer) is one C string, as PostgreSQL reads it: a NUL
+    # inside or none at the end was stripped, and `pw\0\0` or `pw` logged in
+    for user in ("u_clear", "u_md5"):
+        for body in (b"pw\0junk\0", b"pw", b"pw\0\0", b""):
+            password = b"p" + struct.pack("!i", len(body) + 4) + body
+            _, messages = answers(p.port, startup_packet(user), password)
+            assert fatal(messages) == ("08P01", "invalid password packet size"), (user, body)
+    _, messages = answers(p.port, startup_packet("u_clear"), build.password_message("pw"),
+                          build.terminate())  # fmt: skip
+    assert messages[-1][0] == Z, messages
+    # a startup parameter PostgreSQL refuses fails the first query with PostgreSQL's
+    # SQLSTATE (it was 08006, "connection failure", which drivers retry)
+    for param, sqlstate in (("no_such_guc", "42704"), ("client_encoding", "22023")):
+        login = startup_packet(**{param: "nope"})
+        _, messages = answers(p.port, login, build.query("select 1"))
+        code, message = fatal(messages)
+        assert code == sqlstate and message.startswith("could not restore session"), message
