@@ -37,7 +37,7 @@ async def aconnect(port: int, **kw) -> asyncpg.Connection:
     )
 
 
-@pytest.mark.parametrize("mode", ["direct", "session"])
+@pytest.mark.parametrize("mode", ["direct", "session", "transaction"])
 async def test_asyncpg_sees_client_encoding_as_postgresql_spells_it(target, mode):
     # asyncpg asks for client_encoding 'utf-8' (quotes included); PostgreSQL reports UTF8
     port = target(mode)
@@ -48,6 +48,17 @@ async def test_asyncpg_sees_client_encoding_as_postgresql_spells_it(target, mode
             assert await con.fetchval("show client_encoding") == "UTF8"
         finally:
             await con.close()
+
+
+@pytest.mark.parametrize("mode", ["direct", "session", "transaction"])
+def test_psycopg_sees_client_encoding_as_postgresql_spells_it(target, mode):
+    port = target(mode)
+    for _ in range(2):
+        with psycopg.connect(
+            host=HOST, port=port, user="postgres", dbname="p0", client_encoding="utf-8"
+        ) as con:
+            assert con.info.parameter_status("client_encoding") == "UTF8"
+            assert con.execute("show client_encoding").fetchone()[0] == "UTF8"
 
 
 @pytest.mark.parametrize("mode", ["direct", "session", "transaction"])
