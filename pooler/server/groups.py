@@ -81,7 +81,10 @@ class GroupChecker:
             for key in self.members.keys() - keys:
                 del self.members[key]
             for rule in groups:
-                await self.check(rule)
+                try:
+                    await self.check(rule)
+                except Exception as exc:  # a bug must not stop the checks (the members stay)
+                    log.error("group_checker", f"{rule.name}: group check failed: {exc!r}")
             self._checked.set()
             interval = max(1, self.worker.config.group_checker_interval) / 1000
             try:

@@ -73,3 +73,35 @@ def test_the_rules_own_name_matches_as_in_odyssey():
 
 def test_member_names_are_the_first_column():
     assert member_names([["a", "x"], [None], [], ["b"]]) == frozenset({"a", "b"})
+
+
+async def test_a_check_that_raises_does_not_stop_the_checker():
+    """A bug in one check (here: routing the query user raises) is logged; the round goes on,
+    logins waiting for the first check are let through, and the next round runs."""
+    import asyncio
+    import types
+
+    from pooler.server.groups import GroupChecker
+
+    config = parse_text(RULES.replace("log_format", "group_checker_interval 10\nlog_format"))
+    calls = 0
+
+    def match(key: ClientKey):
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("boom")
+
+    worker = types.SimpleNamespace(config=config, router=types.SimpleNamespace(match=match))
+    checker = GroupChecker(worker)  # type: ignore[arg-type]
+    task = asyncio.ensure_future(checker.run())
+    try:
+        await asyncio.wait_for(checker.first_check(), 5)
+
+        async def two_rounds() -> None:
+            while calls < 4:  # two groups, two rounds
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(two_rounds(), 5)
+        assert not task.done()
+    finally:
+        task.cancel()
