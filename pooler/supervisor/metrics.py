@@ -213,10 +213,21 @@ def metrics_hosts(config: Any) -> list[str] | None:
     return list(dict.fromkeys(hosts)) or ["127.0.0.1"]
 
 
+MAX_CONNECTIONS = 64  # at once: more are closed unanswered (each holds a supervisor fd)
+REQUEST_TIMEOUT = 10  # seconds for the request's head
+
+
 async def serve_metrics(sup: Supervisor, port: int) -> asyncio.AbstractServer:
+    open_now = 0
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now
+        if open_now >= MAX_CONNECTIONS:  # thousands of silent connections would take every
+            writer.close()  # file descriptor of the supervisor (worker restarts need some)
+            return
+        open_now += 1
         try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
             method, path, *_ = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
             if path.split("?")[0] not in ("/metrics", "/"):
                 status, body, ctype = "404 Not Found", b"not found\n", "text/plain"
@@ -235,6 +246,7 @@ async def serve_metrics(sup: Supervisor, port: int) -> asyncio.AbstractServer:
         except (ConnectionError, OSError):
             pass
         finally:
+            open_now -= 1
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()

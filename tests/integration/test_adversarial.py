@@ -10,12 +10,13 @@ test_security.py and test_control.py.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 
 import pytest
 from fuzzlib import GoodClients
-from harness import HOST, make_config, patience, route, wait_until
+from harness import HOST, free_port, make_config, patience, release_port, route, wait_until
 from wire import control, error_fields, read_to_eof, split_messages, startup_packet, workers
 
 from pooler.control.client import default_control_path
@@ -261,3 +262,43 @@ def test_password_packet_is_one_string_and_refused_parameters_keep_their_sqlstat
         _, messages = answers(p.port, login, build.query("select 1"))
         code, message = fatal(messages)
         assert code == sqlstate and message.startswith("could not restore session"), message
+
+
+def _http(port: int, request: bytes) -> bytes:
+    with socket.create_connection((HOST, port), timeout=patience(5)) as sock:
+        sock.sendall(request)
+        return read_to_eof(sock, timeout=patience(12))
+
+
+def test_metrics_endpoint_survives_bad_http_and_connection_floods(pooler):
+    port = free_port()
+    try:
+        p = pooler(make_config(route("p0"), promhttp_server_port=port))
+        p.wait_for_log(rf"serving /metrics on 127.0.0.1:{port}")
+        for request, status in [
+            (b"GET /metrics HTTP/1.0\r\n\r\n", b"HTTP/1.1 200"),
+            (b"GET /nothing HTTP/1.0\r\n\r\n", b"HTTP/1.1 404"),
+            (b"POST /metrics HTTP/1.0\r\n\r\n", b"HTTP/1.1 405"),
+            (b"GET\r\n\r\n", b""),
+            (b"\r\n\r\n", b""),
+            (b"\xff\xfe\x00\x01 \x80 \r\n\r\n", b"HTTP/1.1 404"),
+            (b"GET /metrics HTTP/1.0\r\nX: " + b"x" * 200_000 + b"\r\n\r\n", b""),
+        ]:
+            assert _http(port, request).startswith(status), request[:40]
+        # hundreds of silent connections: each used to hold a supervisor descriptor for
+        # 10 s (thousands would take them all: no worker restart, no control socket)
+        fds = len(os.listdir(f"/proc/{p.pid}/fd"))
+        silent = [socket.create_connection((HOST, port), timeout=5) for _ in range(300)]
+        try:
+            wait_until(lambda: len(os.listdir(f"/proc/{p.pid}/fd")) >= fds + 32)  # accepted
+            assert len(os.listdir(f"/proc/{p.pid}/fd")) < fds + 100
+            assert control(p, "status").workers == 1  # the supervisor still serves
+        finally:
+            for sock in silent:
+                sock.close()
+        wait_until(
+            lambda: _http(port, b"GET /metrics HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200")
+        )
+        assert p.sql("select 1", dbname="p0") == [(1,)]
+    finally:
+        release_port(port)
