@@ -145,3 +145,20 @@ def test_a_group_with_no_route_for_its_query_user_logs_why(pooler):
     p = pooler(make_config(rules, group_checker_interval=200))
     p.wait_for_log(r"no route for group_query user 'nowhere\.postgres'")
     assert served_by(p, "gu_frank") == OTHER
+
+
+def test_a_group_added_by_a_reload_routes_its_members(pg, pooler, roles):
+    """The reload's new group is checked at once (not an interval later): with a 60 s
+    interval its member is routed by it as soon as the workers applied the reload."""
+    roles("grp_g", "gu_gina")
+    pg.psql("GRANT grp_g TO gu_gina")
+    before = [INTERNAL, database("appdb", rule("user", "default", OTHER))]
+    p = pooler(make_config(before, group_checker_interval=60000))
+    assert served_by(p, "gu_gina") == OTHER
+    since = p.log_offset()
+    p.write_config(
+        make_config([*before, database("appdb", group_rule("grp_g"))], group_checker_interval=60000)
+    )
+    p.reload()
+    p.wait_for_log(r"worker 0 applied generation 1", since=since)
+    assert served_by(p, "gu_gina") == GROUP
