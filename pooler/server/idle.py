@@ -26,7 +26,8 @@ def check_client_timeouts(client: ClientConnection, now: float) -> None:
         return
     idle_for = now - client.last_activity
     server = client.server
-    in_transaction = server is not None and server.status != IDLE
+    # (a virtual_transaction BEGIN answered and not yet run is a transaction to its client)
+    in_transaction = client.pending_begin or (server is not None and server.status != IDLE)
     if server is not None and server.pending:
         return
     if in_transaction:
