@@ -48,3 +48,17 @@ def test_without_the_key_begin_goes_to_the_server(pooler):
         with pytest.raises(psycopg.OperationalError, match="too many active clients"):
             other.execute("select 2")
         holder.execute("ROLLBACK")
+
+
+def test_a_virtual_begin_counts_as_idle_in_transaction(pooler):
+    """pool_idle_in_transaction_timeout applies to a client whose BEGIN was answered and not
+    yet run (it counted as idle between transactions, so it was never dropped)."""
+    rule = route(
+        "p0", "postgres", pool="transaction", pool_size=1, pool_idle_in_transaction_timeout=1
+    )
+    p = pooler(make_config(rule, virtual_transaction=True))
+    with p.connect("p0") as thinker:
+        thinker.execute("BEGIN")
+        p.wait_for_log("idle transaction timeout", timeout=15)
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
+            thinker.execute("select 1")
