@@ -53,7 +53,7 @@ sys.path[:0] = [str(BENCH_DIR), str(REPO)]
 from memory import memory_step  # noqa: E402
 from processes import pick_port, stop_all  # noqa: E402
 from procstat import wait_quiet  # noqa: E402
-from report import Run, build_table, fmt, memory_table, scaling_table  # noqa: E402
+from report import Run, build_table, fmt, memory_table, scaling_table, summary_table  # noqa: E402
 from scenarios import SCENARIOS, for_scaling, run_pgbench  # noqa: E402
 from targets import (  # noqa: E402
     Target,
@@ -352,6 +352,20 @@ def main() -> int:
             "",
             "Ratios are medians of ratios taken within a round. `× own 1st` is TPS against the "
             "same pooler at the first worker count.",
+            "",
+            "## All runs",
+            "",
+        ]
+    summary = "" if scaling else summary_table(runs, scenario_keys, list(objs))
+    if summary:
+        report += [
+            "## Against pgbouncer",
+            "",
+            summary,
+            "",
+            "TPS against pgbouncer's: the median of the ratios taken within a round, in brackets "
+            "their lowest and highest over the rounds (the noise); then the target's CPU per "
+            "transaction (µs, median), and in g the average latency it adds over direct.",
             "",
             "## All runs",
             "",

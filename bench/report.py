@@ -123,6 +123,55 @@ def build_table(
     return "\n".join(lines)
 
 
+def summary_table(runs: list[Run], scenarios: str, targets: list[str]) -> str:
+    """The ratios for README and docs/benchmarks.md: per target, TPS against pgbouncer per
+    scenario (median of the ratios within a round, with their range over rounds: the noise),
+    then CPU µs per transaction (median), and in g the latency added over direct."""
+    if "pgbouncer" not in targets:
+        return ""
+    by = {(r.scenario, r.target, r.round): r for r in runs if not r.broken and r.tps}
+    header = "| target | " + " | ".join(scenarios) + " |"
+    lines = [header, "|---|" + "---:|" * len(scenarios)]
+    for t in targets:
+        if t in ("pgbouncer", "direct"):
+            continue
+        cells = []
+        for key in scenarios:
+            ratios = [
+                r.tps / o.tps
+                for (k, name, rnd), r in by.items()
+                if k == key and name == t and (o := by.get((key, "pgbouncer", rnd))) and o.tps
+            ]
+            if not ratios:
+                cells.append("✗" if any(r.scenario == key and r.target == t for r in runs) else "-")
+                continue
+            cell = f"{med(ratios):.2f}×"
+            if len(ratios) > 1:
+                cell += f" ({min(ratios):.2f}–{max(ratios):.2f})"
+            us = med([r.pooler_us_per_txn() for (k, n, _), r in by.items() if k == key and n == t])
+            if us is not None:
+                cell += f", {us:.0f} µs"
+            if key == "g":
+                added = [
+                    (r.lat_ms - d.lat_ms) * 1000
+                    for (k, name, rnd), r in by.items()
+                    if k == "g" and name == t and r.lat_ms is not None
+                    and (d := by.get(("g", "direct", rnd))) and d.lat_ms is not None
+                ]  # fmt: skip
+                if added:
+                    cell += f", +{med(added):.0f} µs lat"
+            cells.append(cell)
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    pgb = []
+    for key in scenarios:
+        us = med(
+            [r.pooler_us_per_txn() for (k, n, _), r in by.items() if k == key and n == "pgbouncer"]
+        )
+        pgb.append(f"1.00×, {us:.0f} µs" if us is not None else "-")
+    lines.insert(2, "| pgbouncer | " + " | ".join(pgb) + " |")
+    return "\n".join(lines)
+
+
 def memory_table(mem: list[dict[str, Any]]) -> str:
     lines = [
         "| target | idle clients | RSS fresh (kB) | RSS with idle clients (kB) | per idle client "

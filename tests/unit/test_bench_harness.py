@@ -184,6 +184,26 @@ def test_main_table_compares_pooler_with_odyssey_of_the_same_workers() -> None:
     assert cells[5:8] == ["-", "1.00", "1.25"]  # vs direct, vs pgbouncer, vs odyssey1
 
 
+def test_summary_gives_ratios_to_pgbouncer_within_rounds_with_their_range() -> None:
+    runs = [
+        _run("a", "pgbouncer", 1, 1000, 0.016), _run("a", "pgbouncer", 2, 2000, 0.032),
+        _run("a", "pgbouncer", 3, 1500, 0.024),
+        _run("a", "pooler", 1, 800, 0.024), _run("a", "pooler", 2, 1800, 0.054),
+        _run("a", "pooler", 3, 1275, 0.038),
+        _run("g", "direct", 1, 100), _run("g", "pgbouncer", 1, 90), _run("g", "pooler", 1, 60),
+    ]  # fmt: skip
+    runs[-1].lat_ms = 1.05  # direct's is 1.0
+    broken = report.Run("g", "splice", 1, broken=True, error="x")
+    table = report.summary_table([*runs, broken], "ag", ["direct", "pgbouncer", "pooler", "splice"])
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in table.splitlines()[2:]}  # fmt: skip
+    assert rows["pgbouncer"] == ["1.00×, 16 µs", "-"]  # (no CPU recorded in its g)
+    assert rows["pooler"][0] == "0.85× (0.80–0.90), 30 µs"  # rounds: 0.80, 0.90, 0.85
+    assert rows["pooler"][1] == "0.67×, +50 µs lat"
+    assert rows["splice"] == ["-", "✗"]
+    assert "direct" not in rows
+
+
 STRACE_SUMMARY = """\
 % time     seconds  usecs/call     calls    errors syscall
 ------ ----------- ----------- --------- --------- ----------------
