@@ -19,7 +19,8 @@ configs of bench/run):
    supervisor, timers) show up here as fractions.
 3. **phases**: ``perf record`` of the syscall and sched_switch tracepoints of the same
    processes during another TXNS transactions: per transaction, the poll calls (event-loop
-   iterations: epoll_wait returns), how often the target went to sleep and how often it was
+   iterations: epoll_wait returns; a poll(2) with timeout 0, a pool_attach_check's look at a
+   server socket, is counted on its own and is not an iteration), how often the target went to sleep and how often it was
    preempted (switched out while runnable), and the median on-CPU time from the end of each
    read to the write that relays it, from that write to the next syscall, and from a poll's
    return to the read. A gap in which the target was switched out is counted as preempted
@@ -77,6 +78,8 @@ RESULTS_DIR = BENCH_DIR / "results"
 READS = {0: "read", 17: "pread64", 19: "readv", 45: "recvfrom", 47: "recvmsg"}
 WRITES = {1: "write", 18: "pwrite64", 20: "writev", 44: "sendto", 46: "sendmsg"}
 POLLS = {7: "poll", 23: "select", 232: "epoll_wait", 281: "epoll_pwait", 441: "epoll_pwait2"}
+POLL = 7
+PEEK = -1  # a poll(2) with timeout 0 (pooler's and odyssey's pool_attach_check)
 
 
 def say(*parts: object) -> None:
@@ -240,6 +243,7 @@ def phases(script: str, txns: int) -> dict[str, float]:
     """Per-transaction figures from `perf script` lines of raw_syscalls and sched_switch."""
     pending: dict[int, tuple[int, float, int | None]] = {}
     calls: list[Call] = []
+    peeks = 0
     switches: dict[int, list[tuple[float, str]]] = collections.defaultdict(list)
     wakeups: list[tuple[int, float, bool]] = []  # (waker tid, at, on the waker's own CPU)
     for line in script.splitlines():
@@ -257,15 +261,21 @@ def phases(script: str, txns: int) -> dict[str, float]:
             if cpu is not None and target and tid != int(re.search(r"pid=(\d+)", rest).group(1)):
                 wakeups.append((tid, at, int(target.group(1)) == int(cpu)))
             continue
-        nr_m = re.search(r"NR (\d+)(?: \(([0-9a-f]+))?", rest)
+        nr_m = re.search(r"NR (\d+)(?: \(([0-9a-f, ]+))?", rest)
         if not nr_m:
             continue
         nr = int(nr_m.group(1))
         if event.endswith("sys_enter"):
-            fd = int(nr_m.group(2), 16) if nr_m.group(2) else None
+            args = [int(a, 16) for a in nr_m.group(2).split(", ")] if nr_m.group(2) else []
+            fd = args[0] if args else None
+            if nr == POLL and len(args) > 2 and args[2] == 0:
+                nr = PEEK  # poll(2) that does not wait: a look at a socket, not an iteration
             pending[tid] = (nr, at, fd)
         elif tid in pending:
             nr0, enter, fd = pending.pop(tid)
+            if nr0 == PEEK:
+                peeks += 1  # (left out of the phases: its time counts in the gap around it)
+                continue
             kind = (
                 "read" if nr0 in READS else "write" if nr0 in WRITES else "poll" if nr0 in POLLS
                 else "other"
@@ -312,6 +322,7 @@ def phases(script: str, txns: int) -> dict[str, float]:
         "reads": kinds["read"] / txns,
         "writes": kinds["write"] / txns,
         "polls (loop iterations)": kinds["poll"] / txns,
+        "poll(2) without wait (attach check)": peeks / txns,
         "other syscalls": kinds["other"] / txns,
         "sleeps": sum(1 for _, st in all_switches if not st.startswith("R")) / txns,
         "preempted": sum(1 for _, st in all_switches if st.startswith("R")) / txns,

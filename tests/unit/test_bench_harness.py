@@ -251,6 +251,20 @@ def _perf_lines(tid: int, start_us: float) -> list[str]:
     return lines
 
 
+def test_a_poll_without_wait_is_no_loop_iteration() -> None:
+    """pool_attach_check's poll(2) with timeout 0 between the client's read and the server
+    write: counted on its own; the read→write gap spans it."""
+    lines = _perf_lines(11, 1000.0)
+    lines[4:4] = [  # after the read of fd 7 (31-32), before the write (35)
+        "  11 0.001033000: raw_syscalls:sys_enter: NR 7 (7ffd5d1c, 1, 0)",
+        "  11 0.001034000:  raw_syscalls:sys_exit: NR 7 = 0",
+    ]
+    out = latency.phases("\n".join(lines), txns=1)
+    assert out["polls (loop iterations)"] == 2
+    assert out["poll(2) without wait (attach check)"] == 1
+    assert out["on-CPU µs read→write fd 7"] == pytest.approx(3.0)  # 32 → 35, the poll within
+
+
 def test_phases_count_loop_iterations_and_time_between_relay_syscalls() -> None:
     script = "\n".join(_perf_lines(11, 1000.0) + _perf_lines(11, 2000.0))
     out = latency.phases(script, txns=2)
