@@ -9,6 +9,20 @@ from pooler.config import Endpoint
 from pooler.logs import log
 from pooler.protocol import build
 
+# Process ids in the BackendKeyData pooler gives its clients: from POOLER_PIDS up, one of
+# pooler's own whose top byte is the owning worker's index + 1; below it (a session-pool
+# client), its server's own process id, and the secret's top byte names the worker.
+POOLER_PIDS = 1 << 24
+MAX_TAGGED_WORKERS = 127  # (a tag in the secret's top byte keeps the secret positive)
+
+
+def key_owner(pid: int, secret: int) -> int:
+    """The index of the worker that gave a client this BackendKeyData (negative: none)."""
+    pid &= 0xFFFFFFFF
+    if pid >= POOLER_PIDS:
+        return (pid >> 24) - 1
+    return ((secret & 0xFFFFFFFF) >> 24) - 1
+
 
 async def send_cancel(endpoint: Endpoint, pid: int, secret: int, timeout: float | None) -> None:
     """Connect to the server, send the CancelRequest, wait until PostgreSQL closes the

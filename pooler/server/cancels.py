@@ -1,5 +1,5 @@
-"""Cancel requests in a worker: the BackendKeyData it gives its clients (the process id
-encodes the worker), a client's CancelRequest (handed through the supervisor to the worker
+"""Cancel requests in a worker: the BackendKeyData it gives its clients (the process id,
+or for a session-pool client the secret, encodes the worker), a client's CancelRequest (handed through the supervisor to the worker
 that owns the key), and the CancelRequests it sends PostgreSQL, at most its share of
 cancel_max_inflight at once."""
 
@@ -9,7 +9,7 @@ import asyncio
 import secrets
 from typing import Protocol
 
-from pooler.cancel import send_cancel
+from pooler.cancel import MAX_TAGGED_WORKERS, POOLER_PIDS, key_owner, send_cancel
 from pooler.config import Config
 from pooler.logs import log
 from pooler.server.backend import ServerConnection
@@ -40,8 +40,19 @@ class Cancels:
         self.keys: dict[int, ClientConnection] = {}
         self._counter = 0
 
-    def register(self, client: ClientConnection) -> tuple[int, int]:
-        """A BackendKeyData for the client; the process id encodes this worker."""
+    def register(self, client: ClientConnection, server_pid: int = 0) -> tuple[int, int]:
+        """A BackendKeyData for the client. With `server_pid` (a session-pool client: one
+        server for its life) the server's own process id, as pg_backend_pid(),
+        pg_stat_activity and NOTIFY name it, and a secret whose top byte encodes this
+        worker (24 random bits); otherwise a process id that encodes this worker."""
+        index = self.worker.index
+        if (
+            0 < server_pid < POOLER_PIDS
+            and index < MAX_TAGGED_WORKERS
+            and server_pid not in self.keys  # (the same pid on another host: rare)
+        ):
+            self.keys[server_pid] = client
+            return server_pid, ((index + 1) << 24) | secrets.randbits(24)
         while True:
             self._counter = (self._counter + 1) & 0xFFFFFF
             pid = ((self.worker.index + 1) << 24) | self._counter
@@ -52,8 +63,7 @@ class Cancels:
 
     async def cancel(self, pid: int, secret: int) -> None:
         """A CancelRequest: cancel the query of the client's server, wherever it lives."""
-        owner = (pid >> 24) - 1
-        if owner != self.worker.index:
+        if key_owner(pid, secret) != self.worker.index:
             self.worker.link.forward_cancel(pid, secret)  # the supervisor hands it to the owner
             return
         client = self.keys.get(pid)

@@ -265,8 +265,8 @@ class Worker:
         self.clients.discard(client)
         self.cancels.forget(client)
 
-    def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
-        return self.cancels.register(client)
+    def register_cancel_key(self, client: ClientConnection, server_pid: int = 0) -> tuple[int, int]:
+        return self.cancels.register(client, server_pid)
 
     async def cancel(self, pid: int, secret: int) -> None:
         await self.cancels.cancel(pid, secret)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pooler.cancel import send_cancel
+from pooler.cancel import key_owner, send_cancel
 from pooler.config import Config, Endpoint
 from pooler.control import schema
 from pooler.ipc import (
@@ -218,8 +218,8 @@ class WorkerProcesses:
                 if handle.channel is not None:
                     granted = self.broker.try_acquire(index, key, limit)
                     handle.channel.send(Reply(request_id, granted))
-            case CancelQuery(pid, _secret):
-                owner = self.workers.get((pid >> 24) - 1)
+            case CancelQuery(pid, secret):
+                owner = self.workers.get(key_owner(pid, secret))
                 if owner is not None and owner.channel is not None:
                     owner.channel.send(message)
             case Applied(generation):  # it serves this generation (started or reloaded)

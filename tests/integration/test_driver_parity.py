@@ -9,6 +9,7 @@ test suite through the pooler (tests/drivers/run_asyncpg_suite.py, docs/reliabil
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import asyncpg
 import psycopg
@@ -126,3 +127,53 @@ async def test_asyncpg_prepares_afresh_after_ddl_elsewhere(target, pg, mode):
                 await con.close()
     finally:
         pg.psql("drop table parity_ddl", "p0")
+
+
+@pytest.mark.parametrize("mode", ["direct", "session"])
+async def test_asyncpg_server_pid_is_the_backend_own(target, pg, mode):
+    # what pg_backend_pid(), pg_stat_activity, NOTIFY and pg_terminate_backend name
+    port = target(mode)
+    a, b = await aconnect(port), await aconnect(port)
+    try:
+        assert await a.fetchval("select pg_backend_pid()") == a.get_server_pid()
+        heard: asyncio.Queue = asyncio.Queue()
+        await a.add_listener("parity", lambda *args: heard.put_nowait(args[1:]))
+        await b.execute("notify parity, 'hi'")
+        assert await asyncio.wait_for(heard.get(), patience(5)) == (
+            b.get_server_pid(),
+            "parity",
+            "hi",
+        )
+        await a.execute("notify parity, 'me'")
+        assert await asyncio.wait_for(heard.get(), patience(5)) == (
+            a.get_server_pid(),
+            "parity",
+            "me",
+        )
+        ended = asyncio.Event()
+        b.add_termination_listener(lambda _con: ended.set())
+        assert await a.fetchval("select pg_terminate_backend($1)", b.get_server_pid())
+        await asyncio.wait_for(ended.wait(), patience(10))
+        assert b.is_closed()
+    finally:
+        a.terminate()
+        b.terminate()
+
+
+def test_cancel_reaches_session_clients_of_every_worker(pooler):
+    # a session-pool client's BackendKeyData is its server's pid: the worker that owns it is
+    # in the secret, and a CancelRequest landing on the other worker is forwarded there
+    p = pooler(make_config(route(pool="session"), workers=2))
+    for _ in range(6):
+        with psycopg.connect(p.dsn("p0")) as con:
+            con.autocommit = True
+            pid = con.execute("select pg_backend_pid()").fetchone()[0]
+            assert con.info.backend_pid == pid
+            timer = threading.Timer(0.3, con.cancel)
+            timer.start()
+            try:
+                with pytest.raises(psycopg.errors.QueryCanceled):
+                    con.execute("select pg_sleep(30)")
+            finally:
+                timer.cancel()
+            assert con.execute("select 1").fetchone()[0] == 1
