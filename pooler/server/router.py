@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pooler.config import Rule
+from pooler.config.routing import routing_order
 
 GroupKey = tuple[Any, ...]
 NO_MEMBERS: Mapping[GroupKey, frozenset[str]] = {}
@@ -36,41 +37,6 @@ class ClientKey:
     @property
     def unix(self) -> bool:
         return self.address is None
-
-
-def specificity(rule: Rule) -> int:
-    return (
-        1000 * (rule.database is not None)
-        + 100 * (rule.user is not None)
-        + 10 * (rule.address is not None)
-        + (rule.conn_type != "default")
-    )
-
-
-def routing_order(rules: Sequence[Rule], sequential: bool) -> tuple[Rule, ...]:
-    """Rules in the order they are tried: file order, or most specific first (odyssey).
-
-    A group counts as a named user (odyssey). Between a user rule and a group rule of equal
-    specificity that both match a client, the user rule comes first (odyssey compares the
-    names `alice` and `group_NAME` as strings, so its choice depends on spelling); among
-    groups, the group names' order (odyssey's)."""
-    if sequential:
-        return tuple(sorted(rules, key=lambda r: r.order))
-    return tuple(
-        sorted(
-            rules,
-            key=lambda r: (
-                -specificity(r),
-                r.database or "",
-                r.group,
-                r.user or "",
-                r.address is None,
-                r.address or "",
-                r.conn_type,
-                r.order,
-            ),
-        )
-    )
 
 
 def _address_matches(rule_address: str, peer: str | None) -> bool:

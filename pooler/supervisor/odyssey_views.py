@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pooler.config.routing import routing_order
 from pooler.histogram import merge_histograms, quantile
 from pooler.snapshot import RouteSnapshot, WorkerSnapshot
 from pooler.supervisor.aggregate import (
@@ -144,9 +145,9 @@ def show_pools_extended(routes: list[RouteSnapshot], quantiles: tuple[float, ...
 
 def show_rules(config: Any, old_rules: list[Any] | None = None) -> Result:
     rows = []
-    for rule, obsolete in [(r, False) for r in config.rules] + [
-        (r, True) for r in (old_rules or [])
-    ]:
+    """In the order rules are tried (odyssey's), obsolete ones last."""
+    current = routing_order(config.rules, config.sequential_routing)
+    for rule, obsolete in [(r, False) for r in current] + [(r, True) for r in (old_rules or [])]:
         rows.append(
             (
                 rule.database if rule.database is not None else "<default>",
