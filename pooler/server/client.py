@@ -699,6 +699,9 @@ class ClientConnection(asyncio.Protocol):
         except BaseException:
             route.discard(server)
             raise
+        if server.closed:  # (terminated, RECONNECT...) after it was handed over
+            route.discard(server)
+            raise ServerGone("server connection was closed during the login")
 
     async def _check_catchup(self, limit: int) -> None:
         """Refuse the client while the storage watchdog says the replica lags `limit`
@@ -1242,6 +1245,8 @@ class ClientConnection(asyncio.Protocol):
                     await server.query("BEGIN")
                     self.pending_begin = False
                     self.slow_attach = self.steer is not None
+                if server.closed:  # (terminated, RECONNECT...) while it was prepared
+                    raise ServerGone("server connection was closed")
                 break
             except (BackendError, ServerGone) as exc:
                 route.discard(server)

@@ -1,0 +1,53 @@
+"""A server closed (terminated, RECONNECT, PostgreSQL restart) after it was handed to a client
+but before it is linked: the client takes another, or its login fails cleanly; the closed
+server is never linked (`closed -> active` raised IllegalTransition in the stress of
+tests/integration/test_operator_stress.py). Real Worker and Route objects."""
+
+from __future__ import annotations
+
+import pytest
+from test_server_states import ACTIVE, CLOSED, Q1, logged_in, setup
+
+from pooler.server.backend import ServerConnection, ServerGone
+
+
+def closing_the_first(client) -> list[ServerConnection]:
+    """Make preparing a server (`_sync`) lose the first one it is given, as a terminated
+    backend's last answer and its end arrive together."""
+    prepared: list[ServerConnection] = []
+
+    async def sync(server: ServerConnection) -> None:
+        prepared.append(server)
+        if len(prepared) == 1:
+            server.close()
+
+    client._sync = sync
+    return prepared
+
+
+@pytest.mark.timeout(10)
+async def test_a_server_closed_while_prepared_for_a_transaction_is_replaced():
+    _worker, route, client, first = setup()
+    second = ServerConnection(route, first.endpoint)
+    second.connection_made(type(first.transport)())
+    for server in (first, second):
+        logged_in(server)
+        route.busy.add(server)
+    route.release(second)  # idle: the one to take instead
+    prepared = closing_the_first(client)
+    client.queued.append(Q1)  # what it sent meanwhile
+    await client._attach(first)
+    assert prepared == [first, second]
+    assert first.state is CLOSED and first not in route.busy
+    assert client.server is second and second.state is ACTIVE
+
+
+@pytest.mark.timeout(10)
+async def test_a_server_closed_while_prepared_for_a_login_fails_it_cleanly():
+    _worker, route, client, server = setup()
+    logged_in(server)
+    route.busy.add(server)
+    closing_the_first(client)
+    with pytest.raises(ServerGone):
+        await client._sync_for_login(route, server)
+    assert server.state is CLOSED and server not in route.busy
