@@ -302,3 +302,34 @@ def test_metrics_endpoint_survives_bad_http_and_connection_floods(pooler):
         assert p.sql("select 1", dbname="p0") == [(1,)]
     finally:
         release_port(port)
+
+
+def test_tls_handshake_stalls_end_at_the_login_timeout(pooler, tmp_path):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost", "127.0.0.1")
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    server.cert_chain_pems[0].write_to_path(str(cert))
+    server.private_key_pem.write_to_path(str(key))
+    listen = {"tls": "require", "tls_cert_file": str(cert), "tls_key_file": str(key),
+              "client_login_timeout": 1000}  # fmt: skip
+    p = pooler(make_config(route("p0"), listen=listen))
+    stalled = []
+    try:
+        for hello in (b"", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"):  # none, a piece
+            sock = socket.create_connection((HOST, p.port), timeout=patience(5))
+            sock.sendall(SSL_REQUEST)
+            assert sock.recv(1) == b"S"
+            sock.sendall(hello)
+            stalled.append(sock)
+        # a CancelRequest needs no TLS, as with PostgreSQL: read and closed without a word
+        with socket.create_connection((HOST, p.port), timeout=patience(5)) as sock:
+            sock.sendall(build.cancel_request(12345, 678))
+            assert read_to_eof(sock, timeout=patience(5)) == b""
+        with p.connect("p0", sslmode="require") as conn:  # others log in meanwhile
+            assert conn.execute("select 1").fetchone()[0] == 1
+        for sock in stalled:  # closed by client_login_timeout (the handshake's own is 60 s)
+            read_to_eof(sock, timeout=patience(5))
+    finally:
+        for sock in stalled:
+            sock.close()
