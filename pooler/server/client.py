@@ -465,7 +465,7 @@ class ClientConnection(asyncio.Protocol):
             if len(self.buf) >= 5:
                 length = int.from_bytes(self.buf[1:5], "big")
                 if length < 4 or length > MAX_LOGIN_MESSAGE:
-                    raise ProtocolError("invalid message length during login", "08P01")
+                    raise ProtocolError(f"invalid message length {length}", "08P01")
                 if len(self.buf) >= length + 1:
                     msg_type = self.buf[0]
                     body = bytes(self.buf[5 : length + 1])

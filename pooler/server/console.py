@@ -18,13 +18,20 @@ from pooler import __version__
 from pooler.config import Config, Rule
 from pooler.ipc import ConsoleQuery, PauseState
 from pooler.logs import log
-from pooler.protocol import build
+from pooler.protocol import ProtocolError, build
 from pooler.server.client import ClientConnection
 from pooler.server.link import Supervisor
 from pooler.server.pool import Route, RouteKey
 from pooler.snapshot import WorkerSnapshot
 
-Q, X, S = ord("Q"), ord("X"), ord("S")
+Q, X, S, F = ord("Q"), ord("X"), ord("S"), ord("F")
+EXTENDED = frozenset(b"PBDEC")  # extended protocol: an error, then skipped until Sync
+IGNORED = frozenset(b"Hdcf")  # Flush; CopyData/CopyDone/CopyFail outside COPY
+
+
+def _unsupported(msg_type: int) -> bytes:
+    return build.error_response("ERROR", "0A000", f"unsupported request '{chr(msg_type)}'")
+
 CONSOLE_PARAMS = {
     "server_version": __version__,
     "server_encoding": "UTF8",
@@ -84,11 +91,14 @@ class ConsoleSession:
             elif msg_type == S:
                 failed = False
                 await self._write(build.ready_for_query("I"))
-            elif not failed and msg_type != ord("H"):
-                failed = True
-                await self._write(
-                    build.error_response("ERROR", "0A000", f"unsupported request '{chr(msg_type)}'")
-                )
+            elif msg_type == F:  # a request of its own: answered with a ReadyForQuery
+                await self._write(_unsupported(msg_type) + build.ready_for_query("I"))
+            elif msg_type in EXTENDED:  # the rest of the batch is skipped up to its Sync
+                if not failed:
+                    failed = True
+                    await self._write(_unsupported(msg_type))
+            elif msg_type not in IGNORED:  # as PostgreSQL and pgbouncer: FATAL
+                raise ProtocolError(f"invalid frontend message type {msg_type}", "08P01")
 
     async def query(self, text: str) -> None:
         client = self.client

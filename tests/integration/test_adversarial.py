@@ -336,3 +336,27 @@ def test_tls_handshake_stalls_end_at_the_login_timeout(pooler, tmp_path):
     finally:
         for sock in stalled:
             sock.close()
+
+
+def test_console_answers_every_message_type_as_postgresql_would(pooler):
+    p = pooler(make_config([route("p0"), route("console", "stat", storage="local", role="stat")]))
+    login = startup_packet("stat", "console")
+    show = build.query("show version")
+    function_call = b"F" + struct.pack("!iihhh", 14, 1598, 0, 0, 0)
+    # a FunctionCall is answered with an error and a ReadyForQuery (the client waits for
+    # one: it used to get none and hung); CopyData, CopyDone, CopyFail and Flush outside
+    # COPY are ignored; an extended-protocol batch gets one error, then its Sync is answered
+    for steps, kinds in [
+        ((function_call, show), "EZTDCZ"),
+        ((build.copy_data(b"x"), build.copy_done(), build.copy_fail("x"), build.flush(), show),
+         "TDCZ"),
+        ((build.parse("", "show version") + build.bind("", "") + build.execute() + build.sync(),
+          show), "EZTDCZ"),
+    ]:  # fmt: skip
+        _, messages = answers(p.port, login, *steps, build.terminate())
+        assert _typed(messages).endswith("KZ" + kinds), messages
+    # a type no frontend sends: FATAL 08P01, as PostgreSQL and pgbouncer answer it
+    for mtype in (b"z", b"\0", b"p"):
+        _, messages = answers(p.port, login, mtype + struct.pack("!i", 4), show)
+        assert fatal(messages) == ("08P01", f"invalid frontend message type {mtype[0]}")
+    assert p.sql("select 1", dbname="p0") == [(1,)]
