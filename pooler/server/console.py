@@ -32,6 +32,7 @@ IGNORED = frozenset(b"Hdcf")  # Flush; CopyData/CopyDone/CopyFail outside COPY
 def _unsupported(msg_type: int) -> bytes:
     return build.error_response("ERROR", "0A000", f"unsupported request '{chr(msg_type)}'")
 
+
 CONSOLE_PARAMS = {
     "server_version": __version__,
     "server_encoding": "UTF8",
