@@ -162,6 +162,14 @@ class ReleaseSlot:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelSlot:
+    """The slot asked for is not needed any more: its waiters were served by servers
+    released in the worker (or gave up)."""
+
+    key: Any
+
+
+@dataclass(frozen=True, slots=True)
 class BackendOpened:
     key: Any
     endpoint: Endpoint
@@ -224,6 +232,7 @@ ToSupervisor = (
     Applied
     | AcquireSlot
     | ReleaseSlot
+    | CancelSlot
     | BackendOpened
     | BackendClosed
     | ClientSlot

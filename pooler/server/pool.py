@@ -268,6 +268,8 @@ class Route:
                 except (TimeoutError, asyncio.CancelledError) as exc:
                     if waiter in self.waiters:
                         self.waiters.remove(waiter)
+                        if self.slot_requested and not self.has_waiters():
+                            self._cancel_request()
                     elif waiter.done() and not waiter.cancelled():
                         self._unused(waiter.result())  # handed to us as we gave up
                     if isinstance(exc, TimeoutError):
@@ -324,6 +326,8 @@ class Route:
                 except (TimeoutError, asyncio.CancelledError) as exc:
                     if waiter in self.waiters:
                         self.waiters.remove(waiter)
+                        if self.slot_requested and not self.has_waiters():
+                            self._cancel_request()
                     elif waiter.done() and not waiter.cancelled():
                         self._unused(waiter.result())
                     if isinstance(exc, TimeoutError):
@@ -408,6 +412,8 @@ class Route:
         handoff.settled = True
         with contextlib.suppress(ValueError):
             self.waiters.remove(handoff)
+        if self.slot_requested and not self.has_waiters():
+            self._cancel_request()
 
     def record_wait(self, started: float) -> None:
         waited = int((time.monotonic() - started) * 1e6)
@@ -429,6 +435,15 @@ class Route:
         if not self.slot_requested:
             self.slot_requested = True
             self.worker.slots.request(self.key, self.rule.pool_size)
+
+    def _cancel_request(self) -> None:
+        """No client of ours waits any more (served by servers released here, or gone):
+        the slot asked for is not needed. Left queued in the broker, this worker would
+        never lend its idle servers and another worker's waiter would time out beside
+        them (a grant already on its way is released as unused by `on_grant`)."""
+        if self.shared is None:
+            self.slot_requested = False
+            self.worker.slots.cancel(self.key)
 
     def on_grant(self) -> None:
         """The supervisor granted the slot we asked for: the first waiter connects."""
@@ -666,6 +681,8 @@ class Route:
                 deliver(server)
             finally:
                 self._releasing = False
+            if self.slot_requested and not self.has_waiters():
+                self._cancel_request()
             return
         self.busy.discard(server)
         server.pooled()

@@ -6,7 +6,14 @@ import time
 from collections.abc import Hashable
 
 from pooler.config import Endpoint
-from pooler.ipc import AcquireSlot, BackendClosed, BackendOpened, Channel, ReleaseSlot
+from pooler.ipc import (
+    AcquireSlot,
+    BackendClosed,
+    BackendOpened,
+    CancelSlot,
+    Channel,
+    ReleaseSlot,
+)
 
 
 class SupervisorSlots:
@@ -20,6 +27,11 @@ class SupervisorSlots:
         """One more slot for a client that begins to wait now (the broker serves the
         longest waiting first, over all workers)."""
         self._channel.send(AcquireSlot(key, limit, time.monotonic()))
+
+    def cancel(self, key: Hashable) -> None:
+        """The slot asked for is not needed any more (a grant already on its way is
+        released as unused)."""
+        self._channel.send(CancelSlot(key))
 
     def release(self, key: Hashable) -> None:
         """A slot granted but not used (or a client_max slot) goes back."""

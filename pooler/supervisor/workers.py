@@ -29,6 +29,7 @@ from pooler.ipc import (
     BackendClosed,
     BackendOpened,
     CancelQuery,
+    CancelSlot,
     Channel,
     ClientSlot,
     ConfigMessage,
@@ -208,6 +209,8 @@ class WorkerProcesses:
                 self._deliver(self.broker.acquire(index, key, limit, since))
             case ReleaseSlot(key):
                 self._deliver(self.broker.release(index, key))
+            case CancelSlot(key):
+                self._deliver(self.broker.cancel(index, key))
             case BackendOpened(key, endpoint, pid, secret):
                 handle.backends[key, pid] = (endpoint, secret)
             case BackendClosed(key, pid, holds_slot):

@@ -294,3 +294,38 @@ def test_every_field_a_show_column_reads_is_produced(pooler, pg):
             for sock in silent:
                 sock.close()
     wait_until(lambda: dict(p.admin("show lists"))["login_clients"] == 0, timeout=30)
+
+
+def test_whole_pool_size_at_once_after_a_burst(pooler, pg):
+    """After a burst that queued slot requests on every worker (each then served its
+    waiters with its own released servers), `pool_size` clients holding a transaction each
+    all get a server, wherever they land: a worker left queued in the supervisor lent none
+    of its idle servers and the last client waited out pool_timeout beside them."""
+    p = pooler(config(4, 2, pool_timeout=8000))
+    done = 0
+    lock = threading.Lock()
+
+    def burst() -> None:
+        nonlocal done
+        while done < 200:
+            with psycopg.connect(p.dsn("p1")) as conn:
+                for _ in range(5):
+                    conn.execute("select pg_sleep(0.005)")
+                    conn.commit()
+                    with lock:
+                        done += 1
+
+    for _ in range(3):
+        done = 0
+        threads = [threading.Thread(target=burst) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        conns = [psycopg.connect(p.dsn("p1")) for _ in range(4)]
+        try:
+            for conn in conns:
+                conn.execute("select 1")  # (a transaction: each holds its server)
+        finally:
+            for conn in conns:
+                conn.close()
