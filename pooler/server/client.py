@@ -102,6 +102,7 @@ _NOT_SESSION_PARAMS = frozenset(
 )
 MAX_STARTUP_WAIT_BUFFER = 1 << 16
 MAX_LOGIN_MESSAGE = 1 << 16
+HALF_CLOSE_GRACE = 2.0  # seconds a half-closed client's answers are waited for (eof_received)
 MAX_QUEUED = 256 * 1024  # bytes held for a client waiting for a server; then it is paused
 RETRY_LIMIT = 1 << 16  # a batch kept to be sent again (prepared.Retry) is at most this long
 # A message larger than client_max_buffer is streamed to the server; its first HEAD_SIZE
@@ -249,6 +250,7 @@ class ClientConnection(asyncio.Protocol):
         self.slow_attach = False  # steer or pending_begin: servers come through the task path
         self.pinned = False  # ran LISTEN under pool_pin_on_listen: keeps its server
         self.half_closed = False  # sent EOF with answers owed: closed once they are relayed
+        self._eof_timer: asyncio.TimerHandle | None = None  # ... or HALF_CLOSE_GRACE after
         self._routing = False  # holds one of the worker's client_max_routing places
         self._wait_timer: asyncio.TimerHandle | None = None  # pool_notice_after_waiting_ms
         self._wait_started = 0.0
@@ -296,7 +298,10 @@ class ClientConnection(asyncio.Protocol):
         """The client half-closed (shutdown(SHUT_WR)) after its requests: as from PostgreSQL,
         it gets the answers to what it sent, then the connection closes (`_done_after_eof`,
         `server_ready`). With nothing owed, in COPY IN (which cannot end now) or over TLS,
-        it closes at once."""
+        it closes at once. An EOF cannot be told from a client that died (its socket closed
+        whole): answers that take longer than HALF_CLOSE_GRACE are not waited for, the
+        server is cancelled and reset as for any client gone (pgbouncer and odyssey do so at
+        once; PostgreSQL runs the query to its end)."""
         if self.closing or self.transport.get_extra_info("ssl_object") is not None:
             return False
         server = self.server
@@ -309,6 +314,7 @@ class ClientConnection(asyncio.Protocol):
         if not owed:
             return False
         self.half_closed = True
+        self._eof_timer = asyncio.get_running_loop().call_later(HALF_CLOSE_GRACE, self.close)
         self._wake()
         return True
 
@@ -337,6 +343,8 @@ class ClientConnection(asyncio.Protocol):
             self._stop_waiting()
         if self._wait_timer is not None:
             self._wait_timer.cancel()
+        if self._eof_timer is not None:
+            self._eof_timer.cancel()
         server = self.server
         if server is not None:
             self.server = None

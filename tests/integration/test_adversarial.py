@@ -143,7 +143,10 @@ def test_half_closed_client_gets_its_answers_then_eof(pooler):
     # only the close. In session and transaction pools, and while it waits for a server.
     p = pooler(
         make_config(
-            [route("p0", pool="transaction", pool_size=1), route("p1", pool="session")],
+            [
+                route("p0", pool="transaction", pool_size=1, pool_timeout=10000),
+                route("p1", pool="session"),
+            ],
             workers=1,
         )
     )
@@ -183,6 +186,16 @@ def test_half_closed_client_gets_its_answers_then_eof(pooler):
             assert rest == b""
         assert _typed(messages) == "TDCZ" and messages[1][1].endswith(b"43"), messages
     assert p.sql("select 44", dbname="p0") == [(44,)]
+
+    # A client that dies mid-query closes its socket whole, which the pooler cannot tell
+    # from a half-close: answers slower than HALF_CLOSE_GRACE (2 s) are not waited for, the
+    # server is cancelled and serves the next client (not after the 30 s of the query)
+    with socket.create_connection((HOST, p.port), timeout=patience(5)) as sock:
+        sock.sendall(startup_packet())
+        read_until_ready(sock)
+        sock.sendall(build.query("select pg_sleep(30)"))
+        wait_until(lambda: any(r[0] == "p0" and r[6] for r in p.admin("show pools")))
+    assert p.sql("select 45", dbname="p0") == [(45,)]  # (pool_timeout 10 s)
 
 
 def read_until_ready(sock: socket.socket) -> bytes:
