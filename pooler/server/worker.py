@@ -24,7 +24,7 @@ from pooler.server.cancels import Cancels
 from pooler.server.client import ClientConnection
 from pooler.server.console import ConsoleSession
 from pooler.server.dns import DnsCache
-from pooler.server.drain import RESTART_MESSAGE, Drain
+from pooler.server.drain import RESTART_MESSAGE, SHUTDOWN_MESSAGE, Drain
 from pooler.server.groups import GroupChecker
 from pooler.server.idle import between_transactions, check_client_timeouts
 from pooler.server.link import Supervisor
@@ -171,26 +171,26 @@ class Worker:
         return bool(socks and not self.stopping and select.select(socks, [], [], 0)[0])
 
     async def shutdown(self, timeout_ms: int, *, restart: bool = False) -> None:
-        """Graceful: stop accepting, drop idle clients, let transactions finish. For an
-        online restart (the new process accepts already) clients go as `Drain` says."""
+        """Graceful: stop accepting, let transactions finish, drop the clients between
+        transactions as `Drain` says (conn_drop_options): for an online restart (the new
+        process accepts already) `Drain.choose`, for a shutdown `Drain.choose_between`, as
+        odyssey; console sessions go at once."""
         self.stopping = True
         await self.stop_accepting()
         deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
-        drain = self.drain = (
-            Drain(self.config.conn_drop_options, time.monotonic()) if restart else None
-        )
+        drain = Drain(self.config.conn_drop_options, time.monotonic())
         if restart:
-            log.info("worker", f"worker {self.index} drains {len(self.clients)} clients")
+            self.drain = drain  # (its transaction boundaries too: `transaction_ended`)
+        log.info("worker", f"worker {self.index} drains {len(self.clients)} clients")
+        choose = drain.choose if restart else drain.choose_between
+        message = RESTART_MESSAGE if restart else SHUTDOWN_MESSAGE
         while self.clients:
-            if drain is None:
-                for client in list(self.clients):
-                    if between_transactions(client):
-                        client.fatal("08006", "pooler is shutting down")
-            else:
-                for client in drain.choose(
-                    list(self.clients), time.monotonic(), between_transactions
-                ):
-                    client.fatal("08006", RESTART_MESSAGE)
+            clients = [c for c in self.clients if not c.closing]
+            for client in [c for c in clients if c.state == "console"]:
+                client.fatal("08006", message)
+            clients = [c for c in clients if c.state != "console"]
+            for client in choose(clients, time.monotonic(), between_transactions):
+                client.fatal("08006", message)
             if deadline is not None and time.monotonic() > deadline:
                 log.info(
                     "worker",

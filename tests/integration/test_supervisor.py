@@ -174,3 +174,37 @@ def test_sigterm_lets_transactions_finish(pooler, pg):
     assert aborted, stderr
     assert all(n <= 4 for n in aborted), stderr
     assert "failed transactions: 0" in stderr or "in transaction" not in stderr
+
+
+@pytest.mark.parametrize("pool", ["session", "transaction"])
+def test_sigterm_drops_idle_clients_at_the_conn_drop_rate(pooler, pool):
+    """A graceful shutdown drains as odyssey's (reference §2.9): clients between
+    transactions go at most `conn_drop_options.rate` per `interval_ms`, the longest quiet
+    first, with 08006 'pooler is shutting down'; an open transaction finishes. (All idle
+    clients used to be dropped at once.)"""
+    text = make_config(
+        route(pool=pool, pool_size=4, pool_discard=False),
+        workers=1,
+        log_session=False,
+        graceful_shutdown_timeout_ms=30000,
+    ).replace(
+        "\nlisten {", "\nconn_drop_options {\n\trate 1\n\tinterval_ms 60000\n}\n\nlisten {", 1
+    )
+    p = pooler(text)
+    idle = [p.connect("p1") for _ in range(3)]
+    for conn in idle:
+        conn.execute("select 1")
+    busy = p.connect("p1", autocommit=False)
+    busy.execute("select 1")  # a transaction is open
+    since = p.log_offset()
+    p.signal(signal.SIGTERM)
+    p.wait_for_log("pooler is shutting down", since=since)
+    with pytest.raises(psycopg.OperationalError, match="pooler is shutting down"):
+        idle[0].execute("select 1")  # the longest quiet: this interval's one
+    for conn in idle[1:]:  # the next interval's
+        assert conn.execute("select 2").fetchone() == (2,)
+    busy.execute("select 3")
+    busy.commit()
+    for conn in [*idle, busy]:
+        conn.close()
+    assert p.wait_exit(timeout=20) == 0

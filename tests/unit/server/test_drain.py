@@ -52,3 +52,17 @@ def test_drop_disabled_lets_every_client_stay():
     idle = Client(last_activity=1.0)
     assert drain.choose([ran, idle], 200.0, between) == []
     assert not drain.at_boundary(ran, between)
+
+
+def test_a_shutdown_drops_clients_between_transactions_at_rate_the_longest_quiet_first():
+    drain = Drain(ConnDropOptions(rate=2, interval_ms=1000), started=100.0)
+    quiet = [Client(mode="session", last_activity=t) for t in (99.9, 10.0, 50.0)]
+    fresh = Client(last_activity=100.0, ready_at=100.0)  # (no idle time asked: as odyssey)
+    in_flight = Client(last_activity=1.0, idle=False)
+    clients = [*quiet, fresh, in_flight]
+    assert drain.choose_between(clients, 100.0, between) == [quiet[1], quiet[2]]
+    rest = [quiet[0], fresh, in_flight]
+    assert drain.choose_between(rest, 100.5, between) == []  # this interval's 2 are spent
+    assert drain.choose_between(rest, 101.0, between) == [quiet[0], fresh]
+    disabled = Drain(ConnDropOptions(drop_enabled=False), started=100.0)
+    assert disabled.choose_between(clients, 200.0, between) == []
