@@ -204,6 +204,24 @@ class LinkedClient(Protocol):
     def server_lost(self, server: ServerConnection) -> None: ...
 
 
+# How PostgreSQL spells the values of parameters it reports, as learned by `sync_params`
+# ((name, value asked) -> value reported), for a transaction-pool login that reports them
+# without a server: asyncpg asks for client_encoding 'utf-8', PostgreSQL says UTF8.
+_SPELLINGS: dict[tuple[str, str], str] = {}
+MAX_SPELLINGS = 1024
+_ENCODING_NOISE = re.compile(r"[^0-9a-z]")
+
+
+def spelled(name: str, value: str) -> str:
+    """`value` of parameter `name` as PostgreSQL would report it, when known."""
+    known = _SPELLINGS.get((name, value))
+    if known is not None:
+        return known
+    if name == "client_encoding" and _ENCODING_NOISE.sub("", value.lower()) in ("utf8", "unicode"):
+        return "UTF8"  # (PostgreSQL's clean_encoding_name; the one everybody asks for)
+    return value
+
+
 class ServerConnection(asyncio.Protocol):
     __slots__ = (
         "_inbox",
@@ -773,7 +791,11 @@ class ServerConnection(asyncio.Protocol):
             reported = self.login_params
             for name, value in wanted.items():
                 if name in reported:
-                    wanted[name] = self.params[name]
+                    wanted[name] = spelling = self.params[name]
+                    if spelling != value:
+                        if len(_SPELLINGS) >= MAX_SPELLINGS:
+                            _SPELLINGS.clear()
+                        _SPELLINGS[name, value] = spelling
                 else:
                     self.params[name] = value
 

@@ -49,6 +49,7 @@ from pooler.server.backend import (
     BackendError,
     ServerConnection,
     ServerGone,
+    spelled,
 )
 from pooler.server.connect import TOO_MANY_CONNECTIONS, ConnectFailed
 from pooler.server.drain import Drain
@@ -90,13 +91,6 @@ TRACKED_PARAMS = (
     "application_name",
     "search_path",
 )
-# Reported parameters whose value PostgreSQL may spell otherwise than a client asked (a
-# transaction-pool login learns the spelling once, on a server, and remembers it).
-SPELLED_PARAMS = frozenset(
-    ("client_encoding", "DateStyle", "IntervalStyle", "TimeZone", "standard_conforming_strings")
-)
-_SPELLED: dict[tuple[str, str], str] = {}  # (name, value asked) -> value PostgreSQL reports
-MAX_SPELLED = 1024
 _NOT_SESSION_PARAMS = frozenset(
     ("user", "database", "replication", "options", "fallback_application_name")
 )
@@ -658,43 +652,22 @@ class ClientConnection(asyncio.Protocol):
             notices, server.login_notices = server.login_notices, []
             reported = dict(server.params)
         else:
-            if route.server_params is None or from_options or self._unspelled(route.server_params):
+            if route.server_params is None or from_options:
                 # (settings from `options` are tried now: one PostgreSQL refuses must
-                # refuse the login, not the client's first query; so is a value whose
-                # spelling PostgreSQL's report may change, to learn that spelling)
+                # refuse the login, not the client's first query)
                 server = await self._acquire_for_login(route)
                 notices, server.login_notices = server.login_notices, []
-                asked = self._unspelled(server.params)
-                if from_options or asked:
+                if from_options:
                     await self._sync_for_login(route, server)
-                    if len(_SPELLED) > MAX_SPELLED:
-                        _SPELLED.clear()
-                    for name, value in asked.items():
-                        _SPELLED[name, value] = self.params[name]
                 route.release(server)
             reported = dict(route.server_params or {})
-            for name in reported.keys() & self.params.keys():  # what PostgreSQL reports
-                value = self.params[name]
-                reported[name] = self.params[name] = _SPELLED.get((name, value), value)
+            for name in reported.keys() & self.params.keys():  # what PostgreSQL reports, in
+                value = self.params[name]  # its spelling when known (backend.spelled)
+                reported[name] = self.params[name] = spelled(name, value)
         for name in TRACKED_PARAMS:
             if name in reported:
                 self.params.setdefault(name, reported[name])
         self._finish_login(reported, notices)
-
-    def _unspelled(self, server_params: dict[str, str] | None) -> dict[str, str]:
-        """The client's values of parameters PostgreSQL reports in its own spelling
-        (asyncpg's client_encoding `'utf-8'` is reported `UTF8`) that differ from the
-        server's and whose spelling is not known yet."""
-        if not server_params:
-            return {}
-        return {
-            name: value
-            for name, value in self.params.items()
-            if name in SPELLED_PARAMS
-            and name in server_params
-            and value != server_params[name]
-            and (name, value) not in _SPELLED
-        }
 
     async def _sync_for_login(self, route: Route, server: ServerConnection) -> None:
         """Prepare a server for this client during login; a session parameter PostgreSQL
