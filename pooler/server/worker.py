@@ -427,7 +427,9 @@ class Worker:
         reusable as it is and the route has no reset query; else through a reset, always
         when the client is gone (its answers may still be coming)."""
         route = server.route
-        if unusable:
+        if server.closed:  # closed under its client (a shutdown's end, RECONNECT...)
+            route.discard(server)
+        elif unusable:
             server.detach()
             route.discard(server)
         elif not client_gone and not route.reset_query and server.reusable:

@@ -208,3 +208,26 @@ def test_sigterm_drops_idle_clients_at_the_conn_drop_rate(pooler, pool):
     for conn in [*idle, busy]:
         conn.close()
     assert p.wait_exit(timeout=20) == 0
+
+
+@pytest.mark.parametrize("pool", ["session", "transaction"])
+def test_sigterm_timeout_with_a_transaction_open_closes_it_cleanly(pooler, pool):
+    """Past graceful_shutdown_timeout_ms the worker closes what is left: a client in an open
+    transaction, then its server. The client's goodbye came after its server was closed,
+    and giving that server back raised IllegalTransition 'closed -> reset' (a traceback in
+    the log; the fixture fails the test on one)."""
+    p = pooler(
+        make_config(
+            route(pool=pool, pool_size=2),
+            workers=1,
+            log_session=False,
+            graceful_shutdown_timeout_ms=300,
+        )
+    )
+    conn = p.connect("p1", autocommit=False)
+    conn.execute("select 1")  # a transaction is open: the drain leaves it
+    p.signal(signal.SIGTERM)
+    assert p.wait_exit(timeout=20) == 0
+    conn.close()
+    assert p.log_contains("graceful_shutdown_timeout_ms passed")
+    p.assert_log_clean()
