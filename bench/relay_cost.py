@@ -45,6 +45,7 @@ from pooler.protocol import build
 from pooler.server import sockopts
 from pooler.server.backend import ServerConnection, ServerState
 from pooler.server.client import ClientConnection
+from pooler.server.lifecycle import ClientState
 from pooler.server.prepared import ClientStatements
 from pooler.server.router import ClientKey
 from pooler.server.worker import Worker
@@ -173,7 +174,8 @@ def ready_client(worker: Worker, route: Any) -> ClientConnection:
     transport = CountingTransport()
     transport.protocol = client
     client.transport = transport  # type: ignore[assignment]
-    client.state, client.route, client.rule, client.mode = "ready", route, route.rule, "transaction"
+    client.state, client.route, client.rule = ClientState.IDLE, route, route.rule
+    client.mode = "transaction"
     client.statements = ClientStatements(route.stats, route.known_statements)
     client.params = {"application_name": "pgbench", "client_encoding": "UTF8"}
     return client
@@ -245,7 +247,7 @@ async def login(connections: int) -> float:
             transport.protocol = client
             client.connection_made(transport)  # type: ignore[arg-type]
             client.data_received(startup)
-            while client.state != "ready":
+            while not client.logged_in:
                 await asyncio.sleep(0)
             client.data_received(QUERY)
             assert client.server is not None

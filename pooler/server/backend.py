@@ -5,12 +5,20 @@ Two modes share one byte scanner:
   messages are queued and awaited with `read()`;
 - relay: a client is linked; every chunk is written to the client as it is and only
   ReadyForQuery, ParameterStatus, ErrorResponse and CopyInResponse are looked at.
+
+Its life is a `ServerState` (lifecycle.py) moved by `become` alone.
+
+Over 500 lines for a reason: one asyncio Protocol object per backend carries both modes
+(the relay's `data_received` and the pooler's own exchanges: login, reset, resync,
+parameter sync, statement tidying), which share its scanner, its transport and the
+counters of what the server owes; the relay path reads them per chunk in one method on
+purpose (bench/relay_cost.py). The pooler's own exchanges (from `login` down) are the part
+that could move to a module of their own, over a narrow interface (`send`, `read`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import itertools
 import os
 import re
@@ -25,10 +33,12 @@ from pooler.protocol import auth, build, messages
 from pooler.protocol.scanner import MessageScanner, StreamError
 from pooler.server import sockopts, tls as tls_support
 from pooler.server.flow import BURST_READ, PEER_FULL, ReadGate, yield_turn
+from pooler.server.lifecycle import SERVER_NEXT, ServerState, moved
 from pooler.server.prepared import (
     FAIL_IN_PLACE,
     NO_DATA,
     STALE_PLAN_ERROR,
+    ClientStatements,
     KnownStatements,
     ServerStatements,
     shape_of,
@@ -84,43 +94,13 @@ class ServerGone(Exception):
     """The server connection closed or timed out."""
 
 
-class ServerState(enum.Enum):
-    """A server connection's life (docs/architecture.md, "A server's life"); one method
-    moves it (`ServerConnection.become`), along the arrows of `_NEXT`."""
-
-    LOGIN = "login"  # connecting and logging in: the pooler talks to it
-    IDLE = "idle"  # in its route's idle list
-    TAKEN = "taken"  # out of the pool, no client: handed on, being prepared, or the pooler's
-    ACTIVE = "active"  # linked to a client: what it says is relayed
-    RESET = "reset"  # detached from its client: the pooler brings it back in step
-    CLOSED = "closed"  # closing or closed: never used again
-
-    __hash__ = object.__hash__  # (members are singletons: identity, hashed in C)
-
-
-_NEXT: dict[ServerState, tuple[ServerState, ...]] = {
-    ServerState.LOGIN: (ServerState.TAKEN, ServerState.CLOSED),
-    ServerState.IDLE: (ServerState.TAKEN, ServerState.ACTIVE, ServerState.CLOSED),
-    ServerState.TAKEN: (
-        ServerState.ACTIVE,
-        ServerState.IDLE,
-        ServerState.RESET,
-        ServerState.CLOSED,
-    ),
-    ServerState.ACTIVE: (ServerState.TAKEN, ServerState.RESET, ServerState.CLOSED),
-    ServerState.RESET: (ServerState.TAKEN, ServerState.CLOSED),
-    ServerState.CLOSED: (),
-}
-# Tests set POOLER_STRICT_STATES=1: an illegal transition raises there; in production it is
-# logged and made anyway (the connection is closed or reused as the caller decided).
-STRICT_STATES = os.environ.get("POOLER_STRICT_STATES") == "1"
-
-
 _CLOSED = ServerState.CLOSED
-
-
-class IllegalTransition(RuntimeError):
-    """A server connection was moved along an arrow its state diagram does not have."""
+_IDLE, _TAKEN, _ACTIVE, _RESET = (
+    ServerState.IDLE,
+    ServerState.TAKEN,
+    ServerState.ACTIVE,
+    ServerState.RESET,
+)
 
 
 def _edited(data: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
@@ -196,6 +176,7 @@ class LinkedClient(Protocol):
     reading: ReadGate
     writing_paused: bool
     params: dict[str, str]
+    statements: ClientStatements | None  # its prepared statements (a stale copy's retry)
 
     def fatal(self, sqlstate: str, message: str) -> None: ...
     def refusal(self, message: str) -> bytes: ...
@@ -357,8 +338,8 @@ class ServerConnection(asyncio.Protocol):
             events = [(t, b, end + len(tail)) for t, b, end in events]
         ready = False
         edits: list[tuple[int, int, bytes]] = []  # answers dropped or replaced
-        retry = statements.retry
-        skip_from = 0 if retry is not None and retry.hiding else -1  # dropping up to a Z
+        retry = statements.retry  # (the armed batch goes again: see take_retry)
+        skip_from = -1 if retry is None else 0  # dropping up to a ReadyForQuery
         for msg_type, body, end in events:
             if msg_type == PARSE_COMPLETE:
                 if not statements.on_parse_complete():
@@ -367,16 +348,19 @@ class ServerConnection(asyncio.Protocol):
             if msg_type == Z:
                 status = self.status = body[0] if body else IDLE
                 statements.on_ready(status)
-                if retry is not None:
-                    statements.retry = None
-                    if retry.hiding:  # the stale copy's error and its ReadyForQuery: the
-                        edits.append((skip_from, end, b""))  # batch goes again instead
-                        skip_from = -1
-                        if not retry.flush:  # (a Flush batch went again with our Sync)
-                            self._send(retry.replay(statements))
-                        retry = None
-                        continue
+                if statements.armed_at >= 0:  # its batch is answered: disarmed
+                    statements.armed_at = -1
+                    statements.armed_sent = b""
+                if retry is not None:  # the stale copy's error and its ReadyForQuery: the
+                    statements.retry = None  # batch goes again instead
+                    edits.append((skip_from, end, b""))
+                    skip_from = -1
+                    if not retry.flush:  # (a Flush batch went again with our Sync)
+                        self._send(retry.replay(statements))
+                        if statements.watching:
+                            self.watch(True)
                     retry = None
+                    continue
                 if status != IDLE and client.mode == "statement":
                     if end < 6:  # its start went with the previous chunk: too late to amend
                         client.fatal("0A000", STATEMENT_POOL_REFUSAL)
@@ -402,13 +386,15 @@ class ServerConnection(asyncio.Protocol):
             elif msg_type == E and body is not None:
                 statements.on_error()
                 if (
-                    retry is not None
+                    statements.armed_at >= 0
+                    and retry is None
                     and self.status == IDLE
-                    and self.pending == (0 if retry.flush else 1)
-                    and self.unsynced == retry.flush
-                    and statements.may_retry(messages.decode_error_fields(body))
+                    and self.pending == (0 if statements.armed_flush else 1)
+                    and self.unsynced == statements.armed_flush
+                    and statements.take_retry(messages.decode_error_fields(body), client.statements)
                 ):
-                    retry.hiding = True
+                    retry = statements.retry
+                    assert retry is not None
                     skip_from = end - 5 - len(body)
                     if retry.flush:
                         # PostgreSQL skips everything up to a Sync: ours ends the error (its
@@ -416,6 +402,8 @@ class ServerConnection(asyncio.Protocol):
                         # behind it, before anything the client sends next
                         statements.sent_sync()
                         self._send(build.SYNC + retry.replay(statements))
+                        if statements.watching:
+                            self.watch(True)
                 elif statements.stale_errors_due:  # the answer to a FAIL_IN_PLACE
                     statements.stale_errors_due -= 1
                     edits.append((end - 5 - len(body), end, STALE_PLAN_ERROR))
@@ -443,9 +431,13 @@ class ServerConnection(asyncio.Protocol):
                         self._release_held(passed=check)
         if skip_from >= 0:
             edits.append((skip_from, len(data), b""))
-        if self.relay_wanted is not RELAY_WANTED:
-            if statements.watching != (self.relay_wanted is RELAY_WANTED_WATCH):
-                self.watch(statements.watching)
+        wanted = self.relay_wanted
+        if wanted is not RELAY_WANTED:
+            if wanted is RELAY_WANTED_WATCH:
+                if not statements.watching:
+                    self.watch(False)
+            elif statements.in_xact:  # (descriptions and closes in flight turn it on as
+                self.watch(True)  # they are sent: ClientConnection._forward, a replay)
             if not forwarded:
                 # an incomplete message that may have to be cut waits for its end
                 partial = self.scanner.partial_len
@@ -546,20 +538,16 @@ class ServerConnection(asyncio.Protocol):
     def reusable(self) -> bool:
         """The one test of "clean enough for the next client" (before the route's reset
         query): it owes no answer, is in no transaction, and was never out of step."""
-        return self.status == IDLE and not self.owes_answers and not self.desynced
+        return self.status == IDLE and not (
+            self.pending > 0 or self.unsynced or self.copy_in or self.desynced
+        )  # (`owes_answers` spelled out: this runs per transaction)
 
     def become(self, new: ServerState) -> None:
         """The one way a server changes state (a debug log line each time)."""
         old = self.state
-        if new not in _NEXT[old]:
-            message = f"illegal server transition {old.value} -> {new.value}"
-            if STRICT_STATES:
-                raise IllegalTransition(message)
-            log.error("server", message, self.log_context())
+        moved("server", old, new, SERVER_NEXT[old], self.log_context())
         self.state = new
         self.closed = new is _CLOSED
-        if log.debug_enabled:
-            log.debug("server", f"{old.value} -> {new.value}", self.log_context())
 
     async def login(self, user: str, database: str, password: str | auth.ScramKeys | None) -> None:
         """Run the startup exchange up to the first ReadyForQuery."""
@@ -864,8 +852,18 @@ class ServerConnection(asyncio.Protocol):
 
     def link(self, client: LinkedClient, now: float) -> None:
         """Lend the server to `client` (at monotonic time `now`)."""
-        self.become(ServerState.ACTIVE)
-        self.statements.reset()
+        state = self.state
+        if (state is _IDLE or state is _TAKEN) and not log.debug_enabled:
+            self.state = _ACTIVE  # (`become`'s check, inline on the hot path)
+        else:
+            self.become(_ACTIVE)
+        statements = self.statements
+        if (  # (a server given back as it was is settled already: every batch answered)
+            statements.batches_sent != statements.batches_done
+            or statements.stale_errors_due
+            or statements.in_xact
+        ):
+            statements.reset()
         self.held = None
         self.tail = b""
         self.client = client
@@ -878,11 +876,19 @@ class ServerConnection(asyncio.Protocol):
     def unlink(self) -> None:
         """The server leaves its client (or the pooler's own use) on its way back."""
         state = self.state
-        if state is ServerState.ACTIVE or state is ServerState.RESET:
-            self.become(ServerState.TAKEN)
-        self._end_link()
-        self.held = None
-        self.released_at = time.monotonic()
+        if state is _ACTIVE or state is _RESET:
+            if log.debug_enabled:
+                self.become(_TAKEN)
+            else:
+                self.state = _TAKEN  # (`become`'s check, inline on the hot path)
+        client = self.client
+        if client is not None:  # (`_end_link`, inline on the hot path)
+            self.client = None
+            if client.reading.causes & PEER_FULL:
+                client.reading.resume(PEER_FULL)
+        if self.reading.causes:
+            self.reading.resume(PEER_FULL)
+        self.released_at = time.monotonic()  # (`held` is emptied by the next `link`)
 
     def taken(self) -> None:
         """Out of the idle list (for a client, or for the pooler's own use)."""
@@ -890,7 +896,10 @@ class ServerConnection(asyncio.Protocol):
 
     def pooled(self) -> None:
         """Into the idle list."""
-        self.become(ServerState.IDLE)
+        if self.state is _TAKEN and not log.debug_enabled:
+            self.state = _IDLE  # (`become`'s check, inline on the hot path)
+        else:
+            self.become(_IDLE)
 
     def _end_link(self) -> None:
         """The link to the client ends: whatever either side paused for the other ends

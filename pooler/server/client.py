@@ -4,7 +4,16 @@ The login runs as a coroutine reading from the connection's buffer. Once the cli
 ready, `data_received` relays bytes straight to the linked server (or queues them while a
 server is being acquired), looking only at message headers to know when the server can be
 given back: after a ReadyForQuery that leaves no answer owed, no extended-protocol batch
-open, no COPY running and, in transaction mode, no transaction open.
+open, no COPY running and, in transaction mode, no transaction open. Its life is a
+`ClientState` (lifecycle.py) moved by `become` alone.
+
+Over 500 lines for a reason, not yet split: the login steps (startup packet, TLS, routing,
+authentication) and the relay share one asyncio Protocol object and its fields (the buffer
+the login reads, the state, the route), and the relay's per-message path
+(`data_received` → `_queue`/`_forward` → `_query_goes`, then `server_ready`) is kept in
+one class on purpose: each call or attribute hop there is paid per transaction
+(bench/relay_cost.py). The next split is along that seam: the login as its own object
+handing a logged-in client over, and the relay's decisions as a sans-I/O core (issue 14).
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from pooler.protocol.query_text import opens_transaction_block
 from pooler.server import sockopts, tls as tls_support, virtual
 from pooler.server.backend import (
     IDLE,
+    MAX_STATEMENTS,
     RELAY_WANTED_WATCH,
     STATEMENT_POOL_REFUSAL,
     BackendError,
@@ -63,8 +73,9 @@ from pooler.server.flow import (
 )
 from pooler.server.groups import GroupChecker
 from pooler.server.hba import hba_allows
+from pooler.server.lifecycle import CLIENT_NEXT, RELAYING, ClientState, moved
 from pooler.server.pool import HandOff, PoolTimeout, Route
-from pooler.server.prepared import ClientStatements, Retry, is_stale_statement_error
+from pooler.server.prepared import ClientStatements, is_stale_statement_error
 from pooler.server.router import ClientKey, Router
 from pooler.server.sockopts import TcpOptions
 from pooler.server.watchdog import LagWatchdog, catchup_timeout
@@ -121,6 +132,9 @@ def _query_text(buf: bytes | bytearray, start: int, end: int) -> str:
 
 
 TERMINATE = b"X\x00\x00\x00\x04"
+
+_STARTUP, _LOGIN_WAITING, _CANCEL, _CONSOLE, _IDLE, _WAITING, _LINKED, _CLOSED = ClientState
+_LOGIN_STATES = (_STARTUP, _LOGIN_WAITING, _CANCEL)  # (a login timer still runs for them)
 
 
 def _whole_messages(data: bytes) -> bool:
@@ -197,7 +211,8 @@ class ClientConnection(asyncio.Protocol):
         self.id = f"c{os.getpid() & 0xFFFF:04x}{next(_client_ids):08x}"
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.peer: tuple[str, int] | None = None
-        self.state = "startup"
+        self.state = _STARTUP  # moved by `become` alone (lifecycle.CLIENT_NEXT)
+        self.closed_from: ClientState | None = None  # the state it closed from
         self.buf = bytearray()
         self._waiter: asyncio.Future[None] | None = None
         self._login_task: asyncio.Task[None] | None = None
@@ -230,8 +245,6 @@ class ClientConnection(asyncio.Protocol):
         self.mode: str | None = "session"  # the rule's pool (never None once validated)
         self.reading = ReadGate()  # paused while the server lags or the queue is full
         self.writing_paused = False  # the client's transport is full (pause_writing)
-        self.closing = False
-        self.waiting_login = False  # waits for a server during login (see waiting_since)
         self.asked_at = 0.0  # when it last asked for a server (monotonic; see waiting_since)
         self.connected_at = time.monotonic()
         self.last_activity = self.connected_at
@@ -270,7 +283,8 @@ class ClientConnection(asyncio.Protocol):
         self._login_task = self.worker.spawn(self._login(), f"login {self.id}")
 
     def data_received(self, data: bytes) -> None:
-        if self.state == "ready":
+        state = self.state
+        if state in RELAYING:
             self.last_activity = time.monotonic()
             if len(data) >= BURST_READ:
                 yield_turn(self.reading)  # (a large COPY IN): the others get their turn
@@ -281,6 +295,8 @@ class ClientConnection(asyncio.Protocol):
                 self._forward(server, data)
             else:
                 self._queue(data)
+            return
+        if state is _CLOSED:
             return
         self.buf += data
         if len(self.buf) > MAX_LOGIN_MESSAGE + MAX_STARTUP_WAIT_BUFFER:
@@ -296,10 +312,10 @@ class ClientConnection(asyncio.Protocol):
         whole): answers that take longer than HALF_CLOSE_GRACE are not waited for, the
         server is cancelled and reset as for any client gone (pgbouncer and odyssey do so at
         once; PostgreSQL runs the query to its end)."""
-        if self.closing or self.transport.get_extra_info("ssl_object") is not None:
+        if self.state is _CLOSED or self.transport.get_extra_info("ssl_object") is not None:
             return False
         server = self.server
-        if self.state != "ready":  # requests pipelined behind the login, still unread
+        if self.state not in RELAYING:  # requests pipelined behind the login, still unread
             owed = bool(self.buf)
         elif server is not None:  # (half a message is never answered: nor is what it ends)
             owed = server.pending > 0 and not server.copy_in and self.splitter.at_boundary()
@@ -323,7 +339,7 @@ class ClientConnection(asyncio.Protocol):
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
+        self._to_closed()
         self._wake()
         if self._login_timer is not None:
             self._login_timer.cancel()
@@ -331,7 +347,7 @@ class ClientConnection(asyncio.Protocol):
             self._login_task.cancel()
         if self._attach_task is not None and not self._attach_task.done() and not self._attach_owns:
             # (a task that owns a handed server or a granted slot is not cancelled: it may
-            # not have started yet, and only it can give them back; it sees `closing`)
+            # not have started yet, and only it can give them back; it sees CLOSED)
             self._attach_task.cancel()
         if self._handoff is not None:
             self._stop_waiting()
@@ -355,7 +371,7 @@ class ClientConnection(asyncio.Protocol):
         for key in self.client_slots:
             self.worker.release_client_slot(key)
         self.worker.client_disconnected(self)
-        if self.state == "ready" and self.worker.config.log_session:
+        if self.closed_from in RELAYING and self.worker.config.log_session:
             log.info(
                 "main",
                 f"client disconnected, route {self.rule.name if self.rule else '-'}, "
@@ -391,9 +407,8 @@ class ClientConnection(asyncio.Protocol):
         hint: str | None = None,
     ) -> None:
         """Send a FATAL ErrorResponse and close the connection."""
-        if self.closing:
+        if not self._to_closed():
             return
-        self.closing = True
         text = self._prefix() + message if prefix else message
         log.error("client", message, self.log_ctx)
         self._send(build.error_response("FATAL", sqlstate, text, detail, hint))
@@ -414,12 +429,38 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def close(self) -> None:
-        if not self.closing:
-            self.closing = True
+        if self._to_closed():
             self.transport.close()
 
+    @property
+    def closing(self) -> bool:
+        """Closing or closed: nothing more is read, written or asked for it."""
+        return self.state is _CLOSED
+
+    def become(self, new: ClientState) -> None:
+        """The one way a client changes state (a debug log line each time; the moves made
+        per transaction are checked inline by their callers, see lifecycle.py)."""
+        old = self.state
+        moved("client", old, new, CLIENT_NEXT[old], self.log_ctx)
+        self.state = new
+
+    def _to_closed(self) -> bool:
+        """Any state -> closed; False when it was closed already."""
+        state = self.state
+        if state is _CLOSED:
+            return False
+        self.closed_from = state
+        self.become(_CLOSED)
+        return True
+
+    @property
+    def logged_in(self) -> bool:
+        """Past its login: relayed (or waiting for a server), or a console session."""
+        state = self.state
+        return state in RELAYING or state is _CONSOLE
+
     def _login_timed_out(self) -> None:
-        if self.state != "ready":
+        if self.state in _LOGIN_STATES:
             self.fatal("08006", "client login timed out")
 
     # --- login ------------------------------------------------------------------------
@@ -430,14 +471,14 @@ class ClientConnection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def _more(self) -> None:
-        if self.closing or self.half_closed:  # (half-closed: no more bytes will come)
+        if self.state is _CLOSED or self.half_closed:  # (half-closed: no more bytes come)
             raise ClientGone
         self._waiter = asyncio.get_running_loop().create_future()
         try:
             await self._waiter
         finally:
             self._waiter = None
-        if self.closing or self.half_closed:
+        if self.state is _CLOSED or self.half_closed:
             raise ClientGone
 
     async def drained(self) -> None:
@@ -556,7 +597,7 @@ class ClientConnection(asyncio.Protocol):
                     "0A000",
                 )
             if isinstance(message, CancelRequest):
-                self.state = "cancel"
+                self.become(_CANCEL)
                 await self.worker.cancel(message.pid, message.secret)
                 self.close()
                 return
@@ -708,12 +749,17 @@ class ClientConnection(asyncio.Protocol):
     async def _acquire_for_login(self, route: Route) -> ServerConnection:
         """A server during login (session pool, or a route's first login, which learns the
         server's parameters); meanwhile the client counts as waiting, as in pgbouncer."""
-        self.waiting_login = True
+        self.become(_LOGIN_WAITING)
         self.asked_at = time.monotonic()
         try:
-            return await route.acquire(self.backend_password(), self.listen, self.steer)
+            server = await route.acquire(self.backend_password(), self.listen, self.steer)
         finally:
-            self.waiting_login = False
+            if self.state is _LOGIN_WAITING:
+                self.become(_STARTUP)
+        if self.state is _CLOSED:  # it left meanwhile: the server goes back unused
+            route.release(server)
+            raise ClientGone
+        return server
 
     def _refuse_encryption(self, request: str) -> None:
         """Answer N to an SSLRequest or a GSSENCRequest."""
@@ -789,7 +835,9 @@ class ClientConnection(asyncio.Protocol):
             self._login_timer.cancel()
             self._login_timer = None
         self._send(b"".join(out))
-        self.state = "ready"
+        if self.state is _CLOSED:
+            return  # it left as the login ended
+        self.become(_LINKED if self.server is not None else _IDLE)
         self.ready_at = time.monotonic()
         if self.buf:  # the client pipelined past the login
             data, self.buf = bytes(self.buf), bytearray()
@@ -926,10 +974,9 @@ class ClientConnection(asyncio.Protocol):
     # --- relay ------------------------------------------------------------------------
 
     def _queue(self, data: bytes) -> None:
-        """Hold bytes while a server is acquired (transaction and statement pools)."""
-        if self.closing:
-            return
-        first = self._attach_task is None and self._handoff is None and not self.queued
+        """Hold bytes while a server is acquired (transaction and statement pools): idle
+        -> linked (an idle server fits at once), or idle -> waiting."""
+        first = self.state is _IDLE
         if first:
             if data == TERMINATE:  # goodbye between transactions: no server needed
                 self.close()
@@ -938,8 +985,13 @@ class ClientConnection(asyncio.Protocol):
                 return  # (_answer_locally declines at once unless Parses and Syncs only)
             if self._attach_idle(data):
                 return
-        if not self.queued:
+            if log.debug_enabled:  # (idle -> waiting: `become`'s check, inline)
+                self.become(_WAITING)
+            else:
+                self.state = _WAITING
             self.asked_at = self.last_activity  # (later bytes do not restart the wait)
+        elif self.state is not _WAITING:
+            return  # closed
         self.queued.append(data)
         self.queued_bytes += len(data)
         if self.queued_bytes > MAX_QUEUED:  # read no more until a server takes it
@@ -952,6 +1004,7 @@ class ClientConnection(asyncio.Protocol):
                 self.queued.clear()
                 self.queued_bytes = 0
                 self.reading.resume(QUEUE_FULL)
+                self.become(_IDLE)
                 return
         if not self._wait_without_task():
             self._attach_task = self.worker.spawn(self._attach(), f"attach {self.id}")
@@ -961,7 +1014,8 @@ class ClientConnection(asyncio.Protocol):
         """When this client asked for a server it has not got yet; None when it is not
         waiting. The one definition of waiting: cl_waiting and maxwait (SHOW POOLS, /metrics,
         the dashboard) and the `waiting` state and wait of SHOW CLIENTS all come from it."""
-        if self.server is None and not self.closing and (self.queued or self.waiting_login):
+        state = self.state
+        if state is _WAITING or state is _LOGIN_WAITING:
             return self.asked_at
         return None
 
@@ -978,6 +1032,10 @@ class ClientConnection(asyncio.Protocol):
         route.busy.add(server)
         server.link(self, self.last_activity)  # the client's bytes came in just now
         self.server = server
+        if log.debug_enabled:  # (idle -> linked: `become`'s check, inline on the hot path)
+            self.become(_LINKED)
+        else:
+            self.state = _LINKED
         self._forward(server, data)
         route.stats.record_wait(0)  # after the write: the server has the bytes sooner
         return True
@@ -985,8 +1043,14 @@ class ClientConnection(asyncio.Protocol):
     def _fits_as_is(self, server: ServerConnection) -> bool:
         """Can the server be linked without `_sync`: the client's session parameters already
         set on it, and no statements to tidy?"""
-        if self.statements is not None and server.statements_untidy:
-            return False
+        if self.statements is not None:  # (`server.statements_untidy`, spelled out)
+            statements = server.statements
+            if (
+                statements.plan_epoch != server.route.plan_epoch
+                or statements.doomed
+                or len(statements.names) > MAX_STATEMENTS
+            ):
+                return False
         return self.params.items() <= server.params.items()
 
     def _wait_without_task(self) -> bool:
@@ -1053,7 +1117,7 @@ class ClientConnection(asyncio.Protocol):
         route = self.route
         assert route is not None
         self._stop_waiting()
-        if self.closing:  # it left as the server came
+        if self.state is _CLOSED:  # it left as the server came
             if server is None:
                 route.worker.slots.release(route.slot_key)
             else:
@@ -1068,9 +1132,14 @@ class ClientConnection(asyncio.Protocol):
             self._link(server)
 
     def _link(self, server: ServerConnection) -> None:
-        """Link a ready server and relay what the client sent meanwhile."""
+        """Link a ready server and relay what the client sent meanwhile (waiting ->
+        linked)."""
         server.link(self, time.monotonic())
         self.server = server
+        if self.state is _WAITING and not log.debug_enabled:
+            self.state = _LINKED  # (`become`'s check, inline on the hot path)
+        else:
+            self.become(_LINKED)
         data = b"".join(self.queued)
         self.queued.clear()
         self.queued_bytes = 0
@@ -1185,7 +1254,7 @@ class ClientConnection(asyncio.Protocol):
         for attempt in range(3):  # a server found out of step is dropped; take another
             server = handed
             handed = None
-            if server is None and not slot and self.closing:
+            if server is None and not slot and self.state is _CLOSED:
                 return  # it left while we prepared a server that failed: take no other
             try:
                 if server is None:
@@ -1239,7 +1308,7 @@ class ClientConnection(asyncio.Protocol):
                 route.discard(server)
                 raise
         assert server is not None  # the loop ends with a server or returns
-        if self.closing:
+        if self.state is _CLOSED:
             route.release(server)
             return
         self._link(server)
@@ -1283,12 +1352,24 @@ class ClientConnection(asyncio.Protocol):
             for kind, msg_type, start, end in splitter:
                 replacement: bytes | None = None
                 if kind == MESSAGE:
-                    if msg_type == Q:
-                        replacement = self._query_goes(server, buf, start, end)
-                    elif msg_type == F:
-                        if server.pending == 0:
-                            server.query_started = time.monotonic()
-                        server.pending += 1
+                    if msg_type in EXTENDED:  # (first: the most common in a chunk of several)
+                        server.unsynced = True
+                        if statements is not None and (
+                            msg_type != E
+                            and (msg_type != D or end == start + 5 or buf[start + 5] == STATEMENT)
+                        ):  # an Execute, or a Describe of a portal, names no statement
+                            replacement = statements.rewrite(
+                                msg_type, buf[start + 5 : end], server_statements
+                            )
+                            young = server_statements.young_use
+                            if young is not None:
+                                server_statements.young_use = None
+                                if plain and use_at < 0:
+                                    use_at, use_name = start, young
+                            elif msg_type in (P, C) and use_at >= 0:
+                                retryable = False  # answers the replay would not redo
+                        if msg_type != P:
+                            plain = False
                     elif msg_type == S:
                         if not server.copy_in:
                             if server.pending == 0:
@@ -1303,24 +1384,12 @@ class ClientConnection(asyncio.Protocol):
                         else:  # ignored in COPY IN, answered if the COPY failed first
                             server.desynced = True
                         server.unsynced = False
-                    elif msg_type in EXTENDED:
-                        server.unsynced = True
-                        if statements is not None and (
-                            msg_type != E
-                            and (msg_type != D or end == start + 5 or buf[start + 5] == STATEMENT)
-                        ):  # an Execute, or a Describe of a portal, names no statement
-                            replacement = statements.rewrite(
-                                msg_type, buf[start + 5 : end], server_statements
-                            )
-                            young = server_statements.young_use
-                            if young is not None:
-                                server_statements.young_use = None
-                                if plain and use_at < 0:
-                                    use_at, use_name = start, young
-                            if use_at >= 0 and use_at != start and msg_type in (P, C):
-                                retryable = False  # answers the replay would not redo
-                        if msg_type != P:
-                            plain = False
+                    elif msg_type == Q:
+                        replacement = self._query_goes(server, buf, start, end)
+                    elif msg_type == F:
+                        if server.pending == 0:
+                            server.query_started = time.monotonic()
+                        server.pending += 1
                     elif msg_type in (COPY_DONE, COPY_FAIL):
                         server.copy_in = False
                     elif msg_type == X:
@@ -1351,15 +1420,14 @@ class ClientConnection(asyncio.Protocol):
             return
         if run_start >= 0:
             out.append(buf[run_start:run_end])
-        if use_at >= 0 and statements is not None:
-            self._arm_retry(server, statements, use_name, buf, use_at, retryable)
-        splitter.forget_reported()
-        if (
-            statements is not None
-            and server.relay_wanted is not RELAY_WANTED_WATCH
-            and server_statements.watching
-        ):
-            server.watch(True)  # before the answers can come
+        if use_at >= 0 and retryable:
+            self._arm_retry(server, use_name, buf, use_at)
+        if len(buf) >= HEAD_SIZE:  # (a small chunk stays until the next replaces it)
+            splitter.forget_reported()
+        if statements is not None and server_statements.watch_due:
+            server_statements.watch_due = False
+            if server.relay_wanted is not RELAY_WANTED_WATCH:
+                server.watch(True)  # before the answers can come
         if out and not self._send_to(server, out[0] if len(out) == 1 else b"".join(out)):
             return
         if terminate:
@@ -1369,32 +1437,27 @@ class ClientConnection(asyncio.Protocol):
         if self.half_closed and (server.pending == 0 or not splitter.at_boundary()):
             self.close()  # all answered, or what it sent last can never be
 
+    @staticmethod
     def _arm_retry(
-        self,
-        server: ServerConnection,
-        statements: ClientStatements,
-        name: str,
-        buf: bytes | bytearray,
-        use_at: int,
-        retryable: bool,
+        server: ServerConnection, name: str, buf: bytes | bytearray, use_at: int
     ) -> None:
         """A statement parsed in this batch used the server's copy (buf[use_at:] the use up
         to the batch's Sync, or Flush): if the batch is the last thing sent, it may be sent
-        again should the copy turn out stale (prepared.Retry)."""
-        statement = statements.statements.get(name)
+        again should the copy turn out stale (prepared.Retry, made only if an error asks:
+        this runs for every such batch, kept by reference, three stores)."""
         flush = buf[-5] == H
         if (
-            not retryable
-            or statement is None
-            or server.unsynced != flush  # the chunk ends with the batch's Sync, or Flush
+            server.unsynced != flush  # the chunk ends with the batch's Sync, or Flush
             or server.held is not None
             or len(buf) - use_at > RETRY_LIMIT
             or buf[-5] != (H if flush else S)
         ):
             return
-        server.statements.retry = Retry(
-            statement, statements, name, bytes(buf[use_at:]), flush=flush
-        )
+        statements = server.statements
+        statements.armed_at = use_at
+        statements.armed_sent = buf if type(buf) is bytes else bytes(buf)  # (immutable)
+        statements.armed_name = name
+        statements.armed_flush = flush
 
     def _head_goes(
         self, server: ServerConnection, msg_type: int, buf: bytes | bytearray, start: int, end: int
@@ -1522,6 +1585,8 @@ class ClientConnection(asyncio.Protocol):
             and self.splitter.at_boundary()  # a message still arriving keeps its server
         ):
             self.server = None
+            if self.state is _LINKED:
+                self.become(_IDLE)
             self.worker.give_back(server)
 
     def server_ready(self, server: ServerConnection) -> None:
@@ -1536,9 +1601,14 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.pinned or (self.mode == "transaction" and server.status != IDLE):
             return
-        if self.splitter.streaming:
+        if self.splitter.remaining:  # (`streaming`, spelled out: this runs per transaction)
             return
         self.server = None
+        if self.state is _LINKED:  # (linked -> idle: `become`'s check, inline)
+            if log.debug_enabled:
+                self.become(_IDLE)
+            else:
+                self.state = _IDLE
         self.worker.give_back(server)
         if self.worker.drain is not None:  # an online restart: its boundary
             self.worker.transaction_ended(self)
@@ -1564,7 +1634,7 @@ class ClientConnection(asyncio.Protocol):
             self.server = None
         if self.told_fatal:  # the client has PostgreSQL's reason (terminated, shut down):
             log.info("client", "server closed the connection after its FATAL", self.log_ctx)
-            self.closing = True  # it ends as it would directly, with no second FATAL
+            self._to_closed()  # it ends as it would directly, with no second FATAL
             self.transport.close()
             return
         self.fatal("08006", "server connection was closed unexpectedly")

@@ -20,6 +20,7 @@ from pooler.ipc import ConsoleQuery, PauseState
 from pooler.logs import log
 from pooler.protocol import ProtocolError, build
 from pooler.server.client import ClientConnection
+from pooler.server.lifecycle import ClientState
 from pooler.server.link import Supervisor
 from pooler.server.pool import Route, RouteKey
 from pooler.snapshot import WorkerSnapshot
@@ -73,7 +74,7 @@ class ConsoleSession:
         timer = getattr(client, "_login_timer", None)
         if timer is not None:
             timer.cancel()
-        client.state = "console"
+        client.become(ClientState.CONSOLE)
         out = [build.auth_ok()]
         out.extend(build.parameter_status(k, v) for k, v in CONSOLE_PARAMS.items())
         client.key = self.worker.register_cancel_key(client)
@@ -155,10 +156,10 @@ def client_rows(worker: ConsoleWorker) -> list[tuple[Any, ...]]:
     rows = []
     for c in worker.clients:
         since = c.waiting_since  # (a login waiting for a server is listed too)
-        if c.closing or (c.state not in ("ready", "console") and since is None):
+        if not c.logged_in and since is None:  # (closed, or its login is under way)
             continue
         server = c.server
-        state = "active" if server is not None or c.state == "console" else "idle"
+        state = "active" if server is not None or c.state is ClientState.CONSOLE else "idle"
         if since is not None:
             state = "waiting"
         waited = now_mono - since if since is not None else 0.0

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pooler.server.backend import IDLE
 from pooler.server.client import ClientConnection
+from pooler.server.lifecycle import BETWEEN_TRANSACTIONS, RELAYING
 
 
 def between_transactions(client: ClientConnection) -> bool:
     """Nothing of the client's is in flight: no transaction open, no query sent and waiting
     for a server (closing it now cuts nothing)."""
-    if client.queued or client.state not in ("ready", "console"):
+    if client.state not in BETWEEN_TRANSACTIONS:
         return False  # a query waits for a server, or the login is not over
     if client.pending_begin:
         return False  # virtual_transaction: its BEGIN was answered, it holds no server yet
@@ -22,7 +23,7 @@ def check_client_timeouts(client: ClientConnection, now: float) -> None:
     """Close a client idle past its rule's pool_client_idle_timeout, or idle in a transaction
     past pool_idle_in_transaction_timeout (the worker's cron, every second)."""
     rule = client.rule
-    if rule is None or client.state != "ready":
+    if rule is None or client.state not in RELAYING:
         return
     idle_for = now - client.last_activity
     server = client.server

@@ -206,11 +206,18 @@ class Retry:
     statement: Statement
     client: ClientStatements
     client_name: str
-    messages: bytes  # the client's messages from the use to the Sync, as it sent them
+    # the client's messages from the use to the Sync, as it sent them: sent[at:] (the chunk
+    # they came in, kept by reference, sliced only if the batch goes again)
+    sent: bytes | bytearray
+    at: int = 0
     hiding: bool = False  # the error is being dropped, up to its ReadyForQuery
     # the batch ends with a Flush, not a Sync (asyncpg's prepare: Parse, Describe, Flush):
     # the relay sends a Sync of its own to end the error, and the batch again behind it
     flush: bool = False
+
+    @property
+    def messages(self) -> bytes:
+        return bytes(self.sent[self.at :])
 
     @property
     def describes(self) -> int:
@@ -258,10 +265,21 @@ class ServerStatements:
     hold_at: int = 0  # set by a rewrite: hold what follows this offset until a check ends
     stale_errors_due: int = 0  # FAIL_IN_PLACE errors to answer as STALE_PLAN_ERROR
     young_use: str | None = None  # set by a rewrite: a copy used for a statement parsed
-    # in this batch (the client's name): the relay may arm a `retry`
-    retry: Retry | None = None
-    _batches_sent: int = 0  # Sync/Query messages sent: each ends a batch with a ReadyForQuery
-    _batches_done: int = 0
+    # in this batch (the client's name): the relay may arm a retry
+    # A batch armed to be sent again (`Retry`) as the relay sends it: the chunk it came in
+    # (kept by reference), where its use of the copy starts (-1: none armed), the client's
+    # name for the statement, whether it ends with a Flush. Armed for every such batch and
+    # almost never used: the Retry itself is made only when an error asks (`take_retry`).
+    armed_at: int = -1
+    armed_sent: bytes | bytearray = b""
+    armed_name: str = ""
+    armed_flush: bool = False
+    retry: Retry | None = None  # the armed batch goes again: its error is being dropped
+    # a Describe or Close of a statement was sent: the relay must look at their answers
+    # (ServerConnection.watch) before they can come
+    watch_due: bool = False
+    batches_sent: int = 0  # Sync/Query messages sent: each ends a batch with a ReadyForQuery
+    batches_done: int = 0
     plan_epoch: int = 0
     # Statements prepared inside a transaction may name objects created in it (a type, a
     # table): if it rolls back they are `doomed`, dropped before the server is lent again.
@@ -278,13 +296,16 @@ class ServerStatements:
     @property
     def cutting(self) -> bool:
         """May the relay have to drop or replace some of the server's next answers?"""
-        return bool(
+        if (  # noqa: SIM103 (not bool(...): this runs per chunk)
             self._parses
             or self._describes
             or self._closes
             or self.stale_errors_due
+            or self.armed_at >= 0
             or self.retry is not None
-        )
+        ):
+            return True
+        return False
 
     @property
     def watching(self) -> bool:
@@ -294,7 +315,7 @@ class ServerStatements:
 
     @property
     def batch(self) -> int:
-        return self._batches_sent
+        return self.batches_sent
 
     def has(self, name: str) -> bool:
         if name in self.names:
@@ -305,16 +326,18 @@ class ServerStatements:
     def sent_parse(self, forward: bool, name: str | None) -> None:
         if name is not None:
             self.names[name] = None
-        self._parses.append((forward, name, self._batches_sent))
+        self._parses.append((forward, name, self.batches_sent))
 
     def sent_sync(self) -> None:
-        self._batches_sent += 1
+        self.batches_sent += 1
 
     def sent_close(self, forward: bool) -> None:
-        self._closes.append((forward, self._batches_sent))
+        self._closes.append((forward, self.batches_sent))
+        self.watch_due = True
 
     def sent_describe(self, describing: Describing) -> None:
         self._describes.append(describing)
+        self.watch_due = True
 
     def on_close_complete(self) -> bool:
         """A CloseComplete arrived: True to forward it to the client, False to drop it."""
@@ -348,7 +371,7 @@ class ServerStatements:
     def void_checks(self) -> int:
         """An ErrorResponse: the server skips what follows up to the next Sync, the checks
         sent in this batch included; how many checks will never be answered."""
-        batch = self._batches_done
+        batch = self.batches_done
         void = 0
         for describing in self._describes:
             if describing.batch > batch:
@@ -382,6 +405,22 @@ class ServerStatements:
             and is_stale_statement_error(fields)
         )
 
+    def take_retry(self, fields: dict[str, str], client: ClientStatements | None) -> bool:
+        """An ErrorResponse while a batch is armed: when it is the stale copy's (`may_retry`),
+        the batch goes again (`retry`, hiding the error up to its ReadyForQuery)."""
+        name = self.armed_name
+        statement = None if client is None else client.statements.get(name)
+        if statement is None or client is None:
+            return False
+        self.retry = Retry(
+            statement, client, name, self.armed_sent, self.armed_at, flush=self.armed_flush
+        )
+        if not self.may_retry(fields):
+            self.retry = None
+            return False
+        self.retry.hiding = True
+        return True
+
     def on_command_complete(self, tag: bytes) -> None:
         """A CommandComplete (looked at while `in_xact` holds statements)."""
         if tag.startswith(b"ROLLBACK"):  # ROLLBACK, ROLLBACK TO, COMMIT of a failed one
@@ -391,8 +430,8 @@ class ServerStatements:
         """A ReadyForQuery: Parses of finished batches that got no answer failed; statements
         prepared in a transaction that rolled back (an explicit one, or the implicit one of
         a failed batch) are doomed."""
-        self._batches_done += 1
-        done = self._batches_done
+        self.batches_done += 1
+        done = self.batches_done
         while self._parses and self._parses[0][2] < done:
             _forward, name, _batch = self._parses.popleft()
             if name is not None:
@@ -424,7 +463,10 @@ class ServerStatements:
         self._shape_next = False
         self.hold_at = self.stale_errors_due = 0
         self.young_use = self.retry = None
-        self._batches_sent = self._batches_done = 0
+        self.armed_at = -1
+        self.armed_sent = b""
+        self.watch_due = False
+        self.batches_sent = self.batches_done = 0
         if self._confirmed or self.in_xact:  # (rare: checked first, as this runs per link)
             self.in_xact += self._confirmed
             self.doomed.update(name for name in self.in_xact if name in self.names)
@@ -591,7 +633,8 @@ class ClientStatements:
         """A simple Query whose text is buf[start:end] (read in place: this runs for every
         query): the bytes to send instead, or None."""
         self.statements.pop("", None)  # a simple query replaces the unnamed statement
-        self.shapes.pop("", None)
+        if self.shapes:
+            self.shapes.pop("", None)
         self.young = None
         if end > start and not _MAYBE_DROP.match(buf, start):
             return None  # only DEALLOCATE / DISCARD concern us

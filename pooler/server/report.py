@@ -10,6 +10,7 @@ from typing import Protocol
 from pooler.config import Config
 from pooler.server.auth_cache import AuthQueryCache
 from pooler.server.client import ClientConnection
+from pooler.server.lifecycle import LOGGING_IN
 from pooler.server.pool import Route, RouteKey
 from pooler.server.stats import route_names, rule_label
 from pooler.snapshot import RouteSnapshot, WorkerSnapshot
@@ -81,7 +82,7 @@ def worker_snapshot(worker: Reported) -> WorkerSnapshot:
         pid=os.getpid(),
         generation=worker.config.generation,
         clients=len(worker.clients),
-        login_clients=sum(c.state not in ("ready", "console") for c in worker.clients),
+        login_clients=sum(c.state in LOGGING_IN for c in worker.clients),
         servers=sum(r.size for r in worker.routes.values()),
         routes=tuple(routes),
         errors=dict(worker.errors),

@@ -27,6 +27,7 @@ from pooler.server.dns import DnsCache
 from pooler.server.drain import RESTART_MESSAGE, SHUTDOWN_MESSAGE, Drain
 from pooler.server.groups import GroupChecker
 from pooler.server.idle import between_transactions, check_client_timeouts
+from pooler.server.lifecycle import ClientState
 from pooler.server.link import Supervisor
 from pooler.server.memory import Trimmer
 from pooler.server.pool import Route, RouteKey
@@ -186,9 +187,9 @@ class Worker:
         message = RESTART_MESSAGE if restart else SHUTDOWN_MESSAGE
         while self.clients:
             clients = [c for c in self.clients if not c.closing]
-            for client in [c for c in clients if c.state == "console"]:
+            for client in [c for c in clients if c.state is ClientState.CONSOLE]:
                 client.fatal("08006", message)
-            clients = [c for c in clients if c.state != "console"]
+            clients = [c for c in clients if c.state is not ClientState.CONSOLE]
             for client in choose(clients, time.monotonic(), between_transactions):
                 client.fatal("08006", message)
             if deadline is not None and time.monotonic() > deadline:

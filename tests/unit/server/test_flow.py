@@ -11,6 +11,7 @@ from pooler.config import parse_text
 from pooler.server.backend import ServerConnection, ServerState
 from pooler.server.client import ClientConnection
 from pooler.server.flow import BURST_READ, PEER_FULL, QUEUE_FULL, ReadGate
+from pooler.server.lifecycle import ClientState
 from pooler.server.router import ClientKey
 from pooler.server.worker import Worker
 
@@ -81,7 +82,8 @@ def setup() -> tuple[Any, ClientConnection, ServerConnection]:
     route = worker.route_for(rule, "db", "user")
     client = ClientConnection(worker, config.listens[0], False)
     client.transport = client.reading.transport = Transport()  # type: ignore[assignment]
-    client.state, client.route, client.rule, client.mode = "ready", route, rule, "transaction"
+    client.state, client.route, client.rule = ClientState.IDLE, route, rule
+    client.mode = "transaction"
     server = ServerConnection(route, config.storages[0].endpoints[0])
     server.connection_made(Transport())  # type: ignore[arg-type]
     server.internal = False

@@ -17,6 +17,7 @@ import pytest
 from pooler.config import parse_text
 from pooler.protocol import build
 from pooler.server.client import ClientConnection
+from pooler.server.lifecycle import ClientState
 from pooler.server.router import ClientKey
 from pooler.server.worker import Worker
 
@@ -90,7 +91,8 @@ async def test_a_slot_granted_to_a_client_that_just_left_is_given_back():
     route = worker.route_for(rule, "db", "user")
     client = ClientConnection(worker, config.listens[0], False)
     client.transport = Transport(client)  # type: ignore[assignment]
-    client.state, client.route, client.rule, client.mode = "ready", route, rule, "transaction"
+    client.state, client.route, client.rule = ClientState.IDLE, route, rule
+    client.mode = "transaction"
 
     client.data_received(build.query("select 1"))  # no server: it waits for one
     assert slots.requested == 1 and len(route.waiters) == 1

@@ -16,6 +16,7 @@ from pooler.config import parse_text
 from pooler.protocol import build
 from pooler.server.backend import ServerConnection, ServerState
 from pooler.server.client import ClientConnection
+from pooler.server.lifecycle import ClientState
 from pooler.server.prepared import ClientStatements
 from pooler.server.router import ClientKey
 from pooler.server.stats import RouteStats
@@ -82,7 +83,8 @@ def idle_pair() -> tuple[ServerConnection, ClientConnection]:
     route.idle.append(server)
     client = ClientConnection(worker, worker.config.listens[0], False)
     client.transport = Transport()  # type: ignore[assignment]
-    client.state, client.route, client.rule, client.mode = "ready", route, rule, "transaction"
+    client.state, client.route, client.rule = ClientState.IDLE, route, rule
+    client.mode = "transaction"
     client.statements = ClientStatements(route.stats, route.known_statements)
     return server, client
 

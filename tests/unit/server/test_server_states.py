@@ -12,9 +12,15 @@ from typing import Any
 import pytest
 
 from pooler.config import parse_text
-from pooler.server import backend
-from pooler.server.backend import _NEXT, IllegalTransition, ServerConnection, ServerState
+from pooler.server import lifecycle
+from pooler.server.backend import ServerConnection
 from pooler.server.client import ClientConnection
+from pooler.server.lifecycle import (
+    SERVER_NEXT as _NEXT,
+    ClientState,
+    IllegalTransition,
+    ServerState,
+)
 from pooler.server.router import ClientKey
 from pooler.server.worker import Worker
 
@@ -52,7 +58,7 @@ class Transport:
 
 
 def test_strict_in_tests():
-    assert backend.STRICT_STATES
+    assert lifecycle.STRICT_STATES
 
 
 ARROWS = {(old, new) for old, targets in _NEXT.items() for new in targets}
@@ -103,7 +109,8 @@ def setup() -> tuple[Worker, Any, ClientConnection, ServerConnection]:
     route = worker.route_for(rule, "db", "user")
     client = ClientConnection(worker, config.listens[0], False)
     client.transport = client.reading.transport = Transport()  # type: ignore[assignment]
-    client.state, client.route, client.rule, client.mode = "ready", route, rule, "transaction"
+    client.state, client.route, client.rule = ClientState.IDLE, route, rule
+    client.mode = "transaction"
     server = ServerConnection(route, config.storages[0].endpoints[0])
     server.connection_made(Transport())  # type: ignore[arg-type]
     return worker, route, client, server
