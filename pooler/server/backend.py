@@ -30,6 +30,23 @@ from typing import Protocol
 from pooler.config import Config, Endpoint, Rule, Storage
 from pooler.logs import LogContext, log
 from pooler.protocol import auth, build, messages
+from pooler.protocol.messages import (
+    AUTHENTICATION,
+    BACKEND_KEY_DATA,
+    CLOSE_COMPLETE,
+    COMMAND_COMPLETE,
+    COPY_IN_RESPONSE,
+    DATA_ROW,
+    EMPTY_QUERY_RESPONSE,
+    ERROR_RESPONSE,
+    NO_DATA as NO_DATA_MESSAGE,
+    NOTICE_RESPONSE,
+    PARAMETER_DESCRIPTION,
+    PARAMETER_STATUS,
+    PARSE_COMPLETE,
+    READY_FOR_QUERY,
+    ROW_DESCRIPTION,
+)
 from pooler.protocol.scanner import MessageScanner, StreamError
 from pooler.server import sockopts, tls as tls_support
 from pooler.server.flow import BURST_READ, PEER_FULL, ReadGate, yield_turn
@@ -47,23 +64,22 @@ from pooler.server.sockopts import TcpOptions
 from pooler.server.stats import RouteStats
 from pooler.sql import quote_ident, quote_literal
 
-Z, S, E, G, N, R, K, C = (ord(c) for c in "ZSEGNRKC")
-D, T = ord("D"), ord("T")
+# Message types from the server: the names of pooler.protocol.messages (module constants:
+# the relay compares them per message)
 IDLE = ord("I")  # ReadyForQuery's transaction status outside a transaction
-EMPTY_QUERY = ord("I")
-PARSE_COMPLETE, CLOSE_COMPLETE = ord("1"), ord("3")
-PARAMETER_DESCRIPTION, NO_DATA_MESSAGE = ord("t"), ord("n")
-OWED_ANSWERS = frozenset((Z, E, G, PARSE_COMPLETE))  # never sent by an idle server unasked
-RELAY_WANTED = frozenset((Z, S, E, G))
+OWED_ANSWERS = frozenset(
+    (READY_FOR_QUERY, ERROR_RESPONSE, COPY_IN_RESPONSE, PARSE_COMPLETE)
+)  # never sent by an idle server unasked
+RELAY_WANTED = frozenset((READY_FOR_QUERY, PARAMETER_STATUS, ERROR_RESPONSE, COPY_IN_RESPONSE))
 RELAY_WANTED_PREPARED = RELAY_WANTED | {PARSE_COMPLETE}
 # while statements' descriptions or CloseCompletes are in flight, or a transaction that
 # prepared statements is open (was it a ROLLBACK?)
 RELAY_WANTED_WATCH = RELAY_WANTED_PREPARED | {
     CLOSE_COMPLETE,
     PARAMETER_DESCRIPTION,
-    T,
+    ROW_DESCRIPTION,
     NO_DATA_MESSAGE,
-    C,
+    COMMAND_COMPLETE,
 }
 MAX_STATEMENTS = 1000  # per server connection; the least recently used go beyond that
 TERMINATE_WAIT = 5.0  # seconds a closing server has to end its session before it is cut
@@ -345,7 +361,7 @@ class ServerConnection(asyncio.Protocol):
                 if not statements.on_parse_complete():
                     edits.append((end - 5, end, b""))
                 continue
-            if msg_type == Z:
+            if msg_type == READY_FOR_QUERY:
                 status = self.status = body[0] if body else IDLE
                 statements.on_ready(status)
                 if statements.armed_at >= 0:  # its batch is answered: disarmed
@@ -377,13 +393,13 @@ class ServerConnection(asyncio.Protocol):
                     if status == IDLE:
                         stats.record_xact(int((now - self.xact_started) * 1e6))
                     ready = True
-            elif msg_type == S and body is not None:
+            elif msg_type == PARAMETER_STATUS and body is not None:
                 name, value = messages.decode_parameter_status(body)
                 self.params[name] = value
                 client.params[name] = value
-            elif msg_type == G:
+            elif msg_type == COPY_IN_RESPONSE:
                 self.copy_in = True
-            elif msg_type == E and body is not None:
+            elif msg_type == ERROR_RESPONSE and body is not None:
                 statements.on_error()
                 if (
                     statements.armed_at >= 0
@@ -413,7 +429,7 @@ class ServerConnection(asyncio.Protocol):
                     for _check in range(statements.void_checks()):
                         self._release_held(passed=True)  # the server skips them anyway
             elif self.relay_wanted is RELAY_WANTED_WATCH:
-                if msg_type == C and body is not None:
+                if msg_type == COMMAND_COMPLETE and body is not None:
                     statements.on_command_complete(body)
                 elif msg_type == CLOSE_COMPLETE:
                     if not statements.on_close_complete():
@@ -421,9 +437,9 @@ class ServerConnection(asyncio.Protocol):
                 elif msg_type == PARAMETER_DESCRIPTION and body is not None:
                     if not statements.on_parameter_description():
                         edits.append((end - 5 - len(body), end, b""))
-                elif msg_type in (T, NO_DATA_MESSAGE) and body is not None:
+                elif msg_type in (ROW_DESCRIPTION, NO_DATA_MESSAGE) and body is not None:
                     forward, check = statements.on_shape(
-                        shape_of(body) if msg_type == T else NO_DATA
+                        shape_of(body) if msg_type == ROW_DESCRIPTION else NO_DATA
                     )
                     if not forward:
                         edits.append((end - 5 - len(body), end, b""))
@@ -562,7 +578,7 @@ class ServerConnection(asyncio.Protocol):
             msg_type, body = await self.read()
             if body is None:
                 raise ServerGone("oversized message during login")
-            if msg_type == R:
+            if msg_type == AUTHENTICATION:
                 request = messages.decode_authentication(body)
                 code, payload = request.code, request.data
                 if code == messages.AUTH_OK:
@@ -613,16 +629,18 @@ class ServerConnection(asyncio.Protocol):
                     raise BackendError(
                         {"C": "28000", "M": f"unsupported authentication request {code}"}
                     )
-            elif msg_type == S:
+            elif msg_type == PARAMETER_STATUS:
                 name, value = messages.decode_parameter_status(body)
                 self.params[name] = value
-            elif msg_type == K:
+            elif msg_type == BACKEND_KEY_DATA:
                 self.backend_key = messages.decode_backend_key_data(body)
-            elif msg_type == N:  # e.g. a WARNING about a role's setting or a collation version
+            elif (
+                msg_type == NOTICE_RESPONSE
+            ):  # e.g. a WARNING about a role's setting or a collation version
                 self.login_notices.append(b"N" + (len(body) + 4).to_bytes(4, "big") + body)
-            elif msg_type == E:
+            elif msg_type == ERROR_RESPONSE:
                 raise BackendError(messages.decode_error_fields(body))
-            elif msg_type == Z:
+            elif msg_type == READY_FOR_QUERY:
                 self.status = body[0]
                 self.login_params = dict(self.params)
                 self.scanner.wanted = self.relay_wanted
@@ -656,15 +674,15 @@ class ServerConnection(asyncio.Protocol):
             answered = False
             while True:
                 msg_type, body = await self.read()
-                if msg_type == E and body is not None:
+                if msg_type == ERROR_RESPONSE and body is not None:
                     error = BackendError(messages.decode_error_fields(body))
                     answered = True
-                elif msg_type in (C, EMPTY_QUERY, T):
+                elif msg_type in (COMMAND_COMPLETE, EMPTY_QUERY_RESPONSE, ROW_DESCRIPTION):
                     answered = True
-                elif msg_type == S and body is not None:
+                elif msg_type == PARAMETER_STATUS and body is not None:
                     name, value = messages.decode_parameter_status(body)
                     self.params[name] = value
-                elif msg_type == Z:
+                elif msg_type == READY_FOR_QUERY:
                     if not answered:  # a ReadyForQuery owed to someone else: out of step
                         self.desynced = True
                         self.close()
@@ -707,16 +725,16 @@ class ServerConnection(asyncio.Protocol):
         error: BackendError | None = None
         while True:
             msg_type, body = await self.read()
-            if msg_type == D and body is not None and (limit is None or len(rows) < limit):
+            if msg_type == DATA_ROW and body is not None and (limit is None or len(rows) < limit):
                 rows.append(
                     [
                         None if cell is None else cell.decode("utf-8", "replace")
                         for cell in messages.decode_data_row(body)
                     ]
                 )
-            elif msg_type == E and body is not None:
+            elif msg_type == ERROR_RESPONSE and body is not None:
                 error = BackendError(messages.decode_error_fields(body))
-            elif msg_type == Z:
+            elif msg_type == READY_FOR_QUERY:
                 self.status = body[0] if body else IDLE
                 break
         self.internal = outer
@@ -748,14 +766,14 @@ class ServerConnection(asyncio.Protocol):
             msg_type, body = await self.read()
             if msg_type == PARSE_COMPLETE:
                 statements.on_parse_complete()  # a Parse the client sent succeeded
-            elif msg_type == Z:
+            elif msg_type == READY_FOR_QUERY:
                 statements.on_ready(body[0] if body else IDLE)  # unanswered Parses failed
                 if found:
                     self.status = body[0] if body else IDLE
                     break
-            elif msg_type == D and body is not None:
+            elif msg_type == DATA_ROW and body is not None:
                 found = messages.decode_data_row(body) == expected
-            elif msg_type == S and body is not None:
+            elif msg_type == PARAMETER_STATUS and body is not None:
                 name, value = messages.decode_parameter_status(body)
                 self.params[name] = value
         self.pending = 0

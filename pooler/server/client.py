@@ -44,6 +44,21 @@ from pooler.protocol.framing import (
     iter_messages,
     read_startup,
 )
+from pooler.protocol.messages import (
+    BIND,
+    CLOSE,
+    COPY_DONE,
+    COPY_FAIL,
+    DESCRIBE,
+    EXECUTE,
+    FLUSH,
+    FUNCTION_CALL,
+    PARSE,
+    PASSWORD_MESSAGE,
+    QUERY,
+    SYNC,
+    TERMINATE,
+)
 from pooler.protocol.options import (
     SYNTAX_ERROR as OPTIONS_REFUSED,
     parse_options,
@@ -83,11 +98,10 @@ from pooler.server.watchdog import LagWatchdog, catchup_timeout
 if TYPE_CHECKING:
     from pooler.server.ldap_auth import LdapLogin
 
-Q, S, F, X, P, B, E, D, C, H = (ord(c) for c in "QSFXPBEDCH")
-COPY_DATA, COPY_DONE, COPY_FAIL = ord("d"), ord("c"), ord("f")
-PASSWORD = ord("p")
-EXTENDED = frozenset((P, B, E, D, C))
-STATEMENT = ord("S")
+# Message types from the client (the names of pooler.protocol.messages, module constants:
+# the relay compares them per message)
+EXTENDED = frozenset((PARSE, BIND, EXECUTE, DESCRIBE, CLOSE))
+STATEMENT = ord("S")  # a Describe's or Close's kind: a statement, not a portal
 LISTEN_FIRST = frozenset(
     b"LlUu"
 )  # a Query that may be LISTEN/UNLISTEN (`_listen`)  # Describe/Close of a statement, not of a portal
@@ -131,7 +145,7 @@ def _query_text(buf: bytes | bytearray, start: int, end: int) -> str:
     return bytes(buf[start + 5 : end - 1]).decode("utf-8", "replace")
 
 
-TERMINATE = b"X\x00\x00\x00\x04"
+TERMINATE_MESSAGE = build.TERMINATE  # a whole Terminate, as a client sends it
 
 _STARTUP, _LOGIN_WAITING, _CANCEL, _CONSOLE, _IDLE, _WAITING, _LINKED, _CLOSED = ClientState
 _LOGIN_STATES = (_STARTUP, _LOGIN_WAITING, _CANCEL)  # (a login timer still runs for them)
@@ -289,7 +303,7 @@ class ClientConnection(asyncio.Protocol):
             if len(data) >= BURST_READ:
                 yield_turn(self.reading)  # (a large COPY IN): the others get their turn
             server = self.server
-            if self.intercepts and data[0] == Q and self._virtual(server, data):
+            if self.intercepts and data[0] == QUERY and self._virtual(server, data):
                 return
             if server is not None:
                 self._forward(server, data)
@@ -518,7 +532,7 @@ class ClientConnection(asyncio.Protocol):
 
     async def _read_password(self) -> bytes:
         msg_type, body = await self._read_message()
-        if msg_type != PASSWORD:
+        if msg_type != PASSWORD_MESSAGE:
             raise ProtocolError(
                 f"expected password response, got message type {chr(msg_type)!r}", "08P01"
             )
@@ -978,10 +992,10 @@ class ClientConnection(asyncio.Protocol):
         -> linked (an idle server fits at once), or idle -> waiting."""
         first = self.state is _IDLE
         if first:
-            if data == TERMINATE:  # goodbye between transactions: no server needed
+            if data == TERMINATE_MESSAGE:  # goodbye between transactions: no server needed
                 self.close()
                 return
-            if data[0] == P and self.statements is not None and self._answer_locally(data):
+            if data[0] == PARSE and self.statements is not None and self._answer_locally(data):
                 return  # (_answer_locally declines at once unless Parses and Syncs only)
             if self._attach_idle(data):
                 return
@@ -998,7 +1012,7 @@ class ClientConnection(asyncio.Protocol):
             self.reading.pause(QUEUE_FULL)
         if self._attach_task is not None or self._handoff is not None:
             return
-        if not first and self.statements is not None and self.queued[0][0] == P:
+        if not first and self.statements is not None and self.queued[0][0] == PARSE:
             data = self.queued[0] if len(self.queued) == 1 else b"".join(self.queued)
             if self._answer_locally(data):
                 self.queued.clear()
@@ -1228,7 +1242,7 @@ class ClientConnection(asyncio.Protocol):
         if self.pending_begin:
             return False  # (its answer would say idle: the server runs BEGIN first)
         second = 1 + int.from_bytes(data[1:5])  # where the message after the first Parse starts
-        if second < len(data) and data[second] not in (P, S):
+        if second < len(data) and data[second] not in (PARSE, SYNC):
             return False  # a Bind or an Execute follows: it needs a server (the usual case)
         try:
             answer = self.statements.answer_locally(iter_messages(data))
@@ -1328,7 +1342,7 @@ class ClientConnection(asyncio.Protocol):
         n = len(data)
         if (
             n > 5
-            and data[0] == Q
+            and data[0] == QUERY
             and n == 1 + int.from_bytes(data[1:5])
             and self.splitter.at_boundary()
         ):
@@ -1355,8 +1369,12 @@ class ClientConnection(asyncio.Protocol):
                     if msg_type in EXTENDED:  # (first: the most common in a chunk of several)
                         server.unsynced = True
                         if statements is not None and (
-                            msg_type != E
-                            and (msg_type != D or end == start + 5 or buf[start + 5] == STATEMENT)
+                            msg_type != EXECUTE
+                            and (
+                                msg_type != DESCRIBE
+                                or end == start + 5
+                                or buf[start + 5] == STATEMENT
+                            )
                         ):  # an Execute, or a Describe of a portal, names no statement
                             replacement = statements.rewrite(
                                 msg_type, buf[start + 5 : end], server_statements
@@ -1366,11 +1384,11 @@ class ClientConnection(asyncio.Protocol):
                                 server_statements.young_use = None
                                 if plain and use_at < 0:
                                     use_at, use_name = start, young
-                            elif msg_type in (P, C) and use_at >= 0:
+                            elif msg_type in (PARSE, CLOSE) and use_at >= 0:
                                 retryable = False  # answers the replay would not redo
-                        if msg_type != P:
+                        if msg_type != PARSE:
                             plain = False
-                    elif msg_type == S:
+                    elif msg_type == SYNC:
                         if not server.copy_in:
                             if server.pending == 0:
                                 server.query_started = time.monotonic()
@@ -1384,15 +1402,15 @@ class ClientConnection(asyncio.Protocol):
                         else:  # ignored in COPY IN, answered if the COPY failed first
                             server.desynced = True
                         server.unsynced = False
-                    elif msg_type == Q:
+                    elif msg_type == QUERY:
                         replacement = self._query_goes(server, buf, start, end)
-                    elif msg_type == F:
+                    elif msg_type == FUNCTION_CALL:
                         if server.pending == 0:
                             server.query_started = time.monotonic()
                         server.pending += 1
                     elif msg_type in (COPY_DONE, COPY_FAIL):
                         server.copy_in = False
-                    elif msg_type == X:
+                    elif msg_type == TERMINATE:
                         terminate = True
                         break
                 elif kind == HEAD:
@@ -1445,12 +1463,12 @@ class ClientConnection(asyncio.Protocol):
         to the batch's Sync, or Flush): if the batch is the last thing sent, it may be sent
         again should the copy turn out stale (prepared.Retry, made only if an error asks:
         this runs for every such batch, kept by reference, three stores)."""
-        flush = buf[-5] == H
+        flush = buf[-5] == FLUSH
         if (
             server.unsynced != flush  # the chunk ends with the batch's Sync, or Flush
             or server.held is not None
             or len(buf) - use_at > RETRY_LIMIT
-            or buf[-5] != (H if flush else S)
+            or buf[-5] != (FLUSH if flush else SYNC)
         ):
             return
         statements = server.statements
@@ -1466,11 +1484,11 @@ class ClientConnection(asyncio.Protocol):
         client_max_buffer; the rest follows as it arrives, never held. Counted like a whole
         message; only a Bind's statement name may be rewritten. The bytes to send instead,
         or None."""
-        if msg_type in (Q, F):
+        if msg_type in (QUERY, FUNCTION_CALL):
             if server.pending == 0:
                 server.query_started = time.monotonic()
             server.pending += 1
-            if msg_type == Q:
+            if msg_type == QUERY:
                 if self.log_queries:
                     text = bytes(buf[start + 5 : end]).decode("utf-8", "replace")
                     log.info("query", f"{text}... ({_length(buf, start)} bytes)", self.log_ctx)
@@ -1484,7 +1502,7 @@ class ClientConnection(asyncio.Protocol):
         statements = self.statements
         if statements is None:
             return None
-        if msg_type == P:  # shared statements are named after their whole text
+        if msg_type == PARSE:  # shared statements are named after their whole text
             raise ProtocolError(
                 f"a Parse of {_length(buf, start)} bytes is larger than client_max_buffer "
                 f"({self.splitter.max_buffered}): statements shared by the pool are read whole",
