@@ -141,7 +141,9 @@ class CountingTransport:
 
 def make_worker() -> tuple[Worker, Any]:
     config = parse_text(CONFIG)
-    slots = types.SimpleNamespace(request=lambda *a: None, release=lambda *a: None)
+    slots = types.SimpleNamespace(
+        request=lambda *a: None, release=lambda *a: None, cancel=lambda *a: None
+    )
     worker = Worker(config, 0, types.SimpleNamespace(slots=slots))  # type: ignore[arg-type]
     rule = worker.router.match(ClientKey("bench", "postgres", "127.0.0.1"))
     assert rule is not None

@@ -1393,8 +1393,8 @@ class ClientConnection(asyncio.Protocol):
                             if server.pending == 0:
                                 server.query_started = time.monotonic()
                             server.pending += 1
-                            if statements is not None:
-                                server_statements.sent_sync()
+                            if statements is not None:  # (`sent_sync`, inline)
+                                server_statements.batches_sent += 1
                                 statements.young = None
                                 plain = True
                                 if use_at >= 0 and end != len(buf):
@@ -1550,8 +1550,9 @@ class ClientConnection(asyncio.Protocol):
         statements = self.statements
         if statements is None:
             return None
-        server.statements.sent_sync()
-        return statements.on_query(buf, start + 5, end, server.statements)
+        server_statements = server.statements
+        server_statements.batches_sent += 1  # (`sent_sync`, inline: this runs per query)
+        return statements.on_query(buf, start + 5, end, server_statements)
 
     def _listen(self, buf: bytes | bytearray, start: int, end: int) -> None:
         """LISTEN/UNLISTEN in a transaction or statement pool. With pool_pin_on_listen the
