@@ -612,7 +612,10 @@ class ClientConnection(asyncio.Protocol):
                 )
             if isinstance(message, CancelRequest):
                 self.become(_CANCEL)
-                await self.worker.cancel(message.pid, message.secret)
+                # its own task: a sender that hangs up at once (waiting for a place under
+                # cancel_max_inflight) must not take its cancel with it
+                cancel = self.worker.cancel(message.pid, message.secret)
+                await asyncio.shield(self.worker.spawn(cancel, "cancel request"))
                 self.close()
                 return
             assert isinstance(message, StartupPacket)

@@ -4,11 +4,26 @@ odyssey test asserts, as a pooler user sees it (console output, client errors, l
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
+import struct
 import threading
 
 import psycopg
-from harness import CONSOLE_ROUTE, Raw, make_config, patience, route, storage, wait_until
+from harness import (
+    CONSOLE_ROUTE,
+    HOST,
+    Raw,
+    free_port,
+    make_config,
+    patience,
+    release_port,
+    route,
+    storage,
+    wait_until,
+)
+from wire import error_fields, read_until, startup_packet
 
 D = "<default>"
 
@@ -256,3 +271,210 @@ def test_shell_test(pooler):
     ) as conn:
         assert conn.execute("show statement_timeout").fetchone() == ("0",)
         assert conn.execute("show work_mem").fetchone() == ("5MB",)
+
+
+def server_rows(p) -> list[tuple]:
+    return p.admin("show servers")
+
+
+def test_transactional(pooler):
+    """A transaction-pool client that logged in but has sent nothing holds no server, even
+    after pool_ttl closed the server its route's first login used (odyssey's transactional;
+    storage host written `[127.0.0.1]:PORT`)."""
+    p = pooler(
+        make_config(
+            route("postgres", "postgres", pool="transaction", pool_ttl=1),
+            storages=storage(host=Raw('"[127.0.0.1]:{pg_port}"'), port=None),
+        )
+    )
+    assert p.sql("select 42") == [(42,)]
+    wait_until(lambda: server_rows(p) == [], timeout=15, message=lambda: server_rows(p))
+    with p.connect("postgres", "postgres") as conn:
+        assert server_rows(p) == []
+        assert conn.execute("select 42").fetchone() == (42,)
+
+
+def test_copy(pooler, pg):
+    """COPY FROM STDIN of 1000 csv rows through a transaction pool, with and without
+    pool_reserve_prepared_statement, the storage listing a second host that is down
+    (odyssey's copy)."""
+    pg.psql("create table if not exists copy_test (run_id text, task_id text, body text)")
+    down = free_port()
+    try:
+        for reserve in (True, False):
+            p = pooler(
+                make_config(
+                    route(
+                        "postgres",
+                        "postgres",
+                        pool="transaction",
+                        pool_discard=False,
+                        pool_reserve_prepared_statement=reserve,
+                        client_fwd_error=True,
+                    ),
+                    storages=storage(host=Raw('"[127.0.0.1]:{pg_port},127.0.0.1"'), port=down),
+                    listen={"compression": True, "tls": "disable"},
+                )
+            )
+            data = "".join(
+                f"run_id_{i},task_id_{i},Some random {i}th text\n" for i in range(1, 1001)
+            )
+            with p.connect("postgres", "postgres") as conn:
+                conn.execute("truncate copy_test")
+                with conn.cursor().copy("copy copy_test from stdin (format csv)") as copy:
+                    copy.write(data)
+                assert conn.execute("select count(*) from copy_test").fetchone() == (1000,)
+            p.stop()
+    finally:
+        release_port(down)
+
+
+def test_cancel(pooler):
+    """Three sleeping clients of a transaction pool cancelled at once, seven rounds, under a
+    steady load of other clients: each gets `canceling statement due to user request`, the
+    load sees no error (odyssey's cancel; fewer rounds, shorter sleeps)."""
+    p = pooler(make_config(route("postgres", "postgres", pool="transaction", pool_size=20)))
+    stop = threading.Event()
+    load_errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            with p.connect("postgres", "postgres") as conn:
+                while not stop.is_set():
+                    assert conn.execute("select 1").fetchone() == (1,)
+        except BaseException as exc:
+            load_errors.append(exc)
+
+    loaders = [threading.Thread(target=load) for _ in range(4)]
+    for t in loaders:
+        t.start()
+    try:
+        for _ in range(3):
+            conns = [p.connect("postgres", "postgres") for _ in range(3)]
+            outcomes: list[str] = []
+
+            def sleep(conn, outcomes=outcomes) -> None:
+                try:
+                    conn.execute("select pg_sleep(30)")
+                    outcomes.append("finished")
+                except psycopg.errors.QueryCanceled as exc:
+                    outcomes.append(str(exc).strip())
+
+            sleepers = [threading.Thread(target=sleep, args=(c,)) for c in conns]
+            for t in sleepers:
+                t.start()
+            wait_until(
+                lambda: (
+                    p.sql(
+                        "select count(*) from pg_stat_activity where query = 'select pg_sleep(30)'"
+                        " and state = 'active'"
+                    )
+                    == [(3,)]
+                )
+            )
+            for conn in conns:
+                conn.cancel()
+            for t in sleepers:
+                t.join(patience(20))
+            assert outcomes == ["canceling statement due to user request"] * 3
+            for conn in conns:
+                conn.close()
+    finally:
+        stop.set()
+        for t in loaders:
+            t.join(patience(20))
+    assert not load_errors, load_errors
+
+
+class CancelSwallowingProxy:
+    """Forwards connections to PostgreSQL; a CancelRequest is passed on, but the socket it came
+    on is then held open and never answered (no EOF ever reaches the pooler)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server((HOST, 0))
+        self.port = self.listener.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.cancels = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            head = client.recv(8, socket.MSG_PEEK | socket.MSG_WAITALL)
+            server = socket.create_connection((HOST, self.target_port))
+            if head == struct.pack("!ii", 16, 80877102):
+                server.sendall(client.recv(16, socket.MSG_WAITALL))
+                server.close()
+                self.cancels += 1
+                self.held.append(client)  # never closed, never answered
+                return
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.held:
+            sock.close()
+
+
+def raw_login(port: int) -> tuple[socket.socket, bytes]:
+    """A v3 login as postgres/postgres; the socket and the BackendKeyData body."""
+    sock = socket.create_connection((HOST, port), timeout=patience(10))
+    sock.sendall(startup_packet("postgres", "postgres"))
+    messages = read_until(sock, b"Z")
+    key = next(body for kind, body in messages if kind == ord("K"))
+    return sock, key
+
+
+def test_cancel_leak(pooler, pg):
+    """20 cancels at once, each sender hanging up as soon as it has sent, towards a server
+    whose cancel connections never close (each waits out cancel_timeout_ms, 2 in flight at a
+    time): every query is still cancelled, SHOW LISTS counts no client left routing, and a new
+    client gets in under client_max_routing 16 (odyssey's cancel-leak). A cancel waiting for a
+    place used to be dropped with its sender's connection."""
+    proxy = CancelSwallowingProxy(pg.port)
+    try:
+        p = pooler(
+            make_config(
+                route("postgres", "postgres", pool="transaction", pool_size=20, pool_cancel=True),
+                storages=storage(port=proxy.port),
+                client_max_routing=16,
+                cancel_timeout_ms=200,
+            )
+        )
+        query = b"select pg_sleep(600)\0"
+        sessions = [raw_login(p.port) for _ in range(20)]
+        for sock, _key in sessions:
+            sock.sendall(b"Q" + struct.pack("!i", 4 + len(query)) + query)
+        sleeping = "select count(*) from pg_stat_activity where query = 'select pg_sleep(600)'"
+        with psycopg.connect(host=HOST, port=pg.port, user="postgres", autocommit=True) as direct:
+            wait_until(lambda: direct.execute(sleeping).fetchone() == (20,))
+        for _sock, key in sessions:
+            with socket.create_connection((HOST, p.port), timeout=patience(10)) as sock:
+                sock.sendall(struct.pack("!ii", 16, 80877102) + key)
+        for sock, _key in sessions:
+            with sock:
+                messages = read_until(sock, b"Z", timeout=15)
+                errors = [error_fields(body) for kind, body in messages if kind == ord("E")]
+                assert [e["C"] for e in errors] == ["57014"], errors
+        assert proxy.cancels == 20
+        lists = dict(p.admin("show lists"))
+        assert lists["routing_clients"] == 0, lists
+        assert p.sql("select 'canary'") == [("canary",)]
+    finally:
+        proxy.close()
