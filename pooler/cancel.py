@@ -11,17 +11,18 @@ from pooler.protocol import build
 
 # Process ids in the BackendKeyData pooler gives its clients: from POOLER_PIDS up, one of
 # pooler's own whose top byte is the owning worker's index + 1; below it (a session-pool
-# client), its server's own process id, and the secret's top byte names the worker.
+# client), its server's own process id: no worker is named, every worker is asked. The
+# secret is always 31 random bits.
 POOLER_PIDS = 1 << 24
-MAX_TAGGED_WORKERS = 127  # (a tag in the secret's top byte keeps the secret positive)
 
 
-def key_owner(pid: int, secret: int) -> int:
-    """The index of the worker that gave a client this BackendKeyData (negative: none)."""
+def key_owner(pid: int) -> int:
+    """The index of the worker that gave a client this process id in its BackendKeyData;
+    negative: a server's own pid (a session-pool client), which any worker may have given."""
     pid &= 0xFFFFFFFF
     if pid >= POOLER_PIDS:
         return (pid >> 24) - 1
-    return ((secret & 0xFFFFFFFF) >> 24) - 1
+    return -1
 
 
 async def send_cancel(endpoint: Endpoint, pid: int, secret: int, timeout: float | None) -> None:

@@ -1,7 +1,8 @@
-"""Cancel requests in a worker: the BackendKeyData it gives its clients (the process id,
-or for a session-pool client the secret, encodes the worker), a client's CancelRequest (handed through the supervisor to the worker
-that owns the key), and the CancelRequests it sends PostgreSQL, at most its share of
-cancel_max_inflight at once."""
+"""Cancel requests in a worker: the BackendKeyData it gives its clients (a process id that
+encodes the worker, or for a session-pool client its server's own), a client's
+CancelRequest (handed through the supervisor to the worker that owns the key, or to every
+other worker for a server's own pid), and the CancelRequests it sends PostgreSQL, at most
+its share of cancel_max_inflight at once."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import asyncio
 import secrets
 from typing import Protocol
 
-from pooler.cancel import MAX_TAGGED_WORKERS, POOLER_PIDS, key_owner, send_cancel
+from pooler.cancel import POOLER_PIDS, key_owner, send_cancel
 from pooler.config import Config
 from pooler.logs import log
 from pooler.server.backend import ServerConnection
@@ -43,16 +44,12 @@ class Cancels:
     def register(self, client: ClientConnection, server_pid: int = 0) -> tuple[int, int]:
         """A BackendKeyData for the client. With `server_pid` (a session-pool client: one
         server for its life) the server's own process id, as pg_backend_pid(),
-        pg_stat_activity and NOTIFY name it, and a secret whose top byte encodes this
-        worker (24 random bits); otherwise a process id that encodes this worker."""
-        index = self.worker.index
-        if (
-            0 < server_pid < POOLER_PIDS
-            and index < MAX_TAGGED_WORKERS
-            and server_pid not in self.keys  # (the same pid on another host: rare)
-        ):
+        pg_stat_activity and NOTIFY name it; otherwise a process id that encodes this
+        worker. The secret is 31 random bits either way."""
+        if 0 < server_pid < POOLER_PIDS and server_pid not in self.keys:
+            # (the same pid on another host, already a key here: rare; a pooler pid then)
             self.keys[server_pid] = client
-            return server_pid, ((index + 1) << 24) | secrets.randbits(24)
+            return server_pid, secrets.randbits(31)
         while True:
             self._counter = (self._counter + 1) & 0xFFFFFF
             pid = ((self.worker.index + 1) << 24) | self._counter
@@ -61,13 +58,17 @@ class Cancels:
         self.keys[pid] = client
         return pid, secrets.randbits(31)
 
-    async def cancel(self, pid: int, secret: int) -> None:
-        """A CancelRequest: cancel the query of the client's server, wherever it lives."""
-        if key_owner(pid, secret) != self.worker.index:
+    async def cancel(self, pid: int, secret: int, *, forwarded: bool = False) -> None:
+        """A CancelRequest: cancel the query of the client's server, wherever it lives.
+        `forwarded`: the supervisor handed it here; it goes no further."""
+        owner = key_owner(pid)
+        if owner >= 0 and owner != self.worker.index:
             self.worker.link.forward_cancel(pid, secret)  # the supervisor hands it to the owner
             return
         client = self.keys.get(pid)
         if client is None or not client.check_cancel_key(secret):
+            if owner < 0 and not forwarded:  # a server's own pid: another worker's, maybe
+                self.worker.link.forward_cancel(pid, secret)
             return
         server = client.server
         if server is not None:

@@ -269,8 +269,8 @@ class Worker:
     def register_cancel_key(self, client: ClientConnection, server_pid: int = 0) -> tuple[int, int]:
         return self.cancels.register(client, server_pid)
 
-    async def cancel(self, pid: int, secret: int) -> None:
-        await self.cancels.cancel(pid, secret)
+    async def cancel(self, pid: int, secret: int, *, forwarded: bool = False) -> None:
+        await self.cancels.cancel(pid, secret, forwarded=forwarded)
 
     async def cancel_backend(self, server: ServerConnection) -> None:
         await self.cancels.cancel_backend(server)

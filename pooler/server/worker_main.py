@@ -139,7 +139,7 @@ class SupervisorLink:
             case SoftOomState(usage):
                 worker.soft_oom_usage = usage
             case CancelQuery(pid, secret):
-                worker.spawn(worker.cancel(pid, secret), "forwarded cancel")
+                worker.spawn(worker.cancel(pid, secret, forwarded=True), "forwarded cancel")
             case Retire():
                 worker.retire()
             case Stay():

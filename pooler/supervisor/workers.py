@@ -221,10 +221,13 @@ class WorkerProcesses:
                 if handle.channel is not None:
                     granted = self.broker.try_acquire(index, key, limit)
                     handle.channel.send(Reply(request_id, granted))
-            case CancelQuery(pid, secret):
-                owner = self.workers.get(key_owner(pid, secret))
-                if owner is not None and owner.channel is not None:
-                    owner.channel.send(message)
+            case CancelQuery(pid):
+                owner = key_owner(pid)
+                for other, each in self.workers.items():  # the owner, or every other worker
+                    if (
+                        other == owner or (owner < 0 and other != index)
+                    ) and each.channel is not None:
+                        each.channel.send(message)
             case Applied(generation):  # it serves this generation (started or reloaded)
                 if handle.generation is None:
                     handle.generation = generation
