@@ -272,6 +272,8 @@ class ClientConnection(asyncio.Protocol):
         self.pinned = False  # ran LISTEN under pool_pin_on_listen: keeps its server
         self.half_closed = False  # sent EOF with answers owed: closed once they are relayed
         self._eof_timer: asyncio.TimerHandle | None = None  # ... or HALF_CLOSE_GRACE after
+        self._lost = False  # connection_lost ran
+        self._handshaking = False  # in the TLS handshake (the handshake has the socket)
         self._routing = False  # holds one of the worker's client_max_routing places
         self._wait_timer: asyncio.TimerHandle | None = None  # pool_notice_after_waiting_ms
         self._wait_started = 0.0
@@ -353,6 +355,9 @@ class ClientConnection(asyncio.Protocol):
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:  # (called by _start_tls when the handshake had the socket)
+            return
+        self._lost = True
         self._to_closed()
         self._wake()
         if self._login_timer is not None:
@@ -474,7 +479,9 @@ class ClientConnection(asyncio.Protocol):
         return state in RELAYING or state is _CONSOLE
 
     def _login_timed_out(self) -> None:
-        if self.state in _LOGIN_STATES:
+        if self._handshaking and self._login_task is not None:
+            self._login_task.cancel()  # a stalled handshake (its own timeout is 60 s)
+        elif self.state in _LOGIN_STATES:
             self.fatal("08006", "client login timed out")
 
     # --- login ------------------------------------------------------------------------
@@ -795,12 +802,20 @@ class ClientConnection(asyncio.Protocol):
             self._send(b"N")
             return False
         self._send(b"S")
+        self._handshaking = True
         try:
             self.transport = await tls_support.upgrade(self.transport, self, ctx, server_side=True)
             self.reading.transport = self.transport
-        except tls_support.TLSHandshakeError as exc:
-            log.error("tls", f"TLS handshake failed: {exc}", self.log_ctx)
+        except (tls_support.TLSHandshakeError, asyncio.CancelledError) as exc:
+            if isinstance(exc, tls_support.TLSHandshakeError):
+                log.error("tls", f"TLS handshake failed: {exc}", self.log_ctx)
+            # the socket was the handshake's: our connection_lost would never come, and the
+            # client would count among the worker's for good (a drain waited for it)
+            self.transport.close()
+            self.connection_lost(None)
             raise ClientGone from None
+        finally:
+            self._handshaking = False
         return True
 
     async def _take_client_slot(self, key: tuple[object, ...], limit: int, refusal: str) -> None:

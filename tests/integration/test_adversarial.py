@@ -346,6 +346,16 @@ def test_tls_handshake_stalls_end_at_the_login_timeout(pooler, tmp_path):
             assert conn.execute("select 1").fetchone()[0] == 1
         for sock in stalled:  # closed by client_login_timeout (the handshake's own is 60 s)
             read_to_eof(sock, timeout=patience(5))
+        # a handshake that fails at once (not TLS at all)
+        with socket.create_connection((HOST, p.port), timeout=patience(5)) as sock:
+            sock.sendall(SSL_REQUEST)
+            assert sock.recv(1) == b"S"
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            read_to_eof(sock, timeout=patience(5))
+        # none of them is still counted as the worker's client (they were, for good: the
+        # handshake had the socket, so the client's connection_lost never came, and a
+        # drain waited for them until its timeout)
+        wait_until(lambda: workers(p)[0].clients == 0, message=lambda: f"{workers(p)}")
     finally:
         for sock in stalled:
             sock.close()
