@@ -79,9 +79,12 @@ class Log:
         to_stdout: bool = True,
         path: str | None = None,
         debug: bool = False,
+        max_msg_size: int = 0,
     ) -> None:
-        """(Re)configure format and sinks."""
+        """(Re)configure format and sinks. `max_msg_size` > 0 cuts longer messages
+        (`log_max_msg_size`, odyssey master)."""
         self.debug_enabled = debug
+        self.max_msg_size = max_msg_size
         self._syslog: Callable[[int, str], None] | None = None
         self._json = "json" in fmt.lower()
         self._fmt = _unescape(fmt)
@@ -186,6 +189,8 @@ class Log:
         return line if line.endswith("\n") else line + "\n"
 
     def write(self, level: str, context: str, message: str, ctx: LogContext | None = None) -> None:
+        if 0 < self.max_msg_size < len(message):
+            message = message[: self.max_msg_size]
         line = self._render(level, context, message, ctx or _NO_CONTEXT)
         with self._lock:
             if self._stdout:
@@ -222,6 +227,7 @@ def configure_from(config: object) -> None:
         to_stdout=bool(getattr(config, "log_to_stdout", True)),
         path=getattr(config, "log_file", None),
         debug=bool(getattr(config, "log_debug", False)),
+        max_msg_size=int(getattr(config, "log_max_msg_size", 0) or 0),
     )
     if getattr(config, "log_syslog", False):
         log.to_syslog(

@@ -78,9 +78,11 @@ GLOBAL_INT = [
     "packet_read_size",
     "packet_write_queue",
     "client_max_buffer",  # pooler only
+    "log_max_msg_size",  # odyssey master
 ]
 GLOBAL_SPECIAL = [
     "workers",
+    "tls_workers",  # odyssey master
     "include",
     "listen",
     "storage",

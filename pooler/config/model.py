@@ -323,6 +323,8 @@ class Config:
     # TCP listen addresses (127.0.0.1 when there are only unix sockets)
     promhttp_server_host: str | None = None
     client_max_buffer: int = 4 * 1024 * 1024  # pooler only: bytes held for one client
+    log_max_msg_size: int = 0  # odyssey master: a log message is cut to this many chars; 0: whole
+    tls_workers: int | str = 0  # odyssey master: TLS handshake threads (none in pooler)
     stats_interval: int = 3
     resolvers: int = 1
     readahead: int = 4096

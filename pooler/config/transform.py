@@ -61,6 +61,7 @@ NON_NEGATIVE = frozenset(
         "watchdog_lag_interval",
         "server_max_routing",
         "stats_interval",
+        "log_max_msg_size",
     ]
 )
 RANGES: dict[str, tuple[int, int]] = {
@@ -211,7 +212,12 @@ class Builder:
         if key in kw.DEPRECATED:
             self.warn(pos, f"option '{key}' is deprecated and ignored")
             return
-        value = self.workers(item) if key == "workers" else self.value(item)
+        if key == "workers":
+            value = self.workers(item)
+        elif key == "tls_workers":
+            value = self.tls_workers(item)
+        else:
+            value = self.value(item)
         if key in self.globals:
             self.duplicate(key, pos, self.global_pos[key])
         self.globals[key] = value
@@ -234,6 +240,23 @@ class Builder:
                 f"bad workers number {number} "
                 "(value for option 'workers' must be between 1 and 2147483647)",
             )
+        return number
+
+    def tls_workers(self, item: Setting) -> Any:
+        """odyssey master's TLS handshake threads: a number from 0, or "auto"."""
+        token = item.value
+        if token.type == "STRING":
+            if token.value != "auto":
+                self.error(
+                    token,
+                    f"'{token.value}' is invalid value for tls_workers: "
+                    "expected 'number' or '\"auto\"'",
+                )
+            return "auto"
+        number = self.value(item)
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            self.error(token, f"bad tls_workers number {number} (must be >= 0)")
+            return 0
         return number
 
     def include(self, item: Include, file: str, depth: int) -> None:

@@ -15,7 +15,7 @@ GLOBAL = frozenset(
         "log_general_stats_prom", "log_route_stats_prom", "resolvers", "readahead",
         "cache_coroutine", "cache_msg_gc_size", "coroutine_stack_size",
         "system_coroutine_stack_size",
-        "disable_nolinger", "cpu_affinity",
+        "disable_nolinger", "cpu_affinity", "tls_workers",
     }
 )  # fmt: skip
 ROUTE = frozenset(

@@ -8,6 +8,8 @@ import contextlib
 import re
 import socket
 import struct
+import subprocess
+import sys
 import threading
 
 import psycopg
@@ -478,3 +480,43 @@ def test_cancel_leak(pooler, pg):
         assert p.sql("select 'canary'") == [("canary",)]
     finally:
         proxy.close()
+
+
+CONFIG_VALIDATION = {
+    # key: (settings that `pooler check` accepts, settings it refuses), odyssey master's verdicts
+    "log_max_msg_size": (
+        ["log_max_msg_size 1024", "log_max_msg_size 32768"],
+        ['log_max_msg_size "x"'],
+    ),
+    "tls_workers": (
+        ["tls_workers 0", 'tls_workers "auto"'],
+        ["tls_workers -1", 'tls_workers "123"'],
+    ),
+    "listen_tls": (
+        [],
+        ['listen {\n\thost "*"\n\ttls ""\n}', 'listen {\n\thost "*"\n\ttls "123"\n}'],
+    ),
+}
+
+
+def test_config_validation(tmp_path, pooler):
+    """`pooler check` gives odyssey master's verdict (`config is valid` or not) on the configs of
+    odyssey's config-validation folders, HEAD-only keys included; log_max_msg_size cuts log
+    messages to that many characters."""
+    base = make_config(route("db", "user"), console=False).replace("{port}", "6432")
+    base = base.replace("{pg_port}", "5432")
+    for key, (valid, invalid) in CONFIG_VALIDATION.items():
+        for verdict, settings in (("valid", valid), ("invalid", invalid)):
+            for i, setting in enumerate(settings):
+                path = tmp_path / f"{key}-{verdict}-{i}.conf"
+                path.write_text(setting + "\n" + base)
+                run = subprocess.run(
+                    [sys.executable, "-m", "pooler", "check", str(path)],
+                    capture_output=True,
+                    text=True,
+                    timeout=patience(60),
+                )
+                said = "valid" if "config is valid" in run.stdout + run.stderr else "invalid"
+                assert said == verdict, (setting, run.stdout, run.stderr)
+    p = pooler(make_config(log_max_msg_size=12))
+    assert p.log_contains(r"\(supervisor\) pooler ready$")

@@ -18,8 +18,8 @@ def test_grammar_file_is_found_and_lists_every_keyword() -> None:
     for word in kw.KEYWORDS:
         assert f" {kw.terminal(word)}" in text, word
     # odyssey's 186 reserved words + legacy load_module + pooler's promhttp_server_host and
-    # client_max_buffer
-    assert len(kw.KEYWORDS) == 189
+    # client_max_buffer + odyssey master's tls_workers and log_max_msg_size
+    assert len(kw.KEYWORDS) == 191
 
 
 def test_config_package_imports_no_server_stack() -> None:
