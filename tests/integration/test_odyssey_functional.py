@@ -520,3 +520,18 @@ def test_config_validation(tmp_path, pooler):
                 assert said == verdict, (setting, run.stdout, run.stderr)
     p = pooler(make_config(log_max_msg_size=12))
     assert p.log_contains(r"\(supervisor\) pooler ready$")
+
+
+def test_server_lifetime(pooler):
+    """Idle servers go once older than server_lifetime, or idle longer than pool_ttl, without
+    a client to trigger it (odyssey's server-lifetime: 5 servers after the load, 0 a few
+    seconds later)."""
+    for key in ("server_lifetime", "pool_ttl"):
+        p = pooler(make_config(route("postgres", "postgres", pool="session", **{key: 3})))
+        conns = [p.connect("postgres", "postgres") for _ in range(5)]
+        for conn in conns:
+            conn.execute("select 1")
+            conn.close()
+        assert server_rows(p), key  # idle, kept (5 unless the box is slower than 3 s)
+        wait_until(lambda p=p: server_rows(p) == [], timeout=20, message=lambda p=p: server_rows(p))
+        p.stop()
