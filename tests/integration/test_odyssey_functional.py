@@ -535,3 +535,50 @@ def test_server_lifetime(pooler):
         assert server_rows(p), key  # idle, kept (5 unless the box is slower than 3 s)
         wait_until(lambda p=p: server_rows(p) == [], timeout=20, message=lambda p=p: server_rows(p))
         p.stop()
+
+
+def test_rule_conn_type(pooler, tmp_path):
+    """`host` rules serve TLS and plain TCP clients, `hostssl` only TLS ones, `hostnossl` only
+    plain ones (odyssey's rule_conn_type, listen tls "allow", tls_protocols "tlsv1.2")."""
+    import trustme
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server = ca.issue_cert("localhost", "127.0.0.1", common_name="localhost")
+    server.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
+    server.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    rules = [
+        rule("db1", "user1", "host"),
+        rule("tsa_db", "user_ro", "hostssl"),
+        rule("tsa_db", "user_rw", "hostnossl"),
+    ]
+    rules = [
+        r.replace(
+            '\t\tpool "transaction"',
+            '\t\tpool "session"\n\t\tstorage_user "postgres"\n\t\tstorage_db "postgres"',
+        )
+        for r in rules
+    ]
+    listen = {
+        "tls": "allow",
+        "tls_key_file": str(tmp_path / "server.key"),
+        "tls_cert_file": str(tmp_path / "server.pem"),
+        "tls_ca_file": str(tmp_path / "ca.pem"),
+        "tls_protocols": "tlsv1.2",
+    }
+    p = pooler(make_config(rules, listen=listen))
+    tls = {"sslmode": "verify-full", "sslrootcert": str(tmp_path / "ca.pem")}
+
+    def works(dbname: str, user: str, **kw) -> bool:
+        try:
+            return p.sql("select 42", dbname=dbname, user=user, **kw) == [(42,)]
+        except psycopg.OperationalError as exc:
+            assert "is not found" in str(exc), exc
+            return False
+
+    assert works("db1", "user1", sslmode="disable")
+    assert works("db1", "user1", **tls)
+    assert works("tsa_db", "user_ro", **tls)
+    assert not works("tsa_db", "user_ro", sslmode="disable")
+    assert not works("tsa_db", "user_rw", **tls)
+    assert works("tsa_db", "user_rw", sslmode="disable")
