@@ -582,3 +582,79 @@ def test_rule_conn_type(pooler, tmp_path):
     assert not works("tsa_db", "user_ro", sslmode="disable")
     assert not works("tsa_db", "user_rw", **tls)
     assert works("tsa_db", "user_rw", sslmode="disable")
+
+
+def password_rule(database: str, user: str, selector: str = "") -> str:
+    text = route(
+        database,
+        user,
+        authentication="clear_text",
+        password="correct_password",
+        storage_user="postgres",
+        storage_db="postgres",
+    )
+    if selector:
+        name = "default" if user == "default" else f'"{user}"'
+        text = text.replace(f"user {name} {{", f"user {name} {selector} {{", 1)
+    return text
+
+
+def logs_in(p, dbname: str, user: str, password: str) -> bool:
+    try:
+        return p.sql("select 1", dbname=dbname, user=user, password=password) == [(1,)]
+    except psycopg.OperationalError:
+        return False
+
+
+def test_rule_address(pooler):
+    """Address selectors `127.0.0.0/24`, `255.0.0.0/24`, `default`, none and the host name
+    `localhost` on clear_text rules (odyssey's rule_address): the right password gets in where
+    the address matches, a wrong one never does."""
+    p = pooler(
+        make_config(
+            [
+                password_rule("addr_db", "user_addr_correct", '"127.0.0.0/24"'),
+                password_rule("addr_db", "user_addr_incorrect", '"255.0.0.0/24"'),
+                password_rule("addr_db", "user_addr_default", "default"),
+                password_rule("addr_db", "user_addr_empty"),
+                password_rule("addr_db", "user_addr_hostname_localhost", '"localhost"'),
+            ]
+        )
+    )
+    for user, matches in (
+        ("user_addr_correct", True),
+        ("user_addr_incorrect", False),
+        ("user_addr_default", True),
+        ("user_addr_empty", True),
+        ("user_addr_hostname_localhost", True),
+    ):
+        assert logs_in(p, "addr_db", user, "correct_password") is matches, user
+        assert not logs_in(p, "addr_db", user, "incorrect_password"), user
+
+
+def test_hba(pooler, tmp_path):
+    """hba_file `allow`/`deny` lines before the rule's clear_text check; a user no line names
+    is refused; a SIGHUP keeps it all working (odyssey's hba, TCP part)."""
+    hba = tmp_path / "odyssey_hba.conf"
+    hba.write_text(
+        "host    hba_db    user_allow     127.0.0.0/24     allow\n"
+        "host    hba_db    user_reject    127.0.0.0/24     deny\n"
+    )
+    p = pooler(
+        make_config(
+            [
+                password_rule("hba_db", "user_allow"),
+                password_rule("hba_db", "user_reject"),
+                password_rule("hba_db", "user_unknown"),
+            ],
+            hba_file=str(hba),
+        )
+    )
+    assert logs_in(p, "hba_db", "user_allow", "correct_password")
+    assert not logs_in(p, "hba_db", "user_allow", "incorrect_password")
+    assert not logs_in(p, "hba_db", "user_reject", "correct_password")
+    assert not logs_in(p, "hba_db", "user_unknown", "correct_password")
+    since = p.log_offset()
+    p.reload()
+    p.wait_for_log(r"reloaded, generation|no changes", since=since)
+    assert logs_in(p, "hba_db", "user_allow", "correct_password")
