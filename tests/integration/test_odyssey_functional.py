@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import threading
+import time
 
 import psycopg
 from harness import (
@@ -658,3 +660,36 @@ def test_hba(pooler, tmp_path):
     p.reload()
     p.wait_for_log(r"reloaded, generation|no changes", since=since)
     assert logs_in(p, "hba_db", "user_allow", "correct_password")
+
+
+def test_graceful_shutdown_timeout(pooler):
+    """SIGTERM while a session client is inside a long query, conn_drop_options off: the pooler
+    waits for it up to graceful_shutdown_timeout_ms (3 s here), then exits (odyssey's
+    graceful-shutdown-timeout: not before the timeout)."""
+    p = pooler(
+        make_config(
+            route("postgres", "postgres"),
+            graceful_shutdown_timeout_ms=3000,
+            conn_drop_options=Raw("{\n\tdrop_enabled no\n}"),
+        )
+    )
+    conn = p.connect("postgres", "postgres")
+    running = threading.Thread(target=_run_quietly, args=(conn, "select pg_sleep(60)"))
+    running.start()
+    wait_until(
+        lambda: (
+            p.sql("select count(*) from pg_stat_activity where query = 'select pg_sleep(60)'")
+            == [(1,)]
+        )
+    )
+    started = time.monotonic()
+    p.signal(signal.SIGTERM)
+    p.wait_exit(timeout=30)
+    assert time.monotonic() - started >= 3.0
+    running.join(patience(10))
+    conn.close()
+
+
+def _run_quietly(conn, query: str) -> None:
+    with contextlib.suppress(psycopg.Error):
+        conn.execute(query)
