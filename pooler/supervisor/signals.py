@@ -7,7 +7,9 @@ once), SIGQUIT immediate, SIGUSR1 reopen the log file, SIGUSR2 odyssey's online 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 
 from pooler.ipc import ReopenLog, Shutdown
 from pooler.logs import log
@@ -33,6 +35,8 @@ class Signals(WorkerProcesses):
         notify("STOPPING=1")
         log.info("supervisor", "termination signal received, shutting down")
         self.broadcast(Shutdown(graceful))
+        if self.successor is None:
+            self._stop_listening()
         if not graceful:
             for handle in self.workers.values():
                 if handle.process is not None:
@@ -40,6 +44,17 @@ class Signals(WorkerProcesses):
         timeout = self.config.graceful_shutdown_timeout_ms / 1000
         if timeout:
             asyncio.get_running_loop().call_later(timeout + KILL_GRACE, self._kill_all)
+
+    def _stop_listening(self) -> None:
+        """Stop listening, as odyssey: a connection (a login, a CancelRequest) is refused at
+        once. The workers stop accepting, but the sockets stayed open here: the kernel took
+        connections nobody would accept, and each hung until the pooler exited. (Shut down,
+        not closed: a worker a reload adds meanwhile still gets valid descriptors; never on
+        an online restart's hand-over, where the sockets are the new process's.)"""
+        for bound in self.sockets:
+            for _listen, sock in bound:
+                with contextlib.suppress(OSError):  # (a unix socket: it stays until we exit)
+                    sock.shutdown(socket.SHUT_RD)
 
     def shutdown_soon(self, graceful: bool) -> None:
         asyncio.get_running_loop().call_later(0.1, self.shutdown, graceful)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from harness import HOST, make_config, route, wait_until
+from harness import HOST, is_listening, make_config, route, wait_until
 
 
 def worker_pids(supervisor_pid: int) -> set[int]:
@@ -231,3 +231,30 @@ def test_sigterm_timeout_with_a_transaction_open_closes_it_cleanly(pooler, pool)
     conn.close()
     assert p.log_contains("graceful_shutdown_timeout_ms passed")
     p.assert_log_clean()
+
+
+def test_a_connection_during_a_graceful_shutdown_is_refused_at_once(pooler):
+    """While a graceful shutdown lets a transaction finish, the pooler no longer listens (as
+    odyssey): a login or a CancelRequest is refused at once. The listen sockets stayed open
+    in the supervisor: the kernel accepted connections nobody would serve and each hung until
+    the pooler exited (a client's cancel, blocking, hung its whole program)."""
+    p = pooler(
+        make_config(
+            route(pool="transaction", pool_size=2),
+            workers=2,
+            log_session=False,
+            graceful_shutdown_timeout_ms=30000,
+        )
+    )
+    conn = p.connect("p1", autocommit=False)
+    conn.execute("select 1")  # a transaction is open: the shutdown waits for it
+    since = p.log_offset()
+    p.signal(signal.SIGTERM)
+    p.wait_for_log("termination signal received", since=since)
+    wait_until(lambda: not is_listening(p.port), timeout=10, message="the port to close")
+    with pytest.raises(psycopg.OperationalError, match="refused"):
+        p.connect("p1", connect_timeout=5)
+    conn.execute("select 2")
+    conn.commit()
+    conn.close()
+    assert p.wait_exit(timeout=20) == 0
