@@ -21,7 +21,7 @@ from pooler.logs import log
 from pooler.server.backend import BackendError, ServerGone
 from pooler.server.connect import ConnectFailed
 from pooler.server.pool import PoolTimeout, Route
-from pooler.server.router import ClientKey, GroupKey, Router, group_key
+from pooler.server.router import GroupKey, group_key
 
 CHECK_TIMEOUT = 10.0  # seconds one check may take (a server, the query, its answer)
 
@@ -30,7 +30,8 @@ class RouteOwner(Protocol):
     """What the group checker uses of its worker."""
 
     config: Config
-    router: Router
+
+    def internal_rule(self, db: str, user: str) -> Rule | None: ...
 
     def route_for(self, rule: Rule, database: str, user: str) -> Route: ...
 
@@ -112,9 +113,7 @@ class GroupChecker:
     async def _query(self, rule: Rule) -> frozenset[str] | None:
         worker = self.worker
         db, user = rule.group_query_db or "", rule.group_query_user or ""
-        internal = worker.router.match(ClientKey(db, user, None, internal=True))
-        if internal is None:
-            internal = worker.router.match(ClientKey(db, user, "127.0.0.1"))
+        internal = worker.internal_rule(db, user)
         if internal is None or worker.storage_of(internal).type != "remote":
             log.error("group_checker", f"{rule.name}: no route for group_query user '{db}.{user}'")
             return None

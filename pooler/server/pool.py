@@ -252,29 +252,7 @@ class Route:
                     except ConnectFailed as exc:
                         await self._login_retry(exc, deadline)
                         continue
-                waiter: asyncio.Future[ServerConnection | None] = (
-                    asyncio.get_running_loop().create_future()
-                )
-                self.waiters.append(waiter)
-                self._want_slot()
-                try:
-                    if deadline is None:
-                        handed = await waiter
-                    else:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            raise TimeoutError
-                        handed = await asyncio.wait_for(waiter, remaining)
-                except (TimeoutError, asyncio.CancelledError) as exc:
-                    if waiter in self.waiters:
-                        self.waiters.remove(waiter)
-                        if self.slot_requested and not self.has_waiters():
-                            self._cancel_request()
-                    elif waiter.done() and not waiter.cancelled():
-                        self._unused(waiter.result())  # handed to us as we gave up
-                    if isinstance(exc, TimeoutError):
-                        raise PoolTimeout from None
-                    raise
+                handed = await self._wait_in_line(deadline)
                 if handed is None:  # a slot was granted to us
                     try:
                         return await self.connect(password, listen)
@@ -284,6 +262,30 @@ class Route:
                 return handed  # handed over by release(), already counted busy
         finally:
             self.record_wait(started)
+
+    async def _wait_in_line(self, deadline: float | None) -> ServerConnection | None:
+        """Queue for the next server released here or a slot granted (None): PoolTimeout
+        past `deadline`. A server handed over just as the wait ends is not lost."""
+        waiter: asyncio.Future[ServerConnection | None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        self._want_slot()
+        try:
+            if deadline is None:
+                return await waiter
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            return await asyncio.wait_for(waiter, remaining)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if waiter in self.waiters:
+                self.waiters.remove(waiter)
+                if self.slot_requested and not self.has_waiters():
+                    self._cancel_request()
+            elif waiter.done() and not waiter.cancelled():
+                self._unused(waiter.result())  # handed to us as we gave up
+            if isinstance(exc, TimeoutError):
+                raise PoolTimeout from None
+            raise
 
     async def _acquire_steered(
         self, password: Secret, listen: Listen | None, steer: str
@@ -313,26 +315,7 @@ class Route:
                         continue
                 if self.idle:  # none fits: make room for one that does
                     self.close_idle(0.0)
-                waiter: asyncio.Future[ServerConnection | None] = (
-                    asyncio.get_running_loop().create_future()
-                )
-                self.waiters.append(waiter)
-                self._want_slot()
-                try:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise TimeoutError
-                    handed = await asyncio.wait_for(waiter, remaining)
-                except (TimeoutError, asyncio.CancelledError) as exc:
-                    if waiter in self.waiters:
-                        self.waiters.remove(waiter)
-                        if self.slot_requested and not self.has_waiters():
-                            self._cancel_request()
-                    elif waiter.done() and not waiter.cancelled():
-                        self._unused(waiter.result())
-                    if isinstance(exc, TimeoutError):
-                        raise PoolTimeout from None
-                    raise
+                handed = await self._wait_in_line(deadline)
                 if handed is None:
                     try:
                         return await self.connect(password, listen, steer)

@@ -359,6 +359,14 @@ class Worker:
             else:
                 route.resume()
 
+    def internal_rule(self, db: str, user: str) -> Rule | None:
+        """The rule for the pooler's own connections as user@db (auth_query, group_query):
+        an internal rule (`pool_routing "internal"`), else the one a local client would get."""
+        internal = self.router.match(ClientKey(db, user, None, internal=True))
+        if internal is None:
+            internal = self.router.match(ClientKey(db, user, "127.0.0.1"))
+        return internal
+
     async def auth_query_password(self, rule: Rule, user: str) -> str | None:
         """The password (or secret) of `user` as the rule's auth_query returns it, looked up
         through an internal connection as auth_query_user@auth_query_db; cached briefly."""
@@ -367,9 +375,7 @@ class Worker:
         if found:
             return cached
         db, internal_user = rule.auth_query_db or "", rule.auth_query_user or ""
-        internal = self.router.match(ClientKey(db, internal_user, None, internal=True))
-        if internal is None:
-            internal = self.router.match(ClientKey(db, internal_user, "127.0.0.1"))
+        internal = self.internal_rule(db, internal_user)
         if internal is None or self.storage_of(internal).type != "remote":
             log.error("auth_query", f"no route for auth_query user '{db}.{internal_user}'")
             return None

@@ -86,12 +86,12 @@ async def test_a_check_that_raises_does_not_stop_the_checker():
     config = parse_text(RULES.replace("log_format", "group_checker_interval 10\nlog_format"))
     calls = 0
 
-    def match(key: ClientKey):
+    def internal_rule(db: str, user: str):
         nonlocal calls
         calls += 1
         raise RuntimeError("boom")
 
-    worker = types.SimpleNamespace(config=config, router=types.SimpleNamespace(match=match))
+    worker = types.SimpleNamespace(config=config, internal_rule=internal_rule)
     checker = GroupChecker(worker)  # type: ignore[arg-type]
     task = asyncio.ensure_future(checker.run())
     try:
