@@ -233,11 +233,7 @@ class Route:
         """
         if steer is not None:
             return await self._acquire_steered(password, listen, steer)
-        while self._resumed is not None:  # PAUSE: nothing is lent until RESUME
-            await self._resumed.wait()
-        started = time.monotonic()
-        timeout_ms = self.rule.pool_timeout
-        deadline = started + timeout_ms / 1000 if timeout_ms else None
+        started, deadline = await self._after_pause()
         try:
             while True:
                 server = self.next_idle()
@@ -262,6 +258,15 @@ class Route:
                 return handed  # handed over by release(), already counted busy
         finally:
             self.record_wait(started)
+
+    async def _after_pause(self) -> tuple[float, float | None]:
+        """PAUSE: nothing is lent until RESUME. Then: when the wait for a server started, and
+        its pool_timeout deadline (None: no limit)."""
+        while self._resumed is not None:
+            await self._resumed.wait()
+        started = time.monotonic()
+        timeout_ms = self.rule.pool_timeout
+        return started, started + timeout_ms / 1000 if timeout_ms else None
 
     async def _wait_in_line(self, deadline: float | None) -> ServerConnection | None:
         """Queue for the next server released here or a slot granted (None): PoolTimeout
@@ -297,11 +302,7 @@ class Route:
         that fits (one that does not goes on to the next waiter; an idle one that does not
         fit is closed to make room). A server whose kind the rule itself would not take is
         closed when it comes back (`foreign`), so the rule's other clients never get it."""
-        while self._resumed is not None:
-            await self._resumed.wait()
-        started = time.monotonic()
-        timeout_ms = self.rule.pool_timeout
-        deadline = started + timeout_ms / 1000 if timeout_ms else None
+        started, deadline = await self._after_pause()
         try:
             while True:
                 server = self._idle_of_kind(steer)
