@@ -83,7 +83,7 @@ class RouteSnapshot:
     backend_db: str
     backend_user: str
     mode: str  # the rule's pool mode
-    pool_size: int
+    pool_size: int  # the servers it may have: its shared_pool's size when it names one
     obsolete: bool  # of an older config generation
     clients: int
     cl_active: int  # clients with a server
@@ -95,6 +95,7 @@ class RouteSnapshot:
     load_balance_hosts: str | None  # NULL unless the storage has several hosts
     counters: RouteCounters = field(default_factory=RouteCounters)
     workers: int = 1
+    shared_pool: str | None = None  # the shared pool pool_size is of (shared with its rules)
 
     @property
     def servers(self) -> int:

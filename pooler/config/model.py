@@ -378,6 +378,12 @@ class Config:
                 return pool
         return None
 
+    def pool_size_of(self, rule: Rule) -> int:
+        """The most servers the rule's routes may have: its `shared_pool`'s pool_size (a cap
+        its routes share with every rule naming that pool) or its own (0: unlimited)."""
+        shared = self.shared_pool(rule.shared_pool) if rule.shared_pool is not None else None
+        return shared.pool_size if shared is not None else rule.pool_size
+
 
 def redacted(config: Config) -> dict[str, Any]:
     """The model as plain dicts and lists (the control API's `config_get`), every secret

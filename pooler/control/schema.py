@@ -219,7 +219,7 @@ class PoolInfo:
     rule: str  # the rule it came from: `db.user selector`
     generation: int  # the config generation the rule was born in
     mode: str
-    pool_size: int
+    pool_size: int  # 0: unlimited; a shared_pool's size when it names one
     obsolete: bool
     clients: int
     cl_active: int
@@ -242,6 +242,7 @@ class PoolInfo:
     p99_xact_us: float
     p99_query_us: float
     p99_wait_us: float
+    shared_pool: str | None = None  # pool_size is this shared pool's (its rules share it)
 
 
 @dataclass

@@ -62,7 +62,8 @@ def worker_snapshot(worker: Reported) -> WorkerSnapshot:
                 backend_db=route.backend_db,
                 backend_user=route.backend_user,
                 mode=route.mode or "",  # (always set in a validated config)
-                pool_size=route.rule.pool_size,
+                pool_size=route.slot_limit,  # a shared_pool's when it names one
+                shared_pool=route.rule.shared_pool,
                 obsolete=route.obsolete,
                 clients=route.clients,
                 cl_active=active.get(key, 0),

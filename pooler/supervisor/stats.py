@@ -86,6 +86,7 @@ class StatsWindow(WorkerProcesses):
                     generation=r.generation,
                     mode=r.mode,
                     pool_size=r.pool_size,
+                    shared_pool=r.shared_pool,
                     obsolete=r.obsolete,
                     clients=r.clients,
                     cl_active=r.cl_active,

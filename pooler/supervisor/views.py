@@ -206,19 +206,20 @@ def show_databases(config: Any, routes: list[RouteSnapshot], paused: set[str] | 
         port = storage.endpoints[0].port if storage is not None and storage.endpoints else 0
         multi = storage is not None and len(storage.endpoints) > 1
         is_paused = paused is True or (isinstance(paused, set) and name in paused)
+        pool_size = config.pool_size_of(rule)  # a shared_pool's, when the rule names one
         seen[name] = (
             name,
             host,
             port,
             rule.storage_db or rule.database or name,
             rule.storage_user,
-            rule.pool_size,
+            pool_size,
             rule.min_pool_size,
             0,
             rule.server_lifetime,
             rule.pool,
             storage.balancing_method if multi and storage is not None else None,
-            rule.pool_size,
+            pool_size,
             servers,
             rule.client_max or 0,
             clients,
@@ -258,12 +259,13 @@ def show_users(config: Any, routes: list[RouteSnapshot]) -> Result:
         if name in seen:
             continue
         members = [r for r in routes if _rule_user(r) == name and not r.obsolete]
+        pool_size = config.pool_size_of(rule)
         seen[name] = (
             name,
-            f"{rule.pool_size:9d}",
+            f"{pool_size:9d}",
             "",
             rule.pool,
-            rule.pool_size,
+            pool_size,
             sum(r.servers for r in members),
             rule.client_max or 0,
             sum(r.clients for r in members),

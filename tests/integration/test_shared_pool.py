@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import urllib.request
 from collections.abc import Callable
 
 import psycopg
@@ -154,3 +155,47 @@ def test_a_reload_resizes_the_shared_pool_live(pooler, pg):
         p.wait_for_log(r"reloaded, generation 1")
         assert other.execute("select 2").fetchone() == (2,)
         holder.execute("commit")
+
+
+def test_console_metrics_and_control_show_the_shared_pool_size(pooler):
+    """The rules of a shared pool have no pool_size of their own (0, which every view reads
+    as "unlimited"): SHOW DATABASES, SHOW USERS, /metrics and the control socket's pools
+    (the dashboard) show the shared pool's size, and the control socket names the pool."""
+    from harness import free_port, release_port
+    from prometheus_client.parser import text_string_to_metric_families
+    from wire import control
+
+    port = free_port()
+    try:
+        cfg = config(size=3).replace("workers 2", f"workers 2\npromhttp_server_port {port}")
+        p = pooler(cfg)
+        for db in ("p1", "p2"):
+            p.sql("select 1", dbname=db)
+        with p.connect("console", "admin") as conn:
+            cur = conn.execute("show databases")
+            names = [c.name for c in cur.description]
+            dbs = {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
+            cur = conn.execute("show users")
+            names = [c.name for c in cur.description]
+            users = {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
+        for db in ("p1", "p2"):
+            assert (dbs[db]["pool_size"], dbs[db]["max_connections"]) == (3, 3), dbs[db]
+        assert int(users["postgres"]["pool_size"]) == 3
+        assert users["postgres"]["max_user_connections"] == 3
+
+        def capacities():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            families = {f.name: f for f in text_string_to_metric_families(text)}
+            samples = families["odyssey_server_pool_capacity_configured_route"].samples
+            return {s.labels["database"]: s.value for s in samples}
+
+        assert wait_until(lambda: (c := capacities()) and set(c) >= {"p1", "p2"} and c) == {
+            "p1": 3,
+            "p2": 3,
+        }
+        pools = {x.database: x for x in control(p, "pools")}
+        for db in ("p1", "p2"):
+            assert (pools[db].pool_size, pools[db].shared_pool) == (3, "sp")
+    finally:
+        release_port(port)

@@ -168,3 +168,19 @@ async def test_pools_pane_names_routes_as_clients_ask_for_them(pooler):
         assert routes() == ["bench_s.postgres", "bench_t.postgres"]
         spark = str(app.query_one("#pools-spark-label").render())
         assert "server postgres@p0" in spark or "no route selected" in spark
+
+
+def test_pools_pane_shows_a_shared_pools_size_and_name():
+    """A route of a `shared_pool` has no pool_size of its own: the pane shows the shared
+    pool's size (not ∞, which would read as unlimited) and names the pool in its detail."""
+    from fake import pool
+
+    from tui.widgets.pools import pool_detail, pool_rows
+
+    shared = pool("p1", "app", "transaction", 7, 10.0, shared_pool="sp")
+    (row,) = pool_rows([shared], {})
+    assert row.cells[2] == 7 and row.values[2] == 7
+    assert pool_detail(shared).endswith(", shared_pool sp")
+    unlimited = pool("p2", "app", "transaction", 0, 10.0)
+    (own,) = pool_rows([unlimited], {})
+    assert own.cells[2] == "∞" and "shared_pool" not in pool_detail(unlimited)

@@ -55,8 +55,10 @@ def pool_labels(pools: Sequence[schema.PoolInfo]) -> dict[str, str]:
 
 
 def pool_detail(pool: schema.PoolInfo) -> str:
-    """Where the route goes: `server user@db, rule db.user selector`."""
-    return f"server {pool.backend_user}@{pool.backend_db}, rule {pool.rule}"
+    """Where the route goes: `server user@db, rule db.user selector` (`, shared_pool name`
+    when its size is a shared pool's, shared with other routes)."""
+    detail = f"server {pool.backend_user}@{pool.backend_db}, rule {pool.rule}"
+    return f"{detail}, shared_pool {pool.shared_pool}" if pool.shared_pool else detail
 
 
 def pool_rows(

@@ -20,6 +20,7 @@ from pooler.server.router import ClientKey
 from pooler.server.worker import Worker
 from pooler.snapshot import WorkerSnapshot
 from pooler.supervisor import aggregate, console, metrics, odyssey_views
+from pooler.supervisor.stats import StatsWindow
 
 CONFIG = """
 log_format "%m\\n"
@@ -112,3 +113,41 @@ def test_metrics_render_a_real_snapshot(sup: Sup) -> None:
     assert families["odyssey_lists_login_clients"].samples[0].value == 2
     (capacity,) = families["odyssey_server_pool_capacity_configured_route"].samples
     assert capacity.value == 4
+
+
+SHARED_CONFIG = """
+log_format "%m\\n"
+listen { host "127.0.0.1" port 6432 }
+storage "pg" { type "remote" host "127.0.0.1" port 5 }
+storage "local" { type "local" }
+shared_pool "sp" { pool_size 7 }
+database "console" { user "admin" { authentication "none" storage "local" role "admin" pool "session" } }
+database "p1" { user default {
+    authentication "none" storage "pg" pool "transaction" shared_pool "sp"
+} }
+"""
+
+
+async def test_a_shared_pool_route_shows_the_shared_pool_size() -> None:
+    """A rule with `shared_pool "sp"` has pool_size 0 of its own (odyssey forbids both), but
+    its servers are capped by the shared pool's 7: every place that shows a route's or a
+    database's pool_size shows 7 (0 would read as "unlimited")."""
+    config = parse_text(SHARED_CONFIG)
+    worker = Worker(config, 0, types.SimpleNamespace(slots=None))  # type: ignore[arg-type]
+    rule = worker.router.match(ClientKey("p1", "user", "127.0.0.1"))
+    assert rule is not None and rule.pool_size == 0 and rule.shared_pool == "sp"
+    worker.route_for(rule, "p1", "user")
+    message = pickle.loads(pickle.dumps(Stats(worker.snapshot())))
+    sup = Sup(config, message.snapshot)
+    (route,) = message.snapshot.routes
+    assert route.pool_size == 7
+    (db,) = [r for r in rows(await console.show(sup, "databases")) if r["name"] == "p1"]  # type: ignore[arg-type]
+    assert (db["pool_size"], db["max_connections"]) == (7, 7)
+    (user,) = [r for r in rows(await console.show(sup, "users")) if r["name"] == rule.user_name]  # type: ignore[arg-type]
+    assert (int(user["pool_size"]), user["max_user_connections"]) == (7, 7)
+    families = {f.name: f for f in metrics.SupervisorCollector(sup).collect()}  # type: ignore[arg-type]
+    (capacity,) = families["odyssey_server_pool_capacity_configured_route"].samples
+    assert capacity.value == 7
+    window = types.SimpleNamespace(route_rates={})
+    (info,) = StatsWindow.pool_infos(window, aggregate.merge_routes(sup.snapshots()))  # type: ignore[arg-type]
+    assert (info.pool_size, info.shared_pool) == (7, "sp")
