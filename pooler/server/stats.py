@@ -3,8 +3,9 @@
 The three time totals (`xact_time_us`, `query_time_us`, `wait_time_us`) are bumped through
 `record_xact`, `record_query` and `record_wait`, which also drop the duration into a
 histogram (`pooler.histogram`'s buckets, inlined): that is how p50/p95/p99 are known without
-keeping samples. Each `record_wait` is one server assignment (a client got
-a server), so assignments are counted there too.
+keeping samples. The counts (`xact_count`, `query_count`, `assignments`: one `record_wait` per
+server a client got) are the histograms' sums, taken when asked (once a second for the
+snapshot), not bumped per transaction.
 """
 
 from __future__ import annotations
@@ -42,28 +43,23 @@ class RouteStats:
     """Cumulative counters of one route (pgbouncer's SHOW STATS names)."""
 
     __slots__ = (
-        "assignments",
         "binds",
         "bytes_received",
         "bytes_sent",
         "client_parses",
         "errors",
         "max_wait_us",
-        "query_count",
         "query_hist",
         "query_time_us",
         "server_connects",
         "server_parses",
         "wait_hist",
         "wait_time_us",
-        "xact_count",
         "xact_hist",
         "xact_time_us",
     )
 
     def __init__(self) -> None:
-        self.xact_count = 0
-        self.query_count = 0
         self.bytes_received = 0  # from clients
         self.bytes_sent = 0  # to clients (received from servers)
         self.xact_time_us = 0
@@ -71,18 +67,31 @@ class RouteStats:
         self.wait_time_us = 0
         self.max_wait_us = 0
         self.server_connects = 0
-        self.assignments = 0
         self.client_parses = 0  # Parse messages from clients (the unnamed ones too)
         self.server_parses = 0  # Parse messages sent to servers (incl. re-prepares)
         self.binds = 0  # Binds of named statements
         self.errors: dict[str, int] = {}
+        # duration histograms (`pooler.histogram`'s buckets): their counts are the counts
+        # of transactions, queries and assignments (one write less on the hot path)
         self.xact_hist: dict[int, int] = {}
         self.query_hist: dict[int, int] = {}
         self.wait_hist: dict[int, int] = {}
 
+    @property
+    def xact_count(self) -> int:
+        return sum(self.xact_hist.values())
+
+    @property
+    def query_count(self) -> int:
+        return sum(self.query_hist.values())
+
+    @property
+    def assignments(self) -> int:
+        """Servers given to clients (one `record_wait` each)."""
+        return sum(self.wait_hist.values())
+
     def record_xact(self, us: int) -> None:
         """A transaction ended after `us`."""
-        self.xact_count += 1
         self.xact_time_us += us
         index = us if us < 16 else ((b := us.bit_length()) << 3) | ((us >> (b - 4)) & 7)
         hist = self.xact_hist
@@ -90,7 +99,6 @@ class RouteStats:
 
     def record_query(self, us: int) -> None:
         """A query (up to its ReadyForQuery) took `us`."""
-        self.query_count += 1
         self.query_time_us += us
         index = us if us < 16 else ((b := us.bit_length()) << 3) | ((us >> (b - 4)) & 7)
         hist = self.query_hist
@@ -98,7 +106,6 @@ class RouteStats:
 
     def record_wait(self, us: int) -> None:
         """A client got a server after waiting `us` (one server assignment)."""
-        self.assignments += 1
         self.wait_time_us += us
         index = us if us < 16 else ((b := us.bit_length()) << 3) | ((us >> (b - 4)) & 7)
         hist = self.wait_hist

@@ -97,21 +97,22 @@ def linked_pair() -> tuple[ServerConnection, ClientConnection]:
 
 
 @pytest.mark.timeout(10)
-async def test_the_query_is_written_before_the_wait_is_counted(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_the_query_is_written_before_the_wait_is_counted() -> None:
     server, client = idle_pair()
+    stats = server.route.stats
+    transport = server.transport
     seen: list[int] = []
-    record_wait = RouteStats.record_wait
+    write = transport.write
 
-    def record(stats: RouteStats, us: int) -> None:
-        seen.append(len(server.transport.writes))  # type: ignore[attr-defined]
-        record_wait(stats, us)
+    def counting_write(data: bytes) -> None:
+        seen.append(stats.assignments)  # type: ignore[attr-defined]
+        write(data)
 
-    monkeypatch.setattr(RouteStats, "record_wait", record)
+    transport.write = counting_write  # type: ignore[method-assign,union-attr]
     client.data_received(QUERY)
-    assert server.transport.writes == [QUERY]  # type: ignore[attr-defined]
-    assert seen == [1]  # the server had the query when the (zero) wait was counted
+    assert transport.writes == [QUERY]  # type: ignore[union-attr]
+    assert seen == [0]  # the server had the query before the (zero) wait was counted
+    assert stats.assignments == 1 and stats.wait_hist == {0: 1}  # type: ignore[attr-defined]
 
 
 @pytest.mark.timeout(10)
