@@ -1,48 +1,36 @@
-"""A client connection: startup, routing, authentication, then relaying through a pool.
+"""A client connection, after its login (login.py hands it over): relaying through a pool.
 
-The login runs as a coroutine reading from the connection's buffer. Once the client is
-ready, `data_received` relays bytes straight to the linked server (or queues them while a
-server is being acquired), looking only at message headers to know when the server can be
-given back: after a ReadyForQuery that leaves no answer owed, no extended-protocol batch
-open, no COPY running and, in transaction mode, no transaction open. Its life is a
-`ClientState` (lifecycle.py) moved by `become` alone.
+`data_received` relays bytes straight to the linked server (or queues them while a server
+is being acquired), looking only at message headers to know when the server can be given
+back: after a ReadyForQuery that leaves no answer owed, no extended-protocol batch open, no
+COPY running and, in transaction mode, no transaction open. Its life is a `ClientState`
+(lifecycle.py) moved by `become` alone; while it logs in (or talks to the console), its
+bytes go to its `login`.
 
-Over 500 lines for a reason, not yet split: the login steps (startup packet, TLS, routing,
-authentication) and the relay share one asyncio Protocol object and its fields (the buffer
-the login reads, the state, the route), and the relay's per-message path
-(`data_received` → `_queue`/`_forward` → `_query_goes`, then `server_ready`) is kept in
-one class on purpose: each call or attribute hop there is paid per transaction
-(bench/relay_cost.py). The next split is along that seam: the login as its own object
-handing a logged-in client over, and the relay's decisions as a sans-I/O core (issue 14).
+Over 500 lines for a reason: the relay's per-message path (`data_received` →
+`_queue`/`_forward` → `_query_goes`, then `server_ready`) is kept in one class on purpose:
+each call or attribute hop there is paid per transaction (bench/relay_cost.py). The next
+split is the relay's decisions as a sans-I/O core (issue 14).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hmac
 import itertools
 import os
-import secrets
 import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pooler.config import Config, Listen, Rule, Storage
+from pooler.config import Config, Listen, Rule
 from pooler.logs import LogContext, log
-from pooler.protocol import AuthFailed, ProtocolError, auth, build, messages
+from pooler.protocol import ProtocolError, auth, build, messages
 from pooler.protocol.framing import (
-    GSSENC_REQUEST_CODE,
     HEAD,
     MESSAGE,
-    SSL_REQUEST_CODE,
-    CancelRequest,
-    GSSENCRequest,
     MessageSplitter,
-    SSLRequest,
-    StartupPacket,
     iter_messages,
-    read_startup,
 )
 from pooler.protocol.messages import (
     BIND,
@@ -54,18 +42,12 @@ from pooler.protocol.messages import (
     FLUSH,
     FUNCTION_CALL,
     PARSE,
-    PASSWORD_MESSAGE,
     QUERY,
     SYNC,
     TERMINATE,
 )
-from pooler.protocol.options import (
-    SYNTAX_ERROR as OPTIONS_REFUSED,
-    parse_options,
-    replication_refusal,
-)
 from pooler.protocol.query_text import opens_transaction_block
-from pooler.server import sockopts, tls as tls_support, virtual
+from pooler.server import sockopts, virtual
 from pooler.server.backend import (
     IDLE,
     MAX_STATEMENTS,
@@ -74,7 +56,6 @@ from pooler.server.backend import (
     BackendError,
     ServerConnection,
     ServerGone,
-    spelled,
 )
 from pooler.server.connect import TOO_MANY_CONNECTIONS, ConnectFailed
 from pooler.server.drain import Drain
@@ -82,18 +63,13 @@ from pooler.server.flow import (
     BURST_READ,
     PEER_FULL,
     QUEUE_FULL,
-    UNREAD_ANSWERS,
     ReadGate,
     yield_turn,
 )
-from pooler.server.groups import GroupChecker
-from pooler.server.hba import hba_allows
 from pooler.server.lifecycle import CLIENT_NEXT, RELAYING, ClientState, moved
 from pooler.server.pool import HandOff, PoolTimeout, Route
 from pooler.server.prepared import ClientStatements, is_stale_statement_error
-from pooler.server.router import ClientKey, Router
 from pooler.server.sockopts import TcpOptions
-from pooler.server.watchdog import LagWatchdog, catchup_timeout
 
 if TYPE_CHECKING:
     from pooler.server.ldap_auth import LdapLogin
@@ -106,21 +82,6 @@ LISTEN_FIRST = frozenset(
     b"LlUu"
 )  # a Query that may be LISTEN/UNLISTEN (`_listen`)  # Describe/Close of a statement, not of a portal
 
-# Session parameters re-applied when a client moves to another server connection.
-TRACKED_PARAMS = (
-    "client_encoding",
-    "DateStyle",
-    "TimeZone",
-    "IntervalStyle",
-    "standard_conforming_strings",
-    "application_name",
-    "search_path",
-)
-_NOT_SESSION_PARAMS = frozenset(
-    ("user", "database", "replication", "options", "fallback_application_name")
-)
-MAX_STARTUP_WAIT_BUFFER = 1 << 16
-MAX_LOGIN_MESSAGE = 1 << 16
 HALF_CLOSE_GRACE = 2.0  # seconds a half-closed client's answers are waited for (eof_received)
 MAX_QUEUED = 256 * 1024  # bytes held for a client waiting for a server; then it is paused
 RETRY_LIMIT = 1 << 16  # a batch kept to be sent again (prepared.Retry) is at most this long
@@ -148,7 +109,6 @@ def _query_text(buf: bytes | bytearray, start: int, end: int) -> str:
 TERMINATE_MESSAGE = build.TERMINATE  # a whole Terminate, as a client sends it
 
 _STARTUP, _LOGIN_WAITING, _CANCEL, _CONSOLE, _IDLE, _WAITING, _LINKED, _CLOSED = ClientState
-_LOGIN_STATES = (_STARTUP, _LOGIN_WAITING, _CANCEL)  # (a login timer still runs for them)
 
 
 def _whole_messages(data: bytes) -> bool:
@@ -159,28 +119,7 @@ def _whole_messages(data: bytes) -> bool:
     return 0 < pos == n
 
 
-@functools.lru_cache(maxsize=256)  # logins of a route report the same parameters
-def _parameter_statuses(reported: tuple[tuple[str, str], ...]) -> bytes:
-    return b"".join(build.parameter_status(name, value) for name, value in reported)
-
-
 _client_ids = itertools.count(1)
-
-
-class ClientGone(Exception):
-    """The client closed the connection or broke the protocol during login."""
-
-
-class LoginRefused(Exception):
-    """The client may not log in; the error goes to the client as FATAL."""
-
-    def __init__(
-        self, sqlstate: str, message: str, *, detail: str | None = None, hint: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-        self.detail = detail
-        self.hint = hint
 
 
 class ClientWorker(Protocol):
@@ -188,33 +127,29 @@ class ClientWorker(Protocol):
 
     config: Config
     tcp_options: TcpOptions
-    router: Router
-    groups: GroupChecker
-    routing_gate: asyncio.Semaphore | None
-    watchdog: LagWatchdog
-    soft_oom_usage: int | None  # soft_oom: bytes in use while over its limit
     drain: Drain | None  # an online restart's drain (pooler/server/drain.py)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
     def client_connected(self, client: ClientConnection) -> None: ...
     def client_disconnected(self, client: ClientConnection) -> None: ...
-    def register_cancel_key(
-        self, client: ClientConnection, server_pid: int = 0
-    ) -> tuple[int, int]: ...
+    def start_login(self, client: ClientConnection) -> ClientLogin: ...
     def count_error(self, kind: str) -> None: ...
-    async def client_slot(self, key: tuple[Any, ...], limit: int) -> bool: ...
     def release_client_slot(self, key: tuple[Any, ...]) -> None: ...
-    async def cancel(self, pid: int, secret: int) -> None: ...
-    async def console_login(self, client: ClientConnection, rule: Rule) -> None: ...
-    async def auth_query_password(self, rule: Rule, user: str) -> str | None: ...
-    def storage_of(self, rule: Rule) -> Storage: ...
-    def route_for(
-        self, rule: Rule, database: str, user: str, backend_user: str | None = None
-    ) -> Route: ...
     def give_back(
         self, server: ServerConnection, *, client_gone: bool = False, unusable: bool = False
     ) -> None: ...
     def transaction_ended(self, client: ClientConnection) -> None: ...
+
+
+class ClientLogin(Protocol):
+    """What a client uses of its login (`login.Login`), while it logs in or talks to the
+    console."""
+
+    buf: bytearray  # what the client sent, not read yet
+
+    def received(self, data: bytes) -> None: ...
+    def wake(self) -> None: ...
+    def lost(self) -> None: ...
 
 
 class ClientConnection(asyncio.Protocol):
@@ -227,14 +162,11 @@ class ClientConnection(asyncio.Protocol):
         self.peer: tuple[str, int] | None = None
         self.state = _STARTUP  # moved by `become` alone (lifecycle.CLIENT_NEXT)
         self.closed_from: ClientState | None = None  # the state it closed from
-        self.buf = bytearray()
-        self._waiter: asyncio.Future[None] | None = None
-        self._login_task: asyncio.Task[None] | None = None
+        self.login: ClientLogin | None = None  # until the login hands the client over
         self._attach_task: asyncio.Task[None] | None = None
         self._attach_owns = False  # the attach task holds a handed server or a granted slot
         self._handoff: HandOff | None = None  # waiting for a server without a task
         self._handoff_timer: asyncio.TimerHandle | None = None
-        self._login_timer: asyncio.TimerHandle | None = None
         self.queued: list[bytes] = []
         self.queued_bytes = 0
         self.splitter = MessageSplitter(
@@ -273,8 +205,6 @@ class ClientConnection(asyncio.Protocol):
         self.half_closed = False  # sent EOF with answers owed: closed once they are relayed
         self._eof_timer: asyncio.TimerHandle | None = None  # ... or HALF_CLOSE_GRACE after
         self._lost = False  # connection_lost ran
-        self._handshaking = False  # in the TLS handshake (the handshake has the socket)
-        self._routing = False  # holds one of the worker's client_max_routing places
         self._wait_timer: asyncio.TimerHandle | None = None  # pool_notice_after_waiting_ms
         self._wait_started = 0.0
         self._wait_noticed = False  # "waiting for free backend connection" was sent
@@ -291,12 +221,7 @@ class ClientConnection(asyncio.Protocol):
         self.worker.client_connected(self)
         if not self.unix:
             sockopts.apply(transport, self.worker.tcp_options)
-        timeout = self.listen.client_login_timeout
-        if timeout:
-            self._login_timer = asyncio.get_running_loop().call_later(
-                timeout / 1000, self._login_timed_out
-            )
-        self._login_task = self.worker.spawn(self._login(), f"login {self.id}")
+        self.login = self.worker.start_login(self)
 
     def data_received(self, data: bytes) -> None:
         state = self.state
@@ -314,11 +239,8 @@ class ClientConnection(asyncio.Protocol):
             return
         if state is _CLOSED:
             return
-        self.buf += data
-        if len(self.buf) > MAX_LOGIN_MESSAGE + MAX_STARTUP_WAIT_BUFFER:
-            self.fatal("08P01", "login message too large")
-            return
-        self._wake()
+        if self.login is not None:  # logging in, or a console session
+            self.login.received(data)
 
     def eof_received(self) -> bool:
         """The client half-closed (shutdown(SHUT_WR)) after its requests: as from PostgreSQL,
@@ -332,7 +254,7 @@ class ClientConnection(asyncio.Protocol):
             return False
         server = self.server
         if self.state not in RELAYING:  # requests pipelined behind the login, still unread
-            owed = bool(self.buf)
+            owed = self.login is not None and bool(self.login.buf)
         elif server is not None:  # (half a message is never answered: nor is what it ends)
             owed = server.pending > 0 and not server.copy_in and self.splitter.at_boundary()
         else:
@@ -341,7 +263,8 @@ class ClientConnection(asyncio.Protocol):
             return False
         self.half_closed = True
         self._eof_timer = asyncio.get_running_loop().call_later(HALF_CLOSE_GRACE, self.close)
-        self._wake()
+        if self.login is not None:
+            self.login.wake()
         return True
 
     def _done_after_eof(self) -> None:
@@ -359,11 +282,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self._lost = True
         self._to_closed()
-        self._wake()
-        if self._login_timer is not None:
-            self._login_timer.cancel()
-        if self._login_task is not None and not self._login_task.done():
-            self._login_task.cancel()
+        if self.login is not None:
+            self.login.lost()
         if self._attach_task is not None and not self._attach_task.done() and not self._attach_owns:
             # (a task that owns a handed server or a granted slot is not cancelled: it may
             # not have started yet, and only it can give them back; it sees CLOSED)
@@ -384,7 +304,6 @@ class ClientConnection(asyncio.Protocol):
         self.splitter.buffer = b""
         self.queued.clear()
         self.queued_bytes = 0
-        self.buf = bytearray()
         if self.route is not None:
             self.route.clients -= 1
         for key in self.client_slots:
@@ -407,7 +326,8 @@ class ClientConnection(asyncio.Protocol):
         self.writing_paused = False
         if self.server is not None:
             self.server.reading.resume(PEER_FULL)
-        self._wake()  # a console session waiting for the client to read (`drained`)
+        if self.login is not None:  # a console session waiting for the client to read
+            self.login.wake()
 
     # --- errors -----------------------------------------------------------------------
 
@@ -478,375 +398,6 @@ class ClientConnection(asyncio.Protocol):
         state = self.state
         return state in RELAYING or state is _CONSOLE
 
-    def _login_timed_out(self) -> None:
-        if self._handshaking and self._login_task is not None:
-            self._login_task.cancel()  # a stalled handshake (its own timeout is 60 s)
-        elif self.state in _LOGIN_STATES:
-            self.fatal("08006", "client login timed out")
-
-    # --- login ------------------------------------------------------------------------
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def _more(self) -> None:
-        if self.state is _CLOSED or self.half_closed:  # (half-closed: no more bytes come)
-            raise ClientGone
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-        if self.state is _CLOSED or self.half_closed:
-            raise ClientGone
-
-    async def drained(self) -> None:
-        """Wait while the client's transport is full (it does not read what we write): a
-        session answering from the pooler itself (the console) stops reading its requests
-        meanwhile, as the relay does."""
-        if not self.writing_paused:
-            return
-        self.reading.pause(UNREAD_ANSWERS)
-        try:
-            while self.writing_paused:
-                await self._more()
-        finally:
-            self.reading.resume(UNREAD_ANSWERS)
-
-    async def _read_startup(self) -> object:
-        while True:
-            parsed = read_startup(self.buf)
-            if parsed is not None:
-                message, used = parsed
-                del self.buf[:used]
-                return message
-            await self._more()
-
-    async def _read_message(self) -> tuple[int, bytes]:
-        while True:
-            if len(self.buf) >= 5:
-                length = int.from_bytes(self.buf[1:5], "big")
-                if length < 4 or length > MAX_LOGIN_MESSAGE:
-                    raise ProtocolError(f"invalid message length {length}", "08P01")
-                if len(self.buf) >= length + 1:
-                    msg_type = self.buf[0]
-                    body = bytes(self.buf[5 : length + 1])
-                    del self.buf[: length + 1]
-                    return msg_type, body
-            await self._more()
-
-    async def _read_password(self) -> bytes:
-        msg_type, body = await self._read_message()
-        if msg_type != PASSWORD_MESSAGE:
-            raise ProtocolError(
-                f"expected password response, got message type {chr(msg_type)!r}", "08P01"
-            )
-        return body
-
-    async def _read_password_string(self) -> bytes:
-        """A PasswordMessage of one C string (a cleartext password, an md5 answer), read as
-        PostgreSQL reads it: a NUL inside, or none at the end, is a protocol violation."""
-        body = await self._read_password()
-        if not body.endswith(b"\0") or body.index(b"\0") != len(body) - 1:
-            raise ProtocolError("invalid password packet size", "08P01")
-        return body[:-1]
-
-    async def _login(self) -> None:
-        try:
-            await self._login_steps()
-        except ClientGone:
-            self.close()
-        except ProtocolError as exc:
-            self.fatal(exc.sqlstate, str(exc))
-        except LoginRefused as exc:
-            self.fatal(exc.sqlstate, str(exc), detail=exc.detail, hint=exc.hint)
-        except PoolTimeout:
-            self._pool_timeout()
-        except ConnectFailed as exc:
-            self._connect_failed(exc)
-        except (ServerGone, BackendError) as exc:
-            self.fatal("08006", f"server login failed: {exc}")
-        except Exception as exc:  # a fault of ours: the client is closed, not left hanging
-            log.error("client", f"login failed: {exc!r}", self.log_ctx)
-            self.close()
-        finally:
-            self._leave_routing()
-
-    async def _enter_routing(self) -> None:
-        """client_max_routing: logins between their startup packet and the end of routing
-        (authentication included) at once; more wait their turn (odyssey stops accepting
-        meanwhile). A client that has not sent its whole startup packet holds no place."""
-        gate = self.worker.routing_gate
-        if gate is None:
-            return
-        if gate.locked():
-            log.info("client_max_routing", "client is waiting in routing queue", self.log_ctx)
-        await gate.acquire()
-        self._routing = True
-
-    def _leave_routing(self) -> None:
-        if self._routing and self.worker.routing_gate is not None:
-            self._routing = False
-            self.worker.routing_gate.release()
-
-    async def _login_steps(self) -> None:
-        tls = ssl_asked = gss_asked = False
-        while True:
-            message = await self._read_startup()
-            # As PostgreSQL: each request once, neither after TLS is up (the second is read
-            # as a startup packet of protocol 1234.5679/5680 and refused); what came with
-            # the request, before our answer, was not encrypted (CVE-2021-23214).
-            if isinstance(message, SSLRequest) and not ssl_asked:
-                ssl_asked = True
-                if not tls_support.listen_offers_tls(self.listen, self.unix):
-                    self._refuse_encryption("SSL request")
-                else:
-                    tls = await self._start_tls()
-                    gss_asked = gss_asked or tls
-                continue
-            if isinstance(message, GSSENCRequest) and not gss_asked:
-                gss_asked = True
-                self._refuse_encryption("GSSAPI encryption request")
-                continue
-            if isinstance(message, SSLRequest | GSSENCRequest):
-                code = SSL_REQUEST_CODE if isinstance(message, SSLRequest) else GSSENC_REQUEST_CODE
-                raise ProtocolError(
-                    f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
-                    "server supports 3.0 to 3.0",
-                    "0A000",
-                )
-            if isinstance(message, CancelRequest):
-                self.become(_CANCEL)
-                # its own task: a sender that hangs up at once (waiting for a place under
-                # cancel_max_inflight) must not take its cancel with it
-                cancel = self.worker.cancel(message.pid, message.secret)
-                await asyncio.shield(self.worker.spawn(cancel, "cancel request"))
-                self.close()
-                return
-            assert isinstance(message, StartupPacket)
-            break
-        await self._enter_routing()
-        if not tls and tls_support.listen_requires_tls(self.listen, self.unix):
-            raise LoginRefused("08P01", "SSL is required")  # odyssey's words
-        if message.minor_version > 0 or message.protocol_options:
-            # As PostgreSQL does: we speak 3.0 and know no _pq_ options.
-            self._send(build.negotiate_protocol_version(0x30000, sorted(message.protocol_options)))
-        limit = self.worker.config.client_max
-        if limit is not None:
-            await self._take_client_slot(
-                ("clients",), limit, f"too many tcp connections (global client_max {limit})"
-            )
-        params = {k: v for k, v in message.params.items() if not k.startswith("_pq_.")}
-        requested_catchup = params.pop("odyssey_catchup_timeout", None)  # odyssey's own
-        self.user = params.get("user", "")
-        if not self.user:
-            raise LoginRefused("28000", "no PostgreSQL user name specified in startup packet")
-        refusal = replication_refusal(params.get("replication"))
-        if refusal is not None:
-            raise LoginRefused(*refusal)
-        self.database = params.get("database") or self.user
-        self.log_ctx.user, self.log_ctx.database = self.user, self.database
-        if self.worker.config.log_session:
-            where = f"{self.peer[0]}:{self.peer[1]}" if self.peer else "unix socket"
-            log.info("startup", f"new client connection {where}", self.log_ctx)
-        address = self.peer[0] if self.peer else None
-        config = self.worker.config
-        if config.hba_file and not hba_allows(
-            config.hba_rules, database=self.database, user=self.user, address=address, tls=tls
-        ):
-            raise LoginRefused("28000", "host based authentication rejected")
-        await self.worker.groups.first_check()  # (group rules: members known since start)
-        key = ClientKey(self.database, self.user, address, tls)
-        rule = self.worker.router.match(key)
-        if rule is None:
-            self.worker.count_error("route_not_found")
-            raise LoginRefused("3D000", f"route for '{self.database}.{self.user}' is not found")
-        self.rule = rule
-        self.mode = rule.pool
-        self.steer = self._steering()
-        self.slow_attach = self.steer is not None
-        if rule.keepalive > 0 and not self.unix:  # the route's own keepalive (odyssey master)
-            sockopts.apply(self.transport, sockopts.TcpOptions.of(config, rule))
-        if self.worker.config.log_session:
-            log.info(
-                "startup", f"route '{self.database}.{self.user}' to '{rule.name}'", self.log_ctx
-            )
-        await self._authenticate(rule)
-        self._leave_routing()
-        storage = self.worker.storage_of(rule)
-        if storage.type == "local":
-            await self.worker.console_login(self, rule)
-            return
-        if self.worker.soft_oom_usage is not None:  # over soft_oom's limit (odyssey)
-            usage = self.worker.soft_oom_usage // 1024
-            log.error(
-                "startup", f"drop connection due to soft oom (usage is {usage} KB)", self.log_ctx
-            )
-            raise LoginRefused("53200", "soft out of memory")
-        limit = catchup_timeout(self.listen, rule, requested_catchup)
-        if limit:
-            await self._check_catchup(limit)
-        ldap_user = self.ldap_login.storage_user if self.ldap_login else None
-        route = self.worker.route_for(rule, self.database, self.user, ldap_user)
-        if rule.client_max is not None:
-            await self._take_client_slot(
-                ("clients", *route.key),
-                rule.client_max,
-                f"too many client tcp connections (client_max for user "
-                f"{self.database}.{self.user} {rule.client_max})",
-            )
-        route.clients += 1
-        self.route = route
-        if route.shares_statements:
-            self.statements = ClientStatements(route.stats, route.known_statements)
-        from_options = self._init_params(params, rule)
-        if config.query_parsing.mode != "disabled":
-            self.intercepts = (
-                config.virtual_processing
-                or rule.application_name_add_host
-                or (self.mode == "transaction" and virtual.transaction_on(config))
-            )
-        notices: list[bytes] = []  # what a server said at its login, passed on (as odyssey)
-        if self.mode == "session":
-            server = await self._acquire_for_login(route)
-            await self._sync_for_login(route, server)
-            server.link(self, time.monotonic())
-            self.server = server
-            notices, server.login_notices = server.login_notices, []
-            reported = dict(server.params)
-        else:
-            if route.server_params is None or from_options:
-                # (settings from `options` are tried now: one PostgreSQL refuses must
-                # refuse the login, not the client's first query)
-                server = await self._acquire_for_login(route)
-                notices, server.login_notices = server.login_notices, []
-                if from_options:
-                    await self._sync_for_login(route, server)
-                route.release(server)
-            reported = dict(route.server_params or {})
-            for name in reported.keys() & self.params.keys():  # what PostgreSQL reports, in
-                value = self.params[name]  # its spelling when known (backend.spelled)
-                reported[name] = self.params[name] = spelled(name, value)
-        for name in TRACKED_PARAMS:
-            if name in reported:
-                self.params.setdefault(name, reported[name])
-        self._finish_login(reported, notices)
-
-    async def _sync_for_login(self, route: Route, server: ServerConnection) -> None:
-        """Prepare a server for this client during login; a session parameter PostgreSQL
-        refuses refuses the login, as it would directly."""
-        try:
-            await self._sync(server)
-        except BackendError as exc:
-            route.release(server)  # a refused SET leaves the server as it was
-            raise LoginRefused(exc.sqlstate, str(exc)) from None
-        except BaseException:
-            route.discard(server)
-            raise
-        if server.closed:  # (terminated, RECONNECT...) after it was handed over
-            route.discard(server)
-            raise ServerGone("server connection was closed during the login")
-
-    async def _check_catchup(self, limit: int) -> None:
-        """Refuse the client while the storage watchdog says the replica lags `limit`
-        seconds or more (odyssey's words and codes)."""
-        lag = await self.worker.watchdog.current_lag(limit)
-        if lag is not None and lag < limit:
-            return
-        self.worker.count_error("catchup_timeout")
-        shown = "unknown" if lag is None else str(lag)
-        log.info(
-            "catchup",
-            f"replication lag is too big ({shown} sec), failed to wait replica for catchup",
-            self.log_ctx,
-        )
-        raise LoginRefused(
-            "08006",
-            "replication lag of the node you are trying to connect is too big, connection rejected",
-            detail=f"replication lag too big ({shown} seconds), connection rejected: "
-            f"{self.database} {self.user}",
-            hint="wait until the replica catches up with the primary",
-        )
-
-    async def _acquire_for_login(self, route: Route) -> ServerConnection:
-        """A server during login (session pool, or a route's first login, which learns the
-        server's parameters); meanwhile the client counts as waiting, as in pgbouncer."""
-        self.become(_LOGIN_WAITING)
-        self.asked_at = time.monotonic()
-        try:
-            server = await route.acquire(self.backend_password(), self.listen, self.steer)
-        finally:
-            if self.state is _LOGIN_WAITING:
-                self.become(_STARTUP)
-        if self.state is _CLOSED:  # it left meanwhile: the server goes back unused
-            route.release(server)
-            raise ClientGone
-        return server
-
-    def _refuse_encryption(self, request: str) -> None:
-        """Answer N to an SSLRequest or a GSSENCRequest."""
-        if self.buf:
-            raise ProtocolError(f"received unencrypted data after {request}", "08P01")
-        self._send(b"N")
-
-    async def _start_tls(self) -> bool:
-        """Answer an SSLRequest with S and run the handshake (contexts: server/tls.py)."""
-        if self.buf:  # PostgreSQL's answer to CVE-2021-23214
-            raise ProtocolError("received unencrypted data after SSL request", "08P01")
-        try:
-            ctx = tls_support.listen_context(self.listen)
-        except tls_support.TLSConfigError as exc:
-            log.error("tls", f"cannot offer TLS: {exc}", self.log_ctx)
-            self._send(b"N")
-            return False
-        self._send(b"S")
-        self._handshaking = True
-        try:
-            self.transport = await tls_support.upgrade(self.transport, self, ctx, server_side=True)
-            self.reading.transport = self.transport
-        except (tls_support.TLSHandshakeError, asyncio.CancelledError) as exc:
-            if isinstance(exc, tls_support.TLSHandshakeError):
-                log.error("tls", f"TLS handshake failed: {exc}", self.log_ctx)
-            # the socket was the handshake's: our connection_lost would never come, and the
-            # client would count among the worker's for good (a drain waited for it)
-            self.transport.close()
-            self.connection_lost(None)
-            raise ClientGone from None
-        finally:
-            self._handshaking = False
-        return True
-
-    async def _take_client_slot(self, key: tuple[object, ...], limit: int, refusal: str) -> None:
-        if not await self.worker.client_slot(key, limit):
-            self.worker.count_error("client_max")
-            raise LoginRefused("53300", refusal)
-        self.client_slots.append(key)
-
-    def _init_params(self, startup: dict[str, str], rule: Rule) -> dict[str, str]:
-        """The client's session parameters: its startup parameters, what its `options`
-        set (honoured even without maintain_params: they are explicit), the rule's
-        `options`. Returns what `options` set (LoginRefused if it cannot be honoured)."""
-        try:
-            from_options = parse_options(startup.get("options", ""))
-        except ValueError as exc:
-            raise LoginRefused(OPTIONS_REFUSED, str(exc)) from None
-        if not rule.maintain_params:
-            self.params = dict(from_options)
-        else:
-            wanted = {k: v for k, v in startup.items() if k not in _NOT_SESSION_PARAMS}
-            if "application_name" not in wanted and "fallback_application_name" in startup:
-                wanted["application_name"] = startup["fallback_application_name"]
-            wanted.update(from_options)
-            for name, value in rule.options:
-                wanted[name] = value
-            self.params = wanted
-        if rule.application_name_add_host:
-            app = self.params.get("application_name") or startup.get("application_name")
-            self.params["application_name"] = f"{app or 'unknown'} - {self.peer_name()}"
-        return from_options
-
     def peer_name(self, *, port: bool = True) -> str:
         """The client's address as odyssey prints it: `1.2.3.4:5678`, `[::1]:5678`, or
         `<unix socket>`."""
@@ -856,132 +407,6 @@ class ClientConnection(asyncio.Protocol):
         if not port:
             return host
         return f"[{host}]:{peer_port}" if ":" in host else f"{host}:{peer_port}"
-
-    def _finish_login(self, reported: dict[str, str], notices: list[bytes]) -> None:
-        out = [build.auth_ok(), *notices, _parameter_statuses(tuple(reported.items()))]
-        server = self.server  # (a session pool's, linked for the client's life)
-        self.key = self.worker.register_cancel_key(self, server.backend_key[0] if server else 0)
-        out.append(build.backend_key_data(*self.key))
-        out.append(build.ready_for_query("I"))
-        if self._login_timer is not None:
-            self._login_timer.cancel()
-            self._login_timer = None
-        self._send(b"".join(out))
-        if self.state is _CLOSED:
-            return  # it left as the login ended
-        self.become(_LINKED if self.server is not None else _IDLE)
-        self.ready_at = time.monotonic()
-        if self.buf:  # the client pipelined past the login
-            data, self.buf = bytes(self.buf), bytearray()
-            self.data_received(data)
-        if self.half_closed:
-            self._done_after_eof()
-
-    async def _authenticate(self, rule: Rule) -> None:
-        method = rule.authentication
-        if method == "none":
-            return
-        if method == "block":
-            raise LoginRefused("28000", f"user blocked: {self.database} {self.user}")
-        if method == "cert":
-            refusal = tls_support.check_client_certificate(self.transport, rule, self.user)
-            if refusal is not None:
-                raise LoginRefused("28000", refusal)
-            return
-        configured = rule.password
-        if rule.auth_query:
-            configured = self.looked_up = await self.worker.auth_query_password(rule, self.user)
-        if method == "clear_text":
-            self._send(build.auth_cleartext_password())
-            given = (await self._read_password_string()).decode("utf-8", "replace")
-            if rule.ldap_endpoint_name:
-                ok = await self._ldap(rule, given)
-            elif rule.auth_pam_service:
-                ok = await self._pam(rule.auth_pam_service, given)
-            else:
-                ok = configured is not None and auth.verify_cleartext(given, configured, self.user)
-            if ok:
-                self.password = given
-        elif method == "md5":
-            salt = secrets.token_bytes(4)
-            self._send(build.auth_md5_password(salt))
-            response = (await self._read_password_string()).decode("ascii", "replace")
-            ok = configured is not None and auth.verify_md5(response, self.user, configured, salt)
-        elif method == "scram-sha-256":
-            ok = await self._scram(configured)  # None: a mock exchange (no user enumeration)
-        elif method == "external":
-            self._send(build.auth_cleartext_password())
-            given = (await self._read_password_string()).decode("utf-8", "replace")
-            ok = await self._external(given)
-        else:
-            raise LoginRefused("28000", f"authentication method '{method}' is not supported yet")
-        if not ok:
-            raise LoginRefused("28P01", f'password authentication failed for user "{self.user}"')
-
-    async def _external(self, token: str) -> bool:
-        """Ask the external auth agent (pooler/server/external_auth.py)."""
-        from pooler.server import external_auth
-
-        try:
-            external_id = await external_auth.authenticate(
-                self.worker.config.external_auth_socket_path, self.user, token
-            )
-        except external_auth.ExternalRefused as exc:
-            log.error("auth", f"external authentication failed: {exc}", self.log_ctx)
-            return False
-        if self.worker.config.log_session:
-            log.info(
-                "auth",
-                f"user '{self.database}.{self.user}' was authenticated with external_id: "
-                f"{external_id}",
-                self.log_ctx,
-            )
-        return True
-
-    async def _pam(self, service: str, password: str) -> bool:
-        """Check the password with PAM (pooler/server/pam_auth.py)."""
-        from pooler.server import pam_auth
-
-        try:
-            await pam_auth.authenticate(service, self.user, password)
-        except pam_auth.PamRefused as exc:
-            log.error("auth_pam", f"pam authentication failed: {exc}", self.log_ctx)
-            return False
-        return True
-
-    async def _ldap(self, rule: Rule, password: str) -> bool:
-        """Check the password against the rule's ldap_endpoint (pooler/server/ldap_auth.py);
-        keep the server login LDAP chose (ldap_storage_credentials)."""
-        from pooler.server import ldap_auth  # ldap3 loads only where LDAP is used
-
-        endpoint = self.worker.config.ldap_endpoint(rule.ldap_endpoint_name or "")
-        if endpoint is None:  # validated; a reload may have removed it meanwhile
-            return False
-        storage = self.worker.storage_of(rule)
-        try:
-            self.ldap_login = await ldap_auth.authenticate(
-                endpoint, rule, storage, self.database, self.user, password
-            )
-        except ldap_auth.LdapRefused as exc:
-            log.error("auth_ldap", f"ldap authentication failed: {exc}", self.log_ctx)
-            return False
-        return True
-
-    async def _scram(self, configured: str | None) -> bool:
-        try:
-            server = auth.ScramServer(configured, user=self.user)
-        except ValueError:  # an md5 hash cannot answer SCRAM
-            return False
-        self._send(build.auth_sasl(server.mechanisms))
-        mechanism, first = messages.decode_sasl_initial_response(await self._read_password())
-        self._send(build.auth_sasl_continue(server.handle_client_first(first, mechanism)))
-        final = messages.decode_sasl_response(await self._read_password())
-        try:
-            self._send(build.auth_sasl_final(server.handle_client_final(final)))
-        except AuthFailed:
-            return False
-        self.scram_keys = server.recovered_keys  # lets us log in to the server as the client
-        return True
 
     def backend_password(self) -> str | auth.ScramKeys | None:
         """What answers the server's password request (odyssey's order): storage_password,

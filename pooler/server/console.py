@@ -22,6 +22,7 @@ from pooler.protocol import ProtocolError, build
 from pooler.server.client import ClientConnection
 from pooler.server.lifecycle import ClientState
 from pooler.server.link import Supervisor
+from pooler.server.login import Login
 from pooler.server.pool import Route, RouteKey
 from pooler.snapshot import WorkerSnapshot
 
@@ -63,17 +64,16 @@ class ConsoleWorker(Protocol):
 class ConsoleSession:
     """One console client, after authentication (runs in the client's login task)."""
 
-    def __init__(self, worker: ConsoleWorker, client: ClientConnection, rule: Rule) -> None:
+    def __init__(self, worker: ConsoleWorker, login: Login, rule: Rule) -> None:
         self.worker = worker
-        self.client = client
+        self.login = login  # the console reads the client's requests through it
+        self.client = login.client
         self.rule = rule
         self.role = rule.role or "stat"  # odyssey forces a local rule without role to stat
 
     async def run(self) -> None:
         client = self.client
-        timer = getattr(client, "_login_timer", None)
-        if timer is not None:
-            timer.cancel()
+        self.login.stop_timer()
         client.become(ClientState.CONSOLE)
         out = [build.auth_ok()]
         out.extend(build.parameter_status(k, v) for k, v in CONSOLE_PARAMS.items())
@@ -83,7 +83,7 @@ class ConsoleSession:
         await self._write(b"".join(out))
         failed = False  # inside a failed extended-protocol batch: wait for Sync
         while not client.closing:
-            msg_type, body = await client._read_message()
+            msg_type, body = await self.login.read_message()
             client.last_activity = time.monotonic()
             if msg_type == X:
                 client.close()
@@ -133,7 +133,7 @@ class ConsoleSession:
         if client.closing:
             return
         client.transport.write(data)
-        await client.drained()
+        await self.login.drained()
 
 
 # --- the worker's answers to the supervisor -----------------------------------------------

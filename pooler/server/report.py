@@ -35,7 +35,9 @@ def worker_snapshot(worker: Reported) -> WorkerSnapshot:
     oldest_wait: dict[RouteKey, float] = {}  # per route: the longest waiting client's ask
     held = 0  # bytes held for clients: partial messages, input queued for a server
     for client in worker.clients:
-        held += client.splitter.pending + client.queued_bytes + len(client.buf)
+        held += client.splitter.pending + client.queued_bytes
+        if client.login is not None:
+            held += len(client.login.buf)
         route = client.route
         if route is None:
             continue

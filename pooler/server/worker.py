@@ -29,6 +29,7 @@ from pooler.server.groups import GroupChecker
 from pooler.server.idle import between_transactions, check_client_timeouts
 from pooler.server.lifecycle import ClientState
 from pooler.server.link import Supervisor
+from pooler.server.login import Login
 from pooler.server.memory import Trimmer
 from pooler.server.pool import Route, RouteKey
 from pooler.server.report import worker_snapshot
@@ -275,9 +276,13 @@ class Worker:
     async def cancel_backend(self, server: ServerConnection) -> None:
         await self.cancels.cancel_backend(server)
 
-    async def console_login(self, client: ClientConnection, rule: Rule) -> None:
+    def start_login(self, client: ClientConnection) -> Login:
+        """A new client's login (pooler/server/login.py)."""
+        return Login(self, client)
+
+    async def console_login(self, login: Login, rule: Rule) -> None:
         """The admin console (a rule with a `local` storage): see pooler/server/console.py."""
-        await ConsoleSession(self, client, rule).run()
+        await ConsoleSession(self, login, rule).run()
 
     # --- routes -----------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from pooler.server.lifecycle import (
     IllegalTransition,
     ServerState,
 )
+from pooler.server.login import Login
 from pooler.server.prepared import ClientStatements, parse_of
 from pooler.server.router import ClientKey
 from pooler.server.worker import Worker
@@ -241,10 +242,12 @@ async def test_parse_and_sync_of_a_known_statement_are_answered_here():
 
 
 async def test_login_timer_ends_only_logins():
-    _worker, _route, client = setup()
+    worker, _route, client = setup()
     client.state = STARTUP
-    client._login_timed_out()
+    Login(worker, client).timed_out()
     assert client.state is CLOSED  # FATAL: client login timed out
-    _worker2, _route2, relayed = setup()
-    relayed._login_timed_out()
+    worker2, _route2, relayed = setup()
+    late = Login(worker2, relayed)  # (its timer fires as the login hands the client over)
+    late.timed_out()
+    late.lost()
     assert relayed.state is IDLE

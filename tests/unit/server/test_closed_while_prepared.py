@@ -9,6 +9,7 @@ import pytest
 from test_server_states import ACTIVE, CLOSED, Q1, logged_in, setup
 
 from pooler.server.backend import ServerConnection, ServerGone
+from pooler.server.login import Login
 
 
 def closing_the_first(client) -> list[ServerConnection]:
@@ -49,5 +50,5 @@ async def test_a_server_closed_while_prepared_for_a_login_fails_it_cleanly():
     route.busy.add(server)
     closing_the_first(client)
     with pytest.raises(ServerGone):
-        await client._sync_for_login(route, server)
+        await Login(_worker, client).sync_for_login(route, server)
     assert server.state is CLOSED and server not in route.busy

@@ -1,0 +1,668 @@
+"""A client's login: the startup packet, TLS (GSSAPI encryption refused), routing,
+authentication, the server parameters, the reply burst (AuthenticationOk, ParameterStatus,
+BackendKeyData, ReadyForQuery), then the client handed over to the relay (client.py).
+
+`Login` lives while its client logs in (and, for the admin console, for the session: the
+console reads its requests through it); the client drops it once it relays. The login runs
+as a coroutine reading from the login's buffer, in a task of the worker; it ends with the
+client in a relaying state, closed, or in the console.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import secrets
+import time
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from pooler.config import Config, Rule, Storage
+from pooler.logs import log
+from pooler.protocol import AuthFailed, ProtocolError, auth, build, messages
+from pooler.protocol.framing import (
+    GSSENC_REQUEST_CODE,
+    SSL_REQUEST_CODE,
+    CancelRequest,
+    GSSENCRequest,
+    SSLRequest,
+    StartupPacket,
+    read_startup,
+)
+from pooler.protocol.messages import PASSWORD_MESSAGE
+from pooler.protocol.options import (
+    SYNTAX_ERROR as OPTIONS_REFUSED,
+    parse_options,
+    replication_refusal,
+)
+from pooler.server import sockopts, tls as tls_support, virtual
+from pooler.server.backend import BackendError, ServerConnection, ServerGone, spelled
+from pooler.server.client import ClientConnection
+from pooler.server.connect import ConnectFailed
+from pooler.server.flow import UNREAD_ANSWERS
+from pooler.server.groups import GroupChecker
+from pooler.server.hba import hba_allows
+from pooler.server.lifecycle import ClientState
+from pooler.server.pool import PoolTimeout, Route
+from pooler.server.prepared import ClientStatements
+from pooler.server.router import ClientKey, Router
+from pooler.server.watchdog import LagWatchdog, catchup_timeout
+
+# Session parameters re-applied when a client moves to another server connection.
+TRACKED_PARAMS = (
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "standard_conforming_strings",
+    "application_name",
+    "search_path",
+)
+_NOT_SESSION_PARAMS = frozenset(
+    ("user", "database", "replication", "options", "fallback_application_name")
+)
+MAX_STARTUP_WAIT_BUFFER = 1 << 16
+MAX_LOGIN_MESSAGE = 1 << 16
+
+_STARTUP, _LOGIN_WAITING, _CANCEL, _CONSOLE, _IDLE, _WAITING, _LINKED, _CLOSED = ClientState
+_LOGIN_STATES = (_STARTUP, _LOGIN_WAITING, _CANCEL)  # (a login timer still runs for them)
+
+
+@functools.lru_cache(maxsize=256)  # logins of a route report the same parameters
+def _parameter_statuses(reported: tuple[tuple[str, str], ...]) -> bytes:
+    return b"".join(build.parameter_status(name, value) for name, value in reported)
+
+
+class ClientGone(Exception):
+    """The client closed the connection or broke the protocol during login."""
+
+
+class LoginRefused(Exception):
+    """The client may not log in; the error goes to the client as FATAL."""
+
+    def __init__(
+        self, sqlstate: str, message: str, *, detail: str | None = None, hint: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.detail = detail
+        self.hint = hint
+
+
+class LoginWorker(Protocol):
+    """What a login uses of its worker (`worker.Worker`)."""
+
+    config: Config
+    router: Router
+    groups: GroupChecker
+    routing_gate: asyncio.Semaphore | None
+    watchdog: LagWatchdog
+    soft_oom_usage: int | None  # soft_oom: bytes in use while over its limit
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
+    def register_cancel_key(
+        self, client: ClientConnection, server_pid: int = 0
+    ) -> tuple[int, int]: ...
+    def count_error(self, kind: str) -> None: ...
+    async def client_slot(self, key: tuple[Any, ...], limit: int) -> bool: ...
+    async def cancel(self, pid: int, secret: int) -> None: ...
+    async def console_login(self, login: Login, rule: Rule) -> None: ...
+    async def auth_query_password(self, rule: Rule, user: str) -> str | None: ...
+    def storage_of(self, rule: Rule) -> Storage: ...
+    def route_for(
+        self, rule: Rule, database: str, user: str, backend_user: str | None = None
+    ) -> Route: ...
+
+
+class Login:
+    """One client's login (see the module's docstring)."""
+
+    def __init__(self, worker: LoginWorker, client: ClientConnection) -> None:
+        self.worker = worker
+        self.client = client
+        self.buf = bytearray()  # what the client sent, not read yet
+        self._waiter: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None  # client_login_timeout
+        self.handshaking = False  # in the TLS handshake (the handshake has the socket)
+        self._routing = False  # holds one of the worker's client_max_routing places
+        timeout = client.listen.client_login_timeout
+        if timeout:
+            self.timer = asyncio.get_running_loop().call_later(timeout / 1000, self.timed_out)
+        self.task: asyncio.Task[None] | None = worker.spawn(self.run(), f"login {client.id}")
+
+    def received(self, data: bytes) -> None:
+        """Bytes from the client while it logs in (or talks to the console)."""
+        self.buf += data
+        if len(self.buf) > MAX_LOGIN_MESSAGE + MAX_STARTUP_WAIT_BUFFER:
+            self.client.fatal("08P01", "login message too large")
+            return
+        self.wake()
+
+    def lost(self) -> None:
+        """The client's connection is gone."""
+        self.wake()
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        self.buf = bytearray()  # what it held goes back now
+
+    def timed_out(self) -> None:
+        if self.handshaking and self.task is not None:
+            self.task.cancel()  # a stalled handshake (its own timeout is 60 s)
+        elif self.client.state in _LOGIN_STATES:
+            self.client.fatal("08006", "client login timed out")
+
+    def stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _more(self) -> None:
+        client = self.client
+        if client.state is _CLOSED or client.half_closed:  # (half-closed: no more bytes come)
+            raise ClientGone
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+        if client.state is _CLOSED or client.half_closed:
+            raise ClientGone
+
+    async def drained(self) -> None:
+        """Wait while the client's transport is full (it does not read what we write): a
+        session answering from the pooler itself (the console) stops reading its requests
+        meanwhile, as the relay does."""
+        client = self.client
+        if not client.writing_paused:
+            return
+        client.reading.pause(UNREAD_ANSWERS)
+        try:
+            while client.writing_paused:
+                await self._more()
+        finally:
+            client.reading.resume(UNREAD_ANSWERS)
+
+    async def _read_startup(self) -> object:
+        while True:
+            parsed = read_startup(self.buf)
+            if parsed is not None:
+                message, used = parsed
+                del self.buf[:used]
+                return message
+            await self._more()
+
+    async def read_message(self) -> tuple[int, bytes]:
+        while True:
+            if len(self.buf) >= 5:
+                length = int.from_bytes(self.buf[1:5], "big")
+                if length < 4 or length > MAX_LOGIN_MESSAGE:
+                    raise ProtocolError(f"invalid message length {length}", "08P01")
+                if len(self.buf) >= length + 1:
+                    msg_type = self.buf[0]
+                    body = bytes(self.buf[5 : length + 1])
+                    del self.buf[: length + 1]
+                    return msg_type, body
+            await self._more()
+
+    async def _read_password(self) -> bytes:
+        msg_type, body = await self.read_message()
+        if msg_type != PASSWORD_MESSAGE:
+            raise ProtocolError(
+                f"expected password response, got message type {chr(msg_type)!r}", "08P01"
+            )
+        return body
+
+    async def _read_password_string(self) -> bytes:
+        """A PasswordMessage of one C string (a cleartext password, an md5 answer), read as
+        PostgreSQL reads it: a NUL inside, or none at the end, is a protocol violation."""
+        body = await self._read_password()
+        if not body.endswith(b"\0") or body.index(b"\0") != len(body) - 1:
+            raise ProtocolError("invalid password packet size", "08P01")
+        return body[:-1]
+
+    async def run(self) -> None:
+        client = self.client
+        try:
+            await self._steps()
+        except ClientGone:
+            client.close()
+        except ProtocolError as exc:
+            client.fatal(exc.sqlstate, str(exc))
+        except LoginRefused as exc:
+            client.fatal(exc.sqlstate, str(exc), detail=exc.detail, hint=exc.hint)
+        except PoolTimeout:
+            client._pool_timeout()
+        except ConnectFailed as exc:
+            client._connect_failed(exc)
+        except (ServerGone, BackendError) as exc:
+            client.fatal("08006", f"server login failed: {exc}")
+        except Exception as exc:  # a fault of ours: the client is closed, not left hanging
+            log.error("client", f"login failed: {exc!r}", client.log_ctx)
+            client.close()
+        finally:
+            self._leave_routing()
+
+    async def _enter_routing(self) -> None:
+        """client_max_routing: logins between their startup packet and the end of routing
+        (authentication included) at once; more wait their turn (odyssey stops accepting
+        meanwhile). A client that has not sent its whole startup packet holds no place."""
+        gate = self.worker.routing_gate
+        if gate is None:
+            return
+        if gate.locked():
+            log.info(
+                "client_max_routing", "client is waiting in routing queue", self.client.log_ctx
+            )
+        await gate.acquire()
+        self._routing = True
+
+    def _leave_routing(self) -> None:
+        if self._routing and self.worker.routing_gate is not None:
+            self._routing = False
+            self.worker.routing_gate.release()
+
+    async def _steps(self) -> None:
+        client = self.client
+        tls = ssl_asked = gss_asked = False
+        while True:
+            message = await self._read_startup()
+            # As PostgreSQL: each request once, neither after TLS is up (the second is read
+            # as a startup packet of protocol 1234.5679/5680 and refused); what came with
+            # the request, before our answer, was not encrypted (CVE-2021-23214).
+            if isinstance(message, SSLRequest) and not ssl_asked:
+                ssl_asked = True
+                if not tls_support.listen_offers_tls(client.listen, client.unix):
+                    self._refuse_encryption("SSL request")
+                else:
+                    tls = await self._start_tls()
+                    gss_asked = gss_asked or tls
+                continue
+            if isinstance(message, GSSENCRequest) and not gss_asked:
+                gss_asked = True
+                self._refuse_encryption("GSSAPI encryption request")
+                continue
+            if isinstance(message, SSLRequest | GSSENCRequest):
+                code = SSL_REQUEST_CODE if isinstance(message, SSLRequest) else GSSENC_REQUEST_CODE
+                raise ProtocolError(
+                    f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
+                    "server supports 3.0 to 3.0",
+                    "0A000",
+                )
+            if isinstance(message, CancelRequest):
+                client.become(_CANCEL)
+                # its own task: a sender that hangs up at once (waiting for a place under
+                # cancel_max_inflight) must not take its cancel with it
+                cancel = self.worker.cancel(message.pid, message.secret)
+                await asyncio.shield(self.worker.spawn(cancel, "cancel request"))
+                client.close()
+                return
+            assert isinstance(message, StartupPacket)
+            break
+        await self._enter_routing()
+        if not tls and tls_support.listen_requires_tls(client.listen, client.unix):
+            raise LoginRefused("08P01", "SSL is required")  # odyssey's words
+        if message.minor_version > 0 or message.protocol_options:
+            # As PostgreSQL does: we speak 3.0 and know no _pq_ options.
+            client._send(
+                build.negotiate_protocol_version(0x30000, sorted(message.protocol_options))
+            )
+        limit = self.worker.config.client_max
+        if limit is not None:
+            await self._take_client_slot(
+                ("clients",), limit, f"too many tcp connections (global client_max {limit})"
+            )
+        params = {k: v for k, v in message.params.items() if not k.startswith("_pq_.")}
+        requested_catchup = params.pop("odyssey_catchup_timeout", None)  # odyssey's own
+        client.user = params.get("user", "")
+        if not client.user:
+            raise LoginRefused("28000", "no PostgreSQL user name specified in startup packet")
+        refusal = replication_refusal(params.get("replication"))
+        if refusal is not None:
+            raise LoginRefused(*refusal)
+        client.database = params.get("database") or client.user
+        client.log_ctx.user, client.log_ctx.database = client.user, client.database
+        if self.worker.config.log_session:
+            where = f"{client.peer[0]}:{client.peer[1]}" if client.peer else "unix socket"
+            log.info("startup", f"new client connection {where}", client.log_ctx)
+        address = client.peer[0] if client.peer else None
+        config = self.worker.config
+        if config.hba_file and not hba_allows(
+            config.hba_rules, database=client.database, user=client.user, address=address, tls=tls
+        ):
+            raise LoginRefused("28000", "host based authentication rejected")
+        await self.worker.groups.first_check()  # (group rules: members known since start)
+        key = ClientKey(client.database, client.user, address, tls)
+        rule = self.worker.router.match(key)
+        if rule is None:
+            self.worker.count_error("route_not_found")
+            raise LoginRefused("3D000", f"route for '{client.database}.{client.user}' is not found")
+        client.rule = rule
+        client.mode = rule.pool
+        client.steer = client._steering()
+        client.slow_attach = client.steer is not None
+        if rule.keepalive > 0 and not client.unix:  # the route's own keepalive (odyssey master)
+            sockopts.apply(client.transport, sockopts.TcpOptions.of(config, rule))
+        if self.worker.config.log_session:
+            log.info(
+                "startup",
+                f"route '{client.database}.{client.user}' to '{rule.name}'",
+                client.log_ctx,
+            )
+        await self._authenticate(rule)
+        self._leave_routing()
+        storage = self.worker.storage_of(rule)
+        if storage.type == "local":
+            await self.worker.console_login(self, rule)
+            return
+        if self.worker.soft_oom_usage is not None:  # over soft_oom's limit (odyssey)
+            usage = self.worker.soft_oom_usage // 1024
+            log.error(
+                "startup", f"drop connection due to soft oom (usage is {usage} KB)", client.log_ctx
+            )
+            raise LoginRefused("53200", "soft out of memory")
+        limit = catchup_timeout(client.listen, rule, requested_catchup)
+        if limit:
+            await self._check_catchup(limit)
+        ldap_user = client.ldap_login.storage_user if client.ldap_login else None
+        route = self.worker.route_for(rule, client.database, client.user, ldap_user)
+        if rule.client_max is not None:
+            await self._take_client_slot(
+                ("clients", *route.key),
+                rule.client_max,
+                f"too many client tcp connections (client_max for user "
+                f"{client.database}.{client.user} {rule.client_max})",
+            )
+        route.clients += 1
+        client.route = route
+        if route.shares_statements:
+            client.statements = ClientStatements(route.stats, route.known_statements)
+        from_options = self._init_params(params, rule)
+        if config.query_parsing.mode != "disabled":
+            client.intercepts = (
+                config.virtual_processing
+                or rule.application_name_add_host
+                or (client.mode == "transaction" and virtual.transaction_on(config))
+            )
+        notices: list[bytes] = []  # what a server said at its login, passed on (as odyssey)
+        if client.mode == "session":
+            server = await self._acquire_for_login(route)
+            await self.sync_for_login(route, server)
+            server.link(client, time.monotonic())
+            client.server = server
+            notices, server.login_notices = server.login_notices, []
+            reported = dict(server.params)
+        else:
+            if route.server_params is None or from_options:
+                # (settings from `options` are tried now: one PostgreSQL refuses must
+                # refuse the login, not the client's first query)
+                server = await self._acquire_for_login(route)
+                notices, server.login_notices = server.login_notices, []
+                if from_options:
+                    await self.sync_for_login(route, server)
+                route.release(server)
+            reported = dict(route.server_params or {})
+            for name in reported.keys() & client.params.keys():  # what PostgreSQL reports, in
+                value = client.params[name]  # its spelling when known (backend.spelled)
+                reported[name] = client.params[name] = spelled(name, value)
+        for name in TRACKED_PARAMS:
+            if name in reported:
+                client.params.setdefault(name, reported[name])
+        self._finish(reported, notices)
+
+    async def sync_for_login(self, route: Route, server: ServerConnection) -> None:
+        """Prepare a server for this client during login; a session parameter PostgreSQL
+        refuses refuses the login, as it would directly."""
+        try:
+            await self.client._sync(server)
+        except BackendError as exc:
+            route.release(server)  # a refused SET leaves the server as it was
+            raise LoginRefused(exc.sqlstate, str(exc)) from None
+        except BaseException:
+            route.discard(server)
+            raise
+        if server.closed:  # (terminated, RECONNECT...) after it was handed over
+            route.discard(server)
+            raise ServerGone("server connection was closed during the login")
+
+    async def _check_catchup(self, limit: int) -> None:
+        """Refuse the client while the storage watchdog says the replica lags `limit`
+        seconds or more (odyssey's words and codes)."""
+        client = self.client
+        lag = await self.worker.watchdog.current_lag(limit)
+        if lag is not None and lag < limit:
+            return
+        self.worker.count_error("catchup_timeout")
+        shown = "unknown" if lag is None else str(lag)
+        log.info(
+            "catchup",
+            f"replication lag is too big ({shown} sec), failed to wait replica for catchup",
+            client.log_ctx,
+        )
+        raise LoginRefused(
+            "08006",
+            "replication lag of the node you are trying to connect is too big, connection rejected",
+            detail=f"replication lag too big ({shown} seconds), connection rejected: "
+            f"{client.database} {client.user}",
+            hint="wait until the replica catches up with the primary",
+        )
+
+    async def _acquire_for_login(self, route: Route) -> ServerConnection:
+        """A server during login (session pool, or a route's first login, which learns the
+        server's parameters); meanwhile the client counts as waiting, as in pgbouncer."""
+        client = self.client
+        client.become(_LOGIN_WAITING)
+        client.asked_at = time.monotonic()
+        try:
+            server = await route.acquire(client.backend_password(), client.listen, client.steer)
+        finally:
+            if client.state is _LOGIN_WAITING:
+                client.become(_STARTUP)
+        if client.state is _CLOSED:  # it left meanwhile: the server goes back unused
+            route.release(server)
+            raise ClientGone
+        return server
+
+    def _refuse_encryption(self, request: str) -> None:
+        """Answer N to an SSLRequest or a GSSENCRequest."""
+        if self.buf:
+            raise ProtocolError(f"received unencrypted data after {request}", "08P01")
+        self.client._send(b"N")
+
+    async def _start_tls(self) -> bool:
+        """Answer an SSLRequest with S and run the handshake (contexts: server/tls.py)."""
+        client = self.client
+        if self.buf:  # PostgreSQL's answer to CVE-2021-23214
+            raise ProtocolError("received unencrypted data after SSL request", "08P01")
+        try:
+            ctx = tls_support.listen_context(client.listen)
+        except tls_support.TLSConfigError as exc:
+            log.error("tls", f"cannot offer TLS: {exc}", client.log_ctx)
+            client._send(b"N")
+            return False
+        client._send(b"S")
+        self.handshaking = True
+        try:
+            client.transport = await tls_support.upgrade(
+                client.transport, client, ctx, server_side=True
+            )
+            client.reading.transport = client.transport
+        except (tls_support.TLSHandshakeError, asyncio.CancelledError) as exc:
+            if isinstance(exc, tls_support.TLSHandshakeError):
+                log.error("tls", f"TLS handshake failed: {exc}", client.log_ctx)
+            # the socket was the handshake's: our connection_lost would never come, and the
+            # client would count among the worker's for good (a drain waited for it)
+            client.transport.close()
+            client.connection_lost(None)
+            raise ClientGone from None
+        finally:
+            self.handshaking = False
+        return True
+
+    async def _take_client_slot(self, key: tuple[object, ...], limit: int, refusal: str) -> None:
+        if not await self.worker.client_slot(key, limit):
+            self.worker.count_error("client_max")
+            raise LoginRefused("53300", refusal)
+        self.client.client_slots.append(key)
+
+    def _init_params(self, startup: dict[str, str], rule: Rule) -> dict[str, str]:
+        """The client's session parameters: its startup parameters, what its `options`
+        set (honoured even without maintain_params: they are explicit), the rule's
+        `options`. Returns what `options` set (LoginRefused if it cannot be honoured)."""
+        client = self.client
+        try:
+            from_options = parse_options(startup.get("options", ""))
+        except ValueError as exc:
+            raise LoginRefused(OPTIONS_REFUSED, str(exc)) from None
+        if not rule.maintain_params:
+            client.params = dict(from_options)
+        else:
+            wanted = {k: v for k, v in startup.items() if k not in _NOT_SESSION_PARAMS}
+            if "application_name" not in wanted and "fallback_application_name" in startup:
+                wanted["application_name"] = startup["fallback_application_name"]
+            wanted.update(from_options)
+            for name, value in rule.options:
+                wanted[name] = value
+            client.params = wanted
+        if rule.application_name_add_host:
+            app = client.params.get("application_name") or startup.get("application_name")
+            client.params["application_name"] = f"{app or 'unknown'} - {client.peer_name()}"
+        return from_options
+
+    def _finish(self, reported: dict[str, str], notices: list[bytes]) -> None:
+        client = self.client
+        out = [build.auth_ok(), *notices, _parameter_statuses(tuple(reported.items()))]
+        server = client.server  # (a session pool's, linked for the client's life)
+        client.key = self.worker.register_cancel_key(client, server.backend_key[0] if server else 0)
+        out.append(build.backend_key_data(*client.key))
+        out.append(build.ready_for_query("I"))
+        self.stop_timer()
+        client._send(b"".join(out))
+        if client.state is _CLOSED:
+            return  # it left as the login ended
+        client.become(_LINKED if client.server is not None else _IDLE)
+        client.ready_at = time.monotonic()
+        client.login = None  # handed over to the relay
+        if self.buf:  # the client pipelined past the login
+            data, self.buf = bytes(self.buf), bytearray()
+            client.data_received(data)
+        if client.half_closed:
+            client._done_after_eof()
+
+    async def _authenticate(self, rule: Rule) -> None:
+        client = self.client
+        method = rule.authentication
+        if method == "none":
+            return
+        if method == "block":
+            raise LoginRefused("28000", f"user blocked: {client.database} {client.user}")
+        if method == "cert":
+            refusal = tls_support.check_client_certificate(client.transport, rule, client.user)
+            if refusal is not None:
+                raise LoginRefused("28000", refusal)
+            return
+        configured = rule.password
+        if rule.auth_query:
+            configured = client.looked_up = await self.worker.auth_query_password(rule, client.user)
+        if method == "clear_text":
+            client._send(build.auth_cleartext_password())
+            given = (await self._read_password_string()).decode("utf-8", "replace")
+            if rule.ldap_endpoint_name:
+                ok = await self._ldap(rule, given)
+            elif rule.auth_pam_service:
+                ok = await self._pam(rule.auth_pam_service, given)
+            else:
+                ok = configured is not None and auth.verify_cleartext(
+                    given, configured, client.user
+                )
+            if ok:
+                client.password = given
+        elif method == "md5":
+            salt = secrets.token_bytes(4)
+            client._send(build.auth_md5_password(salt))
+            response = (await self._read_password_string()).decode("ascii", "replace")
+            ok = configured is not None and auth.verify_md5(response, client.user, configured, salt)
+        elif method == "scram-sha-256":
+            ok = await self._scram(configured)  # None: a mock exchange (no user enumeration)
+        elif method == "external":
+            client._send(build.auth_cleartext_password())
+            given = (await self._read_password_string()).decode("utf-8", "replace")
+            ok = await self._external(given)
+        else:
+            raise LoginRefused("28000", f"authentication method '{method}' is not supported yet")
+        if not ok:
+            raise LoginRefused("28P01", f'password authentication failed for user "{client.user}"')
+
+    async def _external(self, token: str) -> bool:
+        """Ask the external auth agent (pooler/server/external_auth.py)."""
+        client = self.client
+        from pooler.server import external_auth
+
+        try:
+            external_id = await external_auth.authenticate(
+                self.worker.config.external_auth_socket_path, client.user, token
+            )
+        except external_auth.ExternalRefused as exc:
+            log.error("auth", f"external authentication failed: {exc}", client.log_ctx)
+            return False
+        if self.worker.config.log_session:
+            log.info(
+                "auth",
+                f"user '{client.database}.{client.user}' was authenticated with external_id: "
+                f"{external_id}",
+                client.log_ctx,
+            )
+        return True
+
+    async def _pam(self, service: str, password: str) -> bool:
+        """Check the password with PAM (pooler/server/pam_auth.py)."""
+        from pooler.server import pam_auth
+
+        try:
+            await pam_auth.authenticate(service, self.client.user, password)
+        except pam_auth.PamRefused as exc:
+            log.error("auth_pam", f"pam authentication failed: {exc}", self.client.log_ctx)
+            return False
+        return True
+
+    async def _ldap(self, rule: Rule, password: str) -> bool:
+        """Check the password against the rule's ldap_endpoint (pooler/server/ldap_auth.py);
+        keep the server login LDAP chose (ldap_storage_credentials)."""
+        client = self.client
+        from pooler.server import ldap_auth  # ldap3 loads only where LDAP is used
+
+        endpoint = self.worker.config.ldap_endpoint(rule.ldap_endpoint_name or "")
+        if endpoint is None:  # validated; a reload may have removed it meanwhile
+            return False
+        storage = self.worker.storage_of(rule)
+        try:
+            client.ldap_login = await ldap_auth.authenticate(
+                endpoint, rule, storage, client.database, client.user, password
+            )
+        except ldap_auth.LdapRefused as exc:
+            log.error("auth_ldap", f"ldap authentication failed: {exc}", client.log_ctx)
+            return False
+        return True
+
+    async def _scram(self, configured: str | None) -> bool:
+        client = self.client
+        try:
+            server = auth.ScramServer(configured, user=client.user)
+        except ValueError:  # an md5 hash cannot answer SCRAM
+            return False
+        client._send(build.auth_sasl(server.mechanisms))
+        mechanism, first = messages.decode_sasl_initial_response(await self._read_password())
+        client._send(build.auth_sasl_continue(server.handle_client_first(first, mechanism)))
+        final = messages.decode_sasl_response(await self._read_password())
+        try:
+            client._send(build.auth_sasl_final(server.handle_client_final(final)))
+        except AuthFailed:
+            return False
+        client.scram_keys = server.recovered_keys  # lets us log in to the server as the client
+        return True
