@@ -4,7 +4,7 @@ A client whose rule's storage has `type "local"` ends its login here. The sessio
 simple query protocol only; every statement of a Query goes to the supervisor, which renders
 the answer from all workers' snapshots (so values are global), and comes back as typed result
 sets. The supervisor in turn asks each worker for its client and server lists, and orders
-kills, pauses and reconnects; those requests are answered by `handle_ask` below.
+kills (KILL_CLIENT, KILL), pauses and reconnects; those requests are answered by `handle_ask` below.
 """
 
 from __future__ import annotations
@@ -261,6 +261,9 @@ def _matches(route: Route, db: str | None) -> bool:
     return db is None or route.backend_db == db or route.rule.db_name == db
 
 
+KILLED = "database removed"  # pgbouncer's text for KILL (FATAL 08P01, as 1.25.2 sends it)
+
+
 class AdminState:
     """PAUSE/RESUME/RECONNECT of one worker. The PAUSE in force is one `PauseState` the
     supervisor sends whole; `Worker.set_pause` pauses the routes it covers (`Route.pause`:
@@ -277,6 +280,9 @@ class AdminState:
     async def pause(self, state: PauseState) -> int:
         self.worker.set_pause(state)
         # wait until the paused routes hold no server (pgbouncer's PAUSE returns then)
+        return await self._until_paused_routes_hold_no_server()
+
+    async def _until_paused_routes_hold_no_server(self) -> int:
         while True:
             left = 0
             for route in self.worker.routes.values():
@@ -289,6 +295,27 @@ class AdminState:
 
     def resume(self, state: PauseState) -> None:
         self.worker.set_pause(state)
+
+    def kill(self, state: PauseState, db: str | None) -> int:
+        """KILL [db], as pgbouncer: the database (every one, without db) is paused with the
+        rest of `state` (new clients wait for RESUME), and every client and server of its
+        routes is closed at once, a client with FATAL 08P01 "database removed" (whether
+        idle, waiting or inside a transaction), a server whatever it runs. Servers still
+        logging in close as they come back (the PAUSE sweep). Returns the clients closed."""
+        worker = self.worker
+        worker.set_pause(state)
+        killed = 0
+        for client in list(worker.clients):
+            route = client.route
+            if route is not None and not client.closing and _matches(route, db):
+                client.fatal("08P01", KILLED)
+                killed += 1
+        for route in worker.routes.values():
+            if _matches(route, db):
+                for server in [*route.idle, *route.busy]:
+                    server.close()
+        worker.spawn(self._until_paused_routes_hold_no_server(), "kill sweeper")
+        return killed
 
     def reconnect(self, db: str | None) -> int:
         count = 0
@@ -341,6 +368,8 @@ async def handle_ask(worker: ConsoleWorker, what: str, args: tuple[Any, ...]) ->
     if what == "resume":
         admin_state(worker).resume(args[0])
         return True
+    if what == "kill":  # args: the whole PauseState in force, the database (None: all)
+        return admin_state(worker).kill(args[0], args[1])
     if what == "reconnect":
         return admin_state(worker).reconnect(args[0])
     if what == "snapshot":

@@ -115,6 +115,13 @@ async def _one(sup: Supervisor, role: str, statement: str, client_id: str) -> tu
             db = _arg(words, 1)
             await sup.admin_action(verb, db)
             return ("result", Result([], [], verb.upper()))
+        if verb == "kill":
+            db = _arg(words, 1)
+            refusal = _kill_refusal(sup, db)
+            if refusal is not None:
+                return ("error", "42704", refusal)
+            await sup.admin_action("kill", db)
+            return ("result", Result([], [], "KILL"))
         if verb == "kill_client":
             target = _arg(words, 1)
             if not target:
@@ -130,6 +137,32 @@ async def _one(sup: Supervisor, role: str, statement: str, client_id: str) -> tu
     except TimeoutError:
         return ("error", "57014", f"console command timed out: {statement}")
     return ("error", "42601", f"unknown command '{words[0]}', use SHOW HELP")
+
+
+def _kill_refusal(sup: Supervisor, db: str | None) -> str | None:
+    """Why `KILL db` is refused (pgbouncer's texts), None when it may run: a database is one a
+    rule names, or any name when a rule has `database default` (its routes are made on
+    demand, as pgbouncer's auto-database), or one a route goes to; the console's own is
+    never killed."""
+    if db is None:
+        return None
+    config = sup.config
+    names: set[str] = set()
+    wildcard = False
+    for rule in config.rules:
+        storage = config.storage(rule.storage) if rule.storage is not None else None
+        if storage is not None and storage.type == "local":
+            if rule.database == db:
+                return f"cannot kill admin db: {db}"
+            continue
+        wildcard = wildcard or rule.database is None
+        names.add(rule.db_name)
+    if wildcard or db in names:
+        return None
+    for snapshot in sup.snapshots():
+        if any(db in (r.database, r.backend_db) for r in snapshot.routes):
+            return None
+    return f"no such database: {db}"
 
 
 async def show(sup: Supervisor, what: str) -> Result | None:

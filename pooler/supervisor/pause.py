@@ -1,4 +1,4 @@
-"""PAUSE, RESUME, RECONNECT and KILL_CLIENT: the one `PauseState` in force (sent whole to
+"""PAUSE, RESUME, RECONNECT, KILL and KILL_CLIENT: the one `PauseState` in force (sent whole to
 every worker, with its config to a worker that starts) and the admin actions that ask every
 worker, for the console and the control socket.
 """
@@ -11,7 +11,8 @@ from pooler.supervisor.workers import WorkerProcesses
 class PauseControl(WorkerProcesses):
     async def admin_action(self, verb: str, db: str | None) -> None:
         """PAUSE/RESUME change the one PauseState in force, sent whole to every worker
-        (PAUSE returns once their paused routes hold no server)."""
+        (PAUSE returns once their paused routes hold no server); KILL pauses as PAUSE and
+        has every worker close the clients and servers of the database at once."""
         if verb == "pause":
             self.pause = self.pause.paused(db)
             await self.ask_all("pause", self.pause, timeout=3600)
@@ -20,6 +21,9 @@ class PauseControl(WorkerProcesses):
             await self.ask_all("resume", self.pause)
         elif verb == "reconnect":
             await self.ask_all("reconnect", db)
+        elif verb == "kill":  # pgbouncer: paused as well, until RESUME
+            self.pause = self.pause.paused(db)
+            await self.ask_all("kill", self.pause, db)
 
     @property
     def paused_all(self) -> bool:

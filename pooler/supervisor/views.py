@@ -382,6 +382,7 @@ HELP = """Console usage
 \tPAUSE [<db>]
 \tRESUME [<db>]
 \tRECONNECT [<db>]
+\tKILL [<db>]
 \tKILL_CLIENT <client id>
 \tSHUTDOWN"""
 

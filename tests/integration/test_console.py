@@ -268,3 +268,91 @@ def test_pause_resume_reconnect(pooler):
         assert result["rows"] == [(5,)]
         conn.execute("reconnect")
         conn.execute("resume")
+
+
+def test_kill_db_drops_its_clients_and_servers_at_once(pooler, pg):
+    """KILL p1 (pgbouncer): every client of p1, on both workers, idle or inside a
+    transaction, gets FATAL 08P01 "database removed" and its server is closed at once (its
+    backend gone from pg_stat_activity); p1 is paused until RESUME p1 (as pgbouncer, where new
+    clients wait for RESUME), then served again; a client of p2 inside a transaction notices
+    nothing, not even a new backend. The stat role may not KILL; unknown databases and the
+    console's own are refused with pgbouncer's texts."""
+
+    def backends(db):
+        return int(pg.psql(f"select count(*) from pg_stat_activity where datname = '{db}'"))
+
+    p = pooler(make_config(route(pool="transaction", pool_size=6), workers=2))
+    wait_until(lambda: backends("p1") == 0 and backends("p2") == 0)
+    victims = [p.connect("p1") for _ in range(4)]
+    other = p.connect("p2")
+    try:
+        for i, conn in enumerate(victims):
+            conn.execute("select 1")
+            if i % 2:  # half of them hold their server inside a transaction
+                conn.execute("begin")
+                conn.execute("select 1")
+        other.execute("begin")
+        other_pid = other.execute("select pg_backend_pid()").fetchone()
+        assert backends("p1") >= 2
+        with console(p, "admin") as conn:
+            assert conn.execute("kill p1").statusmessage == "KILL"
+        for conn in victims:
+            with pytest.raises(psycopg.OperationalError, match="database removed") as caught:
+                conn.execute("select 2")
+            assert caught.value.sqlstate == "08P01"
+        wait_until(lambda: backends("p1") == 0)
+        assert other.execute("select pg_backend_pid()").fetchone() == other_pid
+        other.execute("commit")
+        assert other.execute("select 3").fetchone() == (3,)
+
+        # paused until RESUME p1: a new client of p1 waits, p2 is served meanwhile
+        result: dict[str, object] = {}
+        t = threading.Thread(
+            target=lambda: result.setdefault("rows", p.sql("select 4", dbname="p1"))
+        )
+        t.start()
+        wait_until(lambda: waiting_clients(p) == 1, timeout=10, interval=0.1)
+        assert t.is_alive() and not result
+        assert p.sql("select 5", dbname="p2") == [(5,)]
+        with console(p, "admin") as conn:
+            conn.execute("resume p1")
+        t.join(patience(10))
+        assert result["rows"] == [(4,)]
+        assert p.sql("select 6", dbname="p1") == [(6,)]
+    finally:
+        for conn in [*victims, other]:
+            conn.close()
+
+
+def test_kill_all_and_what_kill_refuses(pooler):
+    """KILL without a database kills every database but the console (pgbouncer 1.25);
+    `KILL name` of a database no rule names, or of the console's own, is refused with
+    pgbouncer's texts; the stat role may not KILL."""
+    rules = [
+        route("p1", pool="transaction"),
+        route("p2", pool="transaction"),
+        route("console", "stat", storage="local", role="stat"),
+    ]
+    p = pooler(make_config(rules, workers=2))
+    denied = pytest.raises(psycopg.errors.InsufficientPrivilege, match="Unsuitable user role")
+    with console(p, "stat") as conn, denied:
+        conn.execute("kill p1")
+    clients = [p.connect(db) for db in ("p1", "p2")]
+    try:
+        for conn in clients:
+            conn.execute("select 1")
+        with console(p, "admin") as conn:
+            with pytest.raises(psycopg.errors.UndefinedObject, match="no such database: p9"):
+                conn.execute("kill p9")
+            with pytest.raises(psycopg.errors.UndefinedObject, match="cannot kill admin db"):
+                conn.execute("kill console")
+            assert conn.execute("kill").statusmessage == "KILL"
+            for client in clients:
+                with pytest.raises(psycopg.OperationalError, match="database removed"):
+                    client.execute("select 2")
+            assert conn.execute("show is_paused").fetchone() == (True,)  # (it survived)
+            conn.execute("resume")
+        assert p.sql("select 3", dbname="p2") == [(3,)]
+    finally:
+        for conn in clients:
+            conn.close()

@@ -196,7 +196,15 @@ def test_stat_role_cannot_run_admin_commands(pooler):
     cfg = make_config([route(), route("console", "stat", storage="local", role="stat")])
     p = pooler(cfg)
     with psycopg.connect(p.dsn("console", "stat"), autocommit=True) as conn:
-        for command in ("reload", "pause", "resume", "reconnect", "kill_client c1", "shutdown"):
+        for command in (
+            "reload",
+            "pause",
+            "resume",
+            "reconnect",
+            "kill p0",
+            "kill_client c1",
+            "shutdown",
+        ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="Unsuitable user role"):
                 conn.execute(command)
         conn.execute("show pools")  # still fine
