@@ -480,7 +480,7 @@ class ClientConnection(asyncio.Protocol):
         """The fast path: an idle server that needs no preparation is linked at once."""
         route = self.route
         assert route is not None
-        if self.slow_attach:
+        if self.slow_attach or not route.idle:
             return False  # (steered, or a virtual BEGIN to run: the task path)
         server = route.next_idle()
         if server is None or not self._fits_as_is(server):
@@ -494,8 +494,8 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.state = _LINKED
         self._forward(server, data)
-        hist = route.stats.wait_hist  # (`record_wait(0)`, inline; after the write: the
-        hist[0] = hist.get(0, 0) + 1  # server has the bytes sooner)
+        route.stats.wait_hist[0] += 1  # (`record_wait(0)`, inline; after the write: the
+        # server has the bytes sooner)
         return True
 
     def _fits_as_is(self, server: ServerConnection) -> bool:
@@ -519,8 +519,9 @@ class ClientConnection(asyncio.Protocol):
         assert route is not None
         if route.idle or not route.limited or route.paused or self.slow_attach:
             return False
-        self._handoff = route.wait(self._handed)
-        self._waiting()
+        self._handoff = route.wait(self._handed, self.asked_at)
+        if route.rule.pool_notice_after_waiting_ms >= 0:
+            self._waiting()
         timeout_ms = route.rule.pool_timeout
         if timeout_ms:
             self._handoff_timer = asyncio.get_running_loop().call_later(
@@ -528,17 +529,20 @@ class ClientConnection(asyncio.Protocol):
             )
         return True
 
-    def _stop_waiting(self) -> None:
+    def _stop_waiting(self, now: float | None = None) -> None:
+        """The wait without a task is over (at monotonic time `now`; None: now)."""
         handoff = self._handoff
-        assert handoff is not None and self.route is not None
+        route = self.route
+        assert handoff is not None and route is not None
         self._handoff = None
         if self._handoff_timer is not None:
             self._handoff_timer.cancel()
             self._handoff_timer = None
         if not handoff.settled:
-            self.route.stop_waiting(handoff)
-        self.route.record_wait(handoff.started)
-        self._waited()
+            route.stop_waiting(handoff)
+        route.record_wait(handoff.started, now)
+        if self._wait_timer is not None or self._wait_noticed:
+            self._waited()
 
     def _waiting(self) -> None:
         """The client queues for a server: pool_notice_after_waiting_ms tells it so."""
@@ -574,7 +578,23 @@ class ClientConnection(asyncio.Protocol):
         """A server (or, as None, a slot for a new one) for the waiting client."""
         route = self.route
         assert route is not None
-        self._stop_waiting()
+        now = time.monotonic()  # (one clock read for the wait and the link)
+        handoff = self._handoff
+        if (
+            handoff is not None
+            and handoff.settled
+            and self._handoff_timer is None
+            and self._wait_timer is None
+            and not self._wait_noticed
+        ):  # (`_stop_waiting`'s common case, inline: handed over, no timer, nothing told)
+            self._handoff = None
+            waited = int((now - handoff.started) * 1e6)
+            stats = route.stats
+            stats.record_wait(waited)
+            if waited > stats.max_wait_us:
+                stats.max_wait_us = waited
+        else:
+            self._stop_waiting(now)
         if self.state is _CLOSED:  # it left as the server came
             if server is None:
                 route.worker.slots.release(route.slot_key)
@@ -587,21 +607,23 @@ class ClientConnection(asyncio.Protocol):
             self._attach_owns = True
             self._attach_task = self.worker.spawn(self._attach(server), f"attach {self.id}")
         else:
-            self._link(server)
+            self._link(server, now)
 
-    def _link(self, server: ServerConnection) -> None:
-        """Link a ready server and relay what the client sent meanwhile (waiting ->
-        linked)."""
-        server.link(self, time.monotonic())
+    def _link(self, server: ServerConnection, now: float | None = None) -> None:
+        """Link a ready server (at monotonic time `now`; None: now) and relay what the
+        client sent meanwhile (waiting -> linked)."""
+        server.link(self, time.monotonic() if now is None else now)
         self.server = server
         if self.state is _WAITING and not log.debug_enabled:
             self.state = _LINKED  # (`become`'s check, inline on the hot path)
         else:
             self.become(_LINKED)
-        data = b"".join(self.queued)
-        self.queued.clear()
+        queued = self.queued
+        data = queued[0] if len(queued) == 1 else b"".join(queued)
+        queued.clear()
         self.queued_bytes = 0
-        self.reading.resume(QUEUE_FULL)
+        if self.reading.causes:
+            self.reading.resume(QUEUE_FULL)
         self._forward(server, data)
 
     def _virtual(self, server: ServerConnection | None, data: bytes) -> bool:
@@ -1057,12 +1079,15 @@ class ClientConnection(asyncio.Protocol):
         the client is in the middle of a message streamed to it (its next message, begun
         before the last answer came: the rest must follow to the same server, which goes
         back once the message is whole, `_release_if_owed_nothing`)."""
-        if self.half_closed and self.server is server:
+        if self.server is not server:
+            return
+        if self.half_closed:
             self.close()  # all answered: the EOF it sent takes effect
             return
-        if self.mode == "session" or self.route is None or self.server is not server:
+        mode = self.mode
+        if mode == "session" or self.pinned or self.route is None:
             return
-        if self.pinned or (self.mode == "transaction" and server.status != IDLE):
+        if mode == "transaction" and server.status != IDLE:
             return
         if self.splitter.remaining:  # (`streaming`, spelled out: this runs per transaction)
             return
@@ -1072,9 +1097,10 @@ class ClientConnection(asyncio.Protocol):
                 self.become(_IDLE)
             else:
                 self.state = _IDLE
-        self.worker.give_back(server)
-        if self.worker.drain is not None:  # an online restart: its boundary
-            self.worker.transaction_ended(self)
+        worker = self.worker
+        worker.give_back(server)
+        if worker.drain is not None:  # an online restart: its boundary
+            worker.transaction_ended(self)
 
     def server_error(self, server: ServerConnection, body: bytes) -> None:
         """An ErrorResponse went by: count it; after a schema change made a shared

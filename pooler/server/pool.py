@@ -85,10 +85,10 @@ class HandOff:
 
     __slots__ = ("deliver", "settled", "started")
 
-    def __init__(self, deliver: Callable[[ServerConnection | None], None]) -> None:
+    def __init__(self, deliver: Callable[[ServerConnection | None], None], started: float) -> None:
         self.deliver = deliver
         self.settled = False  # delivered, timed out, or its client left
-        self.started = time.monotonic()
+        self.started = started  # (monotonic)
 
     def done(self) -> bool:
         return self.settled
@@ -386,9 +386,10 @@ class Route:
             server.close()
         return None
 
-    def wait(self, deliver: Callable[[ServerConnection | None], None]) -> HandOff:
-        """Queue a task-free waiter (the caller found no idle server): see `HandOff`."""
-        handoff = HandOff(deliver)
+    def wait(self, deliver: Callable[[ServerConnection | None], None], started: float) -> HandOff:
+        """Queue a task-free waiter (the caller found no idle server at monotonic time
+        `started`): see `HandOff`."""
+        handoff = HandOff(deliver, started)
         self.waiters.append(handoff)
         self.shed_spare = 0  # (`_want_slot`, inline: the common case asked already)
         if not self.slot_requested:
@@ -402,11 +403,14 @@ class Route:
         if self.slot_requested and not self.has_waiters():
             self._cancel_request()
 
-    def record_wait(self, started: float) -> None:
-        waited = int((time.monotonic() - started) * 1e6)
-        self.stats.record_wait(waited)
-        if waited > self.stats.max_wait_us:
-            self.stats.max_wait_us = waited
+    def record_wait(self, started: float, now: float | None = None) -> None:
+        """A client got a server (or gave up) after waiting since `started` (monotonic),
+        until `now` (None: now)."""
+        waited = int(((time.monotonic() if now is None else now) - started) * 1e6)
+        stats = self.stats
+        stats.record_wait(waited)
+        if waited > stats.max_wait_us:
+            stats.max_wait_us = waited
 
     def _unused(self, server: ServerConnection | None) -> None:
         if server is None:

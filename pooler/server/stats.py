@@ -10,6 +10,7 @@ snapshot), not bumped per transaction.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from pooler.snapshot import RouteCounters
@@ -73,9 +74,10 @@ class RouteStats:
         self.errors: dict[str, int] = {}
         # duration histograms (`pooler.histogram`'s buckets): their counts are the counts
         # of transactions, queries and assignments (one write less on the hot path)
-        self.xact_hist: dict[int, int] = {}
-        self.query_hist: dict[int, int] = {}
-        self.wait_hist: dict[int, int] = {}
+        # (defaultdicts: `hist[index] += 1` without a method call)
+        self.xact_hist: defaultdict[int, int] = defaultdict(int)
+        self.query_hist: defaultdict[int, int] = defaultdict(int)
+        self.wait_hist: defaultdict[int, int] = defaultdict(int)
 
     @property
     def xact_count(self) -> int:
@@ -94,22 +96,19 @@ class RouteStats:
         """A transaction ended after `us`."""
         self.xact_time_us += us
         index = us if us < 16 else ((b := us.bit_length()) << 3) | ((us >> (b - 4)) & 7)
-        hist = self.xact_hist
-        hist[index] = hist.get(index, 0) + 1
+        self.xact_hist[index] += 1
 
     def record_query(self, us: int) -> None:
         """A query (up to its ReadyForQuery) took `us`."""
         self.query_time_us += us
         index = us if us < 16 else ((b := us.bit_length()) << 3) | ((us >> (b - 4)) & 7)
-        hist = self.query_hist
-        hist[index] = hist.get(index, 0) + 1
+        self.query_hist[index] += 1
 
     def record_wait(self, us: int) -> None:
         """A client got a server after waiting `us` (one server assignment)."""
         self.wait_time_us += us
         index = us if us < 16 else ((b := us.bit_length()) << 3) | ((us >> (b - 4)) & 7)
-        hist = self.wait_hist
-        hist[index] = hist.get(index, 0) + 1
+        self.wait_hist[index] += 1
 
     def counters(self) -> RouteCounters:
         """A copy of the counters now (for the worker's snapshot)."""
