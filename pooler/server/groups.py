@@ -61,9 +61,14 @@ class GroupChecker:
             self._checked.clear()
         self._wake.set()
 
+    @property
+    def ready(self) -> bool:
+        """The groups were checked once (or there are none): a login need not wait."""
+        return self._checked.is_set() or not self._groups()
+
     async def first_check(self) -> None:
         """Wait (a login does, at most one interval) until the groups were checked once."""
-        if self._checked.is_set() or not self._groups():
+        if self.ready:
             return
         try:
             async with asyncio.timeout(max(1.0, self.worker.config.group_checker_interval / 1000)):

@@ -4,8 +4,15 @@ BackendKeyData, ReadyForQuery), then the client handed over to the relay (client
 
 `Login` lives while its client logs in (and, for the admin console, for the session: the
 console reads its requests through it); the client drops it once it relays. The login runs
-as a coroutine reading from the login's buffer, in a task of the worker; it ends with the
-client in a relaying state, closed, or in the console.
+as a coroutine reading from the login's buffer, started by the client's first bytes and run
+at once, in that callback, up to its first wait (`Login._start`): the common login (the
+whole startup packet in one read, an authentication that asks the client nothing, a
+transaction pool whose server parameters are known) ends there, without a task, a future or
+a turn of the event loop. A login that waits for the client's next bytes (the rest of a
+packet, a password) goes on in a task of the worker from there; a step that needs a task
+(one that talks to a server, the supervisor or an agent, under `asyncio.timeout`) asks for
+one first (`await self._in_task()`). It ends with the client in a relaying state, closed, or
+in the console.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import asyncio
 import functools
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Generator
 from typing import Any, Protocol
 
 from pooler.config import Config, Rule, Storage
@@ -89,6 +96,52 @@ class LoginRefused(Exception):
         self.hint = hint
 
 
+class _InTask:
+    """Awaited by a login run by hand before a step that needs a task: it stops there, and
+    its task's first step goes on from there (`_Resumed`)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield self
+
+
+_IN_TASK = _InTask()
+
+
+class _Resumed(Coroutine[Any, Any, None]):
+    """A coroutine run by hand up to its first wait, handed to a task for the rest: the task's
+    first step gets what it waits for (a future, or None for a bare yield), as if the task
+    had run it from the start, or, where it asked for a task (`_IN_TASK`), runs it on; what
+    the task sends or throws later goes straight to it."""
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waits_for: Any) -> None:
+        self._coro = coro
+        self._first: list[Any] | None = [waits_for]
+
+    def send(self, value: Any) -> Any:
+        first = self._first
+        if first is not None:
+            self._first = None
+            if first[0] is not _IN_TASK:
+                return first[0]
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        self._first = None  # (cancelled before its first step: the coroutine sees it)
+        if val is None and tb is None:
+            return self._coro.throw(typ)
+        return self._coro.throw(typ, val, tb)  # pragma: no cover (the old signature)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        raise TypeError("a resumed login is stepped by its task, never awaited")
+
+
 class LoginWorker(Protocol):
     """What a login uses of its worker (`worker.Worker`)."""
 
@@ -125,10 +178,11 @@ class Login:
         self.timer: asyncio.TimerHandle | None = None  # client_login_timeout
         self.handshaking = False  # in the TLS handshake (the handshake has the socket)
         self._routing = False  # holds one of the worker's client_max_routing places
+        self.started = False  # the client sent its first bytes: the login runs
+        self.task: asyncio.Task[None] | None = None  # the rest of a login that waited
         timeout = client.listen.client_login_timeout
         if timeout:
             self.timer = asyncio.get_running_loop().call_later(timeout / 1000, self.timed_out)
-        self.task: asyncio.Task[None] | None = worker.spawn(self.run(), f"login {client.id}")
 
     def received(self, data: bytes) -> None:
         """Bytes from the client while it logs in (or talks to the console)."""
@@ -136,7 +190,21 @@ class Login:
         if len(self.buf) > MAX_LOGIN_MESSAGE + MAX_STARTUP_WAIT_BUFFER:
             self.client.fatal("08P01", "login message too large")
             return
-        self.wake()
+        if self.started:
+            self.wake()
+        else:
+            self._start()
+
+    def _start(self) -> None:
+        """Run the login now, up to its first wait (Python 3.12's eager tasks do the same,
+        with a task made anyway); the rest, if any, in a task."""
+        self.started = True
+        login = self.run()
+        try:
+            waits_for = login.send(None)
+        except StopIteration:
+            return  # over: handed over, refused or closed
+        self.task = self.worker.spawn(_Resumed(login, waits_for), f"login {self.client.id}")
 
     def lost(self) -> None:
         """The client's connection is gone."""
@@ -157,6 +225,12 @@ class Login:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+    async def _in_task(self) -> None:
+        """Before a step that needs a task (asyncio.timeout, tasks of its own): a login run
+        by hand goes on in one from here."""
+        if self.task is None:
+            await _IN_TASK
 
     def wake(self) -> None:
         waiter = self._waiter
@@ -281,6 +355,7 @@ class Login:
                 if not tls_support.listen_offers_tls(client.listen, client.unix):
                     self._refuse_encryption("SSL request")
                 else:
+                    await self._in_task()
                     tls = await self._start_tls()
                     gss_asked = gss_asked or tls
                 continue
@@ -299,6 +374,7 @@ class Login:
                 client.become(_CANCEL)
                 # its own task: a sender that hangs up at once (waiting for a place under
                 # cancel_max_inflight) must not take its cancel with it
+                await self._in_task()
                 cancel = self.worker.cancel(message.pid, message.secret)
                 await asyncio.shield(self.worker.spawn(cancel, "cancel request"))
                 client.close()
@@ -337,7 +413,9 @@ class Login:
             config.hba_rules, database=client.database, user=client.user, address=address, tls=tls
         ):
             raise LoginRefused("28000", "host based authentication rejected")
-        await self.worker.groups.first_check()  # (group rules: members known since start)
+        if not self.worker.groups.ready:  # (group rules: members known since start)
+            await self._in_task()
+            await self.worker.groups.first_check()
         key = ClientKey(client.database, client.user, address, tls)
         rule = self.worker.router.match(key)
         if rule is None:
@@ -359,6 +437,7 @@ class Login:
         self._leave_routing()
         storage = self.worker.storage_of(rule)
         if storage.type == "local":
+            await self._in_task()
             await self.worker.console_login(self, rule)
             return
         if self.worker.soft_oom_usage is not None:  # over soft_oom's limit (odyssey)
@@ -369,6 +448,7 @@ class Login:
             raise LoginRefused("53200", "soft out of memory")
         limit = catchup_timeout(client.listen, rule, requested_catchup)
         if limit:
+            await self._in_task()
             await self._check_catchup(limit)
         ldap_user = client.ldap_login.storage_user if client.ldap_login else None
         route = self.worker.route_for(rule, client.database, client.user, ldap_user)
@@ -456,6 +536,7 @@ class Login:
     async def _acquire_for_login(self, route: Route) -> ServerConnection:
         """A server during login (session pool, or a route's first login, which learns the
         server's parameters); meanwhile the client counts as waiting, as in pgbouncer."""
+        await self._in_task()
         client = self.client
         client.become(_LOGIN_WAITING)
         client.asked_at = time.monotonic()
@@ -506,6 +587,7 @@ class Login:
         return True
 
     async def _take_client_slot(self, key: tuple[object, ...], limit: int, refusal: str) -> None:
+        await self._in_task()
         if not await self.worker.client_slot(key, limit):
             self.worker.count_error("client_max")
             raise LoginRefused("53300", refusal)
@@ -569,6 +651,7 @@ class Login:
             return
         configured = rule.password
         if rule.auth_query:
+            await self._in_task()
             configured = client.looked_up = await self.worker.auth_query_password(rule, client.user)
         if method == "clear_text":
             client._send(build.auth_cleartext_password())
@@ -601,6 +684,7 @@ class Login:
 
     async def _external(self, token: str) -> bool:
         """Ask the external auth agent (pooler/server/external_auth.py)."""
+        await self._in_task()
         client = self.client
         from pooler.server import external_auth
 
@@ -622,6 +706,7 @@ class Login:
 
     async def _pam(self, service: str, password: str) -> bool:
         """Check the password with PAM (pooler/server/pam_auth.py)."""
+        await self._in_task()
         from pooler.server import pam_auth
 
         try:
@@ -634,6 +719,7 @@ class Login:
     async def _ldap(self, rule: Rule, password: str) -> bool:
         """Check the password against the rule's ldap_endpoint (pooler/server/ldap_auth.py);
         keep the server login LDAP chose (ldap_storage_credentials)."""
+        await self._in_task()
         client = self.client
         from pooler.server import ldap_auth  # ldap3 loads only where LDAP is used
 

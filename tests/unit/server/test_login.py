@@ -1,0 +1,160 @@
+"""A client's login (pooler/server/login.py) driven by bytes, without sockets: the common
+login ends in the callback that read its startup packet, without a task; one that must wait
+goes on in a task and ends the same way, or is cancelled when the client leaves. Real
+Worker, Route, ClientConnection and Login objects; transports that only record."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import types
+from typing import Any
+
+import pytest
+from test_client_states import Recorder
+
+from pooler.config import parse_text
+from pooler.server.client import ClientConnection
+from pooler.server.lifecycle import ClientState
+from pooler.server.pool import PoolTimeout
+from pooler.server.router import ClientKey
+from pooler.server.worker import Worker
+
+SERVER_PARAMS = {"server_version": "15.8", "client_encoding": "UTF8", "TimeZone": "UTC"}
+
+
+def worker_with(authentication: str) -> tuple[Worker, Any]:
+    config = parse_text(
+        f"""
+        log_format "%m\\n"
+        listen {{ host "127.0.0.1" port 6432 }}
+        storage "pg" {{ type "remote" host "127.0.0.1" port 5432 }}
+        database default {{
+            user default {{
+                authentication "{authentication}"
+                password "secret"
+                storage "pg"
+                pool "transaction"
+                pool_discard no
+            }}
+        }}
+        """
+    )
+    slots = types.SimpleNamespace(
+        request=lambda *a: None, release=lambda *a: None, cancel=lambda *a: None
+    )
+    worker = Worker(config, 0, types.SimpleNamespace(slots=slots))  # type: ignore[arg-type]
+    rule = worker.router.match(ClientKey("db", "user", "127.0.0.1"))
+    assert rule is not None
+    route = worker.route_for(rule, "db", "user")
+    route.server_params = dict(SERVER_PARAMS)  # learnt by an earlier login
+    return worker, route
+
+
+def connected(worker: Worker) -> tuple[ClientConnection, Recorder]:
+    client = ClientConnection(worker, worker.config.listens[0], False)
+    transport = Recorder()
+    client.connection_made(transport)  # type: ignore[arg-type]
+    return client, transport
+
+
+def startup_packet(**params: str) -> bytes:
+    body = struct.pack("!i", 196608)
+    body += b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
+    return struct.pack("!i", len(body) + 4) + body
+
+
+def message_types(data: bytes) -> bytes:
+    types_, pos = bytearray(), 0
+    while pos < len(data):
+        types_.append(data[pos])
+        pos += 1 + int.from_bytes(data[pos + 1 : pos + 5])
+    assert pos == len(data)
+    return bytes(types_)
+
+
+LOGGED_IN = b"R" + b"S" * len(SERVER_PARAMS) + b"KZ"  # AuthenticationOk ... ReadyForQuery
+
+
+async def test_a_whole_startup_packet_logs_in_within_its_read():
+    worker, route = worker_with("none")
+    client, transport = connected(worker)
+    assert client.state is ClientState.STARTUP and client.login is not None
+    client.data_received(startup_packet(user="user", database="db"))
+    assert client.state is ClientState.IDLE and client.login is None  # handed over
+    assert not worker._tasks  # no task was needed
+    assert message_types(transport.take()) == LOGGED_IN
+    assert route.clients == 1 and client.key[0] in worker.cancels.keys
+
+
+async def test_a_startup_packet_in_pieces_logs_in_through_a_task():
+    worker, _route = worker_with("none")
+    client, transport = connected(worker)
+    packet = startup_packet(user="user", database="db")
+    client.data_received(packet[:7])
+    login = client.login
+    assert login is not None and login.task is not None  # waits for the rest
+    assert client.state is ClientState.STARTUP and not transport.take()
+    client.data_received(packet[7:])
+    await asyncio.wait_for(login.task, 5)
+    assert client.state is ClientState.IDLE and client.login is None
+    assert message_types(transport.take()) == LOGGED_IN
+
+
+async def test_a_password_login_waits_in_a_task_and_ends_the_same():
+    worker, _route = worker_with("clear_text")
+    client, transport = connected(worker)
+    client.data_received(startup_packet(user="user", database="db"))
+    assert transport.take() == b"R\0\0\0\x08\0\0\0\x03"  # AuthenticationCleartextPassword
+    login = client.login
+    assert login is not None and login.task is not None
+    client.data_received(b"p\0\0\0\x0bsecret\0")
+    await asyncio.wait_for(login.task, 5)
+    assert client.state is ClientState.IDLE
+    assert message_types(transport.take()) == LOGGED_IN
+
+
+@pytest.mark.parametrize("first_step", [False, True])
+async def test_a_waiting_login_ends_when_the_client_leaves(first_step):
+    """Cancelled before or after its task's first step: the login ends, nothing is held."""
+    worker, route = worker_with("clear_text")
+    client, _transport = connected(worker)
+    client.data_received(startup_packet(user="user", database="db"))
+    login = client.login
+    assert login is not None and login.task is not None
+    if first_step:
+        await asyncio.sleep(0)
+    client.connection_lost(None)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(login.task, 5)
+    assert client.state is ClientState.CLOSED and not worker.clients and not worker._tasks
+    assert route.clients == 0
+
+
+async def test_a_step_that_needs_a_task_gets_one():
+    """A route's first login asks for a server (route.acquire: timeouts need a task): the
+    login run at once stops there and goes on in a task."""
+    worker, route = worker_with("none")
+    route.server_params = None  # the first login learns them
+    in_task = []
+
+    async def acquire(*args: Any) -> Any:
+        in_task.append(asyncio.current_task() is not None)
+        async with asyncio.timeout(5):  # (raises RuntimeError outside a task)
+            await asyncio.sleep(0)
+        raise PoolTimeout
+
+    route.acquire = acquire
+    client, transport = connected(worker)
+    login = client.login
+    assert login is not None
+    # from the loop, as a transport calls it (not from this test's task)
+    asyncio.get_running_loop().call_soon(
+        client.data_received, startup_packet(user="user", database="db")
+    )
+    await asyncio.sleep(0)
+    assert login.task is not None and not transport.take()
+    await asyncio.wait_for(login.task, 5)
+    assert in_task == [True]
+    assert client.state is ClientState.CLOSED
+    assert b"too many active clients" in transport.take()  # the pool_timeout FATAL
