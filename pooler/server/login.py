@@ -70,6 +70,11 @@ _NOT_SESSION_PARAMS = frozenset(
 )
 MAX_STARTUP_WAIT_BUFFER = 1 << 16
 MAX_LOGIN_MESSAGE = 1 << 16
+# The startup packets of the last logins, parsed: an application's connections send the same
+# bytes each time (pgbench -C, a driver without a pool of its own). Shared: never changed.
+KNOWN_PACKETS = 256
+MAX_KNOWN_PACKET = 1024  # (bytes) longer ones are parsed each time
+_known_packets: dict[bytes, StartupPacket] = {}
 
 _STARTUP, _LOGIN_WAITING, _CANCEL, _CONSOLE, _IDLE, _WAITING, _LINKED, _CLOSED = ClientState
 _LOGIN_STATES = (_STARTUP, _LOGIN_WAITING, _CANCEL)  # (a login timer still runs for them)
@@ -264,11 +269,23 @@ class Login:
             client.reading.resume(UNREAD_ANSWERS)
 
     async def _read_startup(self) -> object:
+        buf = self.buf
         while True:
-            parsed = read_startup(self.buf)
+            if len(buf) >= 8:  # a packet parsed before (`_known_packets`)?
+                length = int.from_bytes(buf[:4])
+                if length <= len(buf) and length <= MAX_KNOWN_PACKET:
+                    known = _known_packets.get(bytes(buf[:length]))
+                    if known is not None:
+                        del buf[:length]
+                        return known
+            parsed = read_startup(buf)
             if parsed is not None:
                 message, used = parsed
-                del self.buf[:used]
+                if isinstance(message, StartupPacket) and used <= MAX_KNOWN_PACKET:
+                    if len(_known_packets) >= KNOWN_PACKETS:
+                        del _known_packets[next(iter(_known_packets))]  # the oldest
+                    _known_packets[bytes(buf[:used])] = message
+                del buf[:used]
                 return message
             await self._more()
 
@@ -384,17 +401,18 @@ class Login:
         await self._enter_routing()
         if not tls and tls_support.listen_requires_tls(client.listen, client.unix):
             raise LoginRefused("08P01", "SSL is required")  # odyssey's words
-        if message.minor_version > 0 or message.protocol_options:
+        protocol_options = message.protocol_options
+        if message.minor_version > 0 or protocol_options:
             # As PostgreSQL does: we speak 3.0 and know no _pq_ options.
-            client._send(
-                build.negotiate_protocol_version(0x30000, sorted(message.protocol_options))
-            )
+            client._send(build.negotiate_protocol_version(0x30000, sorted(protocol_options)))
         limit = self.worker.config.client_max
         if limit is not None:
             await self._take_client_slot(
                 ("clients",), limit, f"too many tcp connections (global client_max {limit})"
             )
-        params = {k: v for k, v in message.params.items() if not k.startswith("_pq_.")}
+        params = dict(message.params)  # (the packet's own are shared: `_known_packets`)
+        for name in protocol_options:
+            del params[name]
         requested_catchup = params.pop("odyssey_catchup_timeout", None)  # odyssey's own
         client.user = params.get("user", "")
         if not client.user:
@@ -599,7 +617,7 @@ class Login:
         `options`. Returns what `options` set (LoginRefused if it cannot be honoured)."""
         client = self.client
         try:
-            from_options = parse_options(startup.get("options", ""))
+            from_options = parse_options(startup["options"]) if "options" in startup else {}
         except ValueError as exc:
             raise LoginRefused(OPTIONS_REFUSED, str(exc)) from None
         if not rule.maintain_params:
