@@ -12,22 +12,22 @@ from pooler.server.backend import ServerConnection, ServerGone
 from pooler.server.login import Login
 
 
-def closing_the_first(client) -> list[ServerConnection]:
+def closing_the_first(client, monkeypatch) -> list[ServerConnection]:
     """Make preparing a server (`_sync`) lose the first one it is given, as a terminated
     backend's last answer and its end arrive together."""
     prepared: list[ServerConnection] = []
 
-    async def sync(server: ServerConnection) -> None:
+    async def sync(_client: object, server: ServerConnection) -> None:
         prepared.append(server)
         if len(prepared) == 1:
             server.close()
 
-    client._sync = sync
+    monkeypatch.setattr(type(client), "_sync", sync)
     return prepared
 
 
 @pytest.mark.timeout(10)
-async def test_a_server_closed_while_prepared_for_a_transaction_is_replaced():
+async def test_a_server_closed_while_prepared_for_a_transaction_is_replaced(monkeypatch):
     _worker, route, client, first = setup()
     second = ServerConnection(route, first.endpoint)
     second.connection_made(type(first.transport)())
@@ -35,7 +35,7 @@ async def test_a_server_closed_while_prepared_for_a_transaction_is_replaced():
         logged_in(server)
         route.busy.add(server)
     route.release(second)  # idle: the one to take instead
-    prepared = closing_the_first(client)
+    prepared = closing_the_first(client, monkeypatch)
     client.queued.append(Q1)  # what it sent meanwhile
     await client._attach(first)
     assert prepared == [first, second]
@@ -44,11 +44,11 @@ async def test_a_server_closed_while_prepared_for_a_transaction_is_replaced():
 
 
 @pytest.mark.timeout(10)
-async def test_a_server_closed_while_prepared_for_a_login_fails_it_cleanly():
+async def test_a_server_closed_while_prepared_for_a_login_fails_it_cleanly(monkeypatch):
     _worker, route, client, server = setup()
     logged_in(server)
     route.busy.add(server)
-    closing_the_first(client)
+    closing_the_first(client, monkeypatch)
     with pytest.raises(ServerGone):
         await Login(_worker, client).sync_for_login(route, server)
     assert server.state is CLOSED and server not in route.busy
