@@ -36,6 +36,13 @@ that uses a server's stale copy would get an error it never gets directly: such 
 kept (`Retry`) and, if PostgreSQL rejects the copy before anything but ParseCompletes
 reached the client and outside a transaction block, sent again with a fresh copy.
 
+Copies differ in their parameter types too, where PostgreSQL infers them (a `$n` the Parse
+gives no type): a copy has the types inferred at its own Parse, however old. A client that
+parses such a statement and describes it in the same batch is described a fresh copy, as a
+Parse directly would be; and each copy records when it was parsed (`parsed_at`, the route's
+count of Parses), each client statement the copy it was described from (`described_at`), so
+a client that knows its statement's types binds it on no older copy.
+
 Over 500 lines for a reason: the client's and the server's statement tables
 (`ClientStatements`, `ServerStatements`) rewrite one message stream between them. A Describe
 in flight (`Describing`) and a batch kept for a retry (`Retry`) refer to both, and each side's
@@ -116,6 +123,22 @@ class Statement:
     query: str
     param_types: tuple[int, ...]
     server_name_z: bytes  # the name as it goes on the wire (NUL-terminated)
+    # PostgreSQL may infer a parameter's type at the Parse (a `$n` the Parse gives no type):
+    # a copy keeps what was inferred then, whatever DDL came since (an overestimate, as a `$`
+    # in a string literal counts, only costs a fresh copy where one was not needed)
+    infers_types: bool = False
+
+
+_PLACEHOLDER = re.compile(r"\$([0-9]+)")
+
+
+def infers_types(query: str, param_types: tuple[int, ...]) -> bool:
+    """May PostgreSQL infer the type of one of the statement's parameters at its Parse?"""
+    if "$" not in query:
+        return False
+    if 0 in param_types:
+        return True
+    return any(int(n) > len(param_types) for n in _PLACEHOLDER.findall(query))
 
 
 CACHED_TEXT_LIMIT = 8192  # longer query texts are not memoised (bounds the caches' memory)
@@ -130,7 +153,9 @@ def statement_for(query: str, param_types: tuple[int, ...]) -> Statement:
 
 def _statement(query: str, param_types: tuple[int, ...]) -> Statement:
     name = server_name(query, param_types)
-    return Statement(name, query, param_types, name.encode() + b"\0")
+    return Statement(
+        name, query, param_types, name.encode() + b"\0", infers_types(query, param_types)
+    )
 
 
 _cached_statement = functools.lru_cache(maxsize=4096)(_statement)
@@ -175,6 +200,8 @@ KNOWN_LIMIT = 10_000
 class KnownStatements(OrderedDict[str, None]):
     """Statements that some server of the route prepared successfully (bounded, LRU)."""
 
+    parses = 0  # the Parses the pooler sent to the route's servers: a copy's `parsed_at`
+
     def add(self, name: str) -> None:
         self[name] = None
         self.move_to_end(name)
@@ -193,6 +220,7 @@ class Describing:
     client_name: str = ""
     statement: Statement | None = None
     expected: bytes | None = None  # a check: the shape the client knows
+    parsed_at: int = 0  # when the copy described was parsed (ServerStatements.parsed_at)
 
 
 @dataclass(slots=True)
@@ -258,6 +286,9 @@ class ServerStatements:
 
     known: KnownStatements = field(default_factory=KnownStatements)  # the route's
     names: OrderedDict[str, bytes | None] = field(default_factory=OrderedDict)
+    # when each copy was parsed (the route's count of Parses then): a copy of a statement
+    # whose parameter types PostgreSQL infers has the types of that moment
+    parsed_at: dict[str, int] = field(default_factory=dict)
     _parses: deque[tuple[bool, str | None, int]] = field(default_factory=deque)
     _closes: deque[tuple[bool, int]] = field(default_factory=deque)
     _describes: deque[Describing] = field(default_factory=deque)
@@ -328,6 +359,15 @@ class ServerStatements:
             self.names[name] = None
         self._parses.append((forward, name, self.batches_sent))
 
+    def stamp(self, name: str) -> None:
+        """A Parse of the copy `name` is sent: it is the route's newest (`parsed_at`)."""
+        known = self.known
+        known.parses += 1
+        parsed_at = self.parsed_at
+        parsed_at[name] = known.parses
+        if len(parsed_at) > 2 * len(self.names) + 64:  # (copies dropped since: forgotten)
+            self.parsed_at = {k: v for k, v in parsed_at.items() if k in self.names}
+
     def sent_sync(self) -> None:
         self.batches_sent += 1
 
@@ -363,7 +403,9 @@ class ServerStatements:
             self.names[name] = shape
         client = describing.client
         if client is not None and describing.statement is not None:
-            client.described(describing.client_name, describing.statement, shape)
+            client.described(
+                describing.client_name, describing.statement, shape, describing.parsed_at
+            )
         if describing.expected is None:
             return describing.forward, None
         return describing.forward, shape == describing.expected
@@ -483,23 +525,29 @@ class ServerStatements:
 class ClientStatements:
     """A client's prepared statements (its names), rewritten for whichever server it has."""
 
-    __slots__ = ("counters", "known", "shapes", "statements", "young")
+    __slots__ = ("counters", "described_at", "known", "shapes", "statements", "young")
 
     def __init__(self, counters: Counters, known: KnownStatements) -> None:
         self.statements: dict[str, Statement] = {}
         self.shapes: dict[str, bytes] = {}  # the shape each statement was described with
+        # and when the copy that described it was parsed: a statement whose parameter types
+        # PostgreSQL infers runs on no copy older than the one whose types the client knows
+        self.described_at: dict[str, int] = {}
         self.young: str | None = None  # parsed in this batch onto a copy the server had
         self.counters = counters
         self.known = known
 
-    def described(self, name: str, statement: Statement, shape: bytes) -> None:
-        """The client was told its statement's result shape (the answer to its Describe)."""
+    def described(self, name: str, statement: Statement, shape: bytes, parsed_at: int) -> None:
+        """The client was told its statement's result shape (the answer to its Describe)
+        and parameter types (those of the copy parsed at `parsed_at`)."""
         if self.statements.get(name) is statement:
             self.shapes[name] = shape
+            self.described_at[name] = parsed_at
 
     def _forget(self, name: str) -> None:
         self.statements.pop(name, None)
         self.shapes.pop(name, None)
+        self.described_at.pop(name, None)
 
     def answer_locally(self, found: list[tuple[int, bytes]]) -> bytes | None:
         """The answer to messages that are only Parses of known statements and Syncs (no
@@ -531,6 +579,7 @@ class ClientStatements:
         copy's shape (its answer dropped)."""
         name = statement.server_name
         server.sent_parse(forward, name)
+        server.stamp(name)
         server.sent_describe(Describing(name, False, server.batch))
         self.counters.server_parses += 1
         return build.parse(name, statement.query, statement.param_types) + build.describe("S", name)
@@ -546,7 +595,13 @@ class ClientStatements:
         expected = self.shapes.get(name) if check else None
         prefix = b""
         if server.has(server_name):
-            if expected is None or server.names[server_name] == expected:
+            if expected is None or (
+                server.names[server_name] == expected
+                and not (  # older than the copy the client was described (other types?)
+                    statement.infers_types
+                    and server.parsed_at.get(server_name, 0) < self.described_at.get(name, 0)
+                )
+            ):
                 if name == self.young and check:
                     server.young_use = name
                 return b""
@@ -555,6 +610,7 @@ class ClientStatements:
         if expected is None:
             return self._prepare(statement, server, False)
         server.sent_parse(False, server_name)
+        server.stamp(server_name)
         server.sent_describe(Describing(server_name, False, server.batch, expected=expected))
         self.counters.server_parses += 1
         prefix += build.parse(server_name, statement.query, statement.param_types)
@@ -594,9 +650,20 @@ class ClientStatements:
             if statement is None:  # not one of ours: its answer goes through as it is
                 server.sent_describe(Describing(None, True, server.batch))
                 return None
-            prefix = self._ensure(name, statement, server)
             server_name = statement.server_name
-            server.sent_describe(Describing(server_name, True, server.batch, self, name, statement))
+            if name == self.young and statement.infers_types and server.has(server_name):
+                # parsed in this batch onto the server's copy: a fresh Parse would infer
+                # its parameter types now, the copy has those inferred at its own Parse
+                # (before a DDL since, maybe): the client is described a fresh copy
+                server.names.pop(server_name)
+                server.sent_close(False)
+                prefix = build.close("S", server_name) + self._prepare(statement, server, False)
+            else:
+                prefix = self._ensure(name, statement, server)
+            parsed_at = server.parsed_at.get(server_name, 0)
+            server.sent_describe(
+                Describing(server_name, True, server.batch, self, name, statement, None, parsed_at)
+            )
             return prefix + build.describe("S", server_name)
         if msg_type == messages.CLOSE:
             kind, name = messages.decode_close(body)
@@ -644,6 +711,7 @@ class ClientStatements:
         if _DROP_ALL.match(sql):
             self.statements.clear()
             self.shapes.clear()
+            self.described_at.clear()
             server.forget_all()
             return None
         match = _DEALLOCATE.match(sql)

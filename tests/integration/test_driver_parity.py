@@ -9,6 +9,7 @@ test suite through the pooler (tests/drivers/run_asyncpg_suite.py, docs/reliabil
 from __future__ import annotations
 
 import asyncio
+import datetime
 import threading
 
 import asyncpg
@@ -127,6 +128,81 @@ async def test_asyncpg_prepares_afresh_after_ddl_elsewhere(target, pg, mode):
                 await con.close()
     finally:
         pg.psql("drop table parity_ddl", "p0")
+
+
+@pytest.mark.parametrize("mode", ["direct", "session", "transaction"])
+async def test_asyncpg_is_described_the_parameter_types_postgresql_infers_now(target, pg, mode):
+    # A prepared statement keeps the parameter types PostgreSQL inferred at its Parse. Through
+    # a transaction pool a new client's Parse of `insert into t values ($1)` may land on a
+    # server's copy parsed when the column was a date: after the table is made again with a
+    # time column (elsewhere), asyncpg must be described `$1 time`, as by a fresh Parse
+    # directly, not the copy's `$1 date` (it encodes its argument by what it is told: a
+    # time would not even encode as a date). asyncpg's test_custom_codec_override_tuple.
+    port = target(mode, pool_size=1)  # (one server: the copy is there)
+    pg.psql("create table parity_types (v date)", "p0")
+    try:
+        first = await aconnect(port)
+        try:
+            await first.execute("insert into parity_types values ($1)", datetime.date(2000, 1, 4))
+        finally:
+            await first.close()
+        pg.psql("drop table parity_types; create table parity_types (v time)", "p0")
+        for _ in range(2):  # (the second client lands on the copy the first one left)
+            con = await aconnect(port)
+            try:
+                stmt = await con.prepare("insert into parity_types values ($1)")
+                assert [t.name for t in stmt.get_parameters()] == ["time"]
+                await stmt.fetch(datetime.time(0, 1))
+                assert await con.fetchval("select count(*) from parity_types") >= 1
+            finally:
+                await con.close()
+    finally:
+        pg.psql("drop table parity_types", "p0")
+
+
+@pytest.mark.parametrize("mode", ["direct", "transaction"])
+async def test_asyncpg_binds_on_no_copy_older_than_the_one_it_was_described(target, pg, mode):
+    # Two servers, each with a copy of `insert into t values ($1)` parsed when the column
+    # was a date. After the table is made again with a time column, a client is described
+    # `$1 time` on one server (a fresh copy), and binds its time, in a later transaction,
+    # on the other server: never on its older copy (`$1 date`: "incorrect binary data
+    # format in bind parameter 1"). asyncpg does this by itself when its prepare is ended
+    # by the Close and Sync of an older statement (test_custom_codec_override_tuple).
+    port = target(mode, pool_size=2)
+    pg.psql("create table parity_types2 (v date)", "p0")
+    try:
+        cons = [await aconnect(port) for _ in range(2)]
+        try:
+            async with cons[0].transaction(), cons[1].transaction():  # (two servers)
+                for con in cons:
+                    await con.execute(
+                        "insert into parity_types2 values ($1)", datetime.date.today()
+                    )
+        finally:
+            for con in cons:
+                await con.close()
+        pg.psql("drop table parity_types2; create table parity_types2 (v time)", "p0")
+        con, other = await aconnect(port), await aconnect(port)
+        try:
+            async with con.transaction():
+                described_on = await con.fetchval("select pg_backend_pid()")
+                stmt = await con.prepare("insert into parity_types2 values ($1)")
+            assert [t.name for t in stmt.get_parameters()] == ["time"]
+            elsewhere = 0  # binds while the other client holds the server it was described on
+            for i in range(40):
+                async with other.transaction():
+                    held = await other.fetchval("select pg_backend_pid()")
+                    await stmt.fetch(datetime.time(0, i))
+                elsewhere += held == described_on
+                if elsewhere == 2:
+                    break
+            assert elsewhere == 2 or mode == "direct"
+            assert await con.fetchval("select count(*) from parity_types2") == i + 1
+        finally:
+            await con.close()
+            await other.close()
+    finally:
+        pg.psql("drop table parity_types2", "p0")
 
 
 @pytest.mark.parametrize("mode", ["direct", "session"])

@@ -1,5 +1,7 @@
 """Prepared-statement renaming for transaction pools, without sockets."""
 
+from collections import OrderedDict
+
 import pytest
 
 from pooler.protocol import build, iter_messages, messages
@@ -348,3 +350,81 @@ def test_a_batch_using_a_stale_copy_for_a_fresh_parse_goes_again():
     assert server.on_parameter_description() is False
     assert server.on_shape(b"new shape") == (False, None)
     assert server.names[name] == b"new shape"
+
+
+def test_a_fresh_parse_described_on_a_copy_whose_types_were_inferred_gets_a_fresh_copy():
+    """A copy keeps the parameter types PostgreSQL inferred at its Parse (a DROP/CREATE
+    TABLE since may make a fresh Parse infer others): a client that parses the text in this
+    batch and describes it is described a fresh copy (Close, Parse, Describe, then its own
+    Describe); one whose Parse gave every type, or that describes a statement parsed in an
+    earlier batch, is described the copy it has."""
+    query = "insert into t values ($1)"
+    name = server_name(query, ())
+    server = ServerStatements(names=OrderedDict({name: b""}))
+    client = ClientStatements(Counters(), KNOWN)
+    assert rewrite(client, build.parse("s1", query), server) == build.parse("", "")
+    sent = rewrite(client, build.describe("S", "s1"), server)
+    assert iter_messages(sent) == [
+        *iter_messages(build.close("S", name)),
+        *prepared(name, query),
+        *iter_messages(build.describe("S", name)),
+    ]
+    assert server.on_close_complete() is False  # the Close's answer is dropped
+    # described again in a later batch: the copy it was told of
+    client.young = None
+    assert iter_messages(rewrite(client, build.describe("S", "s1"), server)) == iter_messages(
+        build.describe("S", name)
+    )
+    # every type given: nothing is inferred, the copy is what a fresh Parse would be
+    typed = server_name(query, (1083,))
+    server = ServerStatements(names=OrderedDict({typed: b""}))
+    rewrite(client, build.parse("s2", query, [1083]), server)
+    assert iter_messages(rewrite(client, build.describe("S", "s2"), server)) == iter_messages(
+        build.describe("S", typed)
+    )
+
+
+def test_which_statements_may_have_their_types_inferred():
+    from pooler.server.prepared import infers_types
+
+    assert not infers_types("select 1", ())
+    assert infers_types("select $1", ())
+    assert infers_types("select $1, $2", (23,))
+    assert infers_types("select $1", (0,))  # 0: unspecified
+    assert not infers_types("select $1, $2", (23, 25))
+    assert infers_types("select '$1'", ())  # (an overestimate: only costs a fresh copy)
+
+
+def test_a_client_described_a_newer_copy_binds_on_no_older_one():
+    """Copies record when they were parsed; a client described its statement (whose
+    parameter types PostgreSQL infers) from a copy parsed later than this server's binds it
+    only after the copy is parsed again (and its shape checked); a statement whose types were
+    all given, or a copy as new as the one described, is used as it is."""
+    query = "insert into t values ($1)"
+    name = server_name(query, ())
+    known = KnownStatements()
+    old = ServerStatements(known, names=OrderedDict({name: b""}))  # parsed before any stamp
+    fresh = ServerStatements(known)
+    client = ClientStatements(Counters(), known)
+    rewrite(client, build.parse("s1", query), fresh)  # a Parse the server did not have
+    assert fresh.parsed_at[name] == known.parses
+    sent = rewrite(client, build.describe("S", "s1"), fresh)
+    assert iter_messages(sent) == iter_messages(build.describe("S", name))
+    assert fresh.on_parse_complete() and fresh.on_parameter_description() is False
+    fresh.on_shape(b"")  # the injected Describe's
+    assert fresh.on_parameter_description() is True
+    assert fresh.on_shape(b"") == (True, None)  # the client's: it knows the copy of `fresh`
+    assert client.described_at["s1"] == fresh.parsed_at[name]
+    kinds = [m for m, _ in iter_messages(rewrite(client, build.bind("", "s1"), old))]
+    assert kinds == [
+        messages.CLOSE,
+        messages.PARSE,
+        messages.DESCRIBE,
+        messages.FLUSH,
+        messages.BIND,
+    ]
+    assert old.parsed_at[name] > fresh.parsed_at[name]
+    # now as new: used as it is
+    assert [m for m, _ in iter_messages(rewrite(client, build.bind("", "s1"), fresh))] == [
+        messages.BIND
+    ]
