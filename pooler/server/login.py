@@ -147,6 +147,55 @@ class _Resumed(Coroutine[Any, Any, None]):
         raise TypeError("a resumed login is stepped by its task, never awaited")
 
 
+class LoginDeadlines:
+    """The client_login_timeout of a worker's logins, on one timer: logins with the same
+    timeout end in the order they began, so each timeout keeps its logins in that order (a
+    dict: added and removed in O(1)) and the timer waits for the oldest. A timer of its own
+    per login (call_later, then cancel) cost a microsecond of every connection."""
+
+    __slots__ = ("_by_timeout", "_timer")
+
+    def __init__(self) -> None:
+        self._by_timeout: dict[float, dict[Login, float]] = {}  # logins and their deadlines
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, login: Login, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        logins = self._by_timeout.get(timeout)
+        if logins is None:
+            logins = self._by_timeout[timeout] = {}
+        logins[login] = deadline
+        timer = self._timer
+        if timer is None or timer.when() > deadline:  # (another timeout's run out sooner)
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._expire)
+
+    def remove(self, login: Login, timeout: float) -> None:
+        self._by_timeout[timeout].pop(login, None)
+
+    def _expire(self) -> None:
+        """Time out the logins past their deadline; wait for the next."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        expired: list[Login] = []
+        next_at = float("inf")
+        for logins in self._by_timeout.values():
+            for login, deadline in logins.items():
+                if deadline > now:
+                    next_at = min(next_at, deadline)
+                    break
+                expired.append(login)
+        for login in expired:
+            self._by_timeout[login.timeout].pop(login, None)
+            login.timeout = 0  # (run out: nothing to remove when it ends)
+            login.timed_out()
+        if next_at != float("inf") and self._timer is None:
+            self._timer = loop.call_at(next_at, self._expire)
+
+
 class LoginWorker(Protocol):
     """What a login uses of its worker (`worker.Worker`)."""
 
@@ -154,6 +203,7 @@ class LoginWorker(Protocol):
     router: Router
     groups: GroupChecker
     routing_gate: asyncio.Semaphore | None
+    login_deadlines: LoginDeadlines
     watchdog: LagWatchdog
     soft_oom_usage: int | None  # soft_oom: bytes in use while over its limit
 
@@ -175,19 +225,30 @@ class LoginWorker(Protocol):
 class Login:
     """One client's login (see the module's docstring)."""
 
+    __slots__ = (
+        "_routing",
+        "_waiter",
+        "buf",
+        "client",
+        "handshaking",
+        "started",
+        "task",
+        "timeout",
+        "worker",
+    )
+
     def __init__(self, worker: LoginWorker, client: ClientConnection) -> None:
         self.worker = worker
         self.client = client
         self.buf = bytearray()  # what the client sent, not read yet
         self._waiter: asyncio.Future[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None  # client_login_timeout
         self.handshaking = False  # in the TLS handshake (the handshake has the socket)
         self._routing = False  # holds one of the worker's client_max_routing places
         self.started = False  # the client sent its first bytes: the login runs
         self.task: asyncio.Task[None] | None = None  # the rest of a login that waited
-        timeout = client.listen.client_login_timeout
-        if timeout:
-            self.timer = asyncio.get_running_loop().call_later(timeout / 1000, self.timed_out)
+        self.timeout = client.listen.client_login_timeout / 1000  # (s) 0: none, or it ran out
+        if self.timeout:
+            worker.login_deadlines.add(self, self.timeout)
 
     def received(self, data: bytes) -> None:
         """Bytes from the client while it logs in (or talks to the console)."""
@@ -214,8 +275,7 @@ class Login:
     def lost(self) -> None:
         """The client's connection is gone."""
         self.wake()
-        if self.timer is not None:
-            self.timer.cancel()
+        self.stop_timer()
         if self.task is not None and not self.task.done():
             self.task.cancel()
         self.buf = bytearray()  # what it held goes back now
@@ -227,9 +287,9 @@ class Login:
             self.client.fatal("08006", "client login timed out")
 
     def stop_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.timeout:
+            self.worker.login_deadlines.remove(self, self.timeout)
+            self.timeout = 0
 
     async def _in_task(self) -> None:
         """Before a step that needs a task (asyncio.timeout, tasks of its own): a login run

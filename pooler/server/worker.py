@@ -29,7 +29,7 @@ from pooler.server.groups import GroupChecker
 from pooler.server.idle import between_transactions, check_client_timeouts
 from pooler.server.lifecycle import ClientState
 from pooler.server.link import Supervisor
-from pooler.server.login import Login
+from pooler.server.login import Login, LoginDeadlines
 from pooler.server.memory import Trimmer
 from pooler.server.pool import Route, RouteKey
 from pooler.server.report import worker_snapshot
@@ -74,6 +74,7 @@ class Worker:
         self.routing_gate = (
             asyncio.Semaphore(max(1, routing // max(1, config.workers))) if routing > 0 else None
         )
+        self.login_deadlines = LoginDeadlines()  # client_login_timeout, one timer for all
         self.routes: dict[RouteKey, Route] = {}
         self.shared_pools: dict[Hashable, SharedPool] = {}  # shared_pool slots by key
         self.soft_oom_usage: int | None = None  # soft_oom: bytes in use while over its limit

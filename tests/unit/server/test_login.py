@@ -23,11 +23,11 @@ from pooler.server.worker import Worker
 SERVER_PARAMS = {"server_version": "15.8", "client_encoding": "UTF8", "TimeZone": "UTC"}
 
 
-def worker_with(authentication: str) -> tuple[Worker, Any]:
+def worker_with(authentication: str, listens: str = "") -> tuple[Worker, Any]:
     config = parse_text(
         f"""
         log_format "%m\\n"
-        listen {{ host "127.0.0.1" port 6432 }}
+        {listens or 'listen { host "127.0.0.1" port 6432 }'}
         storage "pg" {{ type "remote" host "127.0.0.1" port 5432 }}
         database default {{
             user default {{
@@ -51,8 +51,8 @@ def worker_with(authentication: str) -> tuple[Worker, Any]:
     return worker, route
 
 
-def connected(worker: Worker) -> tuple[ClientConnection, Recorder]:
-    client = ClientConnection(worker, worker.config.listens[0], False)
+def connected(worker: Worker, listen: int = 0) -> tuple[ClientConnection, Recorder]:
+    client = ClientConnection(worker, worker.config.listens[listen], False)
     transport = Recorder()
     client.connection_made(transport)  # type: ignore[arg-type]
     return client, transport
@@ -158,3 +158,43 @@ async def test_a_step_that_needs_a_task_gets_one():
     assert in_task == [True]
     assert client.state is ClientState.CLOSED
     assert b"too many active clients" in transport.take()  # the pool_timeout FATAL
+
+
+async def until(condition: Any) -> None:
+    async with asyncio.timeout(10):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_logins_time_out_in_turn_on_one_timer():
+    """client_login_timeout: the worker's logins share one timer; a login that ended is
+    never timed out, one that did not is, with the FATAL."""
+    worker, _route = worker_with(
+        "none", 'listen { host "127.0.0.1" port 6432 client_login_timeout 50 }'
+    )
+    silent, silent_out = connected(worker)
+    done, _done_out = connected(worker)
+    later, later_out = connected(worker)
+    done.data_received(startup_packet(user="user", database="db"))
+    assert done.state is ClientState.IDLE
+    await until(lambda: silent.state is ClientState.CLOSED)
+    assert b"client login timed out" in silent_out.take()
+    await until(lambda: later.state is ClientState.CLOSED)
+    assert b"client login timed out" in later_out.take()
+    assert done.state is ClientState.IDLE  # (its deadline went with its login)
+    assert worker.login_deadlines._timer is None  # nothing left to wait for
+
+
+async def test_a_shorter_login_timeout_of_another_listen_comes_first():
+    worker, _route = worker_with(
+        "none",
+        'listen { host "127.0.0.1" port 6432 client_login_timeout 600000 }\n'
+        'listen { host "127.0.0.1" port 6433 client_login_timeout 50 }',
+    )
+    patient, patient_out = connected(worker, 0)
+    hasty, hasty_out = connected(worker, 1)  # later, but its deadline is sooner
+    await until(lambda: hasty.state is ClientState.CLOSED)
+    assert b"client login timed out" in hasty_out.take()
+    assert patient.state is ClientState.STARTUP and not patient_out.take()
+    patient.connection_lost(None)
+    assert not any(worker.login_deadlines._by_timeout.values())
