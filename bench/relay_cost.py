@@ -40,6 +40,7 @@ from typing import Any
 
 import uvloop
 
+from pooler import compiled
 from pooler.config import parse_text
 from pooler.protocol import build
 from pooler.server import sockopts
@@ -292,6 +293,7 @@ async def socket_options(calls: int) -> float:
 
 def main() -> None:
     transactions = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    print(f"hot path: {compiled.build()} (POOLER_PURE=1: the Python sources)")
     print(f"relay:   {relay(transactions, servers=4):5.2f} µs per select-only transaction")
     extended = relay(transactions, 4, EXTENDED_QUERY, EXTENDED_ANSWER)
     print(f"extended: {extended:5.2f} µs per transaction, Parse/Bind/Describe/Execute/Sync")

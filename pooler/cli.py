@@ -31,8 +31,24 @@ def _check(config_path: str, strict: bool) -> int:
     return EXIT_OK
 
 
+def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from pooler.compiled import build
+
+    click.echo(f"pooler, version {__version__} ({build()})")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="pooler")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_version,
+    help="Show the version (and whether the hot path runs compiled) and exit.",
+)
 def main() -> None:
     """A PostgreSQL connection pooler that reads odyssey's configuration language."""
 

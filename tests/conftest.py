@@ -34,10 +34,16 @@ from harness import (
     require_pg,
 )
 
+from pooler.compiled import build
 from pooler.pgcluster import PgCluster
 
 PG_FIXTURES = {"pg", "pooler"}
 UNIT = Path(__file__).resolve().parent / "unit"
+
+
+def pytest_report_header() -> str:
+    """Which build of the hot path the tests run (POOLER_PURE=1: the Python sources)."""
+    return f"pooler hot path: {build()}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -27,6 +27,10 @@ def test_wheel_contents(tmp_path):
     assert "tui/app.py" in names
     assert any(name.endswith(".tcss") for name in names)
     assert any(name.endswith("entry_points.txt") for name in names)
+    # the compiled hot path (where a C compiler is at hand) comes with its sources' record
+    compiled = {name for name in names if name.endswith((".so", ".pyd"))}
+    assert ("pooler/_compiled.json" in names) == bool(compiled)
+    assert {"pooler/protocol/scanner.py", "pooler/protocol/scanner.pxd"} <= names
 
 
 def test_version_and_check_from_the_command_line():
@@ -34,6 +38,7 @@ def test_version_and_check_from_the_command_line():
         [sys.executable, "-m", "pooler", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.startswith("pooler, version ")
+    assert out.stdout.rstrip().endswith(")")  # which build of the hot path runs
     out = subprocess.run(
         [sys.executable, "-m", "pooler", "check", str(ROOT / "sample.conf")],
         capture_output=True,

@@ -10,6 +10,12 @@ are reassembled. Pure: no I/O, tested on byte strings.
 from __future__ import annotations
 
 from struct import Struct, unpack_from
+from types import SimpleNamespace
+
+try:
+    import cython
+except ImportError:  # Cython compiles this module where it can (scanner.pxd); pure Python else
+    cython = SimpleNamespace(compiled=False)
 
 _LENGTH = Struct("!i")
 
@@ -59,15 +65,21 @@ class MessageScanner:
         i = 0
         n = len(data)
         wanted = self.wanted
+        max_wanted = MAX_WANTED_BODY
         if not self._need and not self._header:
             # Fast path (the usual chunk: whole messages): walk them with locals only; the
             # general loop below takes over at the first partial or oversized one.
             length_at = _LENGTH.unpack_from
+            compiled = cython.compiled
             while n - i >= 5:
                 msg_type = data[i]
-                (length,) = length_at(data, i + 1)
+                if compiled:  # four byte reads in C; unsigned, so a length of 2 GiB or
+                    # more leaves the fast path too (the general loop says what is wrong)
+                    length = data[i + 1] << 24 | data[i + 2] << 16 | data[i + 3] << 8 | data[i + 4]
+                else:
+                    (length,) = length_at(data, i + 1)
                 end = i + 1 + length
-                if end > n or length < 4 or length > MAX_WANTED_BODY:
+                if end > n or length < 4 or length > max_wanted:
                     break
                 if msg_type in wanted:
                     out.append((msg_type, data[i + 5 : end], end))
@@ -102,7 +114,7 @@ class MessageScanner:
             if length < 4 or length > MAX_MESSAGE:
                 raise StreamError(f"invalid message length {length} for type {chr(msg_type)!r}")
             body_len = length - 4
-            if msg_type in wanted and body_len <= MAX_WANTED_BODY:
+            if msg_type in wanted and body_len <= max_wanted:
                 if n - i >= body_len:
                     i += body_len
                     out.append((msg_type, data[i - body_len : i], i))

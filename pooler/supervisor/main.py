@@ -31,7 +31,8 @@ from typing import Any
 
 import uvloop
 
-from pooler import logs
+from pooler import __version__, logs
+from pooler.compiled import build
 from pooler.config import Config, ConfigError, load
 from pooler.control import schema
 from pooler.control.client import default_control_path
@@ -226,6 +227,7 @@ def run(config_path: Path, *, strict: bool = False, control: Path | None = None)
         if handed is not None:
             handed.report(f"failed {why}")
         return EXIT_STARTUP_FAILED
+    log.info("supervisor", f"pooler {__version__} ({build()})")
     for warning in config.warnings:
         log.info("config", str(warning))
     if config.log_config:

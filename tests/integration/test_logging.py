@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from harness import make_config, route
+
+from pooler import __version__
+from pooler.compiled import build
 
 
 def test_log_config_session_and_query(pooler):
@@ -22,3 +27,10 @@ def test_quiet_when_turned_off(pooler):
     assert p.sql("select 'quiet-marker'", dbname="p0") == [("quiet-marker",)]
     assert not p.log_contains("quiet-marker")
     assert not p.log_contains("new client connection")
+
+
+def test_the_start_up_line_says_which_build_of_the_hot_path_runs(pooler):
+    p = pooler(make_config(route("p0", "postgres")))
+    # (the server inherits this process's environment: POOLER_PURE=1 reaches it too)
+    line = rf"\(supervisor\) pooler {re.escape(__version__)} \({re.escape(build())}\)$"
+    assert p.log_contains(line)
