@@ -4,15 +4,17 @@ Two modes share one byte scanner:
 - internal: the pooler itself talks to the server (login, reset, parameter sync); wanted
   messages are queued and awaited with `read()`;
 - relay: a client is linked; every chunk is written to the client as it is and only
-  ReadyForQuery, ParameterStatus, ErrorResponse and CopyInResponse are looked at.
+  ReadyForQuery, ParameterStatus, ErrorResponse and CopyInResponse are looked at. What they
+  mean (what is still owed, answers of the pooler's own dropped, a batch replayed) is
+  decided by `ServerRelay` (relay.py, sans-I/O), the base class of `ServerConnection`:
+  `data_received` only performs what it decided.
 
 Its life is a `ServerState` (lifecycle.py) moved by `become` alone.
 
 Over 500 lines for a reason: one asyncio Protocol object per backend carries both modes
-(the relay's `data_received` and the pooler's own exchanges: login, reset, resync,
-parameter sync, statement tidying), which share its scanner, its transport and the
-counters of what the server owes; the relay path reads them per chunk in one method on
-purpose (bench/relay_cost.py). The pooler's own exchanges (from `login` down) are the part
+(the relay and the pooler's own exchanges: login, reset, resync, parameter sync, statement
+tidying), which share its scanner, its transport and the counters of what the server owes
+(the core's state: read per chunk, so kept on the one object, bench/relay_cost.py). The pooler's own exchanges (from `login` down) are the part
 that could move to a module of their own, over a narrow interface (`send`, `read`).
 """
 
@@ -33,32 +35,33 @@ from pooler.protocol import auth, build, messages
 from pooler.protocol.messages import (
     AUTHENTICATION,
     BACKEND_KEY_DATA,
-    CLOSE_COMPLETE,
     COMMAND_COMPLETE,
     COPY_IN_RESPONSE,
     DATA_ROW,
     EMPTY_QUERY_RESPONSE,
     ERROR_RESPONSE,
-    NO_DATA as NO_DATA_MESSAGE,
     NOTICE_RESPONSE,
-    PARAMETER_DESCRIPTION,
     PARAMETER_STATUS,
     PARSE_COMPLETE,
     READY_FOR_QUERY,
     ROW_DESCRIPTION,
 )
-from pooler.protocol.scanner import MessageScanner, StreamError
+from pooler.protocol.scanner import StreamError
 from pooler.server import sockopts, tls as tls_support
 from pooler.server.flow import BURST_READ, PEER_FULL, ReadGate, yield_turn
 from pooler.server.lifecycle import SERVER_NEXT, ServerState, moved
 from pooler.server.prepared import (
-    FAIL_IN_PLACE,
-    NO_DATA,
-    STALE_PLAN_ERROR,
     ClientStatements,
     KnownStatements,
-    ServerStatements,
-    shape_of,
+)
+from pooler.server.relay import (
+    ERRORS,
+    IDLE,
+    READY,
+    REFUSED_LATE,
+    STATEMENT_POOL_REFUSAL,
+    TO_SERVER,
+    ServerRelay,
 )
 from pooler.server.sockopts import TcpOptions
 from pooler.server.stats import RouteStats
@@ -66,24 +69,11 @@ from pooler.sql import quote_ident, quote_literal
 
 # Message types from the server: the names of pooler.protocol.messages (module constants:
 # the relay compares them per message)
-IDLE = ord("I")  # ReadyForQuery's transaction status outside a transaction
 OWED_ANSWERS = frozenset(
     (READY_FOR_QUERY, ERROR_RESPONSE, COPY_IN_RESPONSE, PARSE_COMPLETE)
 )  # never sent by an idle server unasked
-RELAY_WANTED = frozenset((READY_FOR_QUERY, PARAMETER_STATUS, ERROR_RESPONSE, COPY_IN_RESPONSE))
-RELAY_WANTED_PREPARED = RELAY_WANTED | {PARSE_COMPLETE}
-# while statements' descriptions or CloseCompletes are in flight, or a transaction that
-# prepared statements is open (was it a ROLLBACK?)
-RELAY_WANTED_WATCH = RELAY_WANTED_PREPARED | {
-    CLOSE_COMPLETE,
-    PARAMETER_DESCRIPTION,
-    ROW_DESCRIPTION,
-    NO_DATA_MESSAGE,
-    COMMAND_COMPLETE,
-}
 MAX_STATEMENTS = 1000  # per server connection; the least recently used go beyond that
 TERMINATE_WAIT = 5.0  # seconds a closing server has to end its session before it is cut
-STATEMENT_POOL_REFUSAL = "transaction blocks not allowed in statement pooling mode"  # pgbouncer
 INTERNAL_WANTED = frozenset(ord(c) for c in "RSKZENCTDGHIAn123st")
 
 SMART_DISCARD = (
@@ -117,19 +107,6 @@ _IDLE, _TAKEN, _ACTIVE, _RESET = (
     ServerState.ACTIVE,
     ServerState.RESET,
 )
-
-
-def _edited(data: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
-    """`data` with each (start, end, replacement) applied (in order, not overlapping)."""
-    pieces = []
-    at = 0
-    for start, end, replacement in edits:
-        pieces.append(data[at:start])
-        if replacement:
-            pieces.append(replacement)
-        at = end
-    pieces.append(data[at:])
-    return b"".join(pieces)
 
 
 def _cut(transport: asyncio.Transport) -> None:
@@ -219,39 +196,29 @@ def spelled(name: str, value: str) -> str:
     return value
 
 
-class ServerConnection(asyncio.Protocol):
+class ServerConnection(ServerRelay, asyncio.Protocol):
+    """The adapter of a `ServerRelay` (relay.py: what the server owes, what its answers do)
+    to a socket, plus the pooler's own exchanges with the server (login, reset, resync)."""
+
     __slots__ = (
         "_inbox",
         "_waiter",
         "backend_key",
         "client",
         "closed",
-        "copy_in",
         "created",
-        "desynced",
         "endpoint",
-        "held",
         "holds_slot",
         "id",
         "internal",
         "login_notices",
         "login_params",
-        "params",
-        "pending",
-        "query_started",
         "reading",
-        "relay_wanted",
         "released_at",
         "route",
-        "scanner",
         "state",
-        "statements",
-        "status",
         "storage",
-        "tail",
         "transport",
-        "unsynced",
-        "xact_started",
     )
 
     def __init__(
@@ -260,35 +227,24 @@ class ServerConnection(asyncio.Protocol):
         self.route = route
         self.endpoint = endpoint
         self.storage = storage or route.storage  # a listen's fallback storage, or the rule's
+        ServerRelay.__init__(
+            self, route.stats, route.known_statements, route.shares_statements, INTERNAL_WANTED
+        )
         self.id = f"s{os.getpid() & 0xFFFF:04x}{next(_server_ids):08x}"
         self.transport: asyncio.Transport | None = None
         self.reading = ReadGate()  # paused while the linked client lags
-        self.scanner = MessageScanner(INTERNAL_WANTED)
         self._inbox: deque[tuple[int, bytes | None]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self.client: LinkedClient | None = None
-        self.params: dict[str, str] = {}
         self.login_params: dict[str, str] = {}
         self.login_notices: list[bytes] = []  # NoticeResponses of the login, not yet passed on
         self.backend_key = (0, 0)
-        self.status = IDLE  # transaction status of the last ReadyForQuery
-        self.pending = 0  # ReadyForQuery messages still owed to the linked client
-        self.unsynced = False  # extended-protocol messages sent since the last Sync
-        self.copy_in = False
-        self.desynced = False  # PostgreSQL may answer more than we counted: never reuse
         self.state = ServerState.LOGIN
         self.closed = False  # state is CLOSED (kept by `become` alone, read on every chunk)
         self.holds_slot = False  # counts against the route's global pool_size
         self.internal = True  # the pooler itself is talking to the server (login, reset...)
         self.created = time.monotonic()
         self.released_at = self.created
-        self.query_started = 0.0
-        self.xact_started = 0.0
-        self.statements = ServerStatements(route.known_statements)
-        # client output waiting for statement checks, one group per check (prepared.py)
-        self.held: deque[list[bytes | bytearray]] | None = None
-        self.tail = b""  # the start of an incomplete message that may be dropped or edited
-        self.relay_wanted = RELAY_WANTED_PREPARED if route.shares_statements else RELAY_WANTED
 
     # --- asyncio.Protocol -------------------------------------------------------------
 
@@ -339,167 +295,36 @@ class ServerConnection(asyncio.Protocol):
             return
         if len(data) >= BURST_READ:
             yield_turn(self.reading)  # other connections, a cancel request, get their turn
-        stats = self.route.stats
-        statements = self.statements
-        tail = self.tail
-        # Nothing to cut out of the chunk (no answer of ours in flight, nothing held back;
-        # not a statement pool, where a ReadyForQuery saying a transaction is open is
-        # replaced): the client gets it first, the bookkeeping below runs after (issue 19:
-        # latency per round trip).
-        forwarded = not (tail or statements.cutting) and client.mode != "statement"
-        if forwarded and not client.transport.is_closing():
-            client.transport.write(data)
-        elif tail:  # the start of a message held back from the last chunk
-            data = tail + data
-            events = [(t, b, end + len(tail)) for t, b, end in events]
-        ready = False
-        edits: list[tuple[int, int, bytes]] = []  # answers dropped or replaced
-        retry = statements.retry  # (the armed batch goes again: see take_retry)
-        skip_from = -1 if retry is None else 0  # dropping up to a ReadyForQuery
-        for msg_type, body, end in events:
-            if msg_type == PARSE_COMPLETE:
-                if not statements.on_parse_complete():
-                    edits.append((end - 5, end, b""))
-                continue
-            if msg_type == READY_FOR_QUERY:
-                status = self.status = body[0] if body else IDLE
-                statements.on_ready(status)
-                if statements.armed_at >= 0:  # its batch is answered: disarmed
-                    statements.armed_at = -1
-                    statements.armed_sent = b""
-                if retry is not None:  # the stale copy's error and its ReadyForQuery: the
-                    statements.retry = None  # batch goes again instead
-                    edits.append((skip_from, end, b""))
-                    skip_from = -1
-                    if not retry.flush:  # (a Flush batch went again with our Sync)
-                        self._send(retry.replay(statements))
-                        if statements.watching:
-                            self.watch(True)
-                    retry = None
-                    continue
-                if status != IDLE and client.mode == "statement":
-                    if end < 6:  # its start went with the previous chunk: too late to amend
-                        client.fatal("0A000", STATEMENT_POOL_REFUSAL)
-                        self.route.discard(self)
-                        return
-                    edits.append((end - 6, end, client.refusal(STATEMENT_POOL_REFUSAL)))
-                self.copy_in = False
-                now = time.monotonic()
-                stats.record_query(int((now - self.query_started) * 1e6))
-                self.query_started = now
-                self.pending -= 1
-                if self.pending <= 0:
-                    self.pending = 0
-                    if status == IDLE:
-                        stats.record_xact(int((now - self.xact_started) * 1e6))
-                    ready = True
-            elif msg_type == PARAMETER_STATUS and body is not None:
-                name, value = messages.decode_parameter_status(body)
-                self.params[name] = value
-                client.params[name] = value
-            elif msg_type == COPY_IN_RESPONSE:
-                self.copy_in = True
-            elif msg_type == ERROR_RESPONSE and body is not None:
-                statements.on_error()
-                if (
-                    statements.armed_at >= 0
-                    and retry is None
-                    and self.status == IDLE
-                    and self.pending == (0 if statements.armed_flush else 1)
-                    and self.unsynced == statements.armed_flush
-                    and statements.take_retry(messages.decode_error_fields(body), client.statements)
-                ):
-                    retry = statements.retry
-                    assert retry is not None
-                    skip_from = end - 5 - len(body)
-                    if retry.flush:
-                        # PostgreSQL skips everything up to a Sync: ours ends the error (its
-                        # ReadyForQuery is dropped with it) and the batch goes again right
-                        # behind it, before anything the client sends next
-                        statements.sent_sync()
-                        self._send(build.SYNC + retry.replay(statements))
-                        if statements.watching:
-                            self.watch(True)
-                elif statements.stale_errors_due:  # the answer to a FAIL_IN_PLACE
-                    statements.stale_errors_due -= 1
-                    edits.append((end - 5 - len(body), end, STALE_PLAN_ERROR))
-                else:
+        if self.uncut(
+            client.mode, events, len(data)
+        ):  # nothing to cut out: the client gets it first,
+            if not client.transport.is_closing():  # the bookkeeping runs after (issue 19)
+                client.transport.write(data)
+            out = self.answers(data, events, client, True)  # (relay.py)
+        else:
+            out = self.answers(data, events, client, False)
+        todo = self.todo
+        if todo & ~READY:
+            if todo & TO_SERVER:  # a batch replayed, output that waited for a check
+                self._send(b"".join(self.to_server))
+                self.to_server.clear()
+            if todo & ERRORS:
+                for body in self.errors:
                     client.server_error(self, body)
-                if self.held:
-                    for _check in range(statements.void_checks()):
-                        self._release_held(passed=True)  # the server skips them anyway
-            elif self.relay_wanted is RELAY_WANTED_WATCH:
-                if msg_type == COMMAND_COMPLETE and body is not None:
-                    statements.on_command_complete(body)
-                elif msg_type == CLOSE_COMPLETE:
-                    if not statements.on_close_complete():
-                        edits.append((end - 5, end, b""))
-                elif msg_type == PARAMETER_DESCRIPTION and body is not None:
-                    if not statements.on_parameter_description():
-                        edits.append((end - 5 - len(body), end, b""))
-                elif msg_type in (ROW_DESCRIPTION, NO_DATA_MESSAGE) and body is not None:
-                    forward, check = statements.on_shape(
-                        shape_of(body) if msg_type == ROW_DESCRIPTION else NO_DATA
-                    )
-                    if not forward:
-                        edits.append((end - 5 - len(body), end, b""))
-                    if check is not None and self.held:
-                        self._release_held(passed=check)
-        if skip_from >= 0:
-            edits.append((skip_from, len(data), b""))
-        wanted = self.relay_wanted
-        if wanted is not RELAY_WANTED:
-            if wanted is RELAY_WANTED_WATCH:
-                if not statements.watching:
-                    self.watch(False)
-            elif statements.in_xact:  # (descriptions and closes in flight turn it on as
-                self.watch(True)  # they are sent: ClientConnection._forward, a replay)
-            if not forwarded:
-                # an incomplete message that may have to be cut waits for its end
-                partial = self.scanner.partial_len
-                self.tail = data[len(data) - partial :] if partial else b""
-                if partial:
-                    data = data[: len(data) - partial]
-        if not forwarded:
-            if edits:
-                data = _edited(data, edits)
-            if data and not client.transport.is_closing():  # (closing: its
-                client.transport.write(data)  # connection_lost has not run yet)
-        stats.bytes_sent += len(data)
-        if ready and not self.unsynced:
+                self.errors.clear()
+            if todo & REFUSED_LATE:
+                client.fatal("0A000", STATEMENT_POOL_REFUSAL)
+                self.route.discard(self)
+                return
+        if out and not client.transport.is_closing():  # (closing: its
+            client.transport.write(out)  # connection_lost has not run yet)
+        if todo & READY:
             client.server_ready(self)
 
     def _send(self, data: bytes) -> None:
         """Write bytes of the pooler's own in the middle of a relayed exchange."""
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
-
-    def watch(self, on: bool) -> None:
-        """Look at descriptions, CloseCompletes and CommandComplete tags too, or not."""
-        self.relay_wanted = self.scanner.wanted = (
-            RELAY_WANTED_WATCH if on else RELAY_WANTED_PREPARED
-        )
-
-    def hold(self) -> None:
-        """From now on the client's output waits for the answer to the check just sent."""
-        if self.held is None:
-            self.held = deque()
-        self.held.append([])
-
-    def _release_held(self, *, passed: bool) -> None:
-        """A check ended: send what waited for it; if the server's copy has another shape
-        than the one the client knows, its first message fails in place instead."""
-        held = self.held
-        assert held
-        group = held.popleft()
-        if not held:
-            self.held = None
-        if not passed and group:
-            first = group[0]
-            group[0] = FAIL_IN_PLACE + first[1 + int.from_bytes(first[1:5]) :]
-            self.statements.stale_errors_due += 1
-        if group and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(group))
 
     # --- internal mode ----------------------------------------------------------------
 

@@ -7,10 +7,14 @@ COPY running and, in transaction mode, no transaction open. Its life is a `Clien
 (lifecycle.py) moved by `become` alone; while it logs in (or talks to the console), its
 bytes go to its `login`.
 
+What each relayed message means (what the server will owe, prepared statements renamed, a
+statement pool's BEGIN refused, a batch kept for a retry) is decided by `ClientRelay`
+(relay.py, sans-I/O), the base class of `ClientConnection`: `_forward` only performs what it
+decided (writes, close, the server given back).
+
 Over 500 lines for a reason: the relay's per-message path (`data_received` →
-`_queue`/`_forward` → `_query_goes`, then `server_ready`) is kept in one class on purpose:
-each call or attribute hop there is paid per transaction (bench/relay_cost.py). The next
-split is the relay's decisions as a sans-I/O core (issue 14).
+`_queue`/`_forward` → `ClientRelay.requests`, then `server_ready`) is kept in one object on
+purpose: each call or attribute hop there is paid per transaction (bench/relay_cost.py).
 """
 
 from __future__ import annotations
@@ -23,36 +27,20 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pooler.config import Config, Listen, Rule
-from pooler.logs import LogContext, log
+from pooler.config import Config, Listen
+from pooler.logs import log
 from pooler.protocol import ProtocolError, auth, build, messages
 from pooler.protocol.framing import (
-    HEAD,
-    MESSAGE,
-    MessageSplitter,
     iter_messages,
 )
 from pooler.protocol.messages import (
-    BIND,
-    CLOSE,
-    COPY_DONE,
-    COPY_FAIL,
-    DESCRIBE,
-    EXECUTE,
-    FLUSH,
-    FUNCTION_CALL,
     PARSE,
     QUERY,
     SYNC,
-    TERMINATE,
 )
-from pooler.protocol.query_text import opens_transaction_block
 from pooler.server import sockopts, virtual
 from pooler.server.backend import (
-    IDLE,
     MAX_STATEMENTS,
-    RELAY_WANTED_WATCH,
-    STATEMENT_POOL_REFUSAL,
     BackendError,
     ServerConnection,
     ServerGone,
@@ -68,44 +56,22 @@ from pooler.server.flow import (
 )
 from pooler.server.lifecycle import CLIENT_NEXT, RELAYING, ClientState, moved
 from pooler.server.pool import HandOff, PoolTimeout, Route
-from pooler.server.prepared import ClientStatements, is_stale_statement_error
+from pooler.server.prepared import is_stale_statement_error
+from pooler.server.relay import (
+    ANSWERED,
+    IDLE,
+    OWED_NOTHING,
+    TERMINATE_SEEN,
+    ClientRelay,
+    query_text as _query_text,
+)
 from pooler.server.sockopts import TcpOptions
 
 if TYPE_CHECKING:
     from pooler.server.ldap_auth import LdapLogin
 
-# Message types from the client (the names of pooler.protocol.messages, module constants:
-# the relay compares them per message)
-EXTENDED = frozenset((PARSE, BIND, EXECUTE, DESCRIBE, CLOSE))
-STATEMENT = ord("S")  # a Describe's or Close's kind: a statement, not a portal
-LISTEN_FIRST = frozenset(
-    b"LlUu"
-)  # a Query that may be LISTEN/UNLISTEN (`_listen`)  # Describe/Close of a statement, not of a portal
-
 HALF_CLOSE_GRACE = 2.0  # seconds a half-closed client's answers are waited for (eof_received)
 MAX_QUEUED = 256 * 1024  # bytes held for a client waiting for a server; then it is paused
-RETRY_LIMIT = 1 << 16  # a batch kept to be sent again (prepared.Retry) is at most this long
-# A message larger than client_max_buffer is streamed to the server; its first HEAD_SIZE
-# bytes are read (a Bind's names, a Query's first keyword) before any of it goes.
-HEAD_SIZE = 8192
-# PostgreSQL's own limits (postgres.c SocketBackend): a message of these types longer than
-# PQ_SMALL_MESSAGE_LIMIT is refused, and a type PostgreSQL does not know after the login
-# closes the connection; we do the same without troubling a server.
-SMALL_MESSAGE_LIMIT = 10000
-FRONTEND_LIMITS = {mtype: -1 for mtype in range(256) if mtype not in b"QFXBPCDEHSdcf"} | {
-    mtype: SMALL_MESSAGE_LIMIT for mtype in b"XCDEHScf"
-}
-
-
-def _length(buf: bytes | bytearray, start: int) -> int:
-    """The length field of the message at buf[start]."""
-    return int.from_bytes(buf[start + 1 : start + 5])
-
-
-def _query_text(buf: bytes | bytearray, start: int, end: int) -> str:
-    return bytes(buf[start + 5 : end - 1]).decode("utf-8", "replace")
-
-
 TERMINATE_MESSAGE = build.TERMINATE  # a whole Terminate, as a client sends it
 
 _STARTUP, _LOGIN_WAITING, _CANCEL, _CONSOLE, _IDLE, _WAITING, _LINKED, _CLOSED = ClientState
@@ -166,10 +132,13 @@ class ClientLogin(Protocol):
     def lost(self) -> None: ...
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(ClientRelay, asyncio.Protocol):
+    """The adapter of a `ClientRelay` (relay.py: how the client's messages go to its server)
+    to a socket and a pool, after its login."""
+
     # Slots, not a __dict__: with this many fields an instance's dict is not shared with its
     # class's (more than 30 keys), about 1.6 KB per client; slots take 8 bytes a field. A new
-    # field is named here.
+    # field is named here (those of the relay's core in `ClientRelay.__slots__`).
     __slots__ = (
         "_attach_owns",
         "_attach_task",
@@ -186,34 +155,25 @@ class ClientConnection(asyncio.Protocol):
         "connected_at",
         "database",
         "half_closed",
-        "id",
         "intercepts",
         "key",
         "last_activity",
         "ldap_login",
         "listen",
-        "log_ctx",
-        "log_queries",
         "login",
         "looked_up",
-        "mode",
-        "params",
         "password",
         "peer",
         "pending_begin",
-        "pinned",
         "queued",
         "queued_bytes",
         "reading",
         "ready_at",
         "route",
-        "rule",
         "scram_keys",
         "server",
         "slow_attach",
-        "splitter",
         "state",
-        "statements",
         "steer",
         "told_fatal",
         "transport",
@@ -225,10 +185,15 @@ class ClientConnection(asyncio.Protocol):
     )
 
     def __init__(self, worker: ClientWorker, listen: Listen, unix: bool) -> None:
+        ClientRelay.__init__(
+            self,
+            f"{_id_prefix}{next(_client_ids):08x}",
+            worker.config.client_max_buffer,
+            worker.config.log_query,
+        )  # (id, splitter, statements, rule, mode, params, pinned, log_ctx)
         self.worker = worker
         self.listen = listen
         self.unix = unix
-        self.id = f"{_id_prefix}{next(_client_ids):08x}"
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.peer: tuple[str, int] | None = None
         self.state = _STARTUP  # moved by `become` alone (lifecycle.CLIENT_NEXT)
@@ -240,15 +205,7 @@ class ClientConnection(asyncio.Protocol):
         self._handoff_timer: asyncio.TimerHandle | None = None
         self.queued: list[bytes] = []
         self.queued_bytes = 0
-        self.splitter = MessageSplitter(
-            max_buffered=worker.config.client_max_buffer,
-            head_size=HEAD_SIZE,
-            max_lengths=FRONTEND_LIMITS,
-        )
-        self.statements: ClientStatements | None = None  # named prepared statements
-        self.log_queries = worker.config.log_query
         self.route: Route | None = None
-        self.rule: Rule | None = None
         self.server: ServerConnection | None = None
         self.user = ""
         self.database = ""
@@ -256,23 +213,19 @@ class ClientConnection(asyncio.Protocol):
         self.scram_keys: auth.ScramKeys | None = None  # from the client's SCRAM proof
         self.looked_up: str | None = None  # the secret auth_query returned
         self.ldap_login: LdapLogin | None = None  # set by an LDAP check
-        self.params: dict[str, str] = {}
         self.key = (0, 0)
         self.client_slots: list[tuple[object, ...]] = []  # client_max counts we hold
-        self.mode: str | None = "session"  # the rule's pool (never None once validated)
         self.reading = ReadGate()  # paused while the server lags or the queue is full
         self.writing_paused = False  # the client's transport is full (pause_writing)
         self.asked_at = 0.0  # when it last asked for a server (monotonic; see waiting_since)
         self.connected_at = time.monotonic()
         self.last_activity = self.connected_at
         self.ready_at = self.connected_at  # when its login was over (an online restart's drain)
-        self.log_ctx = LogContext(client_id=self.id)
         self.intercepts = False  # some simple queries are answered or rewritten (virtual.py)
         self.tsa_hint: str | None = None  # SET odyssey.target_session_attrs
         self.steer: str | None = None  # its target_session_attrs where the rule's differs
         self.pending_begin = False  # virtual_transaction: a BEGIN answered, not yet run
         self.slow_attach = False  # steer or pending_begin: servers come through the task path
-        self.pinned = False  # ran LISTEN under pool_pin_on_listen: keeps its server
         self.half_closed = False  # sent EOF with answers owed: closed once they are relayed
         self._eof_timer: asyncio.TimerHandle | None = None  # ... or HALF_CLOSE_GRACE after
         self._lost = False  # connection_lost ran
@@ -402,11 +355,6 @@ class ClientConnection(asyncio.Protocol):
 
     # --- errors -----------------------------------------------------------------------
 
-    def _prefix(self) -> str:
-        if self.rule is not None and not self.rule.client_show_id:
-            return "pooler: "
-        return f"pooler: {self.id}: "
-
     def fatal(
         self,
         sqlstate: str,
@@ -423,14 +371,6 @@ class ClientConnection(asyncio.Protocol):
         log.error("client", message, self.log_ctx)
         self._send(build.error_response("FATAL", sqlstate, text, detail, hint))
         self.transport.close()
-
-    def refusal(self, message: str) -> bytes:
-        """An ERROR and a ReadyForQuery outside a transaction: what a statement-pool client
-        gets instead of the ReadyForQuery that says its statement opened a transaction
-        block (BEGIN, START TRANSACTION, or a batch that does). The server is rolled back
-        by the reset as it goes back to the pool."""
-        error = build.error_response("ERROR", "0A000", self._prefix() + message)
-        return error + build.ready_for_query("I")
 
     def _send(self, data: bytes) -> None:
         """Write to the client unless its connection is already closing (a login step or a
@@ -873,260 +813,32 @@ class ClientConnection(asyncio.Protocol):
             await server.tidy_statements()
 
     def _forward(self, server: ServerConnection, data: bytes) -> None:
-        """Relay client bytes to the server: complete messages (large ones streamed), noting
-        what the server will owe, and renaming prepared statements where the pool shares
-        servers."""
-        n = len(data)
-        if (
-            n > 5
-            and data[0] == QUERY
-            and n == 1 + int.from_bytes(data[1:5])
-            and self.splitter.at_boundary()
-        ):
-            self._forward_query(server, data)
-            return
-        splitter = self.splitter
-        splitter.feed(data)
-        buf = splitter.buffer
-        statements = self.statements
-        server_statements = server.statements
-        out: list[bytes | bytearray] = []
-        run_start = run_end = -1  # a run of bytes forwarded unchanged
-        terminate = False
-        # a batch that may be sent again (prepared.Retry): where its use of a cached copy
-        # starts, whether only Parses came before it in the batch, what came after it
-        plain = not server.unsynced
-        use_at = -1
-        use_name = ""
-        retryable = True
+        """Relay client bytes to the server (what it will owe, prepared statements renamed:
+        `ClientRelay.requests`, relay.py) and do what that left to do."""
         try:
-            for kind, msg_type, start, end in splitter:
-                replacement: bytes | None = None
-                if kind == MESSAGE:
-                    if msg_type in EXTENDED:  # (first: the most common in a chunk of several)
-                        server.unsynced = True
-                        if statements is not None and (
-                            msg_type != EXECUTE
-                            and (
-                                msg_type != DESCRIBE
-                                or end == start + 5
-                                or buf[start + 5] == STATEMENT
-                            )
-                        ):  # an Execute, or a Describe of a portal, names no statement
-                            replacement = statements.rewrite(
-                                msg_type, buf[start + 5 : end], server_statements
-                            )
-                            young = server_statements.young_use
-                            if young is not None:
-                                server_statements.young_use = None
-                                if plain and use_at < 0:
-                                    use_at, use_name = start, young
-                            elif msg_type in (PARSE, CLOSE) and use_at >= 0:
-                                retryable = False  # answers the replay would not redo
-                        if msg_type != PARSE:
-                            plain = False
-                    elif msg_type == SYNC:
-                        if not server.copy_in:
-                            if server.pending == 0:
-                                server.query_started = time.monotonic()
-                            server.pending += 1
-                            if statements is not None:  # (`sent_sync`, inline)
-                                server_statements.batches_sent += 1
-                                statements.young = None
-                                plain = True
-                                if use_at >= 0 and end != len(buf):
-                                    retryable = False  # more follows: not the last batch
-                        else:  # ignored in COPY IN, answered if the COPY failed first
-                            server.desynced = True
-                        server.unsynced = False
-                    elif msg_type == QUERY:
-                        replacement = self._query_goes(server, buf, start, end)
-                    elif msg_type == FUNCTION_CALL:
-                        if server.pending == 0:
-                            server.query_started = time.monotonic()
-                        server.pending += 1
-                    elif msg_type in (COPY_DONE, COPY_FAIL):
-                        server.copy_in = False
-                    elif msg_type == TERMINATE:
-                        terminate = True
-                        break
-                elif kind == HEAD:
-                    replacement = self._head_goes(server, msg_type, buf, start, end)
-                if replacement is None:
-                    if run_start < 0:
-                        run_start = start
-                    run_end = end
-                    continue
-                if run_start >= 0:
-                    out.append(buf[run_start:run_end])
-                    run_start = -1
-                out.append(replacement)
-                if statements is not None and server_statements.hold_at:
-                    # a statement check was injected: send it, hold the rest for its answer
-                    at = server_statements.hold_at
-                    server_statements.hold_at = 0
-                    out[-1] = replacement[:at]
-                    if not self._send_to(server, b"".join(out)):
-                        return
-                    server.hold()
-                    out = [replacement[at:]]
+            out = self.requests(server, data)
         except ProtocolError as exc:
             self.fatal(exc.sqlstate, f"invalid client message: {exc.message}")
             return
-        if run_start >= 0:
-            out.append(buf[run_start:run_end])
-        if use_at >= 0 and retryable:
-            self._arm_retry(server, use_name, buf, use_at)
-        if len(buf) >= HEAD_SIZE:  # (a small chunk stays until the next replaces it)
-            splitter.forget_reported()
-        if statements is not None and server_statements.watch_due:
-            server_statements.watch_due = False
-            if server.relay_wanted is not RELAY_WANTED_WATCH:
-                server.watch(True)  # before the answers can come
-        if out and not self._send_to(server, out[0] if len(out) == 1 else b"".join(out)):
-            return
-        if terminate:
-            self.close()
-        elif server.pending == 0 and not server.unsynced:
-            self._release_if_owed_nothing(server)
-        if self.half_closed and (server.pending == 0 or not splitter.at_boundary()):
+        if out is not None:
+            transport = server.transport
+            if transport is None or transport.is_closing():
+                return  # (gone: its connection_lost comes next)
+            transport.write(out)
+        route = self.route
+        if route is not None:
+            route.stats.bytes_received += len(data)
+        todo = self.todo
+        if todo:
+            if todo & ANSWERED:  # a statement pool's refusal, a LISTEN warning
+                self._send(self.to_client)
+                self.to_client = b""
+            if todo & TERMINATE_SEEN:
+                self.close()
+            elif todo & OWED_NOTHING:
+                self._release_if_owed_nothing(server)
+        if self.half_closed and (server.pending == 0 or not self.splitter.at_boundary()):
             self.close()  # all answered, or what it sent last can never be
-
-    @staticmethod
-    def _arm_retry(
-        server: ServerConnection, name: str, buf: bytes | bytearray, use_at: int
-    ) -> None:
-        """A statement parsed in this batch used the server's copy (buf[use_at:] the use up
-        to the batch's Sync, or Flush): if the batch is the last thing sent, it may be sent
-        again should the copy turn out stale (prepared.Retry, made only if an error asks:
-        this runs for every such batch, kept by reference, three stores)."""
-        flush = buf[-5] == FLUSH
-        if (
-            server.unsynced != flush  # the chunk ends with the batch's Sync, or Flush
-            or server.held is not None
-            or len(buf) - use_at > RETRY_LIMIT
-            or buf[-5] != (FLUSH if flush else SYNC)
-        ):
-            return
-        statements = server.statements
-        statements.armed_at = use_at
-        statements.armed_sent = buf if type(buf) is bytes else bytes(buf)  # (immutable)
-        statements.armed_name = name
-        statements.armed_flush = flush
-
-    def _head_goes(
-        self, server: ServerConnection, msg_type: int, buf: bytes | bytearray, start: int, end: int
-    ) -> bytes | None:
-        """The first bytes (buf[start:end], at least HEAD_SIZE) of a message larger than
-        client_max_buffer; the rest follows as it arrives, never held. Counted like a whole
-        message; only a Bind's statement name may be rewritten. The bytes to send instead,
-        or None."""
-        if msg_type in (QUERY, FUNCTION_CALL):
-            if server.pending == 0:
-                server.query_started = time.monotonic()
-            server.pending += 1
-            if msg_type == QUERY:
-                if self.log_queries:
-                    text = bytes(buf[start + 5 : end]).decode("utf-8", "replace")
-                    log.info("query", f"{text}... ({_length(buf, start)} bytes)", self.log_ctx)
-                if self.statements is not None:  # too long to be a DEALLOCATE or DISCARD
-                    self.statements.statements.pop("", None)
-                    server.statements.sent_sync()
-            return None
-        if msg_type not in EXTENDED:
-            return None  # CopyData
-        server.unsynced = True
-        statements = self.statements
-        if statements is None:
-            return None
-        if msg_type == PARSE:  # shared statements are named after their whole text
-            raise ProtocolError(
-                f"a Parse of {_length(buf, start)} bytes is larger than client_max_buffer "
-                f"({self.splitter.max_buffered}): statements shared by the pool are read whole",
-                "54000",
-            )
-        return statements.rewrite_bind_head(
-            buf[start + 5 : end], _length(buf, start), server.statements
-        )
-
-    def _forward_query(self, server: ServerConnection, data: bytes) -> None:
-        """`_forward` of the most common chunk: exactly one simple Query."""
-        try:
-            replacement = self._query_goes(server, data, 0, len(data))
-        except ProtocolError as exc:
-            self.fatal(exc.sqlstate, f"invalid client message: {exc.message}")
-            return
-        if replacement is None:
-            self._send_to(server, data)
-        elif replacement:
-            self._send_to(server, replacement)
-        else:  # answered here: the server owes nothing
-            self._release_if_owed_nothing(server)
-
-    def _query_goes(
-        self, server: ServerConnection, buf: bytes | bytearray, start: int, end: int
-    ) -> bytes | None:
-        """A simple Query (buf[start:end]) on its way: counted as owed, logged, checked for
-        the statement commands of shared prepared statements. The bytes to send instead, or
-        None; b"" when it was answered here."""
-        if (
-            self.mode == "statement"
-            and server.pending == 0  # nothing answered after it: ours comes in order
-            and not server.unsynced
-            and opens_transaction_block(buf, start + 5, end - 1)
-        ):
-            self._send(self.refusal(STATEMENT_POOL_REFUSAL))
-            return b""
-        if server.pending == 0:
-            server.query_started = time.monotonic()
-        server.pending += 1
-        if self.log_queries:
-            log.info("query", _query_text(buf, start, end), self.log_ctx)
-        if end - start > 5 and buf[start + 5] in LISTEN_FIRST and self.mode != "session":
-            self._listen(buf, start, end)
-        statements = self.statements
-        if statements is None:
-            return None
-        server_statements = server.statements
-        server_statements.batches_sent += 1  # (`sent_sync`, inline: this runs per query)
-        return statements.on_query(buf, start + 5, end, server_statements)
-
-    def _listen(self, buf: bytes | bytearray, start: int, end: int) -> None:
-        """LISTEN/UNLISTEN in a transaction or statement pool. With pool_pin_on_listen the
-        client keeps its server (and gets its notifications) until `UNLISTEN *` or it leaves;
-        without, it is warned that notifications will not reach it (they would go to
-        whichever client has the server next, or nowhere)."""
-        words = _query_text(buf, start, end).replace(";", " ").split()
-        verb = words[0].lower() if words else ""
-        rule = self.rule
-        if verb == "listen" and rule is not None:
-            if rule.pool_pin_on_listen:
-                self.pinned = True
-            else:
-                self._send(
-                    build.notice_response(
-                        "WARNING",
-                        "01000",
-                        f"{self._prefix()}LISTEN in a {self.mode} pool: notifications will not "
-                        "be delivered (set pool_pin_on_listen to keep the server)",
-                    )
-                )
-        elif verb == "unlisten" and words[1:2] == ["*"]:
-            self.pinned = False
-
-    def _send_to(self, server: ServerConnection, payload: bytes | bytearray) -> bool:
-        """Write client bytes to the server; False if it is already closing (gone: its
-        connection_lost comes next)."""
-        transport = server.transport
-        if transport is None or transport.is_closing():
-            return False
-        if server.held is None:
-            transport.write(payload)
-        else:  # waiting for a statement check (prepared.py)
-            server.held[-1].append(payload)
-        if self.route is not None:
-            self.route.stats.bytes_received += len(payload)
-        return True
 
     def _release_if_owed_nothing(self, server: ServerConnection) -> None:
         """A transaction-pool client sent only messages PostgreSQL does not answer (a lone

@@ -55,6 +55,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import struct
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -69,6 +70,7 @@ IDLE = ord("I")  # ReadyForQuery's transaction status outside a transaction
 EMPTY_PARSE = build.parse("", "")  # stands in for a Parse the server already has
 _DEALLOCATE = re.compile(r"\s*deallocate\s+(?:prepare\s+)?(\"(?:[^\"]|\"\")+\"|\w+)\s*;?\s*$", re.I)
 _MAYBE_DROP = re.compile(rb"\s*[dD]")  # could be DEALLOCATE or DISCARD
+_MAYBE_DROP_FIRST = frozenset(b"dD \t\n\r\f\v")  # ... its first byte (no regex per query)
 _DROP_ALL = re.compile(r"\s*(?:deallocate\s+(?:prepare\s+)?all|discard\s+all)\s*;?\s*$", re.I)
 
 
@@ -175,6 +177,10 @@ def _parse(body: bytes) -> tuple[str, Statement]:
 
 
 _cached_parse = functools.lru_cache(maxsize=4096)(_parse)
+
+
+_BIND_HEADER = struct.Struct("!BI").pack
+BIND_TYPE = messages.BIND
 
 
 def _bind_statement(body: bytes | bytearray) -> tuple[int, int]:
@@ -290,6 +296,7 @@ class ServerStatements:
     # whose parameter types PostgreSQL infers has the types of that moment
     parsed_at: dict[str, int] = field(default_factory=dict)
     _parses: deque[tuple[bool, str | None, int]] = field(default_factory=deque)
+    _dropped_parses: int = 0  # ... of them, those whose ParseComplete is dropped
     _closes: deque[tuple[bool, int]] = field(default_factory=deque)
     _describes: deque[Describing] = field(default_factory=deque)
     _shape_next: bool = False  # a ParameterDescription came: the shape comes next
@@ -326,13 +333,13 @@ class ServerStatements:
 
     @property
     def cutting(self) -> bool:
-        """May the relay have to drop or replace some of the server's next answers?"""
+        """May the relay have to drop or replace some of the server's next answers (an
+        armed batch aside: only its stale copy's error would be, see relay.py `uncut`)?"""
         if (  # noqa: SIM103 (not bool(...): this runs per chunk)
-            self._parses
+            self._dropped_parses
             or self._describes
             or self._closes
             or self.stale_errors_due
-            or self.armed_at >= 0
             or self.retry is not None
         ):
             return True
@@ -358,6 +365,8 @@ class ServerStatements:
         if name is not None:
             self.names[name] = None
         self._parses.append((forward, name, self.batches_sent))
+        if not forward:
+            self._dropped_parses += 1
 
     def stamp(self, name: str) -> None:
         """A Parse of the copy `name` is sent: it is the route's newest (`parsed_at`)."""
@@ -431,6 +440,8 @@ class ServerStatements:
         if name is not None:
             self.known.add(name)
             self._confirmed.append(name)
+        if not forward:
+            self._dropped_parses -= 1
         return forward
 
     def on_error(self) -> None:
@@ -475,9 +486,11 @@ class ServerStatements:
         self.batches_done += 1
         done = self.batches_done
         while self._parses and self._parses[0][2] < done:
-            _forward, name, _batch = self._parses.popleft()
+            forward, name, _batch = self._parses.popleft()
             if name is not None:
                 self.names.pop(name, None)
+            if not forward:
+                self._dropped_parses -= 1
         while self._closes and self._closes[0][1] < done:
             self._closes.popleft()
         while self._describes and self._describes[0].batch < done:
@@ -500,6 +513,7 @@ class ServerStatements:
         doomed."""
         if self._parses or self._closes or self._describes:  # (rare: this runs per link)
             self._parses.clear()
+            self._dropped_parses = 0
             self._closes.clear()
             self._describes.clear()
         self._shape_next = False
@@ -634,14 +648,7 @@ class ClientStatements:
                 return EMPTY_PARSE
             return self._prepare(statement, server, True)
         if msg_type == messages.BIND:
-            start, end = _bind_statement(body)
-            name = body[start:end].decode("utf-8", "surrogateescape") if end > start else ""
-            statement = self.statements.get(name)
-            if statement is None:
-                return None
-            self.counters.binds += 1
-            renamed = body[:start] + statement.server_name_z + body[end + 1 :]
-            return self._ensure(name, statement, server) + build.message(messages.BIND, renamed)
+            return self.rewrite_bind(body, 0, len(body), server)
         if msg_type == messages.DESCRIBE:
             kind, name = messages.decode_describe(body)
             if kind != "S":
@@ -676,6 +683,37 @@ class ClientStatements:
             return self.on_query(body, 0, len(body), server)
         return None
 
+    def rewrite_bind(
+        self, buf: bytes | bytearray, at: int, end: int, server: ServerStatements
+    ) -> bytes | None:
+        """The Bind whose body is buf[at:end] (read in place: this runs for every Bind), as
+        `rewrite` does it: the bytes to send instead, or None."""
+        if end - at > 1 and buf[at] == 0 and buf[at + 1] == 0:  # (the usual: both unnamed)
+            name_at = name_end = at + 1
+            name = ""
+        else:
+            portal_end = buf.find(0, at, end)
+            name_end = buf.find(0, portal_end + 1, end) if portal_end >= 0 else -1
+            if name_end < 0:
+                raise ProtocolError("invalid message format: missing string terminator")
+            name_at = portal_end + 1
+            name = buf[name_at:name_end].decode("utf-8", "surrogateescape")
+        statement = self.statements.get(name)
+        if statement is None:
+            return None
+        self.counters.binds += 1
+        name_z = statement.server_name_z
+        length = end - at + 4 + len(name_z) - (name_end + 1 - name_at)
+        return b"".join(
+            (
+                self._ensure(name, statement, server),
+                _BIND_HEADER(BIND_TYPE, length),
+                buf[at:name_at],
+                name_z,
+                buf[name_end + 1 : end],
+            )
+        )
+
     def rewrite_bind_head(
         self, head: bytes | bytearray, length: int, server: ServerStatements
     ) -> bytes | None:
@@ -703,7 +741,9 @@ class ClientStatements:
         if self.shapes:
             self.shapes.pop("", None)
         self.young = None
-        if end > start and not _MAYBE_DROP.match(buf, start):
+        if end > start and (
+            buf[start] not in _MAYBE_DROP_FIRST or not _MAYBE_DROP.match(buf, start)
+        ):
             return None  # only DEALLOCATE / DISCARD concern us
         return self._rewrite_query(messages.decode_query(buf[start:end]), server)
 
