@@ -111,12 +111,10 @@ class CountingTransport:
         self.parse_sent = False
         self.closing = False
         self.protocol: Any = None
-        self.written_at = 0.0  # perf_counter() at the last write
 
     def write(self, data: bytes) -> None:
         self.written += len(data)
         self.parse_sent = data[:1] == b"P"  # (a server's answer starts with ParseComplete)
-        self.written_at = time.perf_counter()
 
     def is_closing(self) -> bool:
         return self.closing
@@ -140,6 +138,17 @@ class CountingTransport:
     sock: socket.socket | None = None  # a server's: one end of a socketpair (pool_attach_check)
 
 
+class TimedTransport(CountingTransport):
+    """... that notes when it was last written to (the "to the write" lines only: the clock
+    read is not the relay's cost)."""
+
+    written_at = 0.0  # perf_counter() at the last write
+
+    def write(self, data: bytes) -> None:
+        self.written_at = time.perf_counter()
+        CountingTransport.write(self, data)
+
+
 def make_worker() -> tuple[Worker, Any]:
     config = parse_text(CONFIG)
     slots = types.SimpleNamespace(
@@ -156,9 +165,11 @@ def make_worker() -> tuple[Worker, Any]:
 _PEERS: list[socket.socket] = []  # the other ends of the servers' sockets, kept open
 
 
-def add_server(route: Any) -> ServerConnection:
+def add_server(
+    route: Any, transports: type[CountingTransport] = CountingTransport
+) -> ServerConnection:
     server = ServerConnection(route, route.storage.endpoints[0])
-    transport = CountingTransport()
+    transport = transports()
     # pool_attach_check polls an idle server's socket before a client gets it: a real one
     transport.sock, peer = socket.socketpair()
     _PEERS.append(peer)
@@ -172,9 +183,11 @@ def add_server(route: Any) -> ServerConnection:
     return server
 
 
-def ready_client(worker: Worker, route: Any) -> ClientConnection:
+def ready_client(
+    worker: Worker, route: Any, transports: type[CountingTransport] = CountingTransport
+) -> ClientConnection:
     client = ClientConnection(worker, worker.config.listens[0], False)
-    transport = CountingTransport()
+    transport = transports()
     transport.protocol = client
     client.transport = transport  # type: ignore[assignment]
     client.state, client.route, client.rule = ClientState.IDLE, route, route.rule
@@ -216,8 +229,8 @@ def to_write(
     and server → client: the relay's own share of a round trip's latency (the rest of the
     callback runs after the peer has its bytes)."""
     worker, route = make_worker()
-    server = add_server(route)
-    client = ready_client(worker, route)
+    server = add_server(route, TimedTransport)
+    client = ready_client(worker, route, TimedTransport)
     up, down = [], []
     clock = time.perf_counter
     for _ in range(transactions):
