@@ -134,6 +134,8 @@ class Route:
         self.shared = shared
         self.slot_key: Hashable = key if shared is None else shared.key
         self.rule = rule
+        # servers count against a pool_size (global, or a shared pool's): clients may wait
+        self.limited = rule.pool_size > 0 or shared is not None
         self.storage = storage
         self.backend_db = backend_db
         self.backend_user = backend_user
@@ -189,6 +191,7 @@ class Route:
         self.rule = rule
         self.storage = storage
         self.reset_query = self._reset_query()
+        self.limited = rule.pool_size > 0 or self.shared is not None
 
     @property
     def paused(self) -> bool:
@@ -209,10 +212,6 @@ class Route:
     @property
     def name(self) -> str:
         return self.rule.name
-
-    @property
-    def limited(self) -> bool:
-        return self.rule.pool_size > 0 or self.shared is not None
 
     @property
     def slot_limit(self) -> int:
