@@ -19,8 +19,9 @@ server's holds one end of a socketpair, which `pool_attach_check` polls):
 - to the write: one client and one server, the median µs from a chunk's `data_received` to
   the `write` that relays it, each direction (the relay's share of a round trip's latency);
 - socket options: `sockopts.apply` (keepalive, TCP_NODELAY) on a real accepted TCP transport,
-  run for every client and server connection (the login line's stand-in transports have no
-  socket).
+  run for every server connection (a client's socket inherits them from its listening socket,
+  `Worker._set_listen_options`, unless `nodelay no`; the login line's stand-in transports
+  have no socket).
 
 It prints µs per transaction (best of 5 repetitions) of the process's CPU time
 (`time.process_time`: time the process was preempted on a busy machine is not counted). It measures the pooler's own code

@@ -107,6 +107,7 @@ class ClientWorker(Protocol):
 
     config: Config
     tcp_options: TcpOptions
+    accepted_tcp_options: bool  # a TCP client's socket has them from its listening socket
     drain: Drain | None  # an online restart's drain (pooler/server/drain.py)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
@@ -243,7 +244,7 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
             self.peer = (peer[0], peer[1])
             self.log_ctx.peer_host, self.log_ctx.peer_port = self.peer
         self.worker.client_connected(self)
-        if not self.unix:
+        if not self.unix and not self.worker.accepted_tcp_options:
             sockopts.apply(transport, self.worker.tcp_options)
         self.login = self.worker.start_login(self)
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from pooler.config import Config, Rule
 from pooler.logs import log
@@ -51,6 +53,45 @@ class TcpOptions:
         if self.usr_timeout < 0:
             return max(0, 1000 * (self.keepalive + self.interval * self.probes) - 500)
         return self.usr_timeout
+
+
+def _kernel_default(name: str, fallback: int) -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4", name).read_text())
+    except (OSError, ValueError):
+        return fallback
+
+
+# What 0 ("the kernel's value") means for the keepalive keys, for a listening socket that
+# may have had other values before a reload (Linux's defaults if /proc cannot say)
+_KERNEL_KEEPALIVE = (
+    _kernel_default("tcp_keepalive_time", 7200),
+    _kernel_default("tcp_keepalive_intvl", 75),
+    _kernel_default("tcp_keepalive_probes", 9),
+)
+
+
+def inherited(options: TcpOptions) -> bool:
+    """Do the sockets a listening socket accepts get `options` from it (`set_on_listener`)?
+    Linux copies a listener's socket options to every socket it accepts; TCP_NODELAY aside:
+    uvloop turns it on for each, so `nodelay no` is set per socket (`apply`)."""
+    return sys.platform == "linux" and options.nodelay
+
+
+def set_on_listener(sock: socket.socket, options: TcpOptions) -> bool:
+    """Set every keepalive option of `options` on a TCP listening socket, 0 as the kernel's
+    default (a reload may change them: each is set anew); False if one could not be set."""
+    keepalive, interval, probes = _KERNEL_KEEPALIVE
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(options.keepalive > 0))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, options.keepalive or keepalive)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, options.interval or interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, options.probes or probes)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, options.user_timeout_ms)
+    except OSError as exc:
+        log.error("socket", f"cannot set TCP options {options} on a listening socket: {exc}")
+        return False
+    return True
 
 
 def apply(transport: asyncio.BaseTransport, options: TcpOptions) -> None:

@@ -14,6 +14,7 @@ from pooler.config import Config, Endpoint, Listen, Rule, Storage
 from pooler.config.diff import RuleIdentity
 from pooler.ipc import ClientSlot, PauseState
 from pooler.logs import log
+from pooler.server import sockopts
 from pooler.server.auth_cache import AuthQueryCache
 from pooler.server.backend import (
     BackendError,
@@ -66,6 +67,7 @@ class Worker:
         self.groups = GroupChecker(self)  # the group rules' members (group_query)
         self.router = Router(config.rules, config.sequential_routing, self.groups.members)
         self.tcp_options = TcpOptions.of(config)  # of every client and server socket
+        self.accepted_tcp_options = False  # the listening sockets give them to their clients
         self._server_routing: dict[str, _Gate] = {}  # per storage: server_max_routing
         self.dns = DnsCache()  # storage host names (dns_cache_ttl)
         # client_max_routing, this worker's share (sized at start, as in odyssey); unset (0):
@@ -117,6 +119,7 @@ class Worker:
         """Accept clients on the listen sockets inherited from the supervisor."""
         loop = asyncio.get_running_loop()
         self._listening = [sock for _, sock in sockets]
+        self._set_listen_options()
         for listen, sock in sockets:
             unix = sock.family == socket.AF_UNIX
             server = await loop.create_server(
@@ -128,6 +131,15 @@ class Worker:
         self._cron = self.spawn(self._cron_loop(), "cron")
         self._watchdog = self.spawn(self.watchdog.run(), "watchdog")
         self._groups = self.spawn(self.groups.run(), "group checker")
+
+    def _set_listen_options(self) -> None:
+        """tcp_options on the TCP listening sockets: the sockets accepted there inherit them,
+        so a client's needs none set of its own (sockopts.apply: 3.8 µs of each connection's
+        CPU, five system calls)."""
+        tcp = [s for s in self._listening if s.family in (socket.AF_INET, socket.AF_INET6)]
+        options = self.tcp_options
+        ok = all([sockopts.set_on_listener(sock, options) for sock in tcp])
+        self.accepted_tcp_options = ok and sockopts.inherited(options)
 
     async def stop_accepting(self) -> None:
         for server in self._servers:
@@ -234,6 +246,7 @@ class Worker:
         self.router = Router(config.rules, config.sequential_routing, self.groups.members)
         self.groups.reloaded()
         self.tcp_options = TcpOptions.of(config)  # new sockets; open ones keep theirs
+        self._set_listen_options()
         rules = {rule.identity: rule for rule in config.rules}
         for key, route in self.routes.items():
             birth, identity = key[0], key[1]

@@ -89,3 +89,31 @@ def test_keepalive_0_turns_it_off(pooler, pg):
     with p.connect("p0") as conn:
         client, server = options_of(p, pg, conn)
     assert client["keepalive"] == 0 and server["keepalive"] == 0
+
+
+def kernel_keepalive(name: str) -> int:
+    return int(open(f"/proc/sys/net/ipv4/tcp_keepalive_{name}").read())
+
+
+def test_a_reload_gives_new_clients_the_new_options(pooler, pg):
+    """A client's socket gets the options from its listening socket: a reload sets the new
+    ones there, 0 as the kernel's value again (not the one set before)."""
+    keys = {"keepalive_keep_interval": 7, "keepalive_probes": 4, "keepalive_usr_timeout": 1234}
+    p = pooler(make_config(route("p0", "postgres"), keepalive=20, **keys))
+    with p.connect("p0") as conn:
+        client, _server = options_of(p, pg, conn)
+    assert (client["idle"], client["interval"], client["probes"]) == (20, 7, 4)
+    assert client["user_timeout"] == 1234
+    keys = {"keepalive_keep_interval": 0, "keepalive_probes": 0, "keepalive_usr_timeout": 0}
+    p.write_config(make_config(route("p0", "postgres"), keepalive=25, **keys))
+    p.reload()
+
+    def reloaded() -> dict[str, int] | None:
+        with p.connect("p0") as conn:
+            client, _server = options_of(p, pg, conn)
+        return client if client["idle"] == 25 else None
+
+    client = wait_until(reloaded, timeout=10)
+    assert client["interval"] == kernel_keepalive("intvl")
+    assert client["probes"] == kernel_keepalive("probes")
+    assert client["user_timeout"] == 0 and client["keepalive"] == 1
