@@ -7,8 +7,10 @@ next to their sources; a wheel gets them from a scratch folder, the source tree 
 The sources' digests go with them (`pooler/_compiled.json`): a compiled module older than
 its source is not used.
 
-Where Cython or a C compiler is missing, the compilation fails, or POOLER_PURE=1 is set, the
-build says so and goes on: pooler then runs those modules as the Python they are.
+Cython and setuptools are the hook's build requirements (`dependencies`; none with
+POOLER_PURE=1). Where Cython or a C compiler is missing, the compilation fails, or
+POOLER_PURE=1 is set, the build says so and goes on: pooler then runs those modules as the
+Python they are.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ def _outputs(folder: Path, sources: list[str]) -> list[Path]:
 
 class CompileHotPath(BuildHookInterface):  # type: ignore[type-arg]
     scratch: Path | None = None
+
+    def dependencies(self) -> list[str]:
+        """What the build needs besides hatchling (pip fetches it like hatchling)."""
+        return [] if os.environ.get("POOLER_PURE") else ["cython>=3.1", "setuptools>=70"]
 
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         if self.target_name != "wheel":
