@@ -11,7 +11,8 @@ from collections.abc import Iterable, Mapping
 
 def bucket_of(us: int) -> int:
     """Histogram bucket of a duration in µs: exact below 16, else (bit length, next 3 bits).
-    (Inlined in `pooler.server.stats.RouteStats.record_*`, which run per query.)"""
+    (Tabulated and inlined in `pooler.server.stats.RouteStats.record_*`, which run per
+    query.)"""
     if us < 16:
         return us if us > 0 else 0
     b = us.bit_length()

@@ -6,7 +6,24 @@ import pytest
 from pooler.histogram import bucket_bounds, bucket_of
 from pooler.server.stats import RouteStats
 
-DURATIONS = [0, 1, 15, 16, 17, 31, 32, 100, 999, 1000, 65_535, 65_536, 10**6, 3_600 * 10**6]
+DURATIONS = [
+    0,
+    1,
+    15,
+    16,
+    17,
+    31,
+    32,
+    100,
+    999,
+    1000,
+    4095,
+    4096,
+    65_535,
+    65_536,
+    10**6,
+    3_600 * 10**6,
+]
 
 
 @pytest.mark.parametrize("record", ["record_query", "record_xact", "record_wait"])
