@@ -7,7 +7,7 @@ its share of cancel_max_inflight at once."""
 from __future__ import annotations
 
 import asyncio
-import secrets
+import os
 from typing import Protocol
 
 from pooler.cancel import POOLER_PIDS, key_owner, send_cancel
@@ -40,6 +40,8 @@ class Cancels:
         self.gate = asyncio.Semaphore(self.limit)
         self.keys: dict[int, ClientConnection] = {}
         self._counter = 0
+        self._random = b""  # from os.urandom, 4 bytes a secret (`_secret`)
+        self._random_at = 0
 
     def register(self, client: ClientConnection, server_pid: int = 0) -> tuple[int, int]:
         """A BackendKeyData for the client. With `server_pid` (a session-pool client: one
@@ -49,14 +51,24 @@ class Cancels:
         if 0 < server_pid < POOLER_PIDS and server_pid not in self.keys:
             # (the same pid on another host, already a key here: rare; a pooler pid then)
             self.keys[server_pid] = client
-            return server_pid, secrets.randbits(31)
+            return server_pid, self._secret()
         while True:
             self._counter = (self._counter + 1) & 0xFFFFFF
             pid = ((self.worker.index + 1) << 24) | self._counter
             if pid not in self.keys:
                 break
         self.keys[pid] = client
-        return pid, secrets.randbits(31)
+        return pid, self._secret()
+
+    def _secret(self) -> int:
+        """31 random bits from the system's source, as secrets.randbits(31), read 4 KB at a
+        time (one system call per secret was a tenth of a login's own work)."""
+        at = self._random_at
+        if at >= len(self._random):
+            self._random = os.urandom(4096)
+            at = 0
+        self._random_at = at + 4
+        return int.from_bytes(self._random[at : at + 4]) & 0x7FFFFFFF
 
     async def cancel(self, pid: int, secret: int, *, forwarded: bool = False) -> None:
         """A CancelRequest: cancel the query of the client's server, wherever it lives.

@@ -80,9 +80,45 @@ _STARTUP, _LOGIN_WAITING, _CANCEL, _CONSOLE, _IDLE, _WAITING, _LINKED, _CLOSED =
 _LOGIN_STATES = (_STARTUP, _LOGIN_WAITING, _CANCEL)  # (a login timer still runs for them)
 
 
+_READY = build.ready_for_query("I")
+
+
 @functools.lru_cache(maxsize=256)  # logins of a route report the same parameters
 def _parameter_statuses(reported: tuple[tuple[str, str], ...]) -> bytes:
     return b"".join(build.parameter_status(name, value) for name, value in reported)
+
+
+# `_report`'s answers: per route's server parameters (the dict itself, replaced when they
+# change, never changed in place) and the client's own values of those parameters
+_reports: dict[
+    tuple[int, tuple[tuple[str, str], ...]], tuple[dict[str, str], dict[str, str], bytes]
+] = {}
+MAX_REPORTS = 256
+
+
+def _report(server_params: dict[str, str], params: dict[str, str]) -> tuple[dict[str, str], bytes]:
+    """What a transaction-pool login reports: the route's server parameters (a server's
+    ParameterStatus at its login), the client's own values where it set them, in
+    PostgreSQL's spelling (backend.spelled). Returns what the client's parameters gain (its
+    own respelled, the tracked ones it did not set: they are restored on every server it
+    gets) and the ParameterStatus messages; kept for the next such login."""
+    own = tuple((name, params[name]) for name in server_params.keys() & params.keys())
+    key = (id(server_params), own)
+    known = _reports.get(key)
+    if known is not None and known[0] is server_params:
+        return known[1], known[2]
+    reported = dict(server_params)
+    added = {}
+    for name, value in own:
+        reported[name] = added[name] = spelled(name, value)
+    for name in TRACKED_PARAMS:
+        if name in reported and name not in params:
+            added[name] = reported[name]
+    statuses = _parameter_statuses(tuple(reported.items()))
+    if len(_reports) >= MAX_REPORTS:
+        del _reports[next(iter(_reports))]  # the oldest
+    _reports[key] = (server_params, added, statuses)
+    return added, statuses
 
 
 class ClientGone(Exception):
@@ -424,6 +460,8 @@ class Login:
         tls = ssl_asked = gss_asked = False
         while True:
             message = await self._read_startup()
+            if type(message) is StartupPacket:
+                break
             # As PostgreSQL: each request once, neither after TLS is up (the second is read
             # as a startup packet of protocol 1234.5679/5680 and refused); what came with
             # the request, before our answer, was not encrypted (CVE-2021-23214).
@@ -456,9 +494,10 @@ class Login:
                 await asyncio.shield(self.worker.spawn(cancel, "cancel request"))
                 client.close()
                 return
-            assert isinstance(message, StartupPacket)
-            break
-        await self._enter_routing()
+            raise AssertionError(f"read_startup gave {message!r}")
+        assert isinstance(message, StartupPacket)
+        if self.worker.routing_gate is not None:
+            await self._enter_routing()
         if not tls and tls_support.listen_requires_tls(client.listen, client.unix):
             raise LoginRefused("08P01", "SSL is required")  # odyssey's words
         protocol_options = message.protocol_options
@@ -477,9 +516,10 @@ class Login:
         client.user = params.get("user", "")
         if not client.user:
             raise LoginRefused("28000", "no PostgreSQL user name specified in startup packet")
-        refusal = replication_refusal(params.get("replication"))
-        if refusal is not None:
-            raise LoginRefused(*refusal)
+        if "replication" in params:
+            refusal = replication_refusal(params["replication"])
+            if refusal is not None:
+                raise LoginRefused(*refusal)
         client.database = params.get("database") or client.user
         client.log_ctx.user, client.log_ctx.database = client.user, client.database
         if self.worker.config.log_session:
@@ -511,7 +551,8 @@ class Login:
                 f"route '{client.database}.{client.user}' to '{rule.name}'",
                 client.log_ctx,
             )
-        await self._authenticate(rule)
+        if rule.authentication != "none":
+            await self._authenticate(rule)
         self._leave_routing()
         storage = self.worker.storage_of(rule)
         if storage.type == "local":
@@ -555,7 +596,10 @@ class Login:
             server.link(client, time.monotonic())
             client.server = server
             notices, server.login_notices = server.login_notices, []
-            reported = dict(server.params)
+            statuses = _parameter_statuses(tuple(server.params.items()))
+            for name in TRACKED_PARAMS:
+                if name in server.params:
+                    client.params.setdefault(name, server.params[name])
         else:
             if route.server_params is None or from_options:
                 # (settings from `options` are tried now: one PostgreSQL refuses must
@@ -565,14 +609,9 @@ class Login:
                 if from_options:
                     await self.sync_for_login(route, server)
                 route.release(server)
-            reported = dict(route.server_params or {})
-            for name in reported.keys() & client.params.keys():  # what PostgreSQL reports, in
-                value = client.params[name]  # its spelling when known (backend.spelled)
-                reported[name] = client.params[name] = spelled(name, value)
-        for name in TRACKED_PARAMS:
-            if name in reported:
-                client.params.setdefault(name, reported[name])
-        self._finish(reported, notices)
+            added, statuses = _report(route.server_params or {}, client.params)
+            client.params.update(added)
+        self._finish(statuses, notices)
 
     async def sync_for_login(self, route: Route, server: ServerConnection) -> None:
         """Prepare a server for this client during login; a session parameter PostgreSQL
@@ -695,15 +734,19 @@ class Login:
             client.params["application_name"] = f"{app or 'unknown'} - {client.peer_name()}"
         return from_options
 
-    def _finish(self, reported: dict[str, str], notices: list[bytes]) -> None:
+    def _finish(self, statuses: bytes, notices: list[bytes]) -> None:
+        """The reply burst (AuthenticationOk, what the server said at its login, the
+        ParameterStatus messages, BackendKeyData, ReadyForQuery), then the client is handed
+        over to the relay."""
         client = self.client
-        out = [build.auth_ok(), *notices, _parameter_statuses(tuple(reported.items()))]
         server = client.server  # (a session pool's, linked for the client's life)
-        client.key = self.worker.register_cancel_key(client, server.backend_key[0] if server else 0)
-        out.append(build.backend_key_data(*client.key))
-        out.append(build.ready_for_query("I"))
+        key = client.key = self.worker.register_cancel_key(
+            client, server.backend_key[0] if server else 0
+        )
         self.stop_timer()
-        client._send(b"".join(out))
+        client._send(
+            b"".join((build.AUTH_OK, *notices, statuses, build.backend_key_data(*key), _READY))
+        )
         if client.state is _CLOSED:
             return  # it left as the login ended
         client.become(_LINKED if client.server is not None else _IDLE)

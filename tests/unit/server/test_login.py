@@ -198,3 +198,31 @@ async def test_a_shorter_login_timeout_of_another_listen_comes_first():
     assert patient.state is ClientState.STARTUP and not patient_out.take()
     patient.connection_lost(None)
     assert not any(worker.login_deadlines._by_timeout.values())
+
+
+def statuses(data: bytes) -> dict[str, str]:
+    found, pos = {}, 0
+    while pos < len(data):
+        end = pos + 1 + int.from_bytes(data[pos + 1 : pos + 5])
+        if data[pos] == ord("S"):
+            name, value = data[pos + 5 : end - 1].split(b"\0")
+            found[name.decode()] = value.decode()
+        pos = end
+    return found
+
+
+async def test_each_login_reports_its_own_parameters():
+    """ParameterStatus: the route's server parameters, the client's own values where it set
+    them (in PostgreSQL's spelling); the client keeps the tracked ones it did not set."""
+    worker, _route = worker_with("none")
+    first, first_out = connected(worker)
+    first.data_received(startup_packet(user="user", database="db", client_encoding="utf-8"))
+    second, second_out = connected(worker)
+    second.data_received(startup_packet(user="user", database="db", TimeZone="Europe/Paris"))
+    again, again_out = connected(worker)
+    again.data_received(startup_packet(user="user", database="db", client_encoding="utf-8"))
+    assert statuses(first_out.take()) == SERVER_PARAMS  # utf-8 is reported as UTF8
+    assert first.params == {"client_encoding": "UTF8", "TimeZone": "UTC"}
+    assert statuses(second_out.take()) == SERVER_PARAMS | {"TimeZone": "Europe/Paris"}
+    assert second.params == {"TimeZone": "Europe/Paris", "client_encoding": "UTF8"}
+    assert statuses(again_out.take()) == SERVER_PARAMS and again.params == first.params
