@@ -53,6 +53,8 @@ class GroupChecker:
         self.members: dict[GroupKey, frozenset[str]] = {}  # read by the worker's Router
         self._checked = asyncio.Event()  # the first round since the start or a reload ended
         self._wake = asyncio.Event()
+        if not self._groups():
+            self._checked.set()  # nothing to check: logins need not look again (`ready`)
 
     def reloaded(self) -> None:
         """A new config: check its groups now (a new group would otherwise route nobody for
