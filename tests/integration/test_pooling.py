@@ -296,7 +296,10 @@ def test_waiting_clients_are_handed_the_released_server_in_turn(pooler):
 
     from pooler.protocol import build
 
-    p = pooler(make_config(route(pool="transaction", pool_size=1, pool_timeout=10000)))
+    # no pool_timeout: the waiters wait for as long as the test takes to see them waiting
+    # (SHOW POOLS is as new as the worker's last snapshot, a second at most: 3-4 s in all
+    # with one core busy, more on a loaded box; a 10 s pool_timeout made that a race)
+    p = pooler(make_config(route(pool="transaction", pool_size=1, pool_timeout=0)))
 
     def waiting() -> int:
         with p.connect("console", "admin") as conn:
