@@ -484,6 +484,9 @@ class ServerStatements:
         prepared in a transaction that rolled back (an explicit one, or the implicit one of
         a failed batch) are doomed."""
         self.batches_done += 1
+        if not (self._parses or self._closes or self._describes or self._confirmed or self.in_xact):
+            self._shape_next = self._rolled_back = self._failed = False
+            return  # (nothing in flight, no statement of a transaction: this runs per query)
         done = self.batches_done
         while self._parses and self._parses[0][2] < done:
             forward, name, _batch = self._parses.popleft()

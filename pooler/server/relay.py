@@ -212,16 +212,22 @@ class ServerRelay:
         if self.tail or mode == "statement":
             return False
         statements = self.statements
-        if statements.cutting:
+        if (  # (`statements.cutting`, spelled out: this runs per chunk)
+            statements._dropped_parses
+            or statements._describes
+            or statements._closes
+            or statements.stale_errors_due
+            or statements.retry is not None
+        ):
             return False
         if statements.armed_at < 0:
             return True
-        last = -1
-        for msg_type, _body, end in events:
-            if msg_type == ERROR_RESPONSE:
+        for event in events:
+            if event[0] == ERROR_RESPONSE:
                 return False
-            last = end
-        return last == size or not self.scanner.partial_len  # (it ends with a whole one)
+        if events and events[-1][2] == size:
+            return True  # (it ends with a whole message)
+        return not self.scanner.partial_len
 
     def answers(
         self,
