@@ -322,9 +322,7 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
         server = self.server
         if server is not None:
             self.server = None
-            self.worker.give_back(  # (closed when it got half a message, or still LISTENs)
-                server, client_gone=True, unusable=self.splitter.streaming or self.pinned
-            )
+            self.worker.give_back(server, client_gone=True, unusable=self.leaves_server_unusable())
         # what it held goes back now, not when a garbage collection breaks the cycles
         self.splitter.buffer = b""
         self.queued.clear()

@@ -446,6 +446,12 @@ class ClientRelay:
         self.todo = 0  # what the last `requests` left to do (OWED_NOTHING, ...)
         self.to_client = b""  # bytes for the client (ANSWERED)
 
+    def leaves_server_unusable(self) -> bool:
+        """The client's connection is lost: is its server beyond a reset (closed, not
+        reused)? So when a message of its was cut in half on the way (the server waits for
+        the rest, and no reset can tell it apart), or it LISTENs (pool_pin_on_listen)."""
+        return self.splitter.streaming or self.pinned
+
     def _prefix(self) -> str:
         if self.rule is not None and not self.rule.client_show_id:
             return "pooler: "

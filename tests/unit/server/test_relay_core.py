@@ -14,6 +14,7 @@ then, optionally, the connection state the row leaves (`pending`, `unsynced`, `c
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import pytest
@@ -131,7 +132,7 @@ def play(link: Link, rows: list[tuple[Any, ...]]) -> None:
         aside = rest[0] if rest else b""
         state: dict[str, Any] = rest[1] if len(rest) > 1 else {}
         did = link.step(event, data)
-        assert did == Did(out, flags(todo), aside), f"row {number}: {event} {data!r}"
+        assert did == Did(out, flags(todo), aside), f"row {number}: {event} {data[:80]!r}"
         for name, value in state.items():
             owner, _, attr = name.rpartition(".")
             got = getattr(link.client if owner == "client" else link.server, attr)
@@ -274,9 +275,10 @@ def test_a_message_larger_than_client_max_buffer_is_streamed_from_its_head() -> 
             (CLIENT, middle, middle, 0, b"", {"pending": 1}),
         ],
     )
-    assert link.client.splitter.streaming  # a client lost now cuts a message in half
+    # a client lost now cuts a message in half: its server cannot be reset, only closed
+    assert link.client.leaves_server_unusable()
     play(link, [(CLIENT, rest, rest, 0, b"", {"pending": 1})])
-    assert not link.client.splitter.streaming
+    assert not link.client.leaves_server_unusable()  # (whole: the reset drains the answer)
 
 
 def test_a_malformed_message_raises() -> None:
@@ -548,3 +550,175 @@ def test_a_server_lost_mid_answer_still_owes_it() -> None:
     # connection lost now: the client is told (server_lost), the server owes its answer
     assert link.server.pending == 1 and link.server.scanner.partial_len == 3
     play(link, [(SERVER, Z_IDLE[3:], Z_IDLE, READY, b"", {"pending": 0, "tail": b""})])
+
+
+def test_listen_outside_a_session_pool_warns_or_pins_the_server() -> None:
+    link = Link(shares=False)
+    link.client.rule = SimpleNamespace(  # type: ignore[assignment]
+        pool_pin_on_listen=False, client_show_id=True
+    )
+    warning = build.notice_response(
+        "WARNING",
+        "01000",
+        "pooler: c1: LISTEN in a transaction pool: notifications will not be delivered "
+        "(set pool_pin_on_listen to keep the server)",
+    )
+    play(link, [(CLIENT, Q("listen jobs"), Q("listen jobs"), ANSWERED, warning)])
+    link.client.rule.pool_pin_on_listen = True  # type: ignore[union-attr]
+    play(
+        link,
+        [
+            (SERVER, build.command_complete("LISTEN") + Z_IDLE, AS_IS, READY),
+            (CLIENT, Q("LISTEN jobs"), Q("LISTEN jobs"), 0, b"", {"client.pinned": True}),
+            (SERVER, build.command_complete("LISTEN") + Z_IDLE, AS_IS, READY),
+            (CLIENT, Q("unlisten *"), Q("unlisten *"), 0, b"", {"client.pinned": False}),
+        ],
+    )
+    play(link, [(CLIENT, Q("listen jobs"), Q("listen jobs"), 0, b"", {"client.pinned": True})])
+    assert link.client.leaves_server_unusable()  # a client lost now: its server is closed
+
+
+def test_a_statement_pool_refuses_begin_only_in_order() -> None:
+    link = Link("statement", shares=False)
+    # an answer is still owed: the refusal would overtake it, so the server refuses it
+    play(
+        link,
+        [
+            (CLIENT, SELECT, SELECT, 0),
+            (CLIENT, Q("begin"), Q("begin"), 0, b"", {"pending": 2}),
+        ],
+    )
+
+
+def test_copy_fail_ends_copy_in() -> None:
+    fail = build.copy_fail("no more")
+    play(
+        Link(shares=False),
+        [
+            (CLIENT, Q("copy t from stdin"), Q("copy t from stdin"), 0),
+            (SERVER, build.message(ord("G"), b"\0\0\0"), AS_IS, 0, b"", {"copy_in": True}),
+            (CLIENT, fail, fail, 0, b"", {"copy_in": False, "pending": 1}),
+            (SERVER, ERROR + Z_IDLE, AS_IS, READY | ERRORS, b"", {"pending": 0}),
+        ],
+    )
+
+
+def test_close_and_deallocate_of_a_shared_statement() -> None:
+    link = Link()
+    name = server_name("select 1", ())
+    shape = build.message(ord("t"), b"\0\0") + build.row_description(["x"])
+    play(
+        link,
+        [
+            (
+                CLIENT,
+                build.parse("s1", "select 1") + SYNC,
+                build.parse(name, "select 1") + build.describe("S", name) + SYNC,
+                0,
+            ),
+            (SERVER, PARSED + shape + Z_IDLE, PARSED + Z_IDLE, READY),
+            # the client's Close must not drop the shared copy: a name never prepared
+            # is closed instead, and its CloseComplete is the client's
+            (
+                CLIENT,
+                build.close("S", "s1") + SYNC,
+                build.close("S", "pooler_never_prepared") + SYNC,
+                0,
+            ),
+            (SERVER, build.CLOSE_COMPLETE + Z_IDLE, build.CLOSE_COMPLETE + Z_IDLE, READY),
+            (CLIENT, build.parse("s2", "select 1") + SYNC, EMPTY_PARSE + SYNC, 0),
+            (SERVER, PARSED + Z_IDLE, AS_IS, READY),
+            # DEALLOCATE of the client's name drops the server's copy under its own name
+            (CLIENT, Q("deallocate s2"), Q(f"DEALLOCATE {name}"), 0, b"", {"pending": 1}),
+        ],
+    )
+    assert "s2" not in link.client.statements.statements  # type: ignore[union-attr]
+
+
+def test_a_bind_larger_than_client_max_buffer_is_renamed_from_its_head() -> None:
+    link = Link(max_buffered=1024)
+    name = server_name("select $1", (25,))
+    shape = build.message(ord("t"), b"\0\x01\0\0\0\x19") + build.row_description(["x"])
+    play(
+        link,
+        [
+            (
+                CLIENT,
+                build.parse("s1", "select $1", [25]) + SYNC,
+                build.parse(name, "select $1", [25]) + build.describe("S", name) + SYNC,
+                0,
+            ),
+            (SERVER, PARSED + shape + Z_IDLE, PARSED + Z_IDLE, READY),
+        ],
+    )
+    value = b"v" * (3 * HEAD_SIZE)
+    bind = build.bind("", "s1", [0], [value], [])
+    head, rest = bind[: HEAD_SIZE + 100], bind[HEAD_SIZE + 100 :]
+    renamed = build.bind("", name, [0], [value], [])
+    play(
+        link,
+        [
+            (
+                CLIENT,
+                head,
+                renamed[: len(head) + len(name) - len("s1")],
+                0,
+                b"",
+                {"unsynced": True},
+            ),
+            (CLIENT, rest + EXECUTE + SYNC, rest + EXECUTE + SYNC, 0, b"", {"pending": 1}),
+            (SERVER, BOUND + ROWS + Z_IDLE, AS_IS, READY),
+        ],
+    )
+
+
+def test_a_parse_larger_than_client_max_buffer_is_refused() -> None:
+    link = Link(max_buffered=1024)
+    parse = build.parse("s1", "select '" + "x" * (2 * HEAD_SIZE) + "'")
+    with pytest.raises(ProtocolError) as refused:
+        link.step(CLIENT, parse[: HEAD_SIZE + 10])
+    assert refused.value.sqlstate == "54000"  # statements shared by the pool are read whole
+
+
+def test_two_statement_checks_in_one_chunk_and_a_chunk_while_held() -> None:
+    link = Link()
+    names = [server_name(f"select {n}", ()) for n in (1, 2)]
+    shapes = [build.message(ord("t"), b"\0\0") + build.row_description([c]) for c in "ab"]
+    for n, (name, shape) in enumerate(zip(names, shapes, strict=True), 1):
+        prepared = build.parse(name, f"select {n}") + build.describe("S", name)
+        play(
+            link,
+            [
+                (
+                    CLIENT,
+                    build.parse(f"s{n}", f"select {n}") + build.describe("S", f"s{n}") + SYNC,
+                    prepared + build.describe("S", name) + SYNC,
+                    0,
+                ),
+                (SERVER, PARSED + shape + shape + Z_IDLE, PARSED + shape + Z_IDLE, READY),
+            ],
+        )
+    link.server = ServerRelay(link.stats, link.known, True)  # linked to another server
+    link.server.scanner.wanted = link.server.relay_wanted
+    check = [
+        build.parse(name, f"select {n}") + build.describe("S", name) + FLUSH
+        for n, name in enumerate(names, 1)
+    ]
+    binds = [build.bind("", name, [], [], []) for name in names]
+    play(
+        link,
+        [
+            # the first check goes now; the first Bind and the second check wait for its
+            # answer, the second Bind and the rest for the second check's
+            (
+                CLIENT,
+                build.bind("", "s1", [], [], []) + build.bind("", "s2", [], [], []) + EXECUTE,
+                check[0],
+                0,
+            ),
+            (CLIENT, SYNC, None, 0, b"", {"pending": 1}),  # (all of it waits too)
+            (SERVER, PARSED + shapes[0], b"", TO_SERVER, binds[0] + check[1]),
+            (SERVER, PARSED + shapes[1], b"", TO_SERVER, binds[1] + EXECUTE + SYNC),
+            (SERVER, BOUND + BOUND + ROWS + Z_IDLE, AS_IS, READY, b"", {"held": None}),
+        ],
+    )
