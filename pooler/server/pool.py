@@ -153,7 +153,9 @@ class Route:
         self.shed_spare = 0  # ... lent: servers left idle LEND_IDLE seconds
         self.clients = 0
         self.stats = RouteStats()
-        self.server_params: dict[str, str] | None = None  # a login's ParameterStatus set
+        # a login's ParameterStatus set; replaced, never changed in place (login.py keeps
+        # what logins report per dict: `_report`)
+        self.server_params: dict[str, str] | None = None
         self._next_endpoint = 0  # round robin start
         self.mode = rule.pool
         self.reset_query = self._reset_query()
