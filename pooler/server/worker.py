@@ -446,12 +446,14 @@ class Worker:
             target.on_shed(spare)
 
     def give_back(
-        self, server: ServerConnection, *, client_gone: bool = False, unusable: bool = False
+        self, server: ServerConnection, client_gone: bool = False, unusable: bool = False
     ) -> None:
         """The one way a server leaves its client (which has already let go of it): closed
         when `unusable` (it got half a message); straight back to the pool when it is
         reusable as it is and the route has no reset query; else through a reset, always
-        when the client is gone (its answers may still be coming)."""
+        when the client is gone (its answers may still be coming). (`client_gone` and
+        `unusable` are not keyword-only: CPython 3.11 calls a function with keyword-only
+        defaults through its slow path, and this runs once a transaction.)"""
         route = server.route
         if server.closed:  # closed under its client (a shutdown's end, RECONNECT...)
             route.discard(server)
