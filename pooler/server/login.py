@@ -174,7 +174,7 @@ class _Resumed(Coroutine[Any, Any, None]):
         self._first = None  # (cancelled before its first step: the coroutine sees it)
         if val is None and tb is None:
             return self._coro.throw(typ)
-        return self._coro.throw(typ, val, tb)  # pragma: no cover (the old signature)
+        return self._coro.throw(typ, val, tb)  # (the three-argument form, deprecated)
 
     def close(self) -> None:
         self._coro.close()
@@ -187,7 +187,7 @@ class LoginDeadlines:
     """The client_login_timeout of a worker's logins, on one timer: logins with the same
     timeout end in the order they began, so each timeout keeps its logins in that order (a
     dict: added and removed in O(1)) and the timer waits for the oldest. A timer of its own
-    per login (call_later, then cancel) cost a microsecond of every connection."""
+    per login (call_later, then cancel) cost about 2 µs of every connection."""
 
     __slots__ = ("_by_timeout", "_timer")
 
