@@ -542,7 +542,15 @@ class ServerStatements:
 class ClientStatements:
     """A client's prepared statements (its names), rewritten for whichever server it has."""
 
-    __slots__ = ("counters", "described_at", "known", "shapes", "statements", "young")
+    __slots__ = (
+        "counters",
+        "described_at",
+        "known",
+        "last_parse",
+        "shapes",
+        "statements",
+        "young",
+    )
 
     def __init__(self, counters: Counters, known: KnownStatements) -> None:
         self.statements: dict[str, Statement] = {}
@@ -551,6 +559,8 @@ class ClientStatements:
         # PostgreSQL infers runs on no copy older than the one whose types the client knows
         self.described_at: dict[str, int] = {}
         self.young: str | None = None  # parsed in this batch onto a copy the server had
+        # its last Parse body, name and statement (a client re-sends the very same Parse)
+        self.last_parse: tuple[bytes, str, Statement] | None = None
         self.counters = counters
         self.known = known
 
@@ -641,15 +651,7 @@ class ClientStatements:
         """The bytes to send instead of this client message, or None to send it as is."""
         statement: Statement | None
         if msg_type == messages.PARSE:
-            name, statement = parse_of(body if type(body) is bytes else bytes(body))
-            self.statements[name] = statement  # "" too: the unnamed one is cached
-            self.shapes.pop(name, None)
-            self.counters.client_parses += 1
-            if server.has(statement.server_name):
-                server.sent_parse(True, None)
-                self.young = name
-                return EMPTY_PARSE
-            return self._prepare(statement, server, True)
+            return self.rewrite_parse(body, 0, len(body), server)
         if msg_type == messages.BIND:
             return self.rewrite_bind(body, 0, len(body), server)
         if msg_type == messages.DESCRIBE:
@@ -685,6 +687,30 @@ class ClientStatements:
         if msg_type == messages.QUERY:
             return self.on_query(body, 0, len(body), server)
         return None
+
+    def rewrite_parse(
+        self, buf: bytes | bytearray, at: int, end: int, server: ServerStatements
+    ) -> bytes | None:
+        """The Parse whose body is buf[at:end], as `rewrite` does it: the bytes to send
+        instead, or None. The body is compared in place with the client's last Parse (no
+        copy, no lookup: a client re-sends the very same Parse, the unnamed one on every
+        execution)."""
+        last = self.last_parse
+        if last is not None and end - at == len(last[0]) and buf.startswith(last[0], at):
+            _body, name, statement = last
+        else:
+            body = bytes(buf[at:end])
+            name, statement = parse_of(body)
+            if len(body) <= CACHED_TEXT_LIMIT:  # (a client holds no long text for this)
+                self.last_parse = (body, name, statement)
+        self.statements[name] = statement  # "" too: the unnamed one is cached
+        self.shapes.pop(name, None)
+        self.counters.client_parses += 1
+        if server.has(statement.server_name):
+            server.sent_parse(True, None)
+            self.young = name
+            return EMPTY_PARSE
+        return self._prepare(statement, server, True)
 
     def rewrite_bind(
         self, buf: bytes | bytearray, at: int, end: int, server: ServerStatements

@@ -520,13 +520,18 @@ class ClientRelay:
                             msg_type != DESCRIBE or end == start + 5 or buf[start + 5] == STATEMENT
                         )
                     ):  # an Execute, or a Describe of a portal, names no statement
-                        replacement = (
-                            statements.rewrite_bind(buf, start + 5, end, server_statements)
-                            if msg_type == BIND
-                            else statements.rewrite(
+                        if msg_type == BIND:
+                            replacement = statements.rewrite_bind(
+                                buf, start + 5, end, server_statements
+                            )
+                        elif msg_type == PARSE:
+                            replacement = statements.rewrite_parse(
+                                buf, start + 5, end, server_statements
+                            )
+                        else:
+                            replacement = statements.rewrite(
                                 msg_type, buf[start + 5 : end], server_statements
                             )
-                        )
                         young = server_statements.young_use
                         if young is not None:
                             server_statements.young_use = None

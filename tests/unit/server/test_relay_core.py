@@ -722,3 +722,23 @@ def test_two_statement_checks_in_one_chunk_and_a_chunk_while_held() -> None:
             (SERVER, BOUND + BOUND + ROWS + Z_IDLE, AS_IS, READY, b"", {"held": None}),
         ],
     )
+
+
+def test_a_parse_re_sent_is_known_and_another_of_the_same_length_is_not_taken_for_it() -> None:
+    link = Link()
+    first, other = ("select $1", [23]), ("select $2", [23])  # (bodies of one length)
+    names = [server_name(query, tuple(types)) for query, types in (first, other)]
+    shape = build.message(ord("t"), b"\0\x01\0\0\0\x17") + build.row_description(["x"])
+    for (query, types), name in zip((first, other), names, strict=True):
+        parse = build.parse("", query, types)
+        prepared = build.parse(name, query, types) + build.describe("S", name)
+        play(
+            link,
+            [
+                (CLIENT, parse + SYNC, prepared + SYNC, 0),
+                (SERVER, PARSED + shape + Z_IDLE, PARSED + Z_IDLE, READY),
+                (CLIENT, parse + SYNC, EMPTY_PARSE + SYNC, 0),  # the same again: the copy
+                (SERVER, PARSED + Z_IDLE, AS_IS, READY),
+            ],
+        )
+        assert link.client.statements.statements[""].server_name == name  # type: ignore[union-attr]
