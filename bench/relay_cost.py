@@ -11,6 +11,10 @@ server's holds one end of a socketpair, which `pool_attach_check` polls):
   4 clients, 4 idle servers: the idle server is linked and released every time;
 - extended: the same with pgbench -M extended's Parse/Bind/Describe/Execute/Sync (the
   unnamed statement is cached on the servers after the first);
+- tpc-b: pgbench's TPC-B-like transaction (BEGIN, 3 UPDATEs, a SELECT, an INSERT, END, each
+  its own Query chunk answered by its own chunk, ReadyForQuery 'T' until END's 'I'), per
+  client, 4 clients, 4 idle servers: a server is linked at BEGIN and released at END, the
+  five statements between run on a linked server (bench/run's d);
 - waiting: the same with 1 server for the 4 clients, so three of them wait and are handed
   the server in turn; and with 500 clients on 20 servers (bench/run's e: 480 wait, and
   every transaction touches another client's objects, colder in the caches);
@@ -101,6 +105,31 @@ ANSWER = (
     + build.ready_for_query("I")
 )
 BIND_COMPLETE = b"2\x00\x00\x00\x04"
+_IN_XACT = build.ready_for_query("T")
+TPCB = [  # pgbench's TPC-B-like transaction: (Query, the server's answer), one chunk each
+    (build.query("BEGIN;"), build.command_complete("BEGIN") + _IN_XACT),
+    (
+        build.query("UPDATE pgbench_accounts SET abalance = abalance + -1234 WHERE aid = 12345;"),
+        build.command_complete("UPDATE 1") + _IN_XACT,
+    ),
+    (QUERY, ANSWER[: -len(_IN_XACT)] + _IN_XACT),
+    (
+        build.query("UPDATE pgbench_tellers SET tbalance = tbalance + -1234 WHERE tid = 5;"),
+        build.command_complete("UPDATE 1") + _IN_XACT,
+    ),
+    (
+        build.query("UPDATE pgbench_branches SET bbalance = bbalance + -1234 WHERE bid = 1;"),
+        build.command_complete("UPDATE 1") + _IN_XACT,
+    ),
+    (
+        build.query(
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime)"
+            " VALUES (5, 1, 12345, -1234, CURRENT_TIMESTAMP);"
+        ),
+        build.command_complete("INSERT 0 1") + _IN_XACT,
+    ),
+    (build.query("END;"), build.command_complete("COMMIT") + build.ready_for_query("I")),
+]
 EXTENDED_ANSWER = BIND_COMPLETE + ANSWER  # ParseComplete first when the server got a Parse
 
 
@@ -223,6 +252,28 @@ def relay(
     return best
 
 
+def tpcb(transactions: int, servers: int = 4, clients_n: int = 4) -> float:
+    """µs per TPC-B-like transaction (`TPCB`: seven round trips, each client's statements
+    answered in turn), best of 5."""
+    worker, route = make_worker()
+    pool = [add_server(route) for _ in range(servers)]
+    clients = [ready_client(worker, route) for _ in range(clients_n)]
+    best = float("inf")
+    for _ in range(5):
+        started = time.process_time()
+        for _ in range(transactions // len(clients)):
+            for query, answer in TPCB:
+                for client in clients:
+                    client.data_received(query)
+                for client in clients:
+                    server = client.server
+                    assert server is not None
+                    server.data_received(answer)
+        assert all(server.client is None for server in pool)
+        best = min(best, (time.process_time() - started) / transactions * 1e6)
+    return best
+
+
 def to_write(
     transactions: int, query: bytes = QUERY, answer: bytes = ANSWER
 ) -> tuple[float, float]:
@@ -311,6 +362,11 @@ def main() -> None:
     print(f"relay:   {relay(transactions, servers=4):5.2f} µs per select-only transaction")
     extended = relay(transactions, 4, EXTENDED_QUERY, EXTENDED_ANSWER)
     print(f"extended: {extended:5.2f} µs per transaction, Parse/Bind/Describe/Execute/Sync")
+    per_xact = tpcb(transactions // 4)
+    print(
+        f"tpc-b:   {per_xact:5.2f} µs per transaction, {per_xact / len(TPCB):5.2f} per statement"
+        " (BEGIN, 3 UPDATE, SELECT, INSERT, END)"
+    )
     print(f"waiting: {relay(transactions, servers=1):5.2f} µs per transaction, 4 clients, 1 server")
     crowd = relay(transactions, 20, clients_n=500)
     print(f"waiting: {crowd:5.2f} µs per transaction, 500 clients, 20 servers (bench/run's e)")
