@@ -98,7 +98,9 @@ STATEMENT_POOL_REFUSAL = "transaction blocks not allowed in statement pooling mo
 # Message types from the client (module constants: the relay compares them per message)
 EXTENDED = frozenset((PARSE, BIND, EXECUTE, DESCRIBE, CLOSE))
 STATEMENT = ord("S")  # a Describe's or Close's kind: a statement, not a portal
-LISTEN_FIRST = frozenset(b"LlUu")  # a Query that may be LISTEN/UNLISTEN (`_listen`)
+# a Query that may be LISTEN/UNLISTEN (`_listen`): its first two bytes (an UPDATE is not)
+LISTEN_FIRST = frozenset(b"LlUu")
+LISTEN_SECOND = frozenset(b"IiNn")
 RETRY_LIMIT = 1 << 16  # a batch kept to be sent again (prepared.Retry) is at most this long
 # A message larger than client_max_buffer is streamed to the server; its first HEAD_SIZE
 # bytes are read (a Bind's names, a Query's first keyword) before any of it goes.
@@ -689,7 +691,12 @@ class ClientRelay:
         server.pending += 1
         if self.log_queries:
             log.info("query", query_text(buf, start, end), self.log_ctx)
-        if end - start > 5 and buf[start + 5] in LISTEN_FIRST and self.mode != "session":
+        if (
+            end - start > 6
+            and buf[start + 5] in LISTEN_FIRST
+            and buf[start + 6] in LISTEN_SECOND
+            and self.mode != "session"
+        ):
             self._listen(buf, start, end)
         statements = self.statements
         if statements is None:
