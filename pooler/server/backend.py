@@ -168,6 +168,7 @@ class LinkedClient(Protocol):
     transport: asyncio.Transport
     reading: ReadGate
     writing_paused: bool
+    half_closed: bool
     params: dict[str, str]
     statements: ClientStatements | None  # its prepared statements (a stale copy's retry)
 
@@ -318,8 +319,10 @@ class ServerConnection(ServerRelay, asyncio.Protocol):
                 return
         if out and not client.transport.is_closing():  # (closing: its
             client.transport.write(out)  # connection_lost has not run yet)
-        if todo & READY:
-            client.server_ready(self)
+        if todo & READY and (
+            self.status == IDLE or client.mode != "transaction" or client.half_closed
+        ):  # (a transaction pool's server stays linked inside a transaction: server_ready
+            client.server_ready(self)  # would return at once, so it is not called per statement)
 
     def _send(self, data: bytes) -> None:
         """Write bytes of the pooler's own in the middle of a relayed exchange."""

@@ -31,6 +31,7 @@ from collections import deque
 from typing import Protocol
 
 from pooler.config import Rule
+from pooler.histogram import bucket_of
 from pooler.logs import LogContext, log
 from pooler.protocol import ProtocolError, build, messages
 from pooler.protocol.framing import HEAD, MESSAGE, MessageSplitter
@@ -69,7 +70,7 @@ from pooler.server.prepared import (
     ServerStatements,
     shape_of,
 )
-from pooler.server.stats import RouteStats
+from pooler.server.stats import BUCKETS, TABULATED, RouteStats
 
 # What the adapter has to do after a call (bits of `todo`).
 READY = 1  # server → client: the server owes nothing more (ClientConnection.server_ready)
@@ -286,7 +287,9 @@ class ServerRelay:
                     edits.append((end - 6, end, peer.refusal(STATEMENT_POOL_REFUSAL)))
                 self.copy_in = False
                 now = time.monotonic()
-                stats.record_query(int((now - self.query_started) * 1e6))
+                us = int((now - self.query_started) * 1e6)  # (`stats.record_query`, inline:
+                stats.query_time_us += us  # this runs per ReadyForQuery)
+                stats.query_hist[BUCKETS[us] if 0 <= us < TABULATED else bucket_of(us)] += 1
                 self.query_started = now
                 self.pending -= 1
                 if self.pending <= 0:

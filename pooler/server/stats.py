@@ -3,7 +3,9 @@
 The three time totals (`xact_time_us`, `query_time_us`, `wait_time_us`) are bumped through
 `record_xact`, `record_query` and `record_wait`, which also drop the duration into a
 histogram (`pooler.histogram`'s buckets: looked up in a table below 4 ms, computed inline
-above): that is how p50/p95/p99 are known without keeping samples. The counts (`xact_count`, `query_count`, `assignments`: one `record_wait` per
+above): that is how p50/p95/p99 are known without keeping samples (the relay, per
+ReadyForQuery and per server handed at once, does what `record_query` and `record_wait(0)`
+do inline). The counts (`xact_count`, `query_count`, `assignments`: one `record_wait` per
 server a client got) are the histograms' sums, taken when asked (once a second for the
 snapshot), not bumped per transaction.
 """
@@ -22,8 +24,8 @@ if TYPE_CHECKING:
 
 # The buckets of the durations below 4 ms, looked up (an index per record_*, the bit
 # arithmetic of `bucket_of` above it): transactions and queries mostly take that long or less.
-_TABULATED = 4096
-_BUCKETS = [bucket_of(us) for us in range(_TABULATED)]
+TABULATED = 4096
+BUCKETS = [bucket_of(us) for us in range(TABULATED)]
 
 
 def route_names(rule: Rule, backend_db: str, backend_user: str) -> tuple[str, str]:
@@ -103,8 +105,8 @@ class RouteStats:
         """A transaction ended after `us`."""
         self.xact_time_us += us
         index = (
-            _BUCKETS[us]
-            if 0 <= us < _TABULATED
+            BUCKETS[us]
+            if 0 <= us < TABULATED
             else ((b := us.bit_length()) << 3) | ((us >> (b - 4)) & 7)
         )
         self.xact_hist[index] += 1
@@ -113,8 +115,8 @@ class RouteStats:
         """A query (up to its ReadyForQuery) took `us`."""
         self.query_time_us += us
         index = (
-            _BUCKETS[us]
-            if 0 <= us < _TABULATED
+            BUCKETS[us]
+            if 0 <= us < TABULATED
             else ((b := us.bit_length()) << 3) | ((us >> (b - 4)) & 7)
         )
         self.query_hist[index] += 1
@@ -123,8 +125,8 @@ class RouteStats:
         """A client got a server after waiting `us` (one server assignment)."""
         self.wait_time_us += us
         index = (
-            _BUCKETS[us]
-            if 0 <= us < _TABULATED
+            BUCKETS[us]
+            if 0 <= us < TABULATED
             else ((b := us.bit_length()) << 3) | ((us >> (b - 4)) & 7)
         )
         self.wait_hist[index] += 1

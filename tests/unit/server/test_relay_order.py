@@ -17,9 +17,9 @@ from pooler.protocol import build
 from pooler.server.backend import ServerConnection, ServerState
 from pooler.server.client import ClientConnection
 from pooler.server.lifecycle import ClientState
-from pooler.server.prepared import ClientStatements
+from pooler.server.prepared import ClientStatements, ServerStatements
+from pooler.server.relay import IDLE
 from pooler.server.router import ClientKey
-from pooler.server.stats import RouteStats
 from pooler.server.worker import Worker
 
 CONFIG = """
@@ -121,16 +121,18 @@ async def test_the_answer_is_written_before_the_bookkeeping(
 ) -> None:
     server, client = linked_pair()
     seen: list[int] = []
-    record_query = RouteStats.record_query
+    on_ready = ServerStatements.on_ready
 
-    def record(stats: RouteStats, us: int) -> None:
+    def ready(statements: ServerStatements, status: int = IDLE) -> None:
         seen.append(len(client.transport.writes))  # type: ignore[attr-defined]
-        record_query(stats, us)
+        on_ready(statements, status)
 
-    monkeypatch.setattr(RouteStats, "record_query", record)
+    # (the ReadyForQuery's bookkeeping starts there; the query is counted right after it)
+    monkeypatch.setattr(ServerStatements, "on_ready", ready)
     server.data_received(ANSWER)
     assert client.transport.writes == [ANSWER]  # type: ignore[attr-defined]
     assert seen == [1]  # the client had its answer when the query was counted
+    assert server.stats.query_count == 1
     assert client.server is None  # and the server was given back
 
 
