@@ -251,7 +251,7 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         state = self.state
         if state in RELAYING:
-            self.last_activity = time.monotonic()
+            self.last_activity = self.arrived = time.monotonic()
             if len(data) >= BURST_READ:
                 yield_turn(self.reading)  # (a large COPY IN): the others get their turn
             server = self.server
@@ -622,7 +622,9 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
     def _link(self, server: ServerConnection, now: float | None = None) -> None:
         """Link a ready server (at monotonic time `now`; None: now) and relay what the
         client sent meanwhile (waiting -> linked)."""
-        server.link(self, time.monotonic() if now is None else now)
+        if now is None:
+            now = time.monotonic()
+        server.link(self, now)
         self.server = server
         if self.state is _WAITING and not log.debug_enabled:
             self.state = _LINKED  # (`become`'s check, inline on the hot path)
@@ -634,6 +636,7 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
         self.queued_bytes = 0
         if self.reading.causes:
             self.reading.resume(QUEUE_FULL)
+        self.arrived = now  # (its queries start now: the wait is not theirs)
         self._forward(server, data)
 
     def _virtual(self, server: ServerConnection | None, data: bytes) -> bool:

@@ -423,6 +423,7 @@ class ClientRelay:
     stale."""
 
     __slots__ = (
+        "arrived",
         "id",
         "log_ctx",
         "log_queries",
@@ -450,6 +451,9 @@ class ClientRelay:
         self.pinned = False  # ran LISTEN under pool_pin_on_listen: keeps its server
         self.todo = 0  # what the last `requests` left to do (OWED_NOTHING, ...)
         self.to_client = b""  # bytes for the client (ANSWERED)
+        # when the bytes `requests` is given came in, or left the queue for a server
+        # (monotonic, set by the adapter from its own clock read): their queries' start
+        self.arrived = 0.0
 
     def leaves_server_unusable(self) -> bool:
         """The client's connection is lost: is its server beyond a reset (closed, not
@@ -549,7 +553,7 @@ class ClientRelay:
                 elif msg_type == SYNC:
                     if not server.copy_in:
                         if server.pending == 0:
-                            server.query_started = time.monotonic()
+                            server.query_started = self.arrived
                         server.pending += 1
                         if statements is not None:  # (`sent_sync`, inline)
                             server_statements.batches_sent += 1
@@ -564,7 +568,7 @@ class ClientRelay:
                     replacement = self._query_goes(server, buf, start, end)
                 elif msg_type == FUNCTION_CALL:
                     if server.pending == 0:
-                        server.query_started = time.monotonic()
+                        server.query_started = self.arrived
                     server.pending += 1
                 elif msg_type in (COPY_DONE, COPY_FAIL):
                     server.copy_in = False
@@ -649,7 +653,7 @@ class ClientRelay:
         or None."""
         if msg_type in (QUERY, FUNCTION_CALL):
             if server.pending == 0:
-                server.query_started = time.monotonic()
+                server.query_started = self.arrived
             server.pending += 1
             if msg_type == QUERY:
                 if self.log_queries:
@@ -690,7 +694,7 @@ class ClientRelay:
             self._answer(self.refusal(STATEMENT_POOL_REFUSAL))
             return b""
         if server.pending == 0:
-            server.query_started = time.monotonic()
+            server.query_started = self.arrived
         server.pending += 1
         if self.log_queries:
             log.info("query", query_text(buf, start, end), self.log_ctx)
