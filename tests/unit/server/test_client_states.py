@@ -7,12 +7,11 @@ ServerConnection objects; transports that only record."""
 from __future__ import annotations
 
 import itertools
-import types
 from typing import Any
 
 import pytest
+from standins import Recorder, worker_and_route
 
-from pooler.config import parse_text
 from pooler.server.backend import ServerConnection
 from pooler.server.client import ClientConnection
 from pooler.server.lifecycle import (
@@ -26,39 +25,10 @@ from pooler.server.lifecycle import (
 )
 from pooler.server.login import Login
 from pooler.server.prepared import ClientStatements, parse_of
-from pooler.server.router import ClientKey
 from pooler.server.worker import Worker
 
 STARTUP, LOGIN_WAITING, CANCEL, CONSOLE, IDLE, WAITING, LINKED, CLOSED = ClientState
 ARROWS = {(old, new) for old, targets in CLIENT_NEXT.items() for new in targets}
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.closed = False
-        self.written = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def take(self) -> bytes:
-        data, self.written = bytes(self.written), bytearray()
-        return data
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
 
 
 @pytest.mark.parametrize(("old", "new"), list(itertools.product(ClientState, repeat=2)))
@@ -91,7 +61,7 @@ def test_the_state_groups():
 
 
 def setup(pool_size: int = 0) -> tuple[Worker, Any, ClientConnection]:
-    config = parse_text(
+    worker, route = worker_and_route(
         f"""
         log_format "%m\\n"
         listen {{ host "127.0.0.1" port 6432 }}
@@ -105,15 +75,10 @@ def setup(pool_size: int = 0) -> tuple[Worker, Any, ClientConnection]:
                 pool_discard no
             }}
         }}
-        """
+        """,
+        "db",
+        "user",
     )
-    slots = types.SimpleNamespace(
-        request=lambda *a: None, release=lambda *a: None, cancel=lambda *a: None
-    )
-    worker = Worker(config, 0, types.SimpleNamespace(slots=slots))  # type: ignore[arg-type]
-    rule = worker.router.match(ClientKey("db", "user", "127.0.0.1"))
-    assert rule is not None
-    route = worker.route_for(rule, "db", "user")
     return worker, route, new_client(worker, route)
 
 

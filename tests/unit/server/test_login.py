@@ -7,24 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import types
 from typing import Any
 
 import pytest
-from test_client_states import Recorder
+from standins import Recorder, worker_and_route
 
-from pooler.config import parse_text
 from pooler.server.client import ClientConnection
 from pooler.server.lifecycle import ClientState
 from pooler.server.pool import PoolTimeout
-from pooler.server.router import ClientKey
 from pooler.server.worker import Worker
 
 SERVER_PARAMS = {"server_version": "15.8", "client_encoding": "UTF8", "TimeZone": "UTC"}
 
 
 def worker_with(authentication: str, listens: str = "") -> tuple[Worker, Any]:
-    config = parse_text(
+    worker, route = worker_and_route(
         f"""
         log_format "%m\\n"
         {listens or 'listen { host "127.0.0.1" port 6432 }'}
@@ -38,15 +35,10 @@ def worker_with(authentication: str, listens: str = "") -> tuple[Worker, Any]:
                 pool_discard no
             }}
         }}
-        """
+        """,
+        "db",
+        "user",
     )
-    slots = types.SimpleNamespace(
-        request=lambda *a: None, release=lambda *a: None, cancel=lambda *a: None
-    )
-    worker = Worker(config, 0, types.SimpleNamespace(slots=slots))  # type: ignore[arg-type]
-    rule = worker.router.match(ClientKey("db", "user", "127.0.0.1"))
-    assert rule is not None
-    route = worker.route_for(rule, "db", "user")
     route.server_params = dict(SERVER_PARAMS)  # learnt by an earlier login
     return worker, route
 

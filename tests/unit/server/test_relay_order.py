@@ -7,20 +7,17 @@ Real worker, route, client and server objects; stand-in transports record what i
 from __future__ import annotations
 
 import struct
-import types
 from typing import Any
 
 import pytest
+from standins import worker_and_route
 
-from pooler.config import parse_text
 from pooler.protocol import build
 from pooler.server.backend import ServerConnection, ServerState
 from pooler.server.client import ClientConnection
 from pooler.server.lifecycle import ClientState
 from pooler.server.prepared import ClientStatements, ServerStatements
 from pooler.server.relay import IDLE
-from pooler.server.router import ClientKey
-from pooler.server.worker import Worker
 
 CONFIG = """
 log_format "%m\\n"
@@ -69,12 +66,7 @@ class Transport:
 
 def idle_pair() -> tuple[ServerConnection, ClientConnection]:
     """A ready client of a transaction pool and one idle server, not linked yet."""
-    config = parse_text(CONFIG)
-    slots = types.SimpleNamespace(request=lambda *a: None, release=lambda *a: None)
-    worker = Worker(config, 0, types.SimpleNamespace(slots=slots))  # type: ignore[arg-type]
-    rule = worker.router.match(ClientKey("app", "postgres", "127.0.0.1"))
-    assert rule is not None
-    route = worker.route_for(rule, "app", "postgres")
+    worker, route = worker_and_route(CONFIG, "app", "postgres")
     server = ServerConnection(route, route.storage.endpoints[0])
     server.transport = Transport()  # type: ignore[assignment]
     server.internal = False
@@ -83,7 +75,7 @@ def idle_pair() -> tuple[ServerConnection, ClientConnection]:
     route.idle.append(server)
     client = ClientConnection(worker, worker.config.listens[0], False)
     client.transport = Transport()  # type: ignore[assignment]
-    client.state, client.route, client.rule = ClientState.IDLE, route, rule
+    client.state, client.route, client.rule = ClientState.IDLE, route, route.rule
     client.mode = "transaction"
     client.statements = ClientStatements(route.stats, route.known_statements)
     return server, client
