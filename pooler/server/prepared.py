@@ -328,24 +328,6 @@ class ServerStatements:
     _failed: bool = False  # an ErrorResponse since the last ReadyForQuery
 
     @property
-    def swallowing(self) -> bool:
-        return bool(self._parses)
-
-    @property
-    def cutting(self) -> bool:
-        """May the relay have to drop or replace some of the server's next answers (an
-        armed batch aside: only its stale copy's error would be, see relay.py `uncut`)?"""
-        if (  # noqa: SIM103 (not bool(...): this runs per chunk)
-            self._dropped_parses
-            or self._describes
-            or self._closes
-            or self.stale_errors_due
-            or self.retry is not None
-        ):
-            return True
-        return False
-
-    @property
     def watching(self) -> bool:
         """Does the relay need more than ParseComplete: descriptions and CloseCompletes in
         flight, CommandComplete tags while a transaction prepared statements?"""

@@ -215,7 +215,8 @@ class ServerRelay:
         if self.tail or mode == "statement":
             return False
         statements = self.statements
-        if (  # (`statements.cutting`, spelled out: this runs per chunk)
+        if (  # may some of the next answers be dropped or replaced (our Parses',
+            # Describes' or Closes' answers, a stale copy's error, a replay)?
             statements._dropped_parses
             or statements._describes
             or statements._closes
