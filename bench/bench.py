@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""pooler against pgbouncer, odyssey, a bare splice and direct PostgreSQL: pgbench scenarios,
-interleaved (SPEC S11, issues 9 and 19).
+"""pooler against pgbouncer, odyssey, two bare splices and direct PostgreSQL: pgbench
+scenarios, interleaved (SPEC S11, issues 9 and 19).
 
 Run it through ``bench/run``. It starts a throwaway PostgreSQL (``pooler.pgcluster.PgCluster``:
 fsync off, max_connections 1200, ``pgbench -i -s 10``) and the targets of bench/targets.py
-(pooler, pgbouncer 1.21+, odyssey at one or more ``workers`` counts, the splice), all from one
-set of pool settings, then runs the pgbench scenarios. Every round runs each scenario against
-each target in turn; the target order is reversed on even rounds. Per run it records TPS,
-average latency, the CPU of the target's process tree per transaction (``/proc/<pid>/stat``
-utime+stime, children included, before and after), and CPU shares of pgbench / target /
-PostgreSQL / the rest of the machine. Ratios are taken within a round; the table shows medians
+(pooler, pgbouncer 1.21+, odyssey at one or more ``workers`` counts, the splice and the pooling
+splice), all from one set of pool settings, then runs the pgbench scenarios. Every round runs
+each scenario against each target (but one it cannot serve: ``Target.unsupported``) in turn;
+the target order is reversed on even rounds. Per run it records TPS, average latency, the CPU
+of the target's process tree per transaction (``/proc/<pid>/stat`` utime+stime, children
+included, before and after), and CPU shares of pgbench / target / PostgreSQL / the rest of
+the machine. Ratios are taken within a round; the table shows medians
 over rounds. A memory step measures RSS per idle client connection (2,000 idle clients, opened
 by ``bench/idle_clients.py`` in a helper process) and per server connection.
 
@@ -18,7 +19,7 @@ at each worker count, pgbouncer (one thread) and direct once, pgbench with PGBEN
 and at least SCALE_CLIENTS clients; it prints a scaling table as well.
 
 Knobs (environment): ROUNDS (2), DURATION (10 s), SCENARIOS (abcdefg; scaling mode: ab), TARGETS
-(direct,pgbouncer,odyssey,pooler,splice), WORKERS (pooler ``workers``, 1), ODYSSEY_WORKERS (1,2:
+(direct,pgbouncer,odyssey,pooler,splice,poolsplice), WORKERS (pooler ``workers``, 1), ODYSSEY_WORKERS (1,2:
 what ``odyssey`` in TARGETS expands to), SPLICE_WORKERS (1), PGBOUNCER_BIN, ODYSSEY_BIN,
 SCALE_WORKERS, SCALE_CLIENTS (64), PGBENCH_JOBS (scaling mode: CPUs / 4), MEMORY (1; 0 skips
 the memory step), IDLE_CLIENTS (2000), SCALE (10), POOLER_CMD (default ``<python> -m pooler
@@ -70,7 +71,7 @@ from targets import (  # noqa: E402
 from pooler.pgcluster import PgCluster  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
-DEFAULT_TARGETS = "direct,pgbouncer,odyssey,pooler,splice"
+DEFAULT_TARGETS = "direct,pgbouncer,odyssey,pooler,splice,poolsplice"
 
 
 ENV_KNOBS = (
@@ -247,6 +248,10 @@ def main() -> int:
                 order.reverse()
             for key, sc in scenarios.items():
                 for t in order:
+                    if why := t.skips(key):
+                        runs.append(Run(key, t.name, rnd, skipped=why))
+                        say(f"round {rnd} {key} {t.name:9s} {why}")
+                        continue
                     note = ""
                     try:
                         note = t.ensure()
@@ -281,7 +286,8 @@ def main() -> int:
                     )
 
         if do_memory:  # not splice: it opens a server connection per idle client
-            measured = [w.name for w in wanted if w.kind in ("pooler", "pgbouncer", "odyssey")]
+            poolers = ("pooler", "pgbouncer", "odyssey", "poolsplice")
+            measured = [w.name for w in wanted if w.kind in poolers]
             for name in measured:
                 say(f"memory: {name} with {idle_clients} idle clients")
                 for other in objs.values():  # only its server connections in PostgreSQL
@@ -383,6 +389,14 @@ def main() -> int:
             " splice is bench/splice.py: a bare uvloop byte splice, one server connection per "
             "client, no parsing or pooling — the floor of a Python/uvloop proxy here."
             if any(t.startswith("splice") for t in objs)
+            else ""
+        )
+        + (
+            " poolsplice is bench/poolsplice.py: that splice on a pool of pool_size server "
+            "connections, a server released when its answer ends in ReadyForQuery 'I', logins "
+            "answered without PostgreSQL — the floor of a Python/uvloop transaction pooler "
+            "(no statement cache: c is n/a)."
+            if "poolsplice" in objs
             else ""
         ),
     ]

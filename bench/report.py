@@ -23,6 +23,7 @@ class Run:
     target_sys: float = 0.0  # seconds of the target's CPU spent in the kernel
     xacts: int = 0
     note: str = ""
+    skipped: str = ""  # not run: why (a target that cannot serve the scenario)
 
     def pooler_us_per_txn(self) -> float | None:
         if self.target == "direct" or not self.xacts or "pooler" not in self.cpu:
@@ -63,6 +64,9 @@ def build_table(
             rs = [by.get((key, t, n)) for n in rounds]
             rs = [r for r in rs if r is not None]
             if not rs:
+                continue
+            if all(r.skipped for r in rs):
+                lines.append(f"| {key} | {t} | n/a | | | | | | | | | {rs[0].skipped} |")
                 continue
             ok = [r for r in rs if not r.broken and r.tps is not None]
             broken = [r for r in rs if r.broken]
@@ -143,7 +147,10 @@ def summary_table(runs: list[Run], scenarios: str, targets: list[str]) -> str:
                 if k == key and name == t and (o := by.get((key, "pgbouncer", rnd))) and o.tps
             ]
             if not ratios:
-                cells.append("✗" if any(r.scenario == key and r.target == t for r in runs) else "-")
+                mine = [r for r in runs if r.scenario == key and r.target == t]
+                cells.append(
+                    "n/a" if mine and all(r.skipped for r in mine) else "✗" if mine else "-"
+                )
                 continue
             cell = f"{med(ratios):.2f}×"
             if len(ratios) > 1:

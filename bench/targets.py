@@ -10,7 +10,10 @@ Targets (names as TARGETS spells them):
   statements, so its (c) breaks and its ratios would not compare with today's releases;
 * ``odysseyN``: odyssey with ``workers N`` (ODYSSEY_BIN, by default the shared 1.5.3 build, then
   ``odyssey`` on PATH); ``odyssey`` alone means one target per count in ODYSSEY_WORKERS (1,2);
-* ``splice``: bench/splice.py, a bare uvloop byte splice (the floor of a Python proxy).
+* ``splice``: bench/splice.py, a bare uvloop byte splice (the floor of a Python proxy);
+* ``poolsplice``: bench/poolsplice.py, the same splice on a pool of ``pool_size`` server
+  connections, released on ReadyForQuery 'I' (the floor of a Python transaction pooler). It
+  cannot serve scenario c (`Target.unsupported`).
 
 pooler and odyssey get the same odyssey-syntax config (`render_odyssey`), only their port and
 ``workers`` differ; pgbouncer.ini is rendered from the same SETTINGS.
@@ -220,6 +223,11 @@ class Target:
     proc: subprocess.Popen[Any] | None = None
     restarts: int = 0
     workers: int | None = None  # pooler and odyssey: their `workers`
+    unsupported: dict[str, str] | None = None  # scenario key -> why it is not run
+
+    def skips(self, scenario: str) -> str:
+        """Why this target does not run `scenario` ("" when it does)."""
+        return (self.unsupported or {}).get(scenario, "")
 
     def start(self) -> None:  # direct: nothing to start
         pass
@@ -342,6 +350,29 @@ class Splice(Target):
         self.pid_root = self.proc.pid
 
 
+class PoolSplice(Target):
+    """bench/poolsplice.py: the splice on a pool of pool_size server connections."""
+
+    def __init__(self, name: str, port: int, pg_port: int, workdir: Path) -> None:
+        unsupported = {
+            "c": "n/a: named prepared statements need a statement cache, which a splice lacks"
+        }
+        super().__init__(name, port, unsupported=unsupported)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log = workdir / "poolsplice.log"
+        # its servers log in as pgbench's user and database: postgres, poolsplice's defaults
+        self.argv = [
+            sys.executable, str(BENCH_DIR / "poolsplice.py"), str(port), str(pg_port),
+            "--host", HOST, "--pool", str(SETTINGS["pool_size"]),
+            "--backlog", str(SETTINGS["backlog"]),
+        ]  # fmt: skip
+
+    def start(self) -> None:
+        self.proc = spawn(self.argv, log=self.log, cwd=REPO)
+        wait_listening(self.proc, self.port, 30, self.log)  # listens once its pool is up
+        self.pid_root = self.proc.pid
+
+
 # -- which targets -------------------------------------------------------------------------
 
 
@@ -354,7 +385,7 @@ class Wanted:
     workers: int | None = None
 
 
-KINDS = ("direct", "pgbouncer", "pooler", "odyssey", "splice")
+KINDS = ("direct", "pgbouncer", "pooler", "odyssey", "splice", "poolsplice")
 
 
 def wanted_targets(
@@ -369,7 +400,7 @@ def wanted_targets(
         if not token:
             continue
         m = re.fullmatch(r"(pooler|odyssey)(\d+)", token)
-        if token in ("direct", "pgbouncer"):
+        if token in ("direct", "pgbouncer", "poolsplice"):
             out.append(Wanted(token, token))
         elif token == "splice":
             out.append(Wanted(token, token, splice_workers))
@@ -416,5 +447,7 @@ def make_target(want: Wanted, pg_port: int, tmp: Path, binaries: dict[str, Path]
     if want.kind == "pooler":
         assert want.workers is not None
         return Pooler(want.name, pick_port(), pg_port, tmp / "pooler", want.workers)
+    if want.kind == "poolsplice":
+        return PoolSplice(want.name, pick_port(), pg_port, tmp / "poolsplice")
     assert want.kind == "splice" and want.workers is not None
     return Splice(want.name, pick_port(), pg_port, tmp / "splice", want.workers)

@@ -27,13 +27,13 @@ def names(wanted: list[targets.Wanted]) -> list[str]:
 
 def test_odyssey_expands_to_each_worker_count_and_pooler_takes_workers() -> None:
     wanted = targets.wanted_targets(
-        "direct,pgbouncer,odyssey,pooler,splice,pooler4",
+        "direct,pgbouncer,odyssey,pooler,splice,poolsplice,pooler4",
         workers=2,
         odyssey_workers=[1, 2],
         splice_workers=1,
     )
     assert names(wanted) == [
-        "direct", "pgbouncer", "odyssey1", "odyssey2", "pooler", "splice", "pooler4"
+        "direct", "pgbouncer", "odyssey1", "odyssey2", "pooler", "splice", "poolsplice", "pooler4"
     ]  # fmt: skip
     by_name = {w.name: w for w in wanted}
     assert by_name["pooler"].workers == 2 and by_name["pooler4"].workers == 4
@@ -153,6 +153,28 @@ def _run(scen: str, target: str, rnd: int, tps: float, cpu_s: float = 0.0) -> re
     run = report.Run(scen, target, rnd, tps=tps, lat_ms=1.0, wall=1.0, xacts=int(tps))
     run.cpu = {"pooler": cpu_s} if cpu_s else {}
     return run
+
+
+def test_the_pooling_splice_has_the_pool_size_and_skips_prepared_statements(
+    tmp_path: Path,
+) -> None:
+    want = targets.Wanted("poolsplice", "poolsplice")
+    poolsplice = targets.make_target(want, 15432, tmp_path, {})
+    argv = poolsplice.argv
+    assert argv[argv.index("--pool") + 1] == str(targets.SETTINGS["pool_size"])
+    assert poolsplice.skips("c").startswith("n/a") and not poolsplice.skips("b")
+    assert "poolsplice" in targets.KINDS
+
+
+def test_a_scenario_a_target_cannot_serve_is_n_a_not_broken() -> None:
+    runs = [_run("b", "pgbouncer", 1, 1000), _run("b", "poolsplice", 1, 900)]
+    runs += [_run("c", "pgbouncer", 1, 1000), report.Run("c", "poolsplice", 1, skipped="n/a: x")]
+    summary = report.summary_table(runs, "bc", ["pgbouncer", "poolsplice"])
+    [row] = [line for line in summary.splitlines() if line.startswith("| poolsplice |")]
+    assert [c.strip() for c in row.split("|")[2:-1]] == ["0.90×", "n/a"]
+    table = report.build_table(runs, "bc", ["pgbouncer", "poolsplice"])
+    [row] = [line for line in table.splitlines() if line.startswith("| c | poolsplice |")]
+    assert "n/a: x" in row and "BROKEN" not in row
 
 
 def test_scaling_table_takes_ratios_within_a_round() -> None:
