@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The Python cost of pooler's relay code alone: no sockets, no PostgreSQL, hot caches.
 
-Usage: bench/relay_cost.py [transactions]
+Usage: bench/relay_cost.py [transactions] [live]   (live: the live lines alone)
 
 Real `Worker`, `Route`, `ClientConnection` and `ServerConnection` objects of a transaction
 pool exchange recorded bytes through stand-in transports that only count what is written (a
@@ -22,6 +22,17 @@ server's holds one end of a socketpair, which `pool_attach_check` polls):
   Terminate) per connection;
 - to the write: one client and one server, the median µs from a chunk's `data_received` to
   the `write` that relays it, each direction (the relay's share of a round trip's latency);
+- live: the real connections over real uvloop TCP sockets on loopback, in this one process: a
+  driver (pgbench's part: the next statement once the answer is in) and a stand-in PostgreSQL
+  (canned answers) around pooler, then around bench/splice.py's `Half` (the bare splice, the
+  floor of a Python proxy: a server connection per client), then with the driver on the
+  stand-in directly. The process's CPU µs per transaction (driver, stand-in, proxy and the
+  kernel's loopback work): pooler's minus the splice's is pooler's own Python, the asyncio
+  callbacks and transport calls that the stand-in-transport lines cannot see included (the
+  syscalls are the same but pool_attach_check's poll). TPC-B (bench/run's d, 4 clients, 4
+  servers), select-only with 500 clients on 20 servers (e), and one client's select-only
+  round trip (g: everything runs in this process, so its CPU per round trip is its latency
+  less the wake-ups across processes);
 - socket options: `sockopts.apply` (keepalive, TCP_NODELAY) on a real accepted TCP transport,
   run for every server connection (a client's socket inherits them from its listening socket,
   `Worker._set_listen_options`, unless `nodelay no`; the login line's stand-in transports
@@ -356,8 +367,228 @@ async def socket_options(calls: int) -> float:
         server.close()
 
 
+# --- live: real sockets, one process -----------------------------------------------------
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """Two ends of a TCP connection over loopback (TCP_NODELAY, as every target's)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        near = socket.create_connection(listener.getsockname()[:2])
+        far, _ = listener.accept()
+    for end in (near, far):
+        end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        end.setblocking(False)
+    return near, far
+
+
+class StandInPostgres(asyncio.Protocol):
+    """A server's far end: each whole simple Query gets its canned answer (`answers`), all
+    the answers to a chunk in one write; anything else (a Terminate) gets none."""
+
+    def __init__(self, answers: dict[bytes, bytes]) -> None:
+        self.answers = answers
+        self.buf = b""
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        answers = self.answers
+        pos, n, out = 0, len(buf), b""
+        while n - pos >= 5:
+            end = pos + 1 + int.from_bytes(buf[pos + 1 : pos + 5])
+            if end > n:
+                break
+            out += answers.get(buf[pos:end], b"")
+            pos = end
+        self.buf = buf[pos:]
+        if out:
+            self.transport.write(out)
+
+
+class Driver(asyncio.Protocol):
+    """pgbench's part: the statements of `script` (Query, its answer) one at a time, each
+    sent once the whole answer to the previous one is in; counts transactions (`script`
+    once through) in `counter` and sets `done` when it reaches `goal`."""
+
+    def __init__(self, script: list[tuple[bytes, bytes]], counter: list[int], goal: int) -> None:
+        self.queries = [query for query, _ in script]
+        self.lengths = [len(answer) for _, answer in script]
+        self.step = 0
+        self.got = 0
+        self.counter = counter
+        self.goal = goal
+        self.done: asyncio.Future[None] | None = None
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def start(self, done: asyncio.Future[None]) -> None:
+        self.done = done
+        self.step = self.got = 0
+        self.transport.write(self.queries[0])
+
+    def data_received(self, data: bytes) -> None:
+        self.got += len(data)
+        if self.got < self.lengths[self.step]:
+            return
+        self.got = 0
+        self.step += 1
+        if self.step == len(self.queries):
+            self.step = 0
+            self.counter[0] += 1
+            if self.counter[0] >= self.goal:
+                done = self.done
+                if done is not None and not done.done():
+                    done.set_result(None)
+                return  # (this client stops; the others end their transaction)
+        self.transport.write(self.queries[self.step])
+
+
+async def _accepted(sock: socket.socket, protocol: asyncio.Protocol) -> asyncio.Transport:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=sock)
+    return transport  # type: ignore[return-value]
+
+
+async def _adopted(sock: socket.socket, protocol: asyncio.Protocol) -> asyncio.Transport:
+    """A transport for `protocol` without its connection_made (a ClientConnection's starts
+    a login; the splice's `Half` has none)."""
+    transport = await _accepted(sock, asyncio.Protocol())
+    transport.set_protocol(protocol)
+    return transport
+
+
+async def _live_pooler(
+    script: list[tuple[bytes, bytes]], clients_n: int, servers: int, goal: int
+) -> tuple[list[Driver], list[socket.socket]]:
+    worker, route = make_worker()
+    answers = dict(script)
+    socks: list[socket.socket] = []
+    for _ in range(servers):
+        near, far = tcp_pair()
+        socks += (near, far)
+        await _accepted(far, StandInPostgres(answers))
+        server = ServerConnection(route, route.storage.endpoints[0])
+        await _accepted(near, server)  # (connection_made: the server's socket options)
+        server.params = dict(SERVER_PARAMS)
+        server.internal = False  # logged in: relaying
+        server.state = ServerState.IDLE
+        server.scanner.wanted = server.relay_wanted
+        route.idle.append(server)
+    drivers = []
+    counter = [0]
+    for _ in range(clients_n):
+        near, far = tcp_pair()
+        socks += (near, far)
+        client = ClientConnection(worker, worker.config.listens[0], False)
+        client.transport = client.reading.transport = await _adopted(far, client)
+        client.state, client.route, client.rule = ClientState.IDLE, route, route.rule
+        client.mode = "transaction"
+        client.statements = ClientStatements(route.stats, route.known_statements)
+        client.params = {"application_name": "pgbench", "client_encoding": "UTF8"}
+        driver = Driver(script, counter, goal)
+        await _accepted(near, driver)
+        drivers.append(driver)
+    return drivers, socks
+
+
+async def _live_splice(
+    script: list[tuple[bytes, bytes]], clients_n: int, goal: int, spliced: bool = True
+) -> tuple[list[Driver], list[socket.socket]]:
+    """The same drivers and stand-ins with bench/splice.py's `Half` pairs between them (a
+    server connection per client, as the splice target has), or none (`spliced` False)."""
+    from splice import Half  # (bench/, the script's own folder)
+
+    answers = dict(script)
+    socks: list[socket.socket] = []
+    drivers = []
+    counter = [0]
+    for _ in range(clients_n):
+        near, far = tcp_pair()
+        socks += (near, far)
+        driver = Driver(script, counter, goal)
+        await _accepted(near, driver)
+        if not spliced:
+            await _accepted(far, StandInPostgres(answers))
+        else:
+            to_server, to_postgres = tcp_pair()
+            socks += (to_server, to_postgres)
+            await _accepted(to_postgres, StandInPostgres(answers))
+            client_half, server_half = Half(), Half()
+            client_half.transport = await _adopted(far, client_half)
+            server_half.transport = await _adopted(to_server, server_half)
+            client_half.peer, server_half.peer = server_half, client_half
+        drivers.append(driver)
+    return drivers, socks
+
+
+async def _live_run(drivers: list[Driver], transactions: int, rounds: int = 5) -> float:
+    """Best of `rounds`, all drivers at once: the process's CPU µs per transaction (its
+    split into user and system time is sampled at clock ticks: too coarse to use here)."""
+    loop = asyncio.get_running_loop()
+    best = float("inf")
+    for round_ in range(rounds + 1):  # (the first warms up)
+        drivers[0].counter[0] = 0
+        for driver in drivers:
+            driver.goal = transactions
+        done: asyncio.Future[None] = loop.create_future()
+        started = time.process_time()
+        for driver in drivers:
+            driver.start(done)
+        await done
+        # the others end their transaction in flight before the next round
+        while any(driver.step or driver.got for driver in drivers):
+            await asyncio.sleep(0)
+        used = time.process_time() - started
+        if round_ > 0:
+            best = min(best, used / drivers[0].counter[0] * 1e6)
+    return best
+
+
+async def live(
+    transactions: int, script: list[tuple[bytes, bytes]], clients_n: int, servers: int
+) -> list[float]:
+    """CPU µs per transaction of the whole process (best of 5): through pooler, through the
+    splice, direct."""
+    figures = []
+    for target in ("pooler", "splice", "direct"):
+        if target == "pooler":
+            drivers, socks = await _live_pooler(script, clients_n, servers, transactions)
+        else:
+            drivers, socks = await _live_splice(script, clients_n, transactions, target == "splice")
+        figures.append(await _live_run(drivers, transactions))
+        for sock in socks:
+            sock.close()
+        await asyncio.sleep(0.01)  # (the closes are seen before the next target starts)
+    return figures
+
+
+def print_live(name: str, figures: list[float], statements: int) -> None:
+    pooler, splice, direct = figures
+    own = pooler - splice  # (the same syscalls but pool_attach_check's poll: Python)
+    print(
+        f"live {name}: pooler {pooler:5.1f}, splice {splice:5.1f}, direct {direct:5.1f} µs per"
+        f" transaction; pooler - splice {own:5.2f}, {own / statements:4.2f} per statement"
+    )
+
+
+async def live_lines(transactions: int) -> None:
+    print_live("tpc-b (d, 4 clients, 4 servers)", await live(transactions // 7, TPCB, 4, 4), 7)
+    select = [(QUERY, ANSWER)]
+    print_live("select, 500 clients, 20 servers (e)", await live(transactions, select, 500, 20), 1)
+    print_live("select, 1 client (g)", await live(transactions // 2, select, 1, 1), 1)
+
+
 def main() -> None:
     transactions = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    if sys.argv[2:] == ["live"]:  # the live lines alone
+        print(f"hot path: {compiled.build()} (POOLER_PURE=1: the Python sources)")
+        uvloop.run(live_lines(transactions // 5))
+        return
     print(f"hot path: {compiled.build()} (POOLER_PURE=1: the Python sources)")
     print(f"relay:   {relay(transactions, servers=4):5.2f} µs per select-only transaction")
     extended = relay(transactions, 4, EXTENDED_QUERY, EXTENDED_ANSWER)
@@ -378,6 +609,7 @@ def main() -> None:
     print(f"login:   {per_login:5.1f} µs per connect + login + select + Terminate")
     per_apply = uvloop.run(socket_options(transactions // 10))
     print(f"socket options: {per_apply:5.2f} µs per connection (keepalive, real TCP socket)")
+    uvloop.run(live_lines(transactions // 5))
 
 
 if __name__ == "__main__":
