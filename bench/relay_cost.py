@@ -20,6 +20,11 @@ server's holds one end of a socketpair, which `pool_attach_check` polls):
   every transaction touches another client's objects, colder in the caches);
 - login: one `pgbench -C` cycle (startup, login with authentication "none", one select,
   Terminate) per connection;
+- login over sockets: the same cycle over real loopback TCP sockets on uvloop (accept,
+  transport set-up, reads and writes, close: what the stand-in transports of the login line
+  do not see), the client a uvloop protocol in the same process; beside it the same client
+  against a bare uvloop server that answers with canned bytes (the floor: uvloop, the kernel
+  and the client's own share), so the difference is the pooler's own per-connection cost;
 - to the write: one client and one server, the median µs from a chunk's `data_received` to
   the `write` that relays it, each direction (the relay's share of a round trip's latency);
 - live: the real connections over real uvloop TCP sockets on loopback, in this one process: a
@@ -46,6 +51,7 @@ only; bench/run measures the whole system. A development tool, not a test.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import statistics
 import struct
@@ -340,6 +346,108 @@ async def login(connections: int) -> float:
     return best
 
 
+class AnsweringTransport(CountingTransport):
+    """A server's stand-in that answers each Query with ANSWER on the next loop turn."""
+
+    def write(self, data: bytes) -> None:
+        CountingTransport.write(self, data)
+        asyncio.get_running_loop().call_soon(self.protocol.data_received, ANSWER)
+
+
+class CannedServer(asyncio.Protocol):
+    """The floor of the sockets line: a login burst and an answer from canned bytes."""
+
+    burst = b""  # set by login_sockets: the same bytes the pooler sends
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+        self.started = False
+
+    def data_received(self, data: bytes) -> None:
+        if not self.started:
+            self.started = True
+            self.transport.write(self.burst)
+        elif data[:1] == b"Q":
+            self.transport.write(ANSWER)
+        elif data[:1] == b"X":
+            self.transport.close()
+
+
+class CycleClient(asyncio.Protocol):
+    """One pgbench -C cycle: startup packet, a select after ReadyForQuery, Terminate."""
+
+    def __init__(self, startup: bytes, done: asyncio.Future[bytes]) -> None:
+        self.startup = startup
+        self.done = done
+        self.got = b""
+        self.asked = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+        self.transport.write(self.startup)
+
+    def data_received(self, data: bytes) -> None:
+        self.got += data
+        if not self.got.endswith(_READY_IDLE):
+            return
+        if not self.asked:
+            self.asked = True
+            self.burst, self.got = self.got, b""
+            self.transport.write(QUERY)
+        else:
+            self.transport.write(build.terminate())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(getattr(self, "burst", b""))
+
+
+_READY_IDLE = build.ready_for_query("I")
+
+
+async def _cycles(port: int, startup: bytes, connections: int) -> tuple[float, bytes]:
+    loop = asyncio.get_running_loop()
+    best, burst = float("inf"), b""
+    for _ in range(5):
+        started = time.process_time()
+        for _ in range(connections):
+            done: asyncio.Future[bytes] = loop.create_future()
+            client = functools.partial(CycleClient, startup, done)
+            await loop.create_connection(client, "127.0.0.1", port)
+            burst = await done
+        best = min(best, (time.process_time() - started) / connections * 1e6)
+    return best, burst
+
+
+async def login_sockets(connections: int) -> tuple[float, float]:
+    """µs of process CPU per pgbench -C cycle over loopback sockets: through the pooler's
+    worker (its listening socket set up as `Worker.start` does, a stand-in server), and
+    through `CannedServer` (the floor)."""
+    loop = asyncio.get_running_loop()
+    worker, route = make_worker()
+    add_server(route, AnsweringTransport)
+    listen = worker.config.listens[0]
+    sock = socket.create_server(("127.0.0.1", 0))
+    worker._listening = [sock]
+    worker._set_listen_options()
+    pooler = await loop.create_server(
+        lambda: ClientConnection(worker, listen, False), sock=sock, backlog=128
+    )
+    startup = startup_packet(user="postgres", database="bench", application_name="pgbench")
+    try:
+        per_login, burst = await _cycles(sock.getsockname()[1], startup, connections)
+    finally:
+        pooler.close()
+    assert not worker.clients
+    CannedServer.burst = burst
+    floor = await loop.create_server(CannedServer, "127.0.0.1", 0)
+    try:
+        per_floor, _ = await _cycles(floor.sockets[0].getsockname()[1], startup, connections)
+    finally:
+        floor.close()
+    return per_login, per_floor
+
+
 async def socket_options(calls: int) -> float:
     """µs per `sockopts.apply` with the default options on a real accepted TCP transport."""
     loop = asyncio.get_running_loop()
@@ -607,6 +715,11 @@ def main() -> None:
     print(f"to the write: {up:5.2f} µs client → server, {down:5.2f} µs server → client (extended)")
     per_login = uvloop.run(login(transactions // 10))
     print(f"login:   {per_login:5.1f} µs per connect + login + select + Terminate")
+    per_socket, floor = uvloop.run(login_sockets(transactions // 20))
+    print(
+        f"login over sockets: {per_socket:5.1f} µs per cycle, {floor:5.1f} with a canned"
+        f" uvloop server: {per_socket - floor:5.1f} µs the pooler's own"
+    )
     per_apply = uvloop.run(socket_options(transactions // 10))
     print(f"socket options: {per_apply:5.2f} µs per connection (keepalive, real TCP socket)")
     uvloop.run(live_lines(transactions // 5))
