@@ -52,7 +52,7 @@ from pooler.server.hba import hba_allows
 from pooler.server.lifecycle import ClientState
 from pooler.server.pool import PoolTimeout, Route
 from pooler.server.prepared import ClientStatements
-from pooler.server.router import ClientKey, Router
+from pooler.server.router import Router
 from pooler.server.watchdog import LagWatchdog, catchup_timeout
 
 # Session parameters re-applied when a client moves to another server connection.
@@ -534,8 +534,7 @@ class Login:
         if not self.worker.groups.ready:  # (group rules: members known since start)
             await self._in_task()
             await self.worker.groups.first_check()
-        key = ClientKey(client.database, client.user, address, tls)
-        rule = self.worker.router.match(key)
+        rule = self.worker.router.match_client(client.database, client.user, address, tls)
         if rule is None:
             self.worker.count_error("route_not_found")
             raise LoginRefused("3D000", f"route for '{client.database}.{client.user}' is not found")

@@ -92,8 +92,14 @@ def rule_matches(
     return _conn_type_matches(rule.conn_type, key)
 
 
+MAX_MATCHES = 1024  # (database, user, address, tls) answers a Router keeps
+
+
 class Router:
-    """Matches clients against the rules of one config generation."""
+    """Matches clients against the rules of one config generation (a reload makes a new
+    Router). A login's answer is kept for the next client with the same database, user,
+    address and TLS (`match_client`: routing order and matching again cost about 2 µs of
+    each connection), unless a rule is a group rule: the group's members change under it."""
 
     def __init__(
         self,
@@ -103,9 +109,27 @@ class Router:
     ) -> None:
         self.rules = routing_order(rules, sequential)
         self.members = members  # the group rules' members, kept up to date by groups.py
+        self._matches: dict[tuple[str, str, str | None, bool], Rule | None] | None = (
+            None if any(rule.group for rule in self.rules) else {}
+        )
 
     def match(self, key: ClientKey) -> Rule | None:
         for rule in self.rules:
             if rule_matches(rule, key, self.members):
                 return rule
         return None
+
+    def match_client(self, database: str, user: str, address: str | None, tls: bool) -> Rule | None:
+        """`match` for a client's login, answered from the last matches where it can be."""
+        matches = self._matches
+        if matches is None:
+            return self.match(ClientKey(database, user, address, tls))
+        wanted = (database, user, address, tls)
+        try:
+            return matches[wanted]
+        except KeyError:
+            pass
+        rule = matches[wanted] = self.match(ClientKey(database, user, address, tls))
+        if len(matches) > MAX_MATCHES:
+            del matches[next(iter(matches))]  # the oldest
+        return rule
