@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import secrets
+import struct
 import time
 from collections.abc import Coroutine, Generator
 from typing import Any, Protocol
@@ -81,6 +82,9 @@ _LOGIN_STATES = (_STARTUP, _LOGIN_WAITING, _CANCEL)  # (a login timer still runs
 
 
 _READY = build.ready_for_query("I")
+# BackendKeyData in one pack (build.backend_key_data's bytes): type, length, pid, secret
+_KEY_DATA = struct.Struct("!BIii")
+_KEY_DATA_TYPE = messages.BACKEND_KEY_DATA
 
 
 @functools.lru_cache(maxsize=256)  # logins of a route report the same parameters
@@ -189,14 +193,19 @@ class LoginDeadlines:
     dict: added and removed in O(1)) and the timer waits for the oldest. A timer of its own
     per login (call_later, then cancel) cost about 2 µs of every connection."""
 
-    __slots__ = ("_by_timeout", "_timer")
+    __slots__ = ("_by_timeout", "_loop", "_timer")
 
     def __init__(self) -> None:
         self._by_timeout: dict[float, dict[Login, float]] = {}  # logins and their deadlines
         self._timer: asyncio.TimerHandle | None = None
+        # the worker's loop, found at the first login: on CPython 3.11 each
+        # asyncio.get_running_loop() makes a getpid() system call (its fork check)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def add(self, login: Login, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         logins = self._by_timeout.get(timeout)
         if logins is None:
@@ -434,7 +443,8 @@ class Login:
             log.error("client", f"login failed: {exc!r}", client.log_ctx)
             client.close()
         finally:
-            self._leave_routing()
+            if self._routing:
+                self._leave_routing()
 
     async def _enter_routing(self) -> None:
         """client_max_routing: logins between their startup packet and the end of routing
@@ -496,7 +506,9 @@ class Login:
                 return
             raise AssertionError(f"read_startup gave {message!r}")
         assert isinstance(message, StartupPacket)
-        if self.worker.routing_gate is not None:
+        worker = self.worker
+        config = worker.config
+        if worker.routing_gate is not None:
             await self._enter_routing()
         if not tls and tls_support.listen_requires_tls(client.listen, client.unix):
             raise LoginRefused("08P01", "SSL is required")  # odyssey's words
@@ -504,7 +516,7 @@ class Login:
         if message.minor_version > 0 or protocol_options:
             # As PostgreSQL does: we speak 3.0 and know no _pq_ options.
             client._send(build.negotiate_protocol_version(0x30000, sorted(protocol_options)))
-        limit = self.worker.config.client_max
+        limit = config.client_max
         if limit is not None:
             await self._take_client_slot(
                 ("clients",), limit, f"too many tcp connections (global client_max {limit})"
@@ -522,21 +534,20 @@ class Login:
                 raise LoginRefused(*refusal)
         client.database = params.get("database") or client.user
         client.log_ctx.user, client.log_ctx.database = client.user, client.database
-        if self.worker.config.log_session:
+        if config.log_session:
             where = f"{client.peer[0]}:{client.peer[1]}" if client.peer else "unix socket"
             log.info("startup", f"new client connection {where}", client.log_ctx)
         address = client.peer[0] if client.peer else None
-        config = self.worker.config
         if config.hba_file and not hba_allows(
             config.hba_rules, database=client.database, user=client.user, address=address, tls=tls
         ):
             raise LoginRefused("28000", "host based authentication rejected")
-        if not self.worker.groups.ready:  # (group rules: members known since start)
+        if not worker.groups.ready:  # (group rules: members known since start)
             await self._in_task()
-            await self.worker.groups.first_check()
-        rule = self.worker.router.match_client(client.database, client.user, address, tls)
+            await worker.groups.first_check()
+        rule = worker.router.match_client(client.database, client.user, address, tls)
         if rule is None:
-            self.worker.count_error("route_not_found")
+            worker.count_error("route_not_found")
             raise LoginRefused("3D000", f"route for '{client.database}.{client.user}' is not found")
         client.rule = rule
         client.mode = rule.pool
@@ -544,7 +555,7 @@ class Login:
         client.slow_attach = client.steer is not None
         if rule.keepalive > 0 and not client.unix:  # the route's own keepalive (odyssey master)
             sockopts.apply(client.transport, sockopts.TcpOptions.of(config, rule))
-        if self.worker.config.log_session:
+        if config.log_session:
             log.info(
                 "startup",
                 f"route '{client.database}.{client.user}' to '{rule.name}'",
@@ -552,14 +563,15 @@ class Login:
             )
         if rule.authentication != "none":
             await self._authenticate(rule)
-        self._leave_routing()
-        storage = self.worker.storage_of(rule)
+        if self._routing:
+            self._leave_routing()
+        storage = worker.storage_of(rule)
         if storage.type == "local":
             await self._in_task()
-            await self.worker.console_login(self, rule)
+            await worker.console_login(self, rule)
             return
-        if self.worker.soft_oom_usage is not None:  # over soft_oom's limit (odyssey)
-            usage = self.worker.soft_oom_usage // 1024
+        if worker.soft_oom_usage is not None:  # over soft_oom's limit (odyssey)
+            usage = worker.soft_oom_usage // 1024
             log.error(
                 "startup", f"drop connection due to soft oom (usage is {usage} KB)", client.log_ctx
             )
@@ -569,7 +581,7 @@ class Login:
             await self._in_task()
             await self._check_catchup(limit)
         ldap_user = client.ldap_login.storage_user if client.ldap_login else None
-        route = self.worker.route_for(rule, client.database, client.user, ldap_user)
+        route = worker.route_for(rule, client.database, client.user, ldap_user)
         if rule.client_max is not None:
             await self._take_client_slot(
                 ("clients", *route.key),
@@ -742,13 +754,27 @@ class Login:
         key = client.key = self.worker.register_cancel_key(
             client, server.backend_key[0] if server else 0
         )
-        self.stop_timer()
+        if self.timeout:  # (`stop_timer`, inline)
+            self.worker.login_deadlines.remove(self, self.timeout)
+            self.timeout = 0
         client._send(
-            b"".join((build.AUTH_OK, *notices, statuses, build.backend_key_data(*key), _READY))
+            b"".join(
+                (
+                    build.AUTH_OK,
+                    *notices,
+                    statuses,
+                    _KEY_DATA.pack(_KEY_DATA_TYPE, 12, *key),
+                    _READY,
+                )
+            )
         )
-        if client.state is _CLOSED:
+        state = client.state
+        if state is _CLOSED:
             return  # it left as the login ended
-        client.become(_LINKED if client.server is not None else _IDLE)
+        if state is _STARTUP and not log.debug_enabled:  # (startup -> idle or linked, inline)
+            client.state = _LINKED if server is not None else _IDLE
+        else:
+            client.become(_LINKED if server is not None else _IDLE)
         client.ready_at = time.monotonic()
         client.login = None  # handed over to the relay
         if self.buf:  # the client pipelined past the login

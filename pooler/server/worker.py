@@ -315,9 +315,10 @@ class Worker:
         the rule's storage_user or the client's user name on the server."""
         backend_db = rule.storage_db or database
         backend_user = backend_user or rule.storage_user or user
+        identity = rule.identity  # (a property: a tuple built each time)
         key = (
-            self.births.get(rule.identity, self.config.generation),
-            rule.identity,
+            self.births.get(identity, self.config.generation),
+            identity,
             backend_db,
             backend_user,
         )
