@@ -70,7 +70,7 @@ IDLE = ord("I")  # ReadyForQuery's transaction status outside a transaction
 EMPTY_PARSE = build.parse("", "")  # stands in for a Parse the server already has
 _DEALLOCATE = re.compile(r"\s*deallocate\s+(?:prepare\s+)?(\"(?:[^\"]|\"\")+\"|\w+)\s*;?\s*$", re.I)
 _MAYBE_DROP = re.compile(rb"\s*[dD]")  # could be DEALLOCATE or DISCARD
-_MAYBE_DROP_FIRST = frozenset(b"dD \t\n\r\f\v")  # ... its first byte (no regex per query)
+MAYBE_DROP_FIRST = frozenset(b"dD \t\n\r\f\v")  # ... its first byte (no regex per query)
 _DROP_ALL = re.compile(r"\s*(?:deallocate\s+(?:prepare\s+)?all|discard\s+all)\s*;?\s*$", re.I)
 
 
@@ -753,7 +753,7 @@ class ClientStatements:
             self.shapes.pop("", None)
         self.young = None
         if end > start and (
-            buf[start] not in _MAYBE_DROP_FIRST or not _MAYBE_DROP.match(buf, start)
+            buf[start] not in MAYBE_DROP_FIRST or not _MAYBE_DROP.match(buf, start)
         ):
             return None  # only DEALLOCATE / DISCARD concern us
         return self._rewrite_query(messages.decode_query(buf[start:end]), server)

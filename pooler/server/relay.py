@@ -63,6 +63,7 @@ from pooler.protocol.query_text import opens_transaction_block
 from pooler.protocol.scanner import MessageScanner
 from pooler.server.prepared import (
     FAIL_IN_PLACE,
+    MAYBE_DROP_FIRST,
     NO_DATA,
     STALE_PLAN_ERROR,
     ClientStatements,
@@ -262,7 +263,17 @@ class ServerRelay:
                 continue
             if msg_type == READY_FOR_QUERY:
                 status = self.status = body[0] if body else IDLE
-                statements.on_ready(status)
+                if (
+                    statements._parses
+                    or statements._closes
+                    or statements._describes
+                    or statements._confirmed
+                    or statements.in_xact
+                ):
+                    statements.on_ready(status)
+                else:  # (`on_ready`'s common case, inline: nothing in flight, no statement
+                    statements.batches_done += 1  # of a transaction; this runs per statement)
+                    statements._shape_next = statements._rolled_back = statements._failed = False
                 if statements.armed_at >= 0:  # its batch is answered: disarmed
                     statements.armed_at = -1
                     statements.armed_sent = b""
@@ -711,6 +722,13 @@ class ClientRelay:
             return None
         server_statements = server.statements
         server_statements.batches_sent += 1  # (`sent_sync`, inline: this runs per query)
+        if end - start > 5 and buf[start + 5] not in MAYBE_DROP_FIRST:
+            # (`on_query`'s common case, inline: not a DEALLOCATE or DISCARD; per query)
+            statements.statements.pop("", None)  # it replaces the unnamed statement
+            if statements.shapes:
+                statements.shapes.pop("", None)
+            statements.young = None
+            return None
         return statements.on_query(buf, start + 5, end, server_statements)
 
     def _listen(self, buf: bytes | bytearray, start: int, end: int) -> None:

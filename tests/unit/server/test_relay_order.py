@@ -16,8 +16,8 @@ from pooler.protocol import build
 from pooler.server.backend import ServerConnection, ServerState
 from pooler.server.client import ClientConnection
 from pooler.server.lifecycle import ClientState
-from pooler.server.prepared import ClientStatements, ServerStatements
-from pooler.server.relay import IDLE
+from pooler.server.prepared import ClientStatements
+from pooler.server.stats import RouteStats
 
 CONFIG = """
 log_format "%m\\n"
@@ -113,17 +113,17 @@ async def test_the_answer_is_written_before_the_bookkeeping(
 ) -> None:
     server, client = linked_pair()
     seen: list[int] = []
-    on_ready = ServerStatements.on_ready
+    record_xact = RouteStats.record_xact
 
-    def ready(statements: ServerStatements, status: int = IDLE) -> None:
+    def counted(stats: RouteStats, us: int) -> None:
         seen.append(len(client.transport.writes))  # type: ignore[attr-defined]
-        on_ready(statements, status)
+        record_xact(stats, us)
 
-    # (the ReadyForQuery's bookkeeping starts there; the query is counted right after it)
-    monkeypatch.setattr(ServerStatements, "on_ready", ready)
+    # (the ReadyForQuery's bookkeeping: the query counted, then the transaction, here)
+    monkeypatch.setattr(RouteStats, "record_xact", counted)
     server.data_received(ANSWER)
     assert client.transport.writes == [ANSWER]  # type: ignore[attr-defined]
-    assert seen == [1]  # the client had its answer when the query was counted
+    assert seen == [1]  # the client had its answer when the transaction was counted
     assert server.stats.query_count == 1
     assert client.server is None  # and the server was given back
 
