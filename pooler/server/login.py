@@ -93,10 +93,9 @@ def _parameter_statuses(reported: tuple[tuple[str, str], ...]) -> bytes:
 
 
 # `_report`'s answers: per route's server parameters (the dict itself, replaced when they
-# change, never changed in place) and the client's own values of those parameters
-_reports: dict[
-    tuple[int, tuple[tuple[str, str], ...]], tuple[dict[str, str], dict[str, str], bytes]
-] = {}
+# change, never changed in place) and the client's parameters (all of them: the key is
+# built without looking at which the route reports, a third of `_report`'s time)
+_reports: dict[tuple[object, ...], tuple[dict[str, str], dict[str, str], bytes]] = {}
 MAX_REPORTS = 256
 
 
@@ -106,11 +105,11 @@ def _report(server_params: dict[str, str], params: dict[str, str]) -> tuple[dict
     PostgreSQL's spelling (backend.spelled). Returns what the client's parameters gain (its
     own respelled, the tracked ones it did not set: they are restored on every server it
     gets) and the ParameterStatus messages; kept for the next such login."""
-    own = tuple((name, params[name]) for name in server_params.keys() & params.keys())
-    key = (id(server_params), own)
+    key = (id(server_params), *params.items())
     known = _reports.get(key)
     if known is not None and known[0] is server_params:
         return known[1], known[2]
+    own = tuple((name, params[name]) for name in server_params.keys() & params.keys())
     reported = dict(server_params)
     added = {}
     for name, value in own:
