@@ -211,8 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     args: Any = argv if argv is not None else sys.argv[1:]
     index, ipc_fd = int(args[0]), int(args[1])
     listen_fds = [int(fd) for fd in args[2].split(",")] if len(args) > 2 and args[2] else []
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
-    signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # online restart: the supervisor's too
+    # The supervisor's signals (Ctrl-C, reload, log reopen, online restart) reach workers too
+    # (a process group's Ctrl-C, `pkill -HUP pooler`: the titles say "pooler"); their default
+    # action would kill the worker and cut its clients. A handler set before us (a measurement
+    # aid such as bench/liveprof) stays.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        if signal.getsignal(sig) == signal.SIG_DFL:
+            signal.signal(sig, signal.SIG_IGN)
     try:
         from setproctitle import setproctitle
 

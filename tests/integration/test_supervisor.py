@@ -258,3 +258,22 @@ def test_a_connection_during_a_graceful_shutdown_is_refused_at_once(pooler):
     conn.commit()
     conn.close()
     assert p.wait_exit(timeout=20) == 0
+
+
+def test_signals_meant_for_the_supervisor_leave_workers_serving(pooler):
+    """`pkill -HUP pooler` / `killall -USR1 pooler` (reload, log reopen) reach the workers too:
+    their titles say "pooler". A worker ignores the supervisor's signals instead of dying of
+    their default action and cutting its clients."""
+    p = pooler(config(8, workers=2))
+    wait_until(lambda: len(worker_pids(p.pid)) == 2)
+    conns = [p.connect("p0") for _ in range(8)]
+    assert {worker_of(c) for c in conns} == {0, 1}
+    before = worker_pids(p.pid)
+    for pid in before:
+        for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
+            os.kill(pid, sig)
+    for conn in conns:  # a round trip through each worker: it has handled its signals
+        assert conn.execute("select 1").fetchone()[0] == 1
+    assert worker_pids(p.pid) == before
+    for conn in conns:
+        conn.close()
