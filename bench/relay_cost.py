@@ -37,7 +37,9 @@ server's holds one end of a socketpair, which `pool_attach_check` polls):
   syscalls are the same but pool_attach_check's poll). TPC-B (bench/run's d, 4 clients, 4
   servers), select-only with 500 clients on 20 servers (e), and one client's select-only
   round trip (g: everything runs in this process, so its CPU per round trip is its latency
-  less the wake-ups across processes);
+  less the wake-ups across processes); and, without that noise, per statement inside a
+  transaction: the relay's callbacks and their parts with stand-in transports whose methods
+  are C calls, beside the splice's two callbacks alike;
 - socket options: `sockopts.apply` (keepalive, TCP_NODELAY) on a real accepted TCP transport,
   run for every server connection (a client's socket inherits them from its listening socket,
   `Worker._set_listen_options`, unless `nodelay no`; the login line's stand-in transports
@@ -289,6 +291,108 @@ def tpcb(transactions: int, servers: int = 4, clients_n: int = 4) -> float:
         assert all(server.client is None for server in pool)
         best = min(best, (time.process_time() - started) / transactions * 1e6)
     return best
+
+
+def statement_pieces(statements: int) -> dict[str, float]:
+    """µs per statement inside a transaction (a linked client and server, ReadyForQuery
+    'T': TPC-B's five middle statements), best of 9, for the whole relay and its parts, with
+    stand-in transports whose methods are C calls (their cost is close to nothing), and for
+    bench/splice.py's two `Half` callbacks alike: pooler's own Python per statement without
+    the noise of sockets and of the kernel (the live lines' is ±3 µs per transaction)."""
+    from splice import Half  # (bench/, the script's own folder)
+
+    query = TPCB[1][0]
+    answer = TPCB[1][1]
+    worker, route = make_worker()
+    server = add_server(route)
+    client = ready_client(worker, route)
+    client.data_received(TPCB[0][0])
+    server.data_received(TPCB[0][1])  # BEGIN: linked
+    assert client.server is server
+    sink: list[bytes] = []
+    fast = types.SimpleNamespace(write=sink.append, is_closing=bool)
+    server.transport = client.transport = fast  # type: ignore[assignment]
+    halves = Half(), Half()
+    for half, peer in zip(halves, reversed(halves), strict=True):
+        half.transport, half.peer = fast, peer  # type: ignore[assignment]
+    requests, feed, uncut, answers = (
+        client.requests,
+        server.scanner.feed,
+        server.uncut,
+        server.answers,
+    )
+    n = len(answer)
+
+    def whole() -> None:
+        for _ in range(statements):
+            client.data_received(query)
+            server.data_received(answer)
+
+    def client_side() -> None:
+        for _ in range(statements):
+            client.data_received(query)
+            server.pending = 0
+
+    def client_core() -> None:
+        for _ in range(statements):
+            requests(server, query)
+            server.pending = 0
+
+    def server_side() -> None:
+        for _ in range(statements):
+            server.pending = 1
+            server.data_received(answer)
+
+    def server_core() -> None:
+        for _ in range(statements):
+            server.pending = 1
+            events = feed(answer)
+            uncut("transaction", events, n)
+            answers(answer, events, client, True)
+
+    def scanner() -> None:
+        for _ in range(statements):
+            server.pending = 1
+            feed(answer)
+
+    def splice() -> None:
+        first, second = halves[0].data_received, halves[1].data_received
+        for _ in range(statements):
+            first(query)
+            second(answer)
+
+    def empty() -> None:
+        for _ in range(statements):
+            server.pending = 1
+
+    def best(run: Any) -> float:
+        fastest = float("inf")
+        for _ in range(9):
+            started = time.process_time()
+            run()
+            fastest = min(fastest, time.process_time() - started)
+            sink.clear()
+        return fastest / statements * 1e6
+
+    loop = best(empty)
+    return {
+        "pooler": best(whole) - loop,
+        "client side": best(client_side) - loop,
+        "of which ClientRelay.requests": best(client_core) - loop,
+        "server side": best(server_side) - loop,
+        "of which the scanner": best(scanner) - loop,
+        "of which the scanner, uncut, answers": best(server_core) - loop,
+        "splice": best(splice) - loop,
+    }
+
+
+def print_pieces(transactions: int) -> None:
+    pieces = statement_pieces(transactions)
+    print(
+        "per statement in a transaction (C-call transports): "
+        + ", ".join(f"{name} {us:4.2f}" for name, us in pieces.items())
+        + " µs"
+    )
 
 
 def to_write(
@@ -695,6 +799,7 @@ def main() -> None:
     transactions = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     if sys.argv[2:] == ["live"]:  # the live lines alone
         print(f"hot path: {compiled.build()} (POOLER_PURE=1: the Python sources)")
+        print_pieces(transactions)
         uvloop.run(live_lines(transactions // 5))
         return
     print(f"hot path: {compiled.build()} (POOLER_PURE=1: the Python sources)")
@@ -722,6 +827,7 @@ def main() -> None:
     )
     per_apply = uvloop.run(socket_options(transactions // 10))
     print(f"socket options: {per_apply:5.2f} µs per connection (keepalive, real TCP socket)")
+    print_pieces(transactions)
     uvloop.run(live_lines(transactions // 5))
 
 
