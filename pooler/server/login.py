@@ -73,9 +73,11 @@ MAX_STARTUP_WAIT_BUFFER = 1 << 16
 MAX_LOGIN_MESSAGE = 1 << 16
 # The startup packets of the last logins, parsed: an application's connections send the same
 # bytes each time (pgbench -C, a driver without a pool of its own). Shared: never changed.
+# Each with its protocol options (`StartupPacket.protocol_options` builds them on every call).
 KNOWN_PACKETS = 256
 MAX_KNOWN_PACKET = 1024  # (bytes) longer ones are parsed each time
-_known_packets: dict[bytes, StartupPacket] = {}
+_known_packets: dict[bytes, tuple[StartupPacket, dict[str, str]]] = {}
+_NO_OPTIONS: dict[str, str] = {}  # (a request's: SSLRequest, GSSENCRequest, CancelRequest)
 
 _STARTUP, _LOGIN_WAITING, _CANCEL, _CONSOLE, _IDLE, _WAITING, _LINKED, _CLOSED = ClientState
 _LOGIN_STATES = (_STARTUP, _LOGIN_WAITING, _CANCEL)  # (a login timer still runs for them)
@@ -372,25 +374,37 @@ class Login:
         finally:
             client.reading.resume(UNREAD_ANSWERS)
 
-    async def _read_startup(self) -> object:
+    def _startup_in_buf(self) -> tuple[object, dict[str, str]] | None:
+        """The startup-phase message at the start of `buf`, taken off it, and its protocol
+        options (a StartupPacket's); None while it is not all there."""
         buf = self.buf
+        if len(buf) >= 8:  # a packet parsed before (`_known_packets`)?
+            length = int.from_bytes(buf[:4])
+            if length <= len(buf) and length <= MAX_KNOWN_PACKET:
+                known = _known_packets.get(bytes(buf[:length]))
+                if known is not None:
+                    del buf[:length]
+                    return known
+        parsed = read_startup(buf)
+        if parsed is None:
+            return None
+        message, used = parsed
+        if not isinstance(message, StartupPacket):
+            del buf[:used]
+            return message, _NO_OPTIONS
+        known = message, message.protocol_options
+        if used <= MAX_KNOWN_PACKET:
+            if len(_known_packets) >= KNOWN_PACKETS:
+                del _known_packets[next(iter(_known_packets))]  # the oldest
+            _known_packets[bytes(buf[:used])] = known
+        del buf[:used]
+        return known
+
+    async def _read_startup(self) -> tuple[object, dict[str, str]]:
         while True:
-            if len(buf) >= 8:  # a packet parsed before (`_known_packets`)?
-                length = int.from_bytes(buf[:4])
-                if length <= len(buf) and length <= MAX_KNOWN_PACKET:
-                    known = _known_packets.get(bytes(buf[:length]))
-                    if known is not None:
-                        del buf[:length]
-                        return known
-            parsed = read_startup(buf)
-            if parsed is not None:
-                message, used = parsed
-                if isinstance(message, StartupPacket) and used <= MAX_KNOWN_PACKET:
-                    if len(_known_packets) >= KNOWN_PACKETS:
-                        del _known_packets[next(iter(_known_packets))]  # the oldest
-                    _known_packets[bytes(buf[:used])] = message
-                del buf[:used]
-                return message
+            read = self._startup_in_buf()
+            if read is not None:
+                return read
             await self._more()
 
     async def read_message(self) -> tuple[int, bytes]:
@@ -468,7 +482,10 @@ class Login:
         client = self.client
         tls = ssl_asked = gss_asked = False
         while True:
-            message = await self._read_startup()
+            read = self._startup_in_buf()  # (it came whole: no coroutine to wait in)
+            if read is None:
+                read = await self._read_startup()
+            message, protocol_options = read
             if type(message) is StartupPacket:
                 break
             # As PostgreSQL: each request once, neither after TLS is up (the second is read
@@ -511,7 +528,6 @@ class Login:
             await self._enter_routing()
         if not tls and tls_support.listen_requires_tls(client.listen, client.unix):
             raise LoginRefused("08P01", "SSL is required")  # odyssey's words
-        protocol_options = message.protocol_options
         if message.minor_version > 0 or protocol_options:
             # As PostgreSQL does: we speak 3.0 and know no _pq_ options.
             client._send(build.negotiate_protocol_version(0x30000, sorted(protocol_options)))
@@ -550,8 +566,9 @@ class Login:
             raise LoginRefused("3D000", f"route for '{client.database}.{client.user}' is not found")
         client.rule = rule
         client.mode = rule.pool
-        client.steer = client._steering()
-        client.slow_attach = client.steer is not None
+        if client.listen.target_session_attrs:  # (else its rule's: nothing to steer by)
+            client.steer = client._steering()
+            client.slow_attach = client.steer is not None
         if rule.keepalive > 0 and not client.unix:  # the route's own keepalive (odyssey master)
             sockopts.apply(client.transport, sockopts.TcpOptions.of(config, rule))
         if config.log_session:
