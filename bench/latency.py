@@ -6,7 +6,8 @@ Usage: .venv/bin/python bench/latency.py
 Knobs (environment): TARGETS (direct,pgbouncer,splice,pooler; odysseyN and poolerN as in
 bench/run), PROTOCOLS (simple,extended: pgbench -M, each measured in turn), CLIENTS (1),
 ROUNDS (3), DURATION (5 s per latency run), TXNS (3000 traced transactions), SCALE (1),
-PGBOUNCER_BIN, ODYSSEY_BIN, KEEP_TMP.
+CONNECT (1: ``pgbench -C``, a new connection per transaction as in bench/run's f, so every
+figure is per connection too), PGBOUNCER_BIN, ODYSSEY_BIN, KEEP_TMP.
 
 For every protocol and every target, against one throwaway PostgreSQL (the targets and
 configs of bench/run):
@@ -104,6 +105,7 @@ class Result:
 
 PROTOCOL = ["-M", "simple"]  # pgbench -M of every run: set per protocol by main()
 CLIENTS = "1"
+CONNECT: list[str] = []  # ["-C"] with CONNECT=1
 
 
 def pgbench(pg: PgCluster, port: int, *args: str) -> str:
@@ -111,7 +113,7 @@ def pgbench(pg: PgCluster, port: int, *args: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(PGSSLMODE="disable", PGCONNECT_TIMEOUT="10")
     done = subprocess.run(
-        [*argv, *PROTOCOL, "-c", CLIENTS, *args, "postgres"],
+        [*argv, *PROTOCOL, *CONNECT, "-c", CLIENTS, *args, "postgres"],
         capture_output=True,
         text=True,
         env=env,
@@ -433,8 +435,9 @@ def main() -> int:
     load = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="pooler-latency-"))
     tmp.chmod(0o755)
-    global CLIENTS
+    global CLIENTS, CONNECT
     CLIENTS = str(env_int("CLIENTS", 1))
+    CONNECT = ["-C"] if env_int("CONNECT", 0) else []
     protocols = [p.strip() for p in os.environ.get("PROTOCOLS", "simple,extended").split(",")]
     if not protocols or any(p not in ("simple", "extended", "prepared") for p in protocols):
         print("latency: PROTOCOLS is a list of simple, extended, prepared", file=sys.stderr)
@@ -489,7 +492,7 @@ def main() -> int:
     header = [
         f"# bench/latency.py {stamp}",
         "",
-        f"`pgbench -n -S -c {CLIENTS}`, `-M` {', '.join(protocols)}: {rounds} round(s) × "
+        f"`pgbench -n -S {' '.join([*CONNECT, ''])}-c {CLIENTS}`, `-M` {', '.join(protocols)}: {rounds} round(s) × "
         f"{duration} s untraced, then "
         f"{txns} transactions under strace and {txns} under perf, per target. "
         f"{os.cpu_count()} CPUs; load average at the start "
