@@ -374,37 +374,31 @@ class Login:
         finally:
             client.reading.resume(UNREAD_ANSWERS)
 
-    def _startup_in_buf(self) -> tuple[object, dict[str, str]] | None:
-        """The startup-phase message at the start of `buf`, taken off it, and its protocol
-        options (a StartupPacket's); None while it is not all there."""
-        buf = self.buf
-        if len(buf) >= 8:  # a packet parsed before (`_known_packets`)?
-            length = int.from_bytes(buf[:4])
-            if length <= len(buf) and length <= MAX_KNOWN_PACKET:
-                known = _known_packets.get(bytes(buf[:length]))
-                if known is not None:
-                    del buf[:length]
-                    return known
-        parsed = read_startup(buf)
-        if parsed is None:
-            return None
-        message, used = parsed
-        if not isinstance(message, StartupPacket):
-            del buf[:used]
-            return message, _NO_OPTIONS
-        known = message, message.protocol_options
-        if used <= MAX_KNOWN_PACKET:
-            if len(_known_packets) >= KNOWN_PACKETS:
-                del _known_packets[next(iter(_known_packets))]  # the oldest
-            _known_packets[bytes(buf[:used])] = known
-        del buf[:used]
-        return known
-
     async def _read_startup(self) -> tuple[object, dict[str, str]]:
+        """The startup-phase message at the start of `buf`, taken off it, and its protocol
+        options (a StartupPacket's)."""
+        buf = self.buf
         while True:
-            read = self._startup_in_buf()
-            if read is not None:
-                return read
+            if len(buf) >= 8:  # a packet parsed before (`_known_packets`)?
+                length = int.from_bytes(buf[:4])
+                if length <= len(buf) and length <= MAX_KNOWN_PACKET:
+                    known = _known_packets.get(bytes(buf[:length]))
+                    if known is not None:
+                        del buf[:length]
+                        return known
+            parsed = read_startup(buf)
+            if parsed is not None:
+                message, used = parsed
+                if not isinstance(message, StartupPacket):
+                    del buf[:used]
+                    return message, _NO_OPTIONS
+                known = message, message.protocol_options
+                if used <= MAX_KNOWN_PACKET:
+                    if len(_known_packets) >= KNOWN_PACKETS:
+                        del _known_packets[next(iter(_known_packets))]  # the oldest
+                    _known_packets[bytes(buf[:used])] = known
+                del buf[:used]
+                return known
             await self._more()
 
     async def read_message(self) -> tuple[int, bytes]:
@@ -482,10 +476,7 @@ class Login:
         client = self.client
         tls = ssl_asked = gss_asked = False
         while True:
-            read = self._startup_in_buf()  # (it came whole: no coroutine to wait in)
-            if read is None:
-                read = await self._read_startup()
-            message, protocol_options = read
+            message, protocol_options = await self._read_startup()
             if type(message) is StartupPacket:
                 break
             # As PostgreSQL: each request once, neither after TLS is up (the second is read
