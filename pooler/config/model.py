@@ -7,6 +7,7 @@ and `key_pos` maps each key that was set to where it was set (not compared, not 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from types import MappingProxyType
@@ -172,7 +173,7 @@ class Rule:
             text += f" {self.conn_type}"
         return text
 
-    @property
+    @functools.cached_property  # (the rule never changes: built once, not at every login)
     def identity(self) -> tuple[str | None, str | None, bool, str | None, str, bool]:
         """What makes two rules the same rule. An internal rule (auth_query, watchdog) and a
         client-visible one for the same user are two rules (odyssey routes each kind of client

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import struct
 from typing import Protocol
 
 from pooler.cancel import POOLER_PIDS, key_owner, send_cancel
@@ -17,6 +18,8 @@ from pooler.server.backend import ServerConnection
 from pooler.server.client import ClientConnection
 from pooler.server.flow import CANCELLING
 from pooler.server.link import Supervisor
+
+_SECRETS = struct.Struct("!1024I")  # 4 KB of randomness: 1,024 secrets
 
 
 class CancelOwner(Protocol):
@@ -40,8 +43,7 @@ class Cancels:
         self.gate = asyncio.Semaphore(self.limit)
         self.keys: dict[int, ClientConnection] = {}
         self._counter = 0
-        self._random = b""  # from os.urandom, 4 bytes a secret (`_secret`)
-        self._random_at = 0
+        self._secrets: list[int] = []  # the next ones, from os.urandom (`_secret`)
 
     def register(self, client: ClientConnection, server_pid: int = 0) -> tuple[int, int]:
         """A BackendKeyData for the client. With `server_pid` (a session-pool client: one
@@ -62,13 +64,11 @@ class Cancels:
 
     def _secret(self) -> int:
         """31 random bits from the system's source, as secrets.randbits(31), read 4 KB at a
-        time (one system call per secret was a tenth of a login's own work)."""
-        at = self._random_at
-        if at >= len(self._random):
-            self._random = os.urandom(4096)
-            at = 0
-        self._random_at = at + 4
-        return int.from_bytes(self._random[at : at + 4]) & 0x7FFFFFFF
+        time (one system call per secret was a tenth of a login's own work) and cut into
+        1,024 secrets at once (a slice and an int.from_bytes per secret cost 0.1 µs)."""
+        if not self._secrets:
+            self._secrets = [n & 0x7FFFFFFF for n in _SECRETS.unpack(os.urandom(_SECRETS.size))]
+        return self._secrets.pop()
 
     async def cancel(self, pid: int, secret: int, *, forwarded: bool = False) -> None:
         """A CancelRequest: cancel the query of the client's server, wherever it lives.

@@ -315,7 +315,7 @@ class Worker:
         the rule's storage_user or the client's user name on the server."""
         backend_db = rule.storage_db or database
         backend_user = backend_user or rule.storage_user or user
-        identity = rule.identity  # (a property: a tuple built each time)
+        identity = rule.identity
         key = (
             self.births.get(identity, self.config.generation),
             identity,
