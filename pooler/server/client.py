@@ -446,6 +446,8 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
     def _queue(self, data: bytes) -> None:
         """Hold bytes while a server is acquired (transaction and statement pools): idle
         -> linked (an idle server fits at once), or idle -> waiting."""
+        route = self.route
+        assert route is not None
         first = self.state is _IDLE
         if first:
             if data == TERMINATE_MESSAGE:  # goodbye between transactions: no server needed
@@ -453,7 +455,7 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
                 return
             if data[0] == PARSE and self.statements is not None and self._answer_locally(data):
                 return  # (_answer_locally declines at once unless Parses and Syncs only)
-            if self._attach_idle(data):
+            if route.idle and self._attach_idle(data):  # (none idle: it waits)
                 return
             if log.debug_enabled:  # (idle -> waiting: `become`'s check, inline)
                 self.become(_WAITING)
@@ -476,8 +478,20 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
                 self.reading.resume(QUEUE_FULL)
                 self.become(_IDLE)
                 return
-        if not self._wait_without_task():
+        # No idle server: wait in the route's queue for the next one released (the common
+        # case under load), which `_handed` links in the releasing callback. Routes without a
+        # pool_size and paused routes take the task path.
+        if route.idle or not route.limited or route.paused or self.slow_attach:
             self._attach_task = self.worker.spawn(self._attach(), f"attach {self.id}")
+            return
+        self._handoff = route.wait(self._handed, self.asked_at)
+        rule = route.rule
+        if rule.pool_notice_after_waiting_ms >= 0:
+            self._waiting()
+        if rule.pool_timeout:
+            self._handoff_timer = asyncio.get_running_loop().call_later(
+                rule.pool_timeout / 1000, self._handoff_timed_out
+            )
 
     @property
     def waiting_since(self) -> float | None:
@@ -523,24 +537,6 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
             ):
                 return False
         return self.params.items() <= server.params.items()
-
-    def _wait_without_task(self) -> bool:
-        """No idle server: wait in the route's queue for the next one released (the common
-        case under load), which `_handed` links in the releasing callback. Routes without a
-        pool_size and paused routes take the task path."""
-        route = self.route
-        assert route is not None
-        if route.idle or not route.limited or route.paused or self.slow_attach:
-            return False
-        self._handoff = route.wait(self._handed, self.asked_at)
-        if route.rule.pool_notice_after_waiting_ms >= 0:
-            self._waiting()
-        timeout_ms = route.rule.pool_timeout
-        if timeout_ms:
-            self._handoff_timer = asyncio.get_running_loop().call_later(
-                timeout_ms / 1000, self._handoff_timed_out
-            )
-        return True
 
     def _stop_waiting(self, now: float | None = None) -> None:
         """The wait without a task is over (at monotonic time `now`; None: now)."""

@@ -149,6 +149,7 @@ class Route:
         self._pollers: dict[ServerConnection, select.poll | None] = {}  # pool_attach_check
         self.opened: set[ServerConnection] = set()  # logged-in servers the supervisor knows
         self._resumed: asyncio.Event | None = None  # while PAUSEd: set by RESUME
+        self.paused = False  # (`_resumed` is not None: read per waiting transaction)
         self.shed_pending = 0  # slots the supervisor asked us to give back
         self.shed_spare = 0  # ... lent: servers left idle LEND_IDLE seconds
         self.clients = 0
@@ -195,19 +196,17 @@ class Route:
         self.reset_query = self._reset_query()
         self.limited = rule.pool_size > 0 or self.shared is not None
 
-    @property
-    def paused(self) -> bool:
-        return self._resumed is not None
-
     def pause(self) -> None:
         """PAUSE: no server is lent until `resume` (acquire waits; clients take the task
         path); idle servers close now, busy ones as they come back (console.py)."""
         if self._resumed is None:
             self._resumed = asyncio.Event()
+            self.paused = True
         self.close_all()
 
     def resume(self) -> None:
         resumed, self._resumed = self._resumed, None
+        self.paused = False
         if resumed is not None:
             resumed.set()
 
@@ -674,8 +673,10 @@ class Route:
                 deliver(server)
             finally:
                 self._releasing = False
-            if self.slot_requested and not self.has_waiters():
-                self._cancel_request()
+            if self.slot_requested:  # (`has_waiters`' common answer, inline: the next waits)
+                head = waiters[0] if waiters else None
+                if not (type(head) is HandOff and not head.settled) and not self.has_waiters():
+                    self._cancel_request()
             return
         self.busy.discard(server)
         if server.state is _TAKEN and not log.debug_enabled:
