@@ -28,6 +28,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pooler.config import Config, Listen
+from pooler.histogram import bucket_of
 from pooler.logs import log
 from pooler.protocol import ProtocolError, auth, build, messages
 from pooler.protocol.framing import (
@@ -66,6 +67,7 @@ from pooler.server.relay import (
     query_text as _query_text,
 )
 from pooler.server.sockopts import TcpOptions
+from pooler.server.stats import BUCKETS, TABULATED
 
 if TYPE_CHECKING:
     from pooler.server.ldap_auth import LdapLogin
@@ -598,8 +600,9 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
         ):  # (`_stop_waiting`'s common case, inline: handed over, no timer, nothing told)
             self._handoff = None
             waited = int((now - handoff.started) * 1e6)
-            stats = route.stats
-            stats.record_wait(waited)
+            stats = route.stats  # (`record_wait`, inline: once a waiting transaction)
+            stats.wait_time_us += waited
+            stats.wait_hist[BUCKETS[waited] if 0 <= waited < TABULATED else bucket_of(waited)] += 1
             if waited > stats.max_wait_us:
                 stats.max_wait_us = waited
         else:

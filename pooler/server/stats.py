@@ -5,7 +5,7 @@ The three time totals (`xact_time_us`, `query_time_us`, `wait_time_us`) are bump
 histogram (`pooler.histogram`'s buckets: looked up in a table below 4 ms, computed inline
 above): that is how p50/p95/p99 are known without keeping samples (the relay, per
 ReadyForQuery and per server handed at once, does what `record_query` and `record_wait(0)`
-do inline). The counts (`xact_count`, `query_count`, `assignments`: one `record_wait` per
+do inline; so does a waiting client's `_handed` with its `record_wait`). The counts (`xact_count`, `query_count`, `assignments`: one `record_wait` per
 server a client got) are the histograms' sums, taken when asked (once a second for the
 snapshot), not bumped per transaction.
 """
