@@ -147,7 +147,6 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
         "_attach_task",
         "_eof_timer",
         "_handoff",
-        "_handoff_timer",
         "_lost",
         "_wait_noticed",
         "_wait_started",
@@ -205,7 +204,6 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
         self._attach_task: asyncio.Task[None] | None = None
         self._attach_owns = False  # the attach task holds a handed server or a granted slot
         self._handoff: HandOff | None = None  # waiting for a server without a task
-        self._handoff_timer: asyncio.TimerHandle | None = None
         self.queued: list[bytes] = []
         self.queued_bytes = 0
         self.route: Route | None = None
@@ -486,14 +484,9 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
         if route.idle or not route.limited or route.paused or self.slow_attach:
             self._attach_task = self.worker.spawn(self._attach(), f"attach {self.id}")
             return
-        self._handoff = route.wait(self._handed, self.asked_at)
-        rule = route.rule
-        if rule.pool_notice_after_waiting_ms >= 0:
+        self._handoff = route.wait(self._handed, self.asked_at, self._handoff_timed_out)
+        if route.rule.pool_notice_after_waiting_ms >= 0:
             self._waiting()
-        if rule.pool_timeout:
-            self._handoff_timer = asyncio.get_running_loop().call_later(
-                rule.pool_timeout / 1000, self._handoff_timed_out
-            )
 
     @property
     def waiting_since(self) -> float | None:
@@ -546,9 +539,6 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
         route = self.route
         assert handoff is not None and route is not None
         self._handoff = None
-        if self._handoff_timer is not None:
-            self._handoff_timer.cancel()
-            self._handoff_timer = None
         if not handoff.settled:
             route.stop_waiting(handoff)
         route.record_wait(handoff.started, now)
@@ -580,7 +570,6 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
             self._send(build.notice_response("NOTICE", "00000", f"waiting took {took} ms"))
 
     def _handoff_timed_out(self) -> None:
-        self._handoff_timer = None
         if self._handoff is not None:
             self._stop_waiting()
             self._pool_timeout()
@@ -594,7 +583,6 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
         if (
             handoff is not None
             and handoff.settled
-            and self._handoff_timer is None
             and self._wait_timer is None
             and not self._wait_noticed
         ):  # (`_stop_waiting`'s common case, inline: handed over, no timer, nothing told)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 import types
 from typing import Any
 
@@ -65,6 +66,9 @@ class Slots:
     def release(self, key: object) -> None:
         self.released += 1
 
+    def cancel(self, key: object) -> None:
+        self.requested -= 1
+
 
 @pytest.mark.timeout(20)
 async def test_a_slot_granted_to_a_client_that_just_left_is_given_back():
@@ -106,3 +110,72 @@ async def test_a_slot_granted_to_a_client_that_just_left_is_given_back():
     await asyncio.wait_for(settled(), 10)
     assert slots.released == slots.requested == 1  # the slot went back; nothing holds it
     assert route.size == 0
+
+
+class RecordingTransport(Transport):
+    """Keeps what is written, and when it was closed (monotonic)."""
+
+    def __init__(self, protocol: Any) -> None:
+        super().__init__(protocol)
+        self.written = b""
+        self.closed_at: float | None = None
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        if self.closed_at is None:
+            self.closed_at = time.monotonic()
+        super().close()
+
+
+@pytest.mark.timeout(20)
+async def test_each_task_free_waiter_gets_pool_timeout_at_its_own_deadline():
+    """The route's one pool_timeout timer: clients that began waiting at different times
+    each get the error once their own wait is over (not before), in the order they came,
+    and the timer is armed again for the ones still waiting."""
+    config = parse_text(
+        f"""
+        log_format "%m\\n"
+        log_session no
+        listen {{ host "127.0.0.1" port 6432 }}
+        storage "pg" {{ type "remote" host "127.0.0.1" port {closed_port()} }}
+        database default {{
+            user default {{
+                authentication "none"
+                storage "pg"
+                pool "transaction"
+                pool_size 1
+                pool_timeout 300
+            }}
+        }}
+        """
+    )
+    worker = Worker(config, 0, types.SimpleNamespace(slots=Slots()))  # type: ignore[arg-type]
+    rule = worker.router.match(ClientKey("db", "user", "127.0.0.1"))
+    assert rule is not None
+    route = worker.route_for(rule, "db", "user")
+    clients = []
+    for _ in range(3):
+        client = ClientConnection(worker, config.listens[0], False)
+        client.transport = RecordingTransport(client)  # type: ignore[assignment]
+        client.state, client.route, client.rule = ClientState.IDLE, route, rule
+        client.mode = "transaction"
+        client.data_received(build.query("select 1"))  # no server, no slot: it waits
+        assert client._handoff is not None  # (task-free, in the route's line)
+        clients.append(client)
+        asked = client.asked_at
+        while time.monotonic() < asked + 0.1:  # the next one asks 0.1 s later
+            await asyncio.sleep(0.01)
+
+    async def all_told() -> None:
+        while any(c.transport.closed_at is None for c in clients):  # type: ignore[union-attr]
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(all_told(), 10)
+    closed = [c.transport.closed_at for c in clients]  # type: ignore[union-attr]
+    for client, closed_at in zip(clients, closed, strict=True):
+        assert b"53300" in client.transport.written  # type: ignore[union-attr]
+        assert closed_at is not None and closed_at - client.asked_at >= 0.3 - 0.001
+    assert closed == sorted(closed)
+    assert not route.has_waiters()
