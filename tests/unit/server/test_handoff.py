@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 
 from pooler.config import parse_text
+from pooler.config.model import Config, Rule
 from pooler.protocol import build
 from pooler.server.client import ClientConnection
 from pooler.server.lifecycle import ClientState
+from pooler.server.pool import Route
 from pooler.server.router import ClientKey
 from pooler.server.worker import Worker
 
@@ -70,8 +72,9 @@ class Slots:
         self.requested -= 1
 
 
-@pytest.mark.timeout(20)
-async def test_a_slot_granted_to_a_client_that_just_left_is_given_back():
+def transaction_pool_of_one(slots: Slots, extra: str = "") -> tuple[Config, Worker, Rule, Route]:
+    """A worker (its supervisor's slot ledger: `slots`) with one transaction route of
+    pool_size 1 (and the rule lines in `extra`) whose storage is a closed port on loopback."""
     config = parse_text(
         f"""
         log_format "%m\\n"
@@ -84,15 +87,21 @@ async def test_a_slot_granted_to_a_client_that_just_left_is_given_back():
                 storage "pg"
                 pool "transaction"
                 pool_size 1
+                {extra}
             }}
         }}
         """
     )
-    slots = Slots()
     worker = Worker(config, 0, types.SimpleNamespace(slots=slots))  # type: ignore[arg-type]
     rule = worker.router.match(ClientKey("db", "user", "127.0.0.1"))
     assert rule is not None
-    route = worker.route_for(rule, "db", "user")
+    return config, worker, rule, worker.route_for(rule, "db", "user")
+
+
+@pytest.mark.timeout(20)
+async def test_a_slot_granted_to_a_client_that_just_left_is_given_back():
+    slots = Slots()
+    config, worker, rule, route = transaction_pool_of_one(slots)
     client = ClientConnection(worker, config.listens[0], False)
     client.transport = Transport(client)  # type: ignore[assignment]
     client.state, client.route, client.rule = ClientState.IDLE, route, rule
@@ -134,27 +143,7 @@ async def test_each_task_free_waiter_gets_pool_timeout_at_its_own_deadline():
     """The route's one pool_timeout timer: clients that began waiting at different times
     each get the error once their own wait is over (not before), in the order they came,
     and the timer is armed again for the ones still waiting."""
-    config = parse_text(
-        f"""
-        log_format "%m\\n"
-        log_session no
-        listen {{ host "127.0.0.1" port 6432 }}
-        storage "pg" {{ type "remote" host "127.0.0.1" port {closed_port()} }}
-        database default {{
-            user default {{
-                authentication "none"
-                storage "pg"
-                pool "transaction"
-                pool_size 1
-                pool_timeout 300
-            }}
-        }}
-        """
-    )
-    worker = Worker(config, 0, types.SimpleNamespace(slots=Slots()))  # type: ignore[arg-type]
-    rule = worker.router.match(ClientKey("db", "user", "127.0.0.1"))
-    assert rule is not None
-    route = worker.route_for(rule, "db", "user")
+    config, worker, rule, route = transaction_pool_of_one(Slots(), "pool_timeout 300")
     clients = []
     for _ in range(3):
         client = ClientConnection(worker, config.listens[0], False)
