@@ -876,7 +876,16 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
             else:
                 self.state = _IDLE
         worker = self.worker
-        worker.give_back(server)
+        route = server.route
+        if (
+            not server.closed
+            and not route.reset_query
+            and server.status == IDLE
+            and not (server.pending > 0 or server.unsynced or server.copy_in or server.desynced)
+        ):  # (`Worker.give_back`'s common case and `server.reusable`, inline: once a
+            route.release(server)  # transaction; every other case goes through give_back)
+        else:
+            worker.give_back(server)
         if worker.drain is not None:  # an online restart: its boundary
             worker.transaction_ended(self)
 

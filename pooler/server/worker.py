@@ -452,9 +452,10 @@ class Worker:
         """The one way a server leaves its client (which has already let go of it): closed
         when `unusable` (it got half a message); straight back to the pool when it is
         reusable as it is and the route has no reset query; else through a reset, always
-        when the client is gone (its answers may still be coming). (`client_gone` and
-        `unusable` are not keyword-only: CPython 3.11 calls a function with keyword-only
-        defaults through its slow path, and this runs once a transaction.)"""
+        when the client is gone (its answers may still be coming). `ClientConnection.
+        server_ready` does the straight-back case inline, once a transaction, and calls this
+        for every other. (`client_gone` and `unusable` are not keyword-only: CPython 3.11
+        calls a function with keyword-only defaults through its slow path.)"""
         route = server.route
         if server.closed:  # closed under its client (a shutdown's end, RECONNECT...)
             route.discard(server)
