@@ -246,6 +246,14 @@ def ready_client(
     return client
 
 
+def pooled(servers: int, clients_n: int) -> tuple[list[ServerConnection], list[ClientConnection]]:
+    """A worker's route with `servers` idle servers and `clients_n` logged-in clients."""
+    worker, route = make_worker()
+    return [add_server(route) for _ in range(servers)], [
+        ready_client(worker, route) for _ in range(clients_n)
+    ]
+
+
 def relay(
     transactions: int,
     servers: int,
@@ -253,9 +261,7 @@ def relay(
     answer: bytes = ANSWER,
     clients_n: int = 4,
 ) -> float:
-    worker, route = make_worker()
-    pool = [add_server(route) for _ in range(servers)]
-    clients = [ready_client(worker, route) for _ in range(clients_n)]
+    pool, clients = pooled(servers, clients_n)
     best = float("inf")
     for _ in range(5):
         started = time.process_time()
@@ -274,9 +280,7 @@ def relay(
 def tpcb(transactions: int, servers: int = 4, clients_n: int = 4) -> float:
     """µs per TPC-B-like transaction (`TPCB`: seven round trips, each client's statements
     answered in turn), best of 5."""
-    worker, route = make_worker()
-    pool = [add_server(route) for _ in range(servers)]
-    clients = [ready_client(worker, route) for _ in range(clients_n)]
+    pool, clients = pooled(servers, clients_n)
     best = float("inf")
     for _ in range(5):
         started = time.process_time()

@@ -381,7 +381,8 @@ class ServerConnection(ServerRelay, asyncio.Protocol):
     @property
     def reusable(self) -> bool:
         """The one test of "clean enough for the next client" (before the route's reset
-        query): it owes no answer, is in no transaction, and was never out of step."""
+        query): it owes no answer, is in no transaction, and was never out of step.
+        (`ClientConnection.server_ready` spells it out once a transaction: change both.)"""
         return self.status == IDLE and not (
             self.pending > 0 or self.unsynced or self.copy_in or self.desynced
         )  # (`owes_answers` spelled out: this runs per transaction)

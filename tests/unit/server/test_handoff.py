@@ -11,9 +11,9 @@ import asyncio
 import socket
 import time
 import types
-from typing import Any
 
 import pytest
+from standins import Recorder
 
 from pooler.config import parse_text
 from pooler.config.model import Config, Rule
@@ -29,30 +29,6 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-class Transport:
-    def __init__(self, protocol: Any) -> None:
-        self.protocol = protocol
-        self.closing = False
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default  # (no socket: pool_attach_check has nothing to poll)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 class Slots:
@@ -103,7 +79,7 @@ async def test_a_slot_granted_to_a_client_that_just_left_is_given_back():
     slots = Slots()
     config, worker, rule, route = transaction_pool_of_one(slots)
     client = ClientConnection(worker, config.listens[0], False)
-    client.transport = Transport(client)  # type: ignore[assignment]
+    client.transport = Recorder()  # type: ignore[assignment]
     client.state, client.route, client.rule = ClientState.IDLE, route, rule
     client.mode = "transaction"
 
@@ -121,16 +97,12 @@ async def test_a_slot_granted_to_a_client_that_just_left_is_given_back():
     assert route.size == 0
 
 
-class RecordingTransport(Transport):
+class RecordingTransport(Recorder):
     """Keeps what is written, and when it was closed (monotonic)."""
 
-    def __init__(self, protocol: Any) -> None:
-        super().__init__(protocol)
-        self.written = b""
+    def __init__(self) -> None:
+        super().__init__()
         self.closed_at: float | None = None
-
-    def write(self, data: bytes) -> None:
-        self.written += data
 
     def close(self) -> None:
         if self.closed_at is None:
@@ -147,7 +119,7 @@ async def test_each_task_free_waiter_gets_pool_timeout_at_its_own_deadline():
     clients = []
     for _ in range(3):
         client = ClientConnection(worker, config.listens[0], False)
-        client.transport = RecordingTransport(client)  # type: ignore[assignment]
+        client.transport = RecordingTransport()  # type: ignore[assignment]
         client.state, client.route, client.rule = ClientState.IDLE, route, rule
         client.mode = "transaction"
         client.data_received(build.query("select 1"))  # no server, no slot: it waits

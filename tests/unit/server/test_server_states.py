@@ -10,6 +10,7 @@ import types
 from typing import Any
 
 import pytest
+from standins import Recorder
 
 from pooler.config import parse_text
 from pooler.server import lifecycle
@@ -32,29 +33,6 @@ LOGIN, IDLE, TAKEN, ACTIVE, RESET, CLOSED = (
     ServerState.RESET,
     ServerState.CLOSED,
 )
-
-
-class Transport:
-    def __init__(self) -> None:
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
 
 
 def test_strict_in_tests():
@@ -108,11 +86,11 @@ def setup() -> tuple[Worker, Any, ClientConnection, ServerConnection]:
     assert rule is not None
     route = worker.route_for(rule, "db", "user")
     client = ClientConnection(worker, config.listens[0], False)
-    client.transport = client.reading.transport = Transport()  # type: ignore[assignment]
+    client.transport = client.reading.transport = Recorder()  # type: ignore[assignment]
     client.state, client.route, client.rule = ClientState.IDLE, route, rule
     client.mode = "transaction"
     server = ServerConnection(route, config.storages[0].endpoints[0])
-    server.connection_made(Transport())  # type: ignore[arg-type]
+    server.connection_made(Recorder())  # type: ignore[arg-type]
     return worker, route, client, server
 
 
@@ -161,19 +139,6 @@ async def test_a_closed_server_is_never_linked_again():
 
 
 # --- scripted relay: events in, states and bytes out ------------------------------------
-
-
-class Recorder(Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def take(self) -> bytes:
-        data, self.written = bytes(self.written), bytearray()
-        return data
 
 
 def message(kind: str, body: bytes = b"") -> bytes:
