@@ -146,6 +146,7 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
         "_attach_task",
         "_eof_timer",
         "_handoff",
+        "_handoff_kept",
         "_lost",
         "_wait_noticed",
         "_wait_started",
@@ -203,6 +204,7 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
         self._attach_task: asyncio.Task[None] | None = None
         self._attach_owns = False  # the attach task holds a handed server or a granted slot
         self._handoff: HandOff | None = None  # waiting for a server without a task
+        self._handoff_kept: HandOff | None = None  # ... made at its first wait, reused
         self.queued: list[bytes] = []
         self.queued_bytes = 0
         self.route: Route | None = None
@@ -483,7 +485,11 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
         if route.idle or not route.limited or route.paused or self.slow_attach:
             self._attach_task = self.worker.spawn(self._attach(), f"attach {self.id}")
             return
-        self._handoff = route.wait(self._handed, self.asked_at, self._handoff_timed_out)
+        handoff = self._handoff_kept
+        if handoff is None:  # (one per client, not one per wait: see HandOff)
+            handoff = self._handoff_kept = HandOff(self._handed, self._handoff_timed_out)
+        route.wait(handoff, self.asked_at)
+        self._handoff = handoff
         if route.rule.pool_notice_after_waiting_ms >= 0:
             self._waiting()
 
@@ -577,7 +583,8 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
         """A server (or, as None, a slot for a new one) for the waiting client."""
         route = self.route
         assert route is not None
-        now = time.monotonic()  # (one clock read for the wait and the link)
+        # one clock read for the wait and the link: a server's release made it (`unlink`)
+        now = time.monotonic() if server is None else server.released_at
         handoff = self._handoff
         if (
             handoff is not None

@@ -79,9 +79,14 @@ class HandOff:
     """A client waiting for a server without a task of its own.
 
     `release` calls `deliver` with the server in its own callback, so the client relays its
-    queued bytes at once (no task wakes up a loop iteration later); a granted slot is
+    queued bytes at once (no task wakes up a loop iteration later); the server was unlinked
+    just before, so its `released_at` is the time it was handed over. A granted slot is
     delivered as None and the client then starts a task that connects. `expire` is called
     when the wait outlasts pool_timeout (the route's one timer, `Route._expire_waits`).
+
+    A client keeps one for all its waits (`Route.wait` queues it again): a HandOff is in
+    `Route.waiters` exactly while it is not `settled`, as whatever settles it (`release`,
+    `hand_slot`, `stop_waiting`) also takes it out of the line.
     """
 
     __slots__ = ("deliver", "expire", "settled", "started")
@@ -89,13 +94,12 @@ class HandOff:
     def __init__(
         self,
         deliver: Callable[[ServerConnection | None], None],
-        started: float,
         expire: Callable[[], None],
     ) -> None:
         self.deliver = deliver
         self.expire = expire
-        self.settled = False  # delivered, timed out, or its client left
-        self.started = started  # (monotonic)
+        self.settled = True  # not in line: delivered, timed out, its client left, not queued
+        self.started = 0.0  # when the wait began (monotonic)
 
     def done(self) -> bool:
         return self.settled
@@ -396,22 +400,17 @@ class Route:
             server.close()
         return None
 
-    def wait(
-        self,
-        deliver: Callable[[ServerConnection | None], None],
-        started: float,
-        expire: Callable[[], None],
-    ) -> HandOff:
-        """Queue a task-free waiter (the caller found no idle server at monotonic time
-        `started`): see `HandOff`."""
-        handoff = HandOff(deliver, started, expire)
+    def wait(self, handoff: HandOff, started: float) -> None:
+        """Queue a task-free waiter, `handoff` (settled: not in line), that found no idle
+        server at monotonic time `started`: see `HandOff`."""
+        handoff.settled = False
+        handoff.started = started
         self.waiters.append(handoff)
         self.shed_spare = 0  # (`_want_slot`, inline: the common case asked already)
         if not self.slot_requested:
             self._want_slot()
         if self._expiry is None and self.rule.pool_timeout:
             self._arm_expiry(started)
-        return handoff
 
     def _arm_expiry(self, started: float) -> None:
         """pool_timeout for the task-free waiters: one timer per route, due when the wait

@@ -18,6 +18,7 @@ from standins import Recorder
 from pooler.config import parse_text
 from pooler.config.model import Config, Rule
 from pooler.protocol import build
+from pooler.server.backend import ServerConnection, ServerState
 from pooler.server.client import ClientConnection
 from pooler.server.lifecycle import ClientState
 from pooler.server.pool import Route
@@ -140,3 +141,36 @@ async def test_each_task_free_waiter_gets_pool_timeout_at_its_own_deadline():
         assert closed_at is not None and closed_at - client.asked_at >= 0.3 - 0.001
     assert closed == sorted(closed)
     assert not route.has_waiters()
+
+
+@pytest.mark.timeout(20)
+async def test_a_client_waits_again_with_its_one_handoff_in_line_once():
+    """A client keeps one HandOff for all its waits (not one per wait): each wait queues it
+    again once the last one is over, so the line holds it once and every release hands the
+    client one server."""
+    config, worker, rule, route = transaction_pool_of_one(Slots(), "pool_discard no")
+    server = ServerConnection(route, route.storage.endpoints[0])
+    server.transport = Recorder()  # type: ignore[assignment]
+    server.internal = False  # logged in, idle
+    server.state = ServerState.IDLE
+    server.scanner.wanted = server.relay_wanted
+    route.idle.append(server)
+    first, second = (ClientConnection(worker, config.listens[0], False) for _ in range(2))
+    for client in (first, second):
+        client.transport = Recorder()  # type: ignore[assignment]
+        client.state, client.route, client.rule = ClientState.IDLE, route, rule
+        client.mode = "transaction"
+    query, answer = build.query("select 1"), build.command_complete("SELECT 1") + b"Z\0\0\0\5I"
+    handoffs = []
+    for _ in range(3):
+        first.data_received(query)  # the idle server, at once
+        second.data_received(query)  # none idle: it waits
+        assert first.server is server and list(route.waiters) == [second._handoff]
+        handoffs.append(second._handoff)
+        server.data_received(answer)  # the first's transaction ends: the second's turn
+        assert second.server is server and first.server is None and not route.waiters
+        assert second._handoff is None and server.transport.take() == query + query  # type: ignore[attr-defined]
+        server.data_received(answer)
+        assert second.server is None and list(route.idle) == [server]
+    assert all(handoff is handoffs[0] for handoff in handoffs)
+    assert route.stats.assignments == 6
