@@ -16,6 +16,8 @@ cdef class MessageSplitter:
     cdef public Py_ssize_t remaining
 
     cpdef bint at_boundary(self)
+    @cython.locals(n=Py_ssize_t)
+    cpdef Py_ssize_t lone(self, bytes data)
     cpdef forget_reported(self)
     @cython.locals(pos=Py_ssize_t)
     cpdef feed(self, data)

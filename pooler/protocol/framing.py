@@ -309,6 +309,21 @@ class MessageSplitter:
         """True when everything fed so far has been reported and ends a message."""
         return self.remaining == 0 and self._pos == len(self.buffer)
 
+    def lone(self, data: bytes) -> int:
+        """len(data) when `data` is exactly one whole message (more than a header) and
+        everything fed before was reported and ended a message (`at_boundary`): a relay
+        may then take it as it is, without feeding it (no limit applies to a message that
+        arrived whole in one chunk). Else 0."""
+        n = len(data)
+        if (
+            n > 5
+            and self.remaining == 0
+            and self._pos == len(self.buffer)
+            and n == 1 + ((data[1] << 24) | (data[2] << 16) | (data[3] << 8) | data[4])
+        ):
+            return n
+        return 0
+
     def forget_reported(self) -> None:
         """Drop the buffer if every byte in it was reported (a large chunk is not kept
         alive while its client is idle)."""

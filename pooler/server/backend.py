@@ -294,11 +294,10 @@ class ServerConnection(ServerRelay, asyncio.Protocol):
             self._inbox.extend((t, b) for t, b, _ in events)
             self._wake()
             return
-        if len(data) >= BURST_READ:
+        size = len(data)
+        if size >= BURST_READ:
             yield_turn(self.reading)  # other connections, a cancel request, get their turn
-        if self.uncut(
-            client.mode, events, len(data)
-        ):  # nothing to cut out: the client gets it first,
+        if self.uncut(client.mode, events, size):  # nothing to cut out: the client gets it first,
             if not client.transport.is_closing():  # the bookkeeping runs after (issue 19)
                 client.transport.write(data)
             out = self.answers(data, events, client, True)  # (relay.py)

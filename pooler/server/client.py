@@ -642,7 +642,7 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
     def _virtual(self, server: ServerConnection | None, data: bytes) -> bool:
         """A lone simple Query the pooler answers or rewrites (pooler/server/virtual.py):
         True when it was taken care of here."""
-        if len(data) != 1 + int.from_bytes(data[1:5]) or not self.splitter.at_boundary():
+        if not self.splitter.lone(data):
             return False  # not exactly one whole Query
         if server is not None and server.owes_answers:
             return False  # answers are owed first

@@ -494,13 +494,8 @@ class ClientRelay:
         """A chunk of client bytes for its linked `server`: counted as owed, renamed, kept
         for a retry. The bytes to write to the server now; None when there are none (all
         held for a statement check, or nothing to send). Raises ProtocolError."""
-        n = len(data)
-        if (
-            n > 5
-            and data[0] == QUERY
-            and n == 1 + int.from_bytes(data[1:5])
-            and self.splitter.at_boundary()
-        ):  # the most common chunk: exactly one simple Query
+        n = self.splitter.lone(data)  # (its length, if it is one whole message)
+        if n and data[0] == QUERY:  # the most common chunk: exactly one simple Query
             self.todo = 0
             instead = self._query_goes(server, data, 0, n)
             if instead is None:

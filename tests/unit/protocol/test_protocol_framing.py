@@ -203,6 +203,39 @@ def test_splitter_random_chunks_with_streaming(msgs, cuts, max_buffered):
                 assert len(piece) <= max_buffered + max(map(len, chunks))
 
 
+@settings(max_examples=200, deadline=None)
+@given(msgs=messages_st, cuts=st.lists(st.integers(0, 10**6), max_size=40))
+def test_lone_is_the_length_of_a_chunk_that_is_one_whole_message(msgs, cuts):
+    """`lone(chunk)` (the relay's way past `feed` for a lone Query): the chunk's length when
+    feeding it would report exactly one message, all of it, more than a header; else 0.
+    Chunks: the stream cut anywhere, then each message alone (lengths of 128 and more
+    have a byte with its high bit set)."""
+    data = _encode(msgs)
+    alone = [data[i : i + 1] + struct.pack("!I", len(b) + 4) + b for i, (_, b) in _starts(msgs)]
+    sp = MessageSplitter(max_buffered=64)
+    for chunk in _chunks(data, cuts) + alone:
+        said = sp.lone(chunk)
+        was_at_boundary = sp.at_boundary()
+        sp.feed(chunk)
+        events = list(sp)
+        whole = was_at_boundary and events == [(MESSAGE, chunk[0], 0, len(chunk))]
+        assert said == (len(chunk) if whole and len(chunk) > 5 else 0)
+    assert sp.lone(build.sync()) == 0  # (a header alone: never taken past `feed`)
+    query = build.query("x" * 200)  # (its length field ends in 0xcd)
+    assert sp.lone(query) == len(query)
+    assert sp.lone(query + build.sync()) == 0 and sp.lone(query[:-1]) == 0
+    sp.feed(query[:3])  # half a header held: no chunk is one whole message now
+    assert sp.lone(query) == 0
+
+
+def _starts(msgs):
+    """(where each message starts in the encoded stream, the message)."""
+    at = 0
+    for msg in msgs:
+        yield at, msg
+        at += 5 + len(msg[1])
+
+
 def test_large_message_is_streamed_not_accumulated():
     body = bytes(range(256)) * 1024  # 256 KiB
     data = b"D" + struct.pack("!I", len(body) + 4) + body + build.ready_for_query("I")
