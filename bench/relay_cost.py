@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The Python cost of pooler's relay code alone: no sockets, no PostgreSQL, hot caches.
 
-Usage: bench/relay_cost.py [transactions] [live]   (live: the live lines alone)
+Usage: bench/relay_cost.py [transactions] [live|login]   (live, login: those lines alone)
 
 Real `Worker`, `Route`, `ClientConnection` and `ServerConnection` objects of a transaction
 pool exchange recorded bytes through stand-in transports that only count what is written (a
@@ -24,7 +24,8 @@ server's holds one end of a socketpair, which `pool_attach_check` polls):
   transport set-up, reads and writes, close: what the stand-in transports of the login line
   do not see), the client a uvloop protocol in the same process; beside it the same client
   against a bare uvloop server that answers with canned bytes (the floor: uvloop, the kernel
-  and the client's own share), so the difference is the pooler's own per-connection cost;
+  and the client's own share), so the difference is the pooler's own per-connection cost
+  (the two run in turn, five rounds: the median of the rounds' differences);
 - to the write: one client and one server, the median µs from a chunk's `data_received` to
   the `write` that relays it, each direction (the relay's share of a round trip's latency);
 - live: the real connections over real uvloop TCP sockets on loopback, in this one process: a
@@ -524,23 +525,24 @@ _READY_IDLE = build.ready_for_query("I")
 
 
 async def _cycles(port: int, startup: bytes, connections: int) -> tuple[float, bytes]:
+    """µs of process CPU per cycle, `connections` cycles in a row; the login burst seen."""
     loop = asyncio.get_running_loop()
-    best, burst = float("inf"), b""
-    for _ in range(5):
-        started = time.process_time()
-        for _ in range(connections):
-            done: asyncio.Future[bytes] = loop.create_future()
-            client = functools.partial(CycleClient, startup, done)
-            await loop.create_connection(client, "127.0.0.1", port)
-            burst = await done
-        best = min(best, (time.process_time() - started) / connections * 1e6)
-    return best, burst
+    burst = b""
+    started = time.process_time()
+    for _ in range(connections):
+        done: asyncio.Future[bytes] = loop.create_future()
+        client = functools.partial(CycleClient, startup, done)
+        await loop.create_connection(client, "127.0.0.1", port)
+        burst = await done
+    return (time.process_time() - started) / connections * 1e6, burst
 
 
-async def login_sockets(connections: int) -> tuple[float, float]:
+async def login_sockets(connections: int) -> tuple[float, float, float]:
     """µs of process CPU per pgbench -C cycle over loopback sockets: through the pooler's
     worker (its listening socket set up as `Worker.start` does, a stand-in server), and
-    through `CannedServer` (the floor)."""
+    through `CannedServer` (the floor), each the best of 5 rounds; and the pooler's own, the
+    median of the 5 rounds' differences (each round runs both, one after the other: the
+    load of the box that minute weighs on both)."""
     loop = asyncio.get_running_loop()
     worker, route = make_worker()
     add_server(route, AnsweringTransport)
@@ -551,19 +553,25 @@ async def login_sockets(connections: int) -> tuple[float, float]:
     pooler = await loop.create_server(
         lambda: ClientConnection(worker, listen, False), sock=sock, backlog=128
     )
+    floor = await loop.create_server(CannedServer, "127.0.0.1", 0)
     startup = startup_packet(user="postgres", database="bench", application_name="pgbench")
+    ports = sock.getsockname()[1], floor.sockets[0].getsockname()[1]
+    rounds = []
     try:
-        per_login, burst = await _cycles(sock.getsockname()[1], startup, connections)
+        _, CannedServer.burst = await _cycles(ports[0], startup, 1)  # the bytes to answer
+        for _ in range(5):
+            per_login, _ = await _cycles(ports[0], startup, connections)
+            per_floor, _ = await _cycles(ports[1], startup, connections)
+            rounds.append((per_login, per_floor))
     finally:
         pooler.close()
-    assert not worker.clients
-    CannedServer.burst = burst
-    floor = await loop.create_server(CannedServer, "127.0.0.1", 0)
-    try:
-        per_floor, _ = await _cycles(floor.sockets[0].getsockname()[1], startup, connections)
-    finally:
         floor.close()
-    return per_login, per_floor
+    assert not worker.clients
+    return (
+        min(pooler for pooler, _ in rounds),
+        min(canned for _, canned in rounds),
+        statistics.median(pooler - canned for pooler, canned in rounds),
+    )
 
 
 async def socket_options(calls: int) -> float:
@@ -809,6 +817,16 @@ async def live_lines(transactions: int) -> None:
     print_live("select, 1 client (g)", await live(transactions // 2, select, 1, 1), 1)
 
 
+def print_login(transactions: int) -> None:
+    per_login = uvloop.run(login(transactions // 10))
+    print(f"login:   {per_login:5.1f} µs per connect + login + select + Terminate")
+    per_socket, floor, own = uvloop.run(login_sockets(transactions // 20))
+    print(
+        f"login over sockets: {per_socket:5.1f} µs per cycle, {floor:5.1f} with a canned"
+        f" uvloop server: {own:5.1f} µs the pooler's own (median of 5 paired rounds)"
+    )
+
+
 def main() -> None:
     transactions = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     if sys.argv[2:] == ["live"]:  # the live lines alone
@@ -817,6 +835,9 @@ def main() -> None:
         uvloop.run(live_lines(transactions // 5))
         return
     print(f"hot path: {compiled.build()} (POOLER_PURE=1: the Python sources)")
+    if sys.argv[2:] == ["login"]:  # the login lines alone
+        print_login(transactions)
+        return
     print(f"relay:   {relay(transactions, servers=4):5.2f} µs per select-only transaction")
     extended = relay(transactions, 4, EXTENDED_QUERY, EXTENDED_ANSWER)
     print(f"extended: {extended:5.2f} µs per transaction, Parse/Bind/Describe/Execute/Sync")
@@ -832,13 +853,7 @@ def main() -> None:
     print(f"to the write: {up:5.2f} µs client → server, {down:5.2f} µs server → client (select)")
     up, down = to_write(transactions, EXTENDED_QUERY, EXTENDED_ANSWER)
     print(f"to the write: {up:5.2f} µs client → server, {down:5.2f} µs server → client (extended)")
-    per_login = uvloop.run(login(transactions // 10))
-    print(f"login:   {per_login:5.1f} µs per connect + login + select + Terminate")
-    per_socket, floor = uvloop.run(login_sockets(transactions // 20))
-    print(
-        f"login over sockets: {per_socket:5.1f} µs per cycle, {floor:5.1f} with a canned"
-        f" uvloop server: {per_socket - floor:5.1f} µs the pooler's own"
-    )
+    print_login(transactions)
     per_apply = uvloop.run(socket_options(transactions // 10))
     print(f"socket options: {per_apply:5.2f} µs per connection (keepalive, real TCP socket)")
     print_pieces(transactions)
