@@ -195,7 +195,7 @@ class ServerRelay:
         self.copy_in = False
         self.desynced = False  # PostgreSQL may answer more than we counted: never reuse
         self.query_started = 0.0
-        self.xact_started = 0.0
+        self.xact_started = 0.0  # when the open transaction began; 0.0: none since the last
         self.statements = ServerStatements(known)
         # client output waiting for statement checks, one group per check (prepared.py)
         self.held: deque[list[bytes | bytearray]] | None = None
@@ -299,15 +299,20 @@ class ServerRelay:
                     edits.append((end - 6, end, peer.refusal(STATEMENT_POOL_REFUSAL)))
                 self.copy_in = False
                 now = time.monotonic()
-                us = int((now - self.query_started) * 1e6)  # (`stats.record_query`, inline:
-                stats.query_time_us += us  # this runs per ReadyForQuery)
+                started = self.query_started
+                us = int((now - started) * 1e6)  # (`stats.record_query`, inline: this
+                stats.query_time_us += us  # runs per ReadyForQuery)
                 stats.query_hist[BUCKETS[us] if 0 <= us < TABULATED else bucket_of(us)] += 1
+                if not self.xact_started:  # the last transaction ended (below): this query
+                    self.xact_started = started  # began the next (a link sets it: `link`)
                 self.query_started = now
                 self.pending -= 1
                 if self.pending <= 0:
                     self.pending = 0
                     if status == IDLE:
                         stats.record_xact(int((now - self.xact_started) * 1e6))
+                        self.xact_started = 0.0  # (a server kept across transactions: a
+                        # session pool's, a pinned client's)
                     todo |= READY
             elif msg_type == PARAMETER_STATUS and body is not None:
                 name, value = messages.decode_parameter_status(body)

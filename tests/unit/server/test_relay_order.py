@@ -7,6 +7,7 @@ Real worker, route, client and server objects; stand-in transports record what i
 from __future__ import annotations
 
 import struct
+import time
 from typing import Any
 
 import pytest
@@ -135,3 +136,23 @@ async def test_a_parse_complete_of_ours_is_cut_out_before_the_write() -> None:
     server.data_received(build.PARSE_COMPLETE + ANSWER)
     assert client.transport.writes == [ANSWER]  # type: ignore[attr-defined]
     assert client.server is None
+
+
+def test_each_transaction_on_a_kept_server_is_timed_from_its_own_first_query(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server kept across transactions (a session pool's) times each one from its own
+    first query, not from when the client got the server (SHOW STATS' xact_time)."""
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])  # (the relay's clock, stepped)
+    server, client = idle_pair()
+    client.mode = "session"
+    for at in (1000.0, 1010.0):  # two transactions of 0.25 s, ten seconds apart
+        now[0] = at
+        client.data_received(QUERY)
+        now[0] = at + 0.25
+        server.data_received(ANSWER)
+        assert client.server is server
+    stats = server.route.stats
+    assert stats.xact_count == 2 and stats.xact_time_us == 500_000
+    assert stats.query_count == 2 and stats.query_time_us == 500_000
