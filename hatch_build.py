@@ -1,9 +1,8 @@
-"""Build hook: compile pooler's hot path with Cython where it can.
+"""Build hook: compile pooler's byte-scanning hot path with Cython where it can.
 
-The modules `pooler.compiled.MODULES` names (pooler/protocol/scanner.py and framing.py,
-which walk every relayed byte, and pooler/server/login.py, run once a connection) are
-compiled as C extensions; the `.pxd` beside the first two declares their C types, the login
-is compiled as it is (docs/architecture.md, "The compiled hot path"). An editable install (`pip install -e .`) compiles them in place,
+The modules `pooler.compiled.MODULES` names (pooler/protocol/scanner.py and framing.py) are
+compiled as C extensions; the `.pxd` beside each declares its C types (docs/architecture.md,
+"The compiled hot path"). An editable install (`pip install -e .`) compiles them in place,
 next to their sources; a wheel gets them from a scratch folder, the source tree untouched.
 The sources' digests go with them (`pooler/_compiled.json`): a compiled module older than
 its source is not used.
@@ -112,8 +111,7 @@ class CompileHotPath(BuildHookInterface):  # type: ignore[type-arg]
                 build_dir=None if out == root else str(out),
                 language_level=3,
                 # the .py files are plain Python (their annotations are for mypy): the
-                # .pxd files, where there are any, give the C types; `binding` off keeps
-                # calls on the fast path
+                # .pxd files give the C types; `binding` off keeps calls on the fast path
                 compiler_directives={"binding": False, "annotation_typing": False},
                 quiet=True,
             )

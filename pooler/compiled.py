@@ -27,8 +27,7 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 
-# the byte walkers, typed by the .pxd beside each; the login (once a connection), as it is
-MODULES = ("pooler.protocol.scanner", "pooler.protocol.framing", "pooler.server.login")
+MODULES = ("pooler.protocol.scanner", "pooler.protocol.framing")
 PURE_ENV = "POOLER_PURE"
 
 _ROOT = Path(__file__).resolve().parent.parent  # where `pooler/` lies
@@ -40,11 +39,8 @@ def _source(name: str) -> Path:
 
 
 def _digest(source: Path) -> str:
-    """The source's and its `.pxd`'s (where it has one: a module compiled as it is has none)."""
     digest = hashlib.sha256(source.read_bytes())
-    types = source.with_suffix(".pxd")
-    if types.exists():
-        digest.update(types.read_bytes())
+    digest.update(source.with_suffix(".pxd").read_bytes())
     return digest.hexdigest()
 
 

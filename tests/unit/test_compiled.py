@@ -1,9 +1,8 @@
 """The compiled hot path and its Python sources: which one runs, and that they agree.
 
-Where the install compiled them (.ci/run makes sure it did), `pooler.protocol.scanner`,
-`framing` and `pooler.server.login` are the C extensions; the same tests run against the
-sources with POOLER_PURE=1 (.ci/run's last stage). Here both builds of the scanner and the
-framing run side by side on random streams.
+Where the install compiled them (.ci/run makes sure it did), `pooler.protocol.scanner` and
+`framing` are the C extensions; the same tests run against the sources with POOLER_PURE=1
+(.ci/run's last stage). Here both builds run side by side on random streams.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from hypothesis import given, settings, strategies as st
 from pooler import compiled
 from pooler.protocol import framing, scanner
 from pooler.protocol.errors import ProtocolError
-from pooler.server import login
 
 
 def _python_source(module: ModuleType) -> ModuleType:
@@ -46,16 +44,14 @@ PY_FRAMING = _python_source(framing)
 def test_pooler_pure_runs_the_python_sources():
     code = (
         "import pooler.compiled as c, pooler.protocol.scanner as s, pooler.protocol.framing as f;"
-        "import pooler.server.login as l;"
-        "print(s.__file__, f.__file__, l.__file__, c.build(), sep='|')"
+        "print(s.__file__, f.__file__, c.build(), sep='|')"
     )
     env = {**os.environ, "POOLER_PURE": "1"}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    scanner_file, framing_file, login_file, build = out.stdout.strip().split("|")
+    scanner_file, framing_file, build = out.stdout.strip().split("|")
     assert scanner_file.endswith("scanner.py") and framing_file.endswith("framing.py")
-    assert login_file.endswith("login.py")
     assert build == "pure Python, POOLER_PURE is set"
 
 
@@ -64,8 +60,7 @@ def test_a_source_changed_after_compiling_runs_as_python(tmp_path, monkeypatch):
         source = tmp_path.joinpath(*name.split(".")).with_suffix(".py")
         source.parent.mkdir(parents=True, exist_ok=True)
         source.write_text(f"# {name}\n")
-        if name != "pooler.server.login":  # (compiled as it is: no .pxd)
-            source.with_suffix(".pxd").write_text("# its types\n")
+        source.with_suffix(".pxd").write_text("# its types\n")
     record = tmp_path / "pooler" / "_compiled.json"
     monkeypatch.setattr(compiled, "_ROOT", tmp_path)
     monkeypatch.setattr(compiled, "_DIGESTS", record)
@@ -79,8 +74,6 @@ def test_a_source_changed_after_compiling_runs_as_python(tmp_path, monkeypatch):
     compiled._source("pooler.protocol.framing").with_suffix(".pxd").write_text("# changed\n")
     assert compiled._stale() == {"pooler.protocol.framing"}
     compiled._source("pooler.protocol.scanner").write_text("# edited\n")
-    assert compiled._stale() == {"pooler.protocol.framing", "pooler.protocol.scanner"}
-    compiled._source("pooler.server.login").write_text("# edited\n")
     assert compiled._stale() == set(compiled.MODULES)
 
 
@@ -144,7 +137,7 @@ def test_the_builds_find_the_same_messages(data, cuts, max_buffered):
     assert _split(framing, chunks, max_buffered) == _split(PY_FRAMING, chunks, max_buffered)
 
 
-@pytest.mark.parametrize("module", [scanner, framing, login], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [scanner, framing], ids=lambda m: m.__name__)
 def test_the_build_in_use_is_the_one_reported(module):
     kind = "python" if (module.__file__ or "").endswith(".py") else "compiled"
     name = module.__name__.rpartition(".")[2]
