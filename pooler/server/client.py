@@ -316,6 +316,7 @@ class ClientConnection(ClientRelay, asyncio.Protocol):
             self._attach_task.cancel()
         if self._handoff is not None:
             self._stop_waiting()
+        self._handoff_kept = None  # (it holds bound methods of this client: no cycle left)
         if self._wait_timer is not None:
             self._wait_timer.cancel()
         if self._eof_timer is not None:

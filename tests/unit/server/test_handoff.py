@@ -8,6 +8,7 @@ connection attempt goes to a real closed port on loopback.
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
 import types
@@ -174,3 +175,44 @@ async def test_a_client_waits_again_with_its_one_handoff_in_line_once():
         assert second.server is None and list(route.idle) == [server]
     assert all(handoff is handoffs[0] for handoff in handoffs)
     assert route.stats.assignments == 6
+
+
+async def test_a_client_that_waited_is_freed_when_it_leaves_without_a_garbage_collection():
+    """A client keeps its HandOff (and so bound methods of itself) between waits; when it
+    leaves, that cycle is broken, so a client that once waited goes back to the allocator
+    at once like one that never did — not at the next full garbage collection, which may
+    be long in coming for a client that lived long enough to reach the oldest generation."""
+    config, worker, rule, route = transaction_pool_of_one(Slots(), "pool_discard no")
+    server = ServerConnection(route, route.storage.endpoints[0])
+    server.transport = Recorder()  # type: ignore[assignment]
+    server.internal = False  # logged in, idle
+    server.state = ServerState.IDLE
+    server.scanner.wanted = server.relay_wanted
+    route.idle.append(server)
+    first, second = (ClientConnection(worker, config.listens[0], False) for _ in range(2))
+    for client in (first, second):
+        client.transport = Recorder()  # type: ignore[assignment]
+        client.state, client.route, client.rule = ClientState.IDLE, route, rule
+        client.mode = "transaction"
+    answer = build.command_complete("SELECT 1") + b"Z\0\0\0\5I"
+    first.data_received(build.query("select 1"))  # the idle server
+    second.data_received(build.query("select 1"))  # none idle: it waits
+    server.data_received(answer)
+    server.data_received(answer)  # both done, the server idle again
+    names = {id(first): "never waited", id(second): "waited"}
+    gc.collect()
+    gc.disable()
+    try:
+        for client in (first, second):
+            client.connection_lost(None)
+        del first, second, client
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left_to_the_collector = [
+            names[id(o)] for o in gc.garbage if type(o) is ClientConnection and id(o) in names
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left_to_the_collector == []
