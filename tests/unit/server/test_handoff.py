@@ -144,11 +144,9 @@ async def test_each_task_free_waiter_gets_pool_timeout_at_its_own_deadline():
     assert not route.has_waiters()
 
 
-@pytest.mark.timeout(20)
-async def test_a_client_waits_again_with_its_one_handoff_in_line_once():
-    """A client keeps one HandOff for all its waits (not one per wait): each wait queues it
-    again once the last one is over, so the line holds it once and every release hands the
-    client one server."""
+def one_server_two_clients() -> tuple[Route, ServerConnection, ClientConnection, ClientConnection]:
+    """A transaction route of pool_size 1 with its one server logged in and idle, and two
+    logged-in clients of it; every transport a stand-in that records what is written."""
     config, worker, rule, route = transaction_pool_of_one(Slots(), "pool_discard no")
     server = ServerConnection(route, route.storage.endpoints[0])
     server.transport = Recorder()  # type: ignore[assignment]
@@ -161,6 +159,15 @@ async def test_a_client_waits_again_with_its_one_handoff_in_line_once():
         client.transport = Recorder()  # type: ignore[assignment]
         client.state, client.route, client.rule = ClientState.IDLE, route, rule
         client.mode = "transaction"
+    return route, server, first, second
+
+
+@pytest.mark.timeout(20)
+async def test_a_client_waits_again_with_its_one_handoff_in_line_once():
+    """A client keeps one HandOff for all its waits (not one per wait): each wait queues it
+    again once the last one is over, so the line holds it once and every release hands the
+    client one server."""
+    route, server, first, second = one_server_two_clients()
     query, answer = build.query("select 1"), build.command_complete("SELECT 1") + b"Z\0\0\0\5I"
     handoffs = []
     for _ in range(3):
@@ -177,23 +184,13 @@ async def test_a_client_waits_again_with_its_one_handoff_in_line_once():
     assert route.stats.assignments == 6
 
 
+@pytest.mark.timeout(20)
 async def test_a_client_that_waited_is_freed_when_it_leaves_without_a_garbage_collection():
     """A client keeps its HandOff (and so bound methods of itself) between waits; when it
     leaves, that cycle is broken, so a client that once waited goes back to the allocator
     at once like one that never did — not at the next full garbage collection, which may
     be long in coming for a client that lived long enough to reach the oldest generation."""
-    config, worker, rule, route = transaction_pool_of_one(Slots(), "pool_discard no")
-    server = ServerConnection(route, route.storage.endpoints[0])
-    server.transport = Recorder()  # type: ignore[assignment]
-    server.internal = False  # logged in, idle
-    server.state = ServerState.IDLE
-    server.scanner.wanted = server.relay_wanted
-    route.idle.append(server)
-    first, second = (ClientConnection(worker, config.listens[0], False) for _ in range(2))
-    for client in (first, second):
-        client.transport = Recorder()  # type: ignore[assignment]
-        client.state, client.route, client.rule = ClientState.IDLE, route, rule
-        client.mode = "transaction"
+    _, server, first, second = one_server_two_clients()
     answer = build.command_complete("SELECT 1") + b"Z\0\0\0\5I"
     first.data_received(build.query("select 1"))  # the idle server
     second.data_received(build.query("select 1"))  # none idle: it waits
